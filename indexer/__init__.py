@@ -1,0 +1,1 @@
+"""cavsync.indexer: corpora -> per-frame global tokens in FAISS, the SQL catalog, Celery tasks."""

@@ -1,0 +1,1 @@
+"""cavsync.service: the REST API and the `cavsync` command line."""

@@ -1,0 +1,45 @@
+"""The `cavsync` command line. Each command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="cavsync: audio-visual search with CAV-MAE Sync.", no_args_is_help=True)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    official: Annotated[Path, typer.Argument(help="Official .pth state dict (e.g. cav_mae_sync.pth).")],
+    out: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    num_heads: Annotated[int | None, typer.Option(help="Encoder heads (default: embed_dim / 64).")] = None,
+    decoder_num_heads: Annotated[
+        int | None, typer.Option(help="Decoder heads (default: decoder_embed_dim / 32).")
+    ] = None,
+) -> None:
+    """Convert an official checkpoint to cavsync's safetensors format (weights + config)."""
+    from model.checkpoint import CheckpointError, load_model, save_checkpoint
+
+    sizes = {k: v for k, v in (("num_heads", num_heads), ("decoder_num_heads", decoder_num_heads)) if v}
+    try:
+        model = load_model(official, **sizes)
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    save_checkpoint(model, out, {"source": official.name})
+    params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    typer.echo(f"wrote {out}: {params / 1e6:.1f} M values, config {model.config.to_json()}")
+
+
+if __name__ == "__main__":
+    app()

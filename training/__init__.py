@@ -1,0 +1,1 @@
+"""cavsync.training: pretraining, evaluation, synthetic data (built on `model`)."""
