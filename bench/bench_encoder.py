@@ -64,9 +64,8 @@ def bench_encoders(name: str, pairs: int, repeats: int, device: str) -> list[dic
             times = {}
             for fused in (True, False):
                 model.set_fused_attention(fused)
-                autocast = (
-                    torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-                )
+                bf16 = precision == "bf16"
+                autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
                 def run(call=call, x=x, autocast=autocast) -> None:
                     with torch.no_grad(), autocast:
@@ -105,7 +104,8 @@ def bench_tiny_train_step(repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--preset", default="base")
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
