@@ -10,11 +10,33 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.config import PRESETS, ModelConfig, ObjectiveConfig, preset
+from model.features import Clip, PreprocessConfig, load_clips, load_image, load_query_audio
+from model.media import (
+    MediaError,
+    MediaTimeoutError,
+    MediaTooLongError,
+    MediaTooShortError,
+    NoUsableStreamError,
+    UnreadableMediaError,
+    UnsupportedMediaError,
+)
 from model.network import CAVMAESync, Encoded, PretrainOutput
 
 __all__ = [
     "CAVMAESync",
     "CheckpointError",
+    "Clip",
+    "MediaError",
+    "MediaTimeoutError",
+    "MediaTooLongError",
+    "MediaTooShortError",
+    "NoUsableStreamError",
+    "PreprocessConfig",
+    "UnreadableMediaError",
+    "UnsupportedMediaError",
+    "load_clips",
+    "load_image",
+    "load_query_audio",
     "Encoded",
     "ModelConfig",
     "ObjectiveConfig",

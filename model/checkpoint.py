@@ -60,15 +60,11 @@ def normalize_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name == "contrastive_heads":
             if value:
-                raise CheckpointError(
-                    "contrastive_heads=True models are not supported (the released one has none)"
-                )
+                raise CheckpointError("contrastive_heads=True models are not supported (the released one has none)")
             continue
         target = OFFICIAL_ALIASES.get(name, name)
         if target not in fields:
-            raise CheckpointError(
-                f"unknown model size {name!r}; known: {sorted(fields | set(OFFICIAL_ALIASES))}"
-            )
+            raise CheckpointError(f"unknown model size {name!r}; known: {sorted(fields | set(OFFICIAL_ALIASES))}")
         out[target] = value
     return out
 
@@ -108,9 +104,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], **sizes: Any) -> ModelC
         "decoder_embed_dim": dec_dim,
         "decoder_depth": _count_blocks(state_dict, "decoder_blocks"),
         "decoder_num_heads": max(1, dec_dim // DECODER_HEAD_DIM),
-        "num_registers": state_dict["register_tokens"].shape[0] // 2
-        if "register_tokens" in state_dict
-        else 0,
+        "num_registers": state_dict["register_tokens"].shape[0] // 2 if "register_tokens" in state_dict else 0,
         "global_token": "cls_token_a" in state_dict,
         "audio_frames": num_audio // max(1, mel_bins // patch) * patch,
         "mel_bins": mel_bins,
@@ -190,9 +184,7 @@ def _read_torch_file(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), None)
         if detail is None:
-            raise CheckpointError(
-                f"{path}: corrupt or truncated PyTorch checkpoint: {_first_line(exc)}"
-            ) from exc
+            raise CheckpointError(f"{path}: corrupt or truncated PyTorch checkpoint: {_first_line(exc)}") from exc
         raise CheckpointError(
             f"{path}: refused to load: it contains pickled Python objects, not only tensors "
             f"(only weights_only loading is allowed): {detail}"
@@ -252,9 +244,7 @@ def load_model(path: str | os.PathLike[str], **overrides: Any) -> CAVMAESync:
 
 def config_from_metadata(metadata: Mapping[str, str], path: Path) -> ModelConfig:
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: unsupported checkpoint format version {metadata.get('format_version')!r}"
-        )
+        raise CheckpointError(f"{path}: unsupported checkpoint format version {metadata.get('format_version')!r}")
     try:
         return ModelConfig.from_json(metadata["config"])
     except (KeyError, ValueError, TypeError) as exc:

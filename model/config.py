@@ -48,9 +48,7 @@ class ModelConfig:
             )
         for name in ("audio_frames", "mel_bins", "image_size"):
             if getattr(self, name) % self.patch_size:
-                problems.append(
-                    f"{name} {getattr(self, name)} is not a multiple of patch_size {self.patch_size}"
-                )
+                problems.append(f"{name} {getattr(self, name)} is not a multiple of patch_size {self.patch_size}")
         for name in ("modality_depth", "joint_depth", "frames_per_clip", "embed_dim", "decoder_embed_dim"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -165,17 +165,13 @@ class CAVMAESync(nn.Module):
     def _check_audio(self, segments: torch.Tensor) -> None:
         expected = (self.config.audio_frames, self.config.mel_bins)
         if segments.ndim != 3 or tuple(segments.shape[1:]) != expected:
-            raise ValueError(
-                f"audio segments must be (N, {expected[0]}, {expected[1]}), got {tuple(segments.shape)}"
-            )
+            raise ValueError(f"audio segments must be (N, {expected[0]}, {expected[1]}), got {tuple(segments.shape)}")
 
     def _check_visual(self, frames: torch.Tensor) -> None:
         size = self.config.image_size
         expected = (self.config.in_chans, size, size)
         if frames.ndim != 4 or tuple(frames.shape[1:]) != expected:
-            raise ValueError(
-                f"frames must be (N, {', '.join(map(str, expected))}), got {tuple(frames.shape)}"
-            )
+            raise ValueError(f"frames must be (N, {', '.join(map(str, expected))}), got {tuple(frames.shape)}")
 
     # ----------------------------------------------------------------------------- pretraining
     def forward(
@@ -196,9 +192,7 @@ class CAVMAESync(nn.Module):
 
         g = self.num_global
         joint = self.norm(run_blocks(self.blocks_u, torch.cat([enc_a[:, g:], enc_v[:, g:]], dim=1)))
-        pred_a, pred_v = self._decode(
-            joint, masked_a.kept.shape[1], masked_a.ids_restore, masked_v.ids_restore
-        )
+        pred_a, pred_v = self._decode(joint, masked_a.kept.shape[1], masked_a.ids_restore, masked_v.ids_restore)
         target_a = patchify(audio.unsqueeze(1).transpose(2, 3), self.config.patch_size)
         target_v = patchify(frames, self.config.patch_size)
         mse_a = masked_mse(pred_a, target_a, masked_a.mask, objective.norm_pix_loss)

@@ -19,9 +19,7 @@ def num_kept(num_tokens: int, mask_ratio: float) -> int:
     return int(num_tokens * (1.0 - mask_ratio))
 
 
-def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
-) -> MaskedTokens:
+def random_masking(tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> MaskedTokens:
     """Unstructured per-sample random masking. tokens: (B, P, D)."""
     batch, length, dim = tokens.shape
     keep = num_kept(length, mask_ratio)

@@ -1,0 +1,350 @@
+"""Media decoding with ffmpeg: probing, audio (16 kHz, first channel) and frames at given times.
+
+ffmpeg is the system binary when there is one (the official fbank is reproduced exactly with Debian's
+ffmpeg), else the one the imageio-ffmpeg wheel ships; `CAVSYNC_FFMPEG` overrides both. Commands are
+built with ffmpeg-python and run as argument lists (never through a shell), with a timeout and a
+bound on how many bytes they may write. Every failure is a `MediaError` subclass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class MediaError(Exception):
+    """A media file that cannot be turned into model inputs; the message says what to do."""
+
+
+class UnreadableMediaError(MediaError):
+    """Empty, truncated, corrupt, or not a media file at all."""
+
+
+class UnsupportedMediaError(MediaError):
+    """Readable, but not something we can use (a still image where a video is needed, ...)."""
+
+
+class NoUsableStreamError(MediaError):
+    """The file has no audio or video stream that the request needs."""
+
+
+class MediaTooLongError(MediaError):
+    """Longer than the configured maximum duration, or more output than expected."""
+
+
+class MediaTooShortError(MediaError):
+    """Shorter than the minimum the request needs (an audio query under 1 s, say)."""
+
+
+class MediaTimeoutError(MediaError):
+    """ffmpeg did not finish in time."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a probe found. Durations in seconds; None where the container does not say."""
+
+    path: Path
+    format_name: str
+    duration: float | None
+    audio_codec: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    video_codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+    still_image: bool = False
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_codec is not None and not self.still_image
+
+
+# ------------------------------------------------------------------------------------ binaries
+@lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    """Path of the ffmpeg to use: $CAVSYNC_FFMPEG, the system one, else imageio-ffmpeg's."""
+    configured = os.environ.get("CAVSYNC_FFMPEG") or shutil.which("ffmpeg")
+    if configured:
+        return configured
+    import imageio_ffmpeg
+
+    binary = imageio_ffmpeg.get_ffmpeg_exe()
+    log.warning("no system ffmpeg: using imageio-ffmpeg's %s (fbank matches the official one only to ~1e-3)", binary)
+    return binary
+
+
+@lru_cache(maxsize=1)
+def ffprobe_binary() -> str | None:
+    sibling = Path(ffmpeg_binary()).with_name("ffprobe")
+    return str(sibling) if sibling.is_file() else shutil.which("ffprobe")
+
+
+# ------------------------------------------------------------------------------------ running
+def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> bytes:
+    """Run a command (argument list), return stdout; bounded time and stdout size.
+
+    Raises MediaTimeoutError past `timeout`, MediaTooLongError past `max_output` bytes and
+    UnreadableMediaError on a non-zero exit, with the last lines ffmpeg wrote to stderr.
+    """
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr_tail: deque[bytes] = deque(maxlen=20)
+    drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    drain.start()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    chunks, size, overflow = [], 0, False
+    try:
+        while chunk := proc.stdout.read(1 << 20):  # type: ignore[union-attr]
+            size += len(chunk)
+            if size > max_output:
+                overflow = True
+                proc.kill()
+                break
+            chunks.append(chunk)
+        proc.wait()
+    finally:
+        timed_out = not timer.is_alive() and not overflow and proc.returncode != 0
+        timer.cancel()
+        drain.join(timeout=5)
+    message = b"".join(stderr_tail).decode("utf-8", "replace").strip()
+    if overflow:
+        raise MediaTooLongError(f"{what}: more output than the {max_output} bytes expected; the file is too long")
+    if timed_out:
+        raise MediaTimeoutError(f"{what}: ffmpeg did not finish within {timeout:.0f} s")
+    if proc.returncode != 0:
+        raise UnreadableMediaError(f"{what}: ffmpeg failed: {_last_line(message)}")
+    return b"".join(chunks)
+
+
+def _last_line(message: str) -> str:
+    lines = [ln for ln in message.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no error message"
+
+
+# ------------------------------------------------------------------------------------ probing
+def probe(path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S) -> MediaInfo:
+    """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableMediaError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise UnreadableMediaError(f"{path}: empty file")
+    prober = ffprobe_binary()
+    if prober:
+        args = [prober, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+        info = _info_from_ffprobe(path, json.loads(run_tool(args, timeout, 1 << 22, f"{path.name}: probe")))
+    else:
+        info = _probe_with_ffmpeg(path, timeout)
+    if not info.has_audio and info.video_codec is None:
+        raise NoUsableStreamError(f"{path.name}: no audio or video stream in this file")
+    return info
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def _rate(text: str | None) -> float | None:
+    if not text or "/" not in text:
+        return _number(text)
+    num, den = text.split("/", 1)
+    return _number(num) / _number(den) if _number(num) and _number(den) else None  # type: ignore[operator]
+
+
+def _info_from_ffprobe(path: Path, data: dict) -> MediaInfo:
+    streams = data.get("streams", [])
+    fmt = data.get("format", {})
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    video = next((s for s in streams if s.get("codec_type") == "video"), None)
+    format_name = fmt.get("format_name", "")
+    still = video is not None and (
+        video.get("disposition", {}).get("attached_pic") == 1 or format_name.endswith("_pipe") or
+        format_name == "image2"
+    )  # fmt: skip
+    stream_durations = [_number(s.get("duration")) for s in (audio, video) if s is not None]
+    known = [d for d in stream_durations if d is not None]
+    return MediaInfo(
+        path=path,
+        format_name=format_name,
+        duration=max(known) if known else _number(fmt.get("duration")),
+        audio_codec=audio.get("codec_name") if audio else None,
+        sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        channels=audio.get("channels") if audio else None,
+        video_codec=video.get("codec_name") if video else None,
+        width=video.get("width") if video else None,
+        height=video.get("height") if video else None,
+        frame_rate=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) if video else None,
+        still_image=still,
+    )
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_INPUT = re.compile(r"Input #0, ([\w,]+), from")
+_AUDIO = re.compile(r"Stream #0:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
+_VIDEO = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\d+)x(\d+)[^\n]*?(?:, ([\d.]+) fps)?")
+
+
+def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
+    """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report."""
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
+    proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    report = proc.stderr.decode("utf-8", "replace")[-65536:]
+    fmt = _INPUT.search(report)
+    if fmt is None:
+        raise UnreadableMediaError(f"{path.name}: not a readable media file: {_last_line(report)}")
+    duration = _DURATION.search(report)
+    audio, video = _AUDIO.search(report), _VIDEO.search(report)
+    channels = audio.group(3).strip() if audio else ""
+    return MediaInfo(
+        path=path,
+        format_name=fmt.group(1),
+        duration=int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else None,
+        audio_codec=audio.group(1) if audio else None,
+        sample_rate=int(audio.group(2)) if audio else None,
+        channels={"mono": 1, "stereo": 2}.get(channels, int(channels.split()[0]) if channels[:1].isdigit() else None),
+        video_codec=video.group(1) if video else None,
+        width=int(video.group(2)) if video else None,
+        height=int(video.group(3)) if video else None,
+        frame_rate=_number(video.group(4)) if video else None,
+        still_image=bool(video) and fmt.group(1).endswith("_pipe"),
+    )
+
+
+# ------------------------------------------------------------------------------------ decoding
+@dataclass(frozen=True)
+class FrameRequest:
+    """`count` frames evenly spaced over `span` seconds (frame i at i * span / count), `size` px square.
+
+    `fast` skips the decoder's deblocking filter (invisible after downscaling, ~20% faster on h264).
+    """
+
+    count: int
+    span: float
+    size: int
+    fast: bool = True
+
+
+@dataclass(frozen=True)
+class DecodedWindow:
+    audio: np.ndarray | None  # (samples,) float32, first channel
+    frames: np.ndarray | None  # (n <= count, size, size, 3) uint8 RGB
+
+
+def decode_window(
+    info: MediaInfo,
+    start: float,
+    seconds: float,
+    frames: FrameRequest | None = None,
+    audio: bool = True,
+    sample_rate: int = 16000,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> DecodedWindow:
+    """Decode `seconds` of media from `start` in ONE ffmpeg run: the audio and/or the chosen frames.
+
+    Audio: the first channel (channelmap, no downmix), resampled by ffmpeg to `sample_rate` via 16-bit PCM and
+    read as int16 / 32768, which reproduces the official preprocessing exactly. Frames: the fps filter
+    takes the source frame nearest each wanted time, then the short side is resized to `size`
+    (bicubic) and the centre cropped; only the chosen frames are scaled.
+    """
+    want_audio, want_frames = audio and info.has_audio, frames is not None and info.has_video
+    if not (want_audio or want_frames):
+        raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
+    seek = {"ss": start} if start > 0 else {}
+    with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
+        audio_path = Path(tmp) / "audio.s16"
+        outputs = []
+        if want_frames:  # its own input: video decoding stops just past the last chosen frame
+            read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)  # type: ignore[union-attr]
+            fast = {"skip_loop_filter": "all"} if frames.fast else {}  # type: ignore[union-attr]
+            video_input = ffmpeg.input(str(info.path), t=read, **seek, **fast)
+            outputs.append(_frames_output(video_input, frames))  # type: ignore[arg-type]
+        if want_audio:
+            audio_bytes = int((seconds + 1) * sample_rate * 2)
+            outputs.append(
+                ffmpeg.input(str(info.path), t=seconds, **seek)["a:0"]
+                .filter("channelmap", map="0", channel_layout="mono")
+                .output(str(audio_path), format="s16le", acodec="pcm_s16le", ar=sample_rate, fs=audio_bytes)
+            )
+        frame_bytes = frames.size * frames.size * 3 if want_frames else 0  # type: ignore[union-attr]
+        max_stdout = frame_bytes * frames.count if want_frames else 0  # type: ignore[union-attr]
+        raw = run_tool(_compile(ffmpeg.merge_outputs(*outputs)), timeout, max_stdout, f"{info.path.name}: decode")
+        samples = np.fromfile(audio_path, dtype="<i2") if want_audio and audio_path.exists() else None
+    decoded_frames = None
+    if want_frames:
+        usable = len(raw) - len(raw) % frame_bytes
+        decoded_frames = np.frombuffer(raw[:usable], dtype=np.uint8).reshape(-1, frames.size, frames.size, 3)  # type: ignore[union-attr]
+    decoded_audio = samples.astype(np.float32) / 32768.0 if samples is not None else None
+    return DecodedWindow(decoded_audio, decoded_frames)
+
+
+def _frames_output(source: ffmpeg.nodes.FilterableStream, request: FrameRequest) -> ffmpeg.nodes.OutputStream:
+    picked = source["v:0"].filter("fps", fps=f"{request.count}/{request.span}", round="near")
+    return _resize_and_crop(picked, request.size).output(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough", **{"frames:v": request.count}
+    )
+
+
+def decode_audio(
+    info: MediaInfo,
+    sample_rate: int = 16000,
+    start: float = 0.0,
+    duration: float | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> np.ndarray:
+    """The first channel as float32 (see `decode_window`), `duration` seconds from `start` (all if None)."""
+    seconds = duration if duration is not None else (info.duration or 0.0) + 1.0
+    window = decode_window(info, start, seconds, audio=True, sample_rate=sample_rate, timeout=timeout)
+    if window.audio is None:
+        raise NoUsableStreamError(f"{info.path.name}: no audio stream")
+    return window.audio
+
+
+def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
+    """One RGB frame (an image, or a video's frame at `at` seconds), short side to `size`, centre crop.
+
+    Returns uint8 (size, size, 3).
+    """
+    stream = ffmpeg.input(str(info.path), ss=at) if at > 0 else ffmpeg.input(str(info.path))
+    video = _resize_and_crop(stream.video, size)
+    out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
+    raw = run_tool(_compile(out), timeout, size * size * 3, f"{info.path.name}: image")
+    if len(raw) < size * size * 3:
+        raise UnreadableMediaError(f"{info.path.name}: no frame could be decoded at {at:.2f} s")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
+
+
+def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg.nodes.FilterableStream:
+    """Short side to `size` (bicubic, aspect kept), then the centre `size` x `size` square."""
+    scaled = stream.filter("scale", w=f"if(gt(iw,ih),-2,{size})", h=f"if(gt(iw,ih),{size},-2)", flags="bicubic")
+    return scaled.filter("crop", size, size)
+
+
+def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
+    return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_binary())
