@@ -5,9 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint format test bench clean
+.PHONY: install system-deps lint format test bench clean
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Debian's ffmpeg reproduces the official fbank exactly; without it (no apt, not root) the binary
+# that the imageio-ffmpeg wheel ships is used instead.
+system-deps:
+	@if ! command -v ffmpeg >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's ffmpeg"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	  else \
+	    echo "note: no system ffmpeg and no apt-get as root: falling back to imageio-ffmpeg's binary"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +38,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/bench_encoder.py
+	$(BIN)/python bench/bench_media.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -179,7 +179,7 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
         window = decode_window(
             info, start, prep.clip_s, request if info.has_video else None, True, prep.sample_rate, prep.timeout_s
         )
-        clip = _clip_from_window(window, start, config, prep)
+        clip = _clip_from_window(window, start, duration, config, prep)
         if clip is not None:  # a tail past the end of every stream is no clip
             clips.append(clip)
         if duration is None and (clip is None or clip.duration < prep.clip_s):
@@ -189,16 +189,21 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     return clips
 
 
-def _clip_from_window(window: DecodedWindow, start: float, config: ModelConfig, prep: PreprocessConfig) -> Clip | None:
+def _clip_from_window(
+    window: DecodedWindow, start: float, media_s: float | None, config: ModelConfig, prep: PreprocessConfig
+) -> Clip | None:
     has_audio = window.audio is not None and window.audio.size > 0
     has_frames = window.frames is not None and len(window.frames) > 0
     if not (has_audio or has_frames):
         return None
     segments = clip_segments(window.audio, config, prep) if has_audio else None  # type: ignore[arg-type]
     frames = normalize_frames(hold_last(window.frames, config.frames_per_clip), prep) if has_frames else None  # type: ignore[arg-type]
-    audio_s = window.audio.size / prep.sample_rate if has_audio else 0.0  # type: ignore[union-attr]
-    video_s = len(window.frames) * prep.frame_span_s / config.frames_per_clip if has_frames else 0.0  # type: ignore[arg-type]
-    return Clip(frames, segments, start, min(prep.clip_s, max(audio_s, video_s)))
+    if media_s is not None:
+        covered = media_s - start
+    else:  # what was decoded tells
+        audio_s = window.audio.size / prep.sample_rate if has_audio else 0.0  # type: ignore[union-attr]
+        covered = max(audio_s, len(window.frames) * prep.frame_span_s / config.frames_per_clip if has_frames else 0.0)  # type: ignore[arg-type]
+    return Clip(frames, segments, start, max(0.0, min(prep.clip_s, covered)))
 
 
 # ------------------------------------------------------------------------------------ queries
@@ -220,6 +225,8 @@ def load_query_audio(
     """An audio query (any file with an audio track, a video's included) -> (n, L, mel) segments."""
     prep = prep or PreprocessConfig()
     info = probe(path, prep.timeout_s)
+    if info.still_image and not info.has_audio:
+        raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not audio")
     if not info.has_audio:
         raise NoUsableStreamError(f"{info.path.name}: no audio track to search with")
     if info.duration is not None and info.duration > prep.max_query_s + 0.05:

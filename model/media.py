@@ -270,7 +270,8 @@ def decode_window(
 
     Audio: the first channel (channelmap, no downmix), resampled by ffmpeg to `sample_rate` via 16-bit PCM and
     read as int16 / 32768, which reproduces the official preprocessing exactly. Frames: the fps filter
-    takes the source frame nearest each wanted time, then the short side is resized to `size`
+    takes, for each wanted time, the source frame on screen then (the last one at or before it, as the
+    official int(i * N / T) frame index does), then the short side is resized to `size`
     (bicubic) and the centre cropped; only the chosen frames are scaled.
     """
     want_audio, want_frames = audio and info.has_audio, frames is not None and info.has_video
@@ -305,7 +306,7 @@ def decode_window(
 
 
 def _frames_output(source: ffmpeg.nodes.FilterableStream, request: FrameRequest) -> ffmpeg.nodes.OutputStream:
-    picked = source["v:0"].filter("fps", fps=f"{request.count}/{request.span}", round="near")
+    picked = source["v:0"].filter("fps", fps=f"{request.count}/{request.span}", round="up")
     return _resize_and_crop(picked, request.size).output(
         "pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough", **{"frames:v": request.count}
     )

@@ -35,9 +35,7 @@ def test_safetensors_round_trip_is_bit_exact(tiny_model: CAVMAESync, saved: Path
     cfg = tiny_model.config
     audio = torch.randn(2, cfg.audio_frames, cfg.mel_bins)
     with torch.no_grad():
-        assert torch.equal(
-            loaded.encode_audio(audio).global_tokens, tiny_model.encode_audio(audio).global_tokens
-        )
+        assert torch.equal(loaded.encode_audio(audio).global_tokens, tiny_model.encode_audio(audio).global_tokens)
     assert not list(saved.parent.glob("*.tmp")), "the temp file was left behind"
 
 

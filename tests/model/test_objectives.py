@@ -60,9 +60,7 @@ def test_info_nce_with_gathered_negatives_equals_full_batch(symmetric: bool) -> 
     audio, visual = torch.randn(8, 12, generator=gen), torch.randn(8, 12, generator=gen)
     full = info_nce(audio, visual, 0.07, symmetric)
     parts = [
-        info_nce(
-            audio[i : i + 4], visual[i : i + 4], 0.07, symmetric, all_audio=audio, all_visual=visual, offset=i
-        )
+        info_nce(audio[i : i + 4], visual[i : i + 4], 0.07, symmetric, all_audio=audio, all_visual=visual, offset=i)
         for i in (0, 4)
     ]
     assert torch.allclose(sum(p.loss for p in parts) / 2, full.loss, atol=1e-6)
@@ -83,9 +81,7 @@ def test_patchify_matches_naive_loop_and_audio_token_order() -> None:
     audio = torch.randn(1, 416, 128, generator=gen)
     tokens = patchify(audio.unsqueeze(1).transpose(2, 3), 16)
     f, t = 5, 17
-    assert torch.equal(
-        tokens[0, f * 26 + t], audio[0, t * 16 : (t + 1) * 16, f * 16 : (f + 1) * 16].t().reshape(-1)
-    )
+    assert torch.equal(tokens[0, f * 26 + t], audio[0, t * 16 : (t + 1) * 16, f * 16 : (f + 1) * 16].t().reshape(-1))
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
