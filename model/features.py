@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from model.config import ModelConfig
 from model.media import (
     DecodedWindow,
     FrameRequest,
+    MediaError,
     MediaInfo,
     MediaTooLongError,
     MediaTooShortError,
@@ -169,15 +172,28 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     subclass for anything unusable.
     """
     prep = prep or PreprocessConfig()
-    info = probe(path, prep.timeout_s)
-    if info.still_image and not info.has_audio:
-        raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file")
-    duration = _checked_duration(info, prep)
     request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Most files have both streams: decode the first window while probing, keep it if the probe agrees.
+        guess = MediaInfo(Path(path), "", None, audio_codec="?", video_codec="?")
+        speculative = pool.submit(
+            decode_window, guess, 0.0, prep.clip_s, request, True, prep.sample_rate, prep.timeout_s
+        )
+        info = probe(path, prep.timeout_s)
+        if info.still_image and not info.has_audio:
+            raise UnsupportedMediaError(
+                f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file"
+            )
+        duration = _checked_duration(info, prep)
+        first = _result_or_none(speculative) if info.has_audio and info.has_video else None
     clips = []
     for start in clip_starts(duration if duration is not None else prep.clip_s, prep):
-        window = decode_window(
-            info, start, prep.clip_s, request if info.has_video else None, True, prep.sample_rate, prep.timeout_s
+        window = (
+            first
+            if start == 0.0 and first is not None
+            else decode_window(
+                info, start, prep.clip_s, request if info.has_video else None, True, prep.sample_rate, prep.timeout_s
+            )
         )
         clip = _clip_from_window(window, start, duration, config, prep)
         if clip is not None:  # a tail past the end of every stream is no clip
@@ -187,6 +203,13 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     if not clips:
         raise NoUsableStreamError(f"{info.path.name}: neither audio samples nor video frames could be decoded")
     return clips
+
+
+def _result_or_none(job: Future[DecodedWindow]) -> DecodedWindow | None:
+    try:
+        return job.result()
+    except MediaError:
+        return None  # decoded again below, with what the probe found
 
 
 def _clip_from_window(
