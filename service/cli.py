@@ -13,9 +13,7 @@ app = typer.Typer(help="cavsync: audio-visual search with CAV-MAE Sync.", no_arg
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
 @app.command("convert-checkpoint")
@@ -39,6 +37,19 @@ def convert_checkpoint(
     save_checkpoint(model, out, {"source": official.name})
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     typer.echo(f"wrote {out}: {params / 1e6:.1f} M values, config {model.config.to_json()}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output folder (created).")],
+    n: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed: the corpus is a function of (n, seed).")] = 0,
+) -> None:
+    """Generate a synthetic audio-visual corpus of 10-s mp4 clips with localization masks."""
+    from training.synth import generate
+
+    generate(out, n, seed)
+    typer.echo(f"wrote {n} clips to {out}")
 
 
 if __name__ == "__main__":
