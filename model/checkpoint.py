@@ -128,7 +128,7 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(state_dict)
 
 
-def _unwrap(obj: Any) -> Mapping[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any) -> Mapping[str, torch.Tensor]:
     """Accept a bare state dict or one nested under 'state_dict' / 'model' (common training dumps)."""
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -174,11 +174,11 @@ def load_official_state_dict(state_dict: Mapping[str, torch.Tensor], **sizes: An
     `sizes` are ModelConfig fields or the official constructor's names (num_heads, decoder_num_heads,
     modality_specific_depth, audio_length, ...); whatever is not given is read off the tensor shapes.
     """
-    tensors = strip_prefix(_unwrap(state_dict))
+    tensors = strip_prefix(unwrap_state_dict(state_dict))
     return build_model(infer_config(tensors, **sizes), tensors)
 
 
-def _read_torch_file(path: Path) -> Any:
+def read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -239,7 +239,7 @@ def load_model(path: str | os.PathLike[str], **overrides: Any) -> CAVMAESync:
             config = config_from_metadata(metadata, path).replace(**normalize_sizes(overrides))
             return build_model(config, tensors)
         return load_official_state_dict(tensors, **overrides)
-    return load_official_state_dict(_read_torch_file(path), **overrides)
+    return load_official_state_dict(read_torch_file(path), **overrides)
 
 
 def config_from_metadata(metadata: Mapping[str, str], path: Path) -> ModelConfig:

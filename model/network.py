@@ -6,6 +6,7 @@ one-to-one. Shapes: audio segments (N, L, mel), frames (N, 3, H, W); D = embed_d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -180,13 +181,21 @@ class CAVMAESync(nn.Module):
         frames: torch.Tensor,
         objective: ObjectiveConfig | None = None,
         generator: torch.Generator | None = None,
+        mask_noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
     ) -> PretrainOutput:
-        """Masked pretraining step. audio: (B, L, mel), frames: (B, C, H, W), pair i matches."""
+        """Masked pretraining step. audio: (B, L, mel), frames: (B, C, H, W), pair i matches.
+
+        `mask_noise` ((B, P_a), (B, P_v)) fixes the masks (default: random from `generator`).
+        `gather(tokens)` returns the tokens of every rank (with gradient) and this rank's offset in
+        them, so that InfoNCE sees every rank's negatives (default: this batch only).
+        """
         objective = objective or ObjectiveConfig()
         self._check_audio(audio)
         self._check_visual(frames)
-        masked_a = random_masking(self._embed(audio, "audio"), objective.mask_ratio_audio, generator)
-        masked_v = random_masking(self._embed(frames, "visual"), objective.mask_ratio_visual, generator)
+        noise_a, noise_v = mask_noise if mask_noise is not None else (None, None)
+        masked_a = random_masking(self._embed(audio, "audio"), objective.mask_ratio_audio, generator, noise_a)
+        masked_v = random_masking(self._embed(frames, "visual"), objective.mask_ratio_visual, generator, noise_v)
         enc_a = self._encode_unimodal(masked_a.kept, "audio")  # (B, G + K_a, D)
         enc_v = self._encode_unimodal(masked_v.kept, "visual")  # (B, G + K_v, D)
 
@@ -200,7 +209,10 @@ class CAVMAESync(nn.Module):
 
         global_a = self._split(self._joint_unimodal(enc_a, "audio")).global_tokens
         global_v = self._split(self._joint_unimodal(enc_v, "visual")).global_tokens
-        nce = info_nce(global_a, global_v, objective.temperature, objective.symmetric_contrastive)
+        banks: dict = {}
+        if gather is not None:
+            (banks["all_audio"], banks["offset"]), (banks["all_visual"], _) = gather(global_a), gather(global_v)
+        nce = info_nce(global_a, global_v, objective.temperature, objective.symmetric_contrastive, **banks)
         total = objective.lambda_r * (mse_a + mse_v) + objective.lambda_c * nce.loss
         return PretrainOutput(
             total, mse_a, mse_v, nce.loss, nce.accuracy, masked_a.mask, masked_v.mask,

@@ -19,11 +19,21 @@ def num_kept(num_tokens: int, mask_ratio: float) -> int:
     return int(num_tokens * (1.0 - mask_ratio))
 
 
-def random_masking(tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> MaskedTokens:
-    """Unstructured per-sample random masking. tokens: (B, P, D)."""
+def random_masking(
+    tokens: torch.Tensor,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> MaskedTokens:
+    """Unstructured per-sample random masking. tokens: (B, P, D).
+
+    The tokens with the smallest `noise` (B, P) are kept; by default the noise is uniform random
+    (from `generator`). Passing it in makes masks independent of how a batch is split across ranks.
+    """
     batch, length, dim = tokens.shape
     keep = num_kept(length, mask_ratio)
-    noise = torch.rand(batch, length, device=tokens.device, generator=generator)
+    if noise is None:
+        noise = torch.rand(batch, length, device=tokens.device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)  # ascending: the first `keep` are visible
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :keep]

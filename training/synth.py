@@ -120,8 +120,8 @@ def paint(frame: np.ndarray, obj: SynthObject, mask: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------ sound
-def object_sound(obj: SynthObject, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+def object_sound(obj: SynthObject, samples: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(samples) / SAMPLE_RATE
     phase = 2 * np.pi * obj.pitch_hz * t
     if obj.waveform == "sine":
         tone = np.sin(phase)
@@ -222,9 +222,7 @@ def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
     audio = rng.standard_normal(int(SECONDS * SAMPLE_RATE)).astype(np.float32) * spec.noise_level
     for event in spec.events:
         first, last = int(event.start * SAMPLE_RATE), int(event.end * SAMPLE_RATE)
-        audio[first:last] += (
-            0.5 * event.loudness * object_sound(VOCABULARY[event.object], (last - first) / SAMPLE_RATE, rng)
-        )
+        audio[first:last] += 0.5 * event.loudness * object_sound(VOCABULARY[event.object], last - first, rng)
     return np.clip(audio, -1.0, 1.0)
 
 
