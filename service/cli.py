@@ -39,17 +39,70 @@ def convert_checkpoint(
     typer.echo(f"wrote {out}: {params / 1e6:.1f} M values, config {model.config.to_json()}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Pretrain CAV-MAE Sync (flags: `cavsync train --help`; the same as `torchrun -m training.pretrain`)."""
+    from training.pretrain import main as pretrain_main
+
+    pretrain_main(list(ctx.args))
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Output folder (created).")],
     n: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed: the corpus is a function of (n, seed).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes rendering and encoding clips.")] = 1,
 ) -> None:
     """Generate a synthetic audio-visual corpus of 10-s mp4 clips with localization masks."""
     from training.synth import generate
 
-    generate(out, n, seed)
+    generate(out, n, seed, workers)
     typer.echo(f"wrote {n} clips to {out}")
+
+
+eval_app = typer.Typer(help="Evaluate a checkpoint; prints JSON.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (.safetensors or official .pth).")],
+    data: Annotated[Path, typer.Option(help="A media manifest or a `cavsync synth` folder.")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding processes.")] = 2,
+) -> None:
+    """Zero-shot retrieval, both directions, strategies diagonal_mean, diagonal_max, mean, max."""
+    import json
+
+    from model import load_model
+    from training.data import MediaManifest
+    from training.evaluate import encode_corpus, retrieval_report
+
+    model = load_model(checkpoint)
+    tokens = encode_corpus(model, MediaManifest.open(data, model.config), batch_size, workers)
+    typer.echo(json.dumps(retrieval_report(tokens), indent=2))
+
+
+@eval_app.command("localization")
+def eval_localization(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
+    data: Annotated[Path, typer.Option(help="A `cavsync synth` folder (it has the masks).")],
+    all_frames: Annotated[bool, typer.Option(help="Score every frame, not only those with a distractor.")] = False,
+) -> None:
+    """Sound-prompted localization (DenseAV-style mAP / mIoU) next to a centre prior and the distractor."""
+    import json
+
+    from model import load_model
+    from training.data import MediaManifest
+    from training.evaluate import evaluate_localization
+
+    model = load_model(checkpoint)
+    report = evaluate_localization(model, MediaManifest.open(data, model.config), not all_frames)
+    typer.echo(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

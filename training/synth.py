@@ -19,7 +19,9 @@ import os
 import subprocess
 import tempfile
 import wave
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -268,14 +270,22 @@ def _metadata(spec: ClipSpec, path: Path) -> dict:
     }
 
 
-def generate(out: str | os.PathLike[str], n: int, seed: int, ffmpeg: str | None = None) -> Path:
-    """Write n clips, their masks, `metadata.jsonl` and `vocabulary.json` into `out`; returns it."""
+def generate(out: str | os.PathLike[str], n: int, seed: int, workers: int = 1, ffmpeg: str | None = None) -> Path:
+    """Write n clips, their masks, `metadata.jsonl` and `vocabulary.json` into `out`; returns it.
+
+    `workers` > 1 renders and encodes clips in that many processes (the output is the same).
+    """
     from model.media import ffmpeg_binary  # the same binary the decoder uses
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = ffmpeg or ffmpeg_binary()
-    rows = [write_clip(spec, out_dir, seed, binary) for spec in make_specs(n, seed)]
+    specs = make_specs(n, seed)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(write_clip, specs, repeat(out_dir), repeat(seed), repeat(binary), chunksize=8))
+    else:
+        rows = [write_clip(spec, out_dir, seed, binary) for spec in specs]
     with open(out_dir / "metadata.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

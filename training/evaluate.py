@@ -1,0 +1,201 @@
+"""Evaluation: zero-shot retrieval (both directions, every strategy) and sound-prompted localization.
+
+cavsync eval retrieval --checkpoint CKPT --data DIR
+cavsync eval localization --checkpoint CKPT --data DIR     (a `cavsync synth` folder: it has masks)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from model import CAVMAESync, MediaError
+from model.similarity import STRATEGIES, clip_scores, normalize
+from training.data import MediaManifest
+from training.metrics import retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusTokens:
+    """Per-frame global tokens of a corpus, L2-normalised: audio/visual (N, T, D)."""
+
+    audio: torch.Tensor
+    visual: torch.Tensor
+    keys: list[str]
+    groups: list[str]
+
+
+class _Clips(Dataset):
+    def __init__(self, source: MediaManifest) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        try:
+            return (index, *self.source.load(index))
+        except MediaError as exc:
+            log.warning("skipping %s: %s", self.source.key(index), exc)
+            return None
+
+
+def _keep(items: list) -> list:
+    return [item for item in items if item is not None]
+
+
+@torch.no_grad()
+def encode_clips(model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """frames (B, T, 3, H, W), segments (B, T, L, mel) -> normalised audio, visual tokens (B, T, D)."""
+    batch, frames_per_clip = frames.shape[:2]
+    audio = model.encode_audio(segments.flatten(0, 1)).global_tokens  # (B*T, D)
+    visual = model.encode_visual(frames.flatten(0, 1)).global_tokens
+    return normalize(audio).view(batch, frames_per_clip, -1), normalize(visual).view(batch, frames_per_clip, -1)
+
+
+def encode_corpus(model: CAVMAESync, source: MediaManifest, batch_size: int = 8, workers: int = 2) -> CorpusTokens:
+    """Decode (in worker processes) and encode every clip of a manifest."""
+    loader = DataLoader(_Clips(source), batch_size=batch_size, num_workers=workers, collate_fn=_keep)
+    audio, visual, indices = [], [], []
+    for items in loader:
+        if not items:
+            continue
+        a, v = encode_clips(model, torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items]))
+        audio.append(a)
+        visual.append(v)
+        indices += [i[0] for i in items]
+    return CorpusTokens(
+        torch.cat(audio),
+        torch.cat(visual),
+        [source.key(i) for i in indices],
+        [str(source.rows[i].get("group", source.key(i))) for i in indices],
+    )
+
+
+def retrieval_report(tokens: CorpusTokens, strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Any]:
+    """R@1/5/10 and ranks for audio->visual and visual->audio under each strategy, over the whole corpus
+    and over the queries that have an order-shuffled hard negative in the corpus."""
+    group_sizes: dict[str, int] = {}
+    for group in tokens.groups:
+        group_sizes[group] = group_sizes.get(group, 0) + 1
+    hard = torch.tensor([group_sizes[g] > 1 for g in tokens.groups])
+    report: dict[str, Any] = {"clips": len(tokens.keys), "hard_negative_queries": int(hard.sum())}
+    for strategy in strategies:
+        for name, query, target in (
+            ("audio_to_visual", tokens.audio, tokens.visual),
+            ("visual_to_audio", tokens.visual, tokens.audio),
+        ):
+            scores = clip_scores(query, target, strategy)  # type: ignore[arg-type]
+            entry = retrieval_metrics(scores)
+            if hard.any():
+                correct = torch.arange(len(scores))[hard]
+                entry["hard_negatives"] = retrieval_metrics(scores[hard], correct)
+            report[f"{strategy}/{name}"] = entry
+    return report
+
+
+# ------------------------------------------------------------------------------------ localization
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AP of ranking `scores` against binary `labels` (the area under the step precision-recall curve)."""
+    order = scores.argsort(descending=True)
+    hits = labels[order].float()
+    if hits.sum() == 0:
+        return float("nan")
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def localization_maps(model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor, size: int) -> torch.Tensor:
+    """Cosine of each frame's audio global token with its visual patch tokens, upsampled: (T, size, size)."""
+    with torch.no_grad():
+        audio = F.normalize(model.encode_audio(segments).global_tokens, dim=-1)  # (T, D)
+        patches = F.normalize(model.encode_visual(frames).patch_tokens, dim=-1)  # (T, P, D)
+    side = model.config.visual_grid[0]
+    grid = torch.einsum("td,tpd->tp", audio, patches).view(-1, 1, side, side)
+    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def localization_report(maps: list[torch.Tensor], masks: list[np.ndarray], distractors: list[np.ndarray],
+                        classes: list[str], thresholds: int = 20) -> dict[str, Any]:  # fmt: skip
+    """DenseAV-style scores over frames: per-class pixel AP and IoU at the best of `thresholds` levels
+    (maps min-max normalised per frame), their class means, and how often the peak is on the object.
+    `maps`, `masks`, `distractors`: (size, size) per frame; `classes`: the sounding object's name."""
+    norm = [(m - m.min()) / (m.max() - m.min() + 1e-12) for m in maps]
+    truth = [torch.from_numpy(m) for m in masks]
+    by_class: dict[str, list[int]] = {}
+    for i, name in enumerate(classes):
+        by_class.setdefault(name, []).append(i)
+    levels = torch.linspace(0, 1, thresholds + 2)[1:-1]
+    ap, iou_per_level = [], torch.zeros(len(by_class), thresholds)
+    for c, indices in enumerate(by_class.values()):
+        scores = torch.cat([norm[i].flatten() for i in indices])
+        labels = torch.cat([truth[i].flatten() for i in indices])
+        ap.append(average_precision(scores, labels))
+        predicted = scores[None, :] >= levels[:, None]  # (levels, pixels)
+        inter = (predicted & labels[None]).sum(1).float()
+        union = (predicted | labels[None]).sum(1).float()
+        iou_per_level[c] = inter / union.clamp_min(1)
+    best = int(iou_per_level.mean(0).argmax())
+    peaks = [bool(truth[i].flatten()[norm[i].flatten().argmax()]) for i in range(len(norm))]
+    return {
+        "frames": len(maps),
+        "classes": len(by_class),
+        "mAP": float(np.nanmean(ap)),
+        "mIoU": float(iou_per_level[:, best].mean()),
+        "best_threshold": float(levels[best]),
+        "peak_in_object": float(np.mean(peaks)),
+        "peak_on_distractor": float(
+            np.mean(
+                [bool(torch.from_numpy(d).flatten()[norm[i].flatten().argmax()]) for i, d in enumerate(distractors)]
+            )
+        ),  # fmt: skip
+    }
+
+
+def baseline_maps(masks: list[np.ndarray], distractors: list[np.ndarray]) -> dict[str, list[torch.Tensor]]:
+    """A centre prior (Gaussian bump) and "pointing at the distractor" (its mask as the map)."""
+    size = masks[0].shape[0]
+    axis = (torch.arange(size) + 0.5) / size - 0.5
+    centre = torch.exp(-(axis[None, :] ** 2 + axis[:, None] ** 2) / (2 * 0.2**2))
+    return {"centre_prior": [centre for _ in masks], "distractor": [torch.from_numpy(d).float() for d in distractors]}
+
+
+def evaluate_localization(
+    model: CAVMAESync, source: MediaManifest, only_with_distractor: bool = True
+) -> dict[str, Any]:
+    """Localization on a synth corpus: frames where the distractor is visible (by default)."""
+    maps, masks, distractors, classes = [], [], [], []
+    for index, row in enumerate(source.rows):
+        data = np.load(source.base / row["masks"])
+        frames, segments = source.load(index)
+        size = data["sounding"].shape[-1]
+        clip_maps = localization_maps(model, frames, segments, size)
+        for t in range(len(clip_maps)):
+            if only_with_distractor and not data["distractor"][t].any():
+                continue
+            event = next((e for e in row["events"] if e["start"] <= data["times"][t] < e["end"]), row["events"][-1])
+            maps.append(clip_maps[t])
+            masks.append(data["sounding"][t])
+            distractors.append(data["distractor"][t])
+            classes.append(event["name"])
+    if not maps:
+        raise ValueError("no frame to score (no masks, or no distractor visible)")
+    report = {"model": localization_report(maps, masks, distractors, classes)}
+    for name, base in baseline_maps(masks, distractors).items():
+        report[name] = localization_report(base, masks, distractors, classes)
+    return report
+
+
+def load_eval_model(checkpoint: str | Path) -> CAVMAESync:
+    from model import load_model
+
+    return load_model(checkpoint)
