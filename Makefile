@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint format test bench clean
+.PHONY: install system-deps lint format test bench demo-checkpoint clean
 
 install: system-deps $(STAMP)
 
@@ -39,6 +39,21 @@ test: install lint
 bench: install
 	$(BIN)/python bench/bench_encoder.py
 	$(BIN)/python bench/bench_media.py
+
+# The committed demo checkpoint: exactly how it was made (CPU, ~40 min on the 2-core dev machine).
+DEMO_WORK ?= /tmp/cavsync-demo-train
+DEMO_EPOCHS ?= 170
+demo-checkpoint: install
+	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 1200 --seed 1000 --workers 2
+	$(BIN)/cavsync synth --out $(DEMO_WORK)/heldout --n 240 --seed 2000 --workers 2
+	$(BIN)/cavsync train --data $(DEMO_WORK)/train --out-dir $(DEMO_WORK)/run --preset tiny \
+	  --epochs $(DEMO_EPOCHS) --batch-size 64 --lr 5e-4 --objective.lambda-c 0.5 --objective.symmetric-contrastive \
+	  --num-workers 2 --cache-dir $(DEMO_WORK)/cache --checkpoint-every 200 --seed 0
+	cp $(DEMO_WORK)/run/model.safetensors checkpoints/cavsync_tiny_demo.safetensors
+	$(BIN)/cavsync eval retrieval --checkpoint checkpoints/cavsync_tiny_demo.safetensors \
+	  --data $(DEMO_WORK)/heldout > checkpoints/eval_retrieval.json
+	$(BIN)/cavsync eval localization --checkpoint checkpoints/cavsync_tiny_demo.safetensors \
+	  --data $(DEMO_WORK)/heldout > checkpoints/eval_localization.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
