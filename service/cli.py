@@ -87,6 +87,30 @@ def eval_retrieval(
     typer.echo(json.dumps(retrieval_report(tokens), indent=2))
 
 
+@eval_app.command("classification")
+def eval_classification(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
+    data: Annotated[Path, typer.Option(help="A labelled media manifest or a `cavsync synth` folder.")],
+    mode: Annotated[str, typer.Option(help="linear (frozen encoder) or finetune.")] = "linear",
+    single_label: Annotated[bool, typer.Option(help="CE + accuracy on each clip's first label.")] = False,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    holdout: Annotated[float, typer.Option(help="Share of the clips kept for scoring.")] = 0.2,
+) -> None:
+    """Train the clip classifier on part of the corpus and score it on the rest (mAP or accuracy)."""
+    import json
+
+    from model import load_model
+    from training.classify import ClassifierConfig, evaluate_classification
+    from training.data import MediaManifest
+
+    if mode not in {"linear", "finetune"}:
+        raise typer.BadParameter("mode must be linear or finetune")
+    model = load_model(checkpoint)
+    config = ClassifierConfig(1, not single_label, freeze_encoder=mode == "linear", epochs=epochs)
+    report = evaluate_classification(model, MediaManifest.open(data, model.config), config, holdout)
+    typer.echo(json.dumps(report | {"mode": mode}, indent=2))
+
+
 @eval_app.command("localization")
 def eval_localization(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],

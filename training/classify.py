@@ -99,3 +99,38 @@ def fit(classifier: ClipClassifier, frames: torch.Tensor, segments: torch.Tensor
         losses.append(total / len(order))
     classifier.eval()
     return losses
+
+
+def evaluate_classification(encoder: CAVMAESync, source, config: ClassifierConfig, holdout: float = 0.2,
+                            seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Train the head on the first (1 - holdout) of a labelled corpus, score it on the rest.
+
+    Labels come from the source (`labels(index)`); multi-label targets are multi-hot over every label
+    seen, single-label targets take each clip's first label.
+    """
+    clips = [source.load(i) for i in range(len(source))]
+    names = sorted({label for i in range(len(source)) for label in source.labels(i)})
+    if not names:
+        raise ValueError("the corpus has no labels")
+    lookup = {name: k for k, name in enumerate(names)}
+    if config.multi_label:
+        targets = torch.zeros(len(clips), len(names))
+        for i in range(len(clips)):
+            targets[i, [lookup[n] for n in source.labels(i)]] = 1.0
+    else:
+        targets = torch.tensor([lookup[source.labels(i)[0]] if source.labels(i) else 0 for i in range(len(clips))])
+    frames, segments = torch.stack([c[0] for c in clips]), torch.stack([c[1] for c in clips])
+    split = int(len(clips) * (1 - holdout))
+    head = ClipClassifier(encoder, config if config.num_classes == len(names) else _with_classes(config, len(names)))
+    losses = fit(head, frames[:split], segments[:split], targets[:split], torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        logits = head(frames[split:], segments[split:])
+    metrics = classification_metrics(logits, targets[split:], config.multi_label)
+    return metrics | {"train_clips": split, "test_clips": len(clips) - split, "classes": len(names),
+                      "final_train_loss": losses[-1]}  # fmt: skip
+
+
+def _with_classes(config: ClassifierConfig, count: int) -> ClassifierConfig:
+    from dataclasses import replace
+
+    return replace(config, num_classes=count)

@@ -197,8 +197,33 @@ class MetricsLog:
                     self.writer.add_scalar(key, value, int(row["step"]))
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) pretraining; returns the path of the final `model.safetensors`."""
+@dataclass
+class Run:
+    """Everything one pretraining run holds while it goes."""
+
+    cfg: TrainConfig
+    dist: distributed.Dist
+    model: CAVMAESync
+    wrapped: torch.nn.Module  # the DDP wrapper, or the model itself in a single process
+    dataset: PairDataset
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    progress: Progress
+    micro: int  # per-rank micro-batch
+    steps_per_epoch: int
+    metrics: MetricsLog | None
+
+    @property
+    def last(self) -> Path:
+        return Path(self.cfg.out_dir) / "last.ckpt"
+
+    def checkpoint(self) -> None:
+        if self.dist.main:
+            save_state(self.last, self.model, self.optimizer, self.scheduler, self.progress, self.cfg)
+
+
+def prepare(cfg: TrainConfig) -> Run:
+    """Model, data, optimiser and schedule; resumes from `out_dir/last.ckpt` when there is one."""
     dist = distributed.setup(cfg.device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,60 +245,62 @@ def train(cfg: TrainConfig) -> Path:
         optimizer, lambda s: lr_factor(s, total, cfg.warmup_fraction, cfg.final_lr_fraction)
     )
     progress = Progress()
-    last = out_dir / "last.ckpt"
-    if last.exists():
-        progress = load_state(last, model, optimizer, scheduler)
-        log.info("resumed from %s at step %d", last, progress.step)
+    if (out_dir / "last.ckpt").exists():
+        progress = load_state(out_dir / "last.ckpt", model, optimizer, scheduler)
+        log.info("resumed from %s at step %d", out_dir / "last.ckpt", progress.step)
     if dist.main:
         (out_dir / "config.json").write_text(cfg.to_json())
         (out_dir / "model_config.json").write_text(config.to_json())
     wrapped = DistributedDataParallel(model) if dist.world > 1 else model
     metrics = MetricsLog(out_dir, cfg.tensorboard) if dist.main else None
-    bar = tqdm(total=total, initial=progress.step, disable=not dist.main, desc="pretrain", unit="step")
+    return Run(cfg, dist, model, wrapped, dataset, optimizer, scheduler, progress, micro, steps_per_epoch, metrics)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) pretraining; returns the path of the final `model.safetensors`."""
+    run = prepare(cfg)
+    total = run.steps_per_epoch * cfg.epochs
+    bar = tqdm(total=total, initial=run.progress.step, disable=not run.dist.main, desc="pretrain", unit="step")
     try:
-        _run_epochs(
-            wrapped, model, dataset, optimizer, scheduler, progress, cfg, dist, micro, steps_per_epoch, metrics, bar
-        )
+        run_epochs(run, bar)
     finally:
         bar.close()
         distributed.teardown()
-    return out_dir / "model.safetensors"
+    return Path(cfg.out_dir) / "model.safetensors"
 
 
-def _run_epochs(
-    wrapped, model, dataset, optimizer, scheduler, progress, cfg, dist, micro, steps_per_epoch, metrics, bar
-):
-    last = Path(cfg.out_dir) / "last.ckpt"
-    started, samples, result = time.perf_counter(), 0, {}
+def run_epochs(run: Run, bar: tqdm) -> None:
+    cfg, progress = run.cfg, run.progress
+    started, samples = time.perf_counter(), 0
     while progress.epoch < cfg.epochs:
-        dataset.set_epoch(progress.epoch)
-        batches = epoch_batches(len(dataset), micro, cfg.seed, progress.epoch, dist.rank, dist.world)
-        batches = batches[: steps_per_epoch * cfg.grad_accum][progress.position * cfg.grad_accum :]
-        for group in _steps(_loader(dataset, cfg, batches), cfg.grad_accum):
+        run.dataset.set_epoch(progress.epoch)
+        batches = epoch_batches(len(run.dataset), run.micro, cfg.seed, progress.epoch, run.dist.rank, run.dist.world)
+        batches = batches[: run.steps_per_epoch * cfg.grad_accum][progress.position * cfg.grad_accum :]
+        for group in _steps(_loader(run.dataset, cfg, batches), cfg.grad_accum):
             progress.skipped += sum(b["skipped"] for b in group)
-            if not distributed.all_true(all("audio" in b for b in group), dist.device):
-                log.warning("step %d: a rank has only unreadable items; step skipped", progress.step)
+            result: dict[str, float] = {}
+            if distributed.all_true(all("audio" in b for b in group), run.dist.device):
+                result = train_step(run.wrapped, group, run.optimizer, cfg, run.dist)
+                samples += sum(len(b["index"]) for b in group) * run.dist.world
             else:
-                result = train_step(wrapped, group, optimizer, cfg, dist)
-                samples += sum(len(b["index"]) for b in group) * dist.world
-            scheduler.step()
+                log.warning("step %d: a rank has only unreadable items; step skipped", progress.step)
+            run.scheduler.step()
             progress.step += 1
             progress.position += 1
             bar.update(1)
-            if dist.main and (progress.step % cfg.log_every == 0 or progress.step == 1):
+            if result and run.metrics and (progress.step % cfg.log_every == 0 or progress.step == 1):
                 rate = samples / max(1e-9, time.perf_counter() - started)
-                row = {"step": progress.step, "epoch": progress.epoch, "lr": scheduler.get_last_lr()[0]}
-                metrics.write(row | result | {"skipped": progress.skipped, "samples_per_s": rate})
+                row = {"step": progress.step, "epoch": progress.epoch, "lr": run.scheduler.get_last_lr()[0]}
+                run.metrics.write(row | result | {"skipped": progress.skipped, "samples_per_s": rate})
                 bar.set_postfix(loss=f"{result['loss']:.3f}", acc=f"{result['contrastive_accuracy']:.2f}")
-            done = cfg.max_steps is not None and progress.step >= cfg.max_steps
-            if dist.main and (progress.step % cfg.checkpoint_every == 0 or done):
-                save_state(last, model, optimizer, scheduler, progress, cfg)
-            if done:
+            if cfg.max_steps is not None and progress.step >= cfg.max_steps:
+                run.checkpoint()
                 return
+            if progress.step % cfg.checkpoint_every == 0:
+                run.checkpoint()
         progress.epoch += 1
         progress.position = 0
-    if dist.main:
-        save_state(last, model, optimizer, scheduler, progress, cfg)
+    run.checkpoint()
 
 
 def main(argv: list[str] | None = None) -> None:

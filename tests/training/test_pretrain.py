@@ -141,3 +141,33 @@ def test_recipe_defaults_and_flags() -> None:
     assert cfg.objective.mask_ratio_audio == 0.75 and cfg.warmup_fraction == 0.1 and cfg.final_lr_fraction == 0.1
     cfg = parse_args(["--data", "d", "--out-dir", "o", "--objective.lambda-c", "0.01", "--no-gather-negatives"])
     assert cfg.objective.lambda_c == 0.01 and not cfg.gather_negatives
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
+    from training.pretrain import NonFiniteLossError
+
+    torch.manual_seed(0)
+    model = CAVMAESync(preset("tiny", **SMALL))
+    batch = _batches(1, 4)[0]
+    batch["audio"][0, 0, 0] = float("nan")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        train_step(model, [batch], optimizer, _config(tmp_path), Dist(0, 1, 0, torch.device("cpu")))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no step was taken
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_torchrun_two_ranks_on_cpu(synth_corpus: Path, tmp_path: Path) -> None:
+    """The real entry point under torchrun: gloo process group, DDP, gathered negatives, checkpoint."""
+    out = tmp_path / "ddp_run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.pretrain", "--data", str(synth_corpus), "--out-dir", str(out), "--preset", "tiny",
+           "--model-overrides", '{"modality_depth": 1, "decoder_depth": 1}', "--batch-size", "8",
+           "--epochs", "1", "--num-workers", "0", "--max-steps", "2"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(out / "last.ckpt", weights_only=True)["progress"]["step"] == 2
+    assert (out / "model.safetensors").exists() and (out / "metrics.csv").exists()

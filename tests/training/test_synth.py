@@ -60,3 +60,24 @@ def test_cli_writes_decodable_clips_with_masks(tmp_path: Path) -> None:
         assert masks["sounding"].shape == (16, 128, 128) and masks["sounding"].any(axis=(1, 2)).all()
         assert np.allclose(masks["times"], MASK_TIMES)
         assert row["labels"] and all(event["name"] in row["labels"] for event in row["events"])
+
+
+@pytest.mark.slow
+def test_eval_commands_print_json(synth_corpus: Path, tmp_path: Path) -> None:
+    from model import CAVMAESync, save_checkpoint
+
+    checkpoint = save_checkpoint(CAVMAESync(preset("tiny", modality_depth=1)), tmp_path / "m.safetensors")
+    runner = CliRunner()
+    retrieval = runner.invoke(app, ["eval", "retrieval", "--checkpoint", str(checkpoint), "--data", str(synth_corpus),
+                                    "--workers", "0"])  # fmt: skip
+    assert retrieval.exit_code == 0, retrieval.output
+    report = json.loads(retrieval.output)
+    assert report["clips"] == 24 and 0 <= report["diagonal_mean/audio_to_visual"]["R@1"] <= 1
+    classification = runner.invoke(app, ["eval", "classification", "--checkpoint", str(checkpoint), "--data",
+                                         str(synth_corpus), "--epochs", "2"])  # fmt: skip
+    assert classification.exit_code == 0, classification.output
+    assert 0 <= json.loads(classification.output)["mAP"] <= 1
+    localization = runner.invoke(app, ["eval", "localization", "--checkpoint", str(checkpoint), "--data",
+                                       str(synth_corpus)])  # fmt: skip
+    assert localization.exit_code == 0, localization.output
+    assert set(json.loads(localization.output)) == {"model", "centre_prior", "distractor"}

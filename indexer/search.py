@@ -1,0 +1,81 @@
+"""The retrieval core: query tokens (T_q, D) -> the top-k clips of a store version.
+
+Candidates come from the FAISS index of the target modality (each query frame's nearest frames;
+their clips), or from every live clip when the store is small; then the exact similarity of the
+chosen strategy is computed on the stored tokens (`model.similarity`), sliding a shorter query over
+each clip and a longer query over itself. Deleted clips never come back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexer.store import StoreVersion
+from model.similarity import STRATEGIES, clip_scores, sliding_scores
+
+
+@dataclass(frozen=True)
+class ClipHit:
+    clip_id: int
+    row: int
+    score: float
+    offset: int  # where the query's first frame lands in the clip (negative: the clip starts inside the query)
+    frame_scores: tuple[float, ...]  # cosine of each aligned (query, clip) frame pair
+
+
+def candidate_rows(version: StoreVersion, query: np.ndarray, target: str, per_frame: int) -> np.ndarray:
+    """Live rows whose frames are among the `per_frame` nearest of some query frame."""
+    vectors = np.ascontiguousarray(query, dtype=np.float32)
+    _, ids = version.index[target].search(vectors, min(per_frame, version.index[target].ntotal))
+    rows = np.unique(ids[ids >= 0] // version.frames)
+    return rows[version.live[rows]]
+
+
+def score_rows(query: torch.Tensor, tokens: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """query (T_q, D), tokens (N, T, D) -> (scores (N,), offsets (N,)) of the best alignment."""
+    length, frames = query.shape[0], tokens.shape[1]
+    if length == frames:
+        return clip_scores(query[None], tokens, strategy)[0], torch.zeros(len(tokens), dtype=torch.long)  # type: ignore[arg-type]
+    if length < frames:
+        match = sliding_scores(query, tokens, strategy)  # type: ignore[arg-type]
+        return match.scores, match.offsets
+    windows = query.unfold(0, frames, 1).permute(0, 2, 1)  # (W, T, D): every clip-long window of the query
+    per_window = clip_scores(windows, tokens, strategy)  # type: ignore[arg-type]  # (W, N)
+    best, where = per_window.max(dim=0)
+    return best, -where
+
+
+def frame_scores(query: torch.Tensor, clip: torch.Tensor, offset: int) -> tuple[float, ...]:
+    """Cosines of the aligned frame pairs for a clip matched at `offset`."""
+    if query.shape[0] <= clip.shape[0]:
+        aligned_q, aligned_c = query, clip[offset : offset + query.shape[0]]
+    else:  # a query longer than the clip: offset <= 0 says where the clip starts inside the query
+        aligned_q, aligned_c = query[-offset : -offset + clip.shape[0]], clip
+    return tuple((aligned_q * aligned_c).sum(dim=-1).tolist())
+
+
+def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, strategy: str = "diagonal_mean",
+           per_frame: int = 256, exhaustive_below: int = 2000) -> list[ClipHit]:  # fmt: skip
+    """Top-k clips of the `target` modality ("audio" | "visual") for L2-normalised query tokens (T_q, D)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if query.ndim != 2 or query.shape[1] != version.manifest.dim:
+        raise ValueError(f"query tokens must be (T_q, {version.manifest.dim}), got {tuple(query.shape)}")
+    if len(version) <= exhaustive_below:
+        rows = np.flatnonzero(version.live)
+    else:
+        rows = candidate_rows(version, query, target, per_frame)
+    if len(rows) == 0:
+        return []
+    tokens = torch.from_numpy(version.gather(target, rows))
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
+    scores, offsets = score_rows(q, tokens, strategy)
+    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    return [
+        ClipHit(int(version.clip_ids[rows[i]]), int(rows[i]), float(scores[i]), int(offsets[i]),
+                frame_scores(q, tokens[i], int(offsets[i])))
+        for i in order.tolist()
+    ]  # fmt: skip
