@@ -1,0 +1,123 @@
+"""The SQL catalog (SQLAlchemy 2): videos, their clips, index jobs and index versions.
+
+SQLite file by default; any SQLAlchemy URL works (PostgreSQL in docker compose). The schema is
+created and upgraded by Alembic (`indexer/migrations`); `open_catalog` runs the migrations.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VideoStatus(enum.StrEnum):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(String(2048), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[str] = mapped_column(String(128))
+    duration: Mapped[float | None] = mapped_column(Float)
+    modalities: Mapped[str] = mapped_column(String(32), default="")  # "audio,visual"
+    status: Mapped[VideoStatus] = mapped_column(Enum(VideoStatus, native_enum=False, length=16),
+                                                default=VideoStatus.PENDING, index=True)  # fmt: skip
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+    clips: Mapped[list[Clip]] = relationship(
+        back_populates="video", cascade="all, delete-orphan", order_by="Clip.start"
+    )
+
+
+class Clip(Base):
+    __tablename__ = "clips"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the token store's clip id
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    start: Mapped[float] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float)
+    modalities: Mapped[str] = mapped_column(String(32), default="")
+    video: Mapped[Video] = relationship(back_populates="clips")
+
+
+class IndexJob(Base):
+    __tablename__ = "index_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=16), default=JobState.QUEUED)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[dict] = mapped_column(JSON, default=dict)  # uri -> message
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+
+class IndexVersion(Base):
+    __tablename__ = "index_versions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    clips: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for any SQLAlchemy URL; SQLite gets foreign keys, WAL and a busy timeout."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:  # noqa: ANN001
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str) -> None:
+    """Bring the database at `url` to the newest schema with Alembic."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def open_catalog(url: str) -> sessionmaker:
+    """Migrate, then return a session factory."""
+    migrate(url)
+    return sessionmaker(make_engine(url), expire_on_commit=False)

@@ -1,0 +1,22 @@
+"""Alembic environment for the catalog (run through `indexer.catalog.migrate`)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from indexer.catalog import Base, make_engine
+
+target_metadata = Base.metadata
+
+
+def run_migrations() -> None:
+    url = context.config.get_main_option("sqlalchemy.url")
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations()
