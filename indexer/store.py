@@ -57,7 +57,7 @@ class Manifest:
     model_id: str
     factory: str
     shards: list[dict] = field(default_factory=list)  # {"name": str, "rows": int}
-    deleted: list[int] = field(default_factory=list)  # clip ids
+    deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
 
     @property
     def rows(self) -> int:
@@ -78,9 +78,9 @@ class StoreVersion:
         ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in shards]
         self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
-        self.deleted = set(self.manifest.deleted)
         self.index = {m: faiss.read_index(str(folder / f"{m}.faiss")) for m in MODALITIES}
-        self.live = np.array([int(c) not in self.deleted for c in self.clip_ids], dtype=bool)
+        self.live = np.ones(len(self.clip_ids), dtype=bool)
+        self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
 
     @property
     def frames(self) -> int:
@@ -89,9 +89,9 @@ class StoreVersion:
     def __len__(self) -> int:
         return int(self.live.sum())
 
-    def rows_of(self, clip_ids: list[int]) -> np.ndarray:
-        wanted = set(clip_ids)
-        return np.array([r for r, c in enumerate(self.clip_ids) if int(c) in wanted], dtype=np.int64)
+    def rows_of(self, clip_ids: list[int] | np.ndarray) -> np.ndarray:
+        """The live rows holding these clip ids."""
+        return np.flatnonzero(np.isin(self.clip_ids, np.asarray(clip_ids, dtype=np.int64)) & self.live)
 
     def gather(self, modality: str, rows: np.ndarray) -> np.ndarray:
         """Tokens of the given rows, (len(rows), T, D) float32."""
@@ -133,8 +133,11 @@ class TokenStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def add(self, clip_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray, model_id: str) -> str:
-        """Append clips: clip_ids (n,), audio/visual (n, T, D) L2-normalised tokens. Returns the new version."""
+    def add(self, clip_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray, model_id: str) -> str | None:
+        """Append clips: clip_ids (n,), audio/visual (n, T, D) L2-normalised tokens; returns the new version.
+
+        Idempotent: clip ids that are already live are left as they are (None when nothing is new).
+        """
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
         if audio.shape != visual.shape or audio.ndim != 3 or len(clip_ids) != audio.shape[0]:
             raise StoreError(f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
@@ -142,13 +145,17 @@ class TokenStore:
         with self._writer():
             current = self.open()
             manifest = self._next_manifest(current, audio.shape[1], audio.shape[2], model_id)
+            if current is not None:
+                fresh = ~np.isin(clip_ids, current.clip_ids[current.live])
+                if not fresh.any():
+                    return None
+                clip_ids, audio, visual = clip_ids[fresh], audio[fresh], visual[fresh]
             name = f"s{uuid.uuid4().hex[:12]}"
             for modality, tokens in (("audio", audio), ("visual", visual)):
                 _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens.astype(self.dtype))
             _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
             first_row = manifest.rows
             manifest.shards.append({"name": name, "rows": len(clip_ids)})
-            manifest.deleted = [c for c in manifest.deleted if c not in set(clip_ids.tolist())]
             indexes = {m: self._grown_index(current, m, manifest, tokens, first_row)
                        for m, tokens in (("audio", audio), ("visual", visual))}  # fmt: skip
             return self._publish(manifest, indexes)
@@ -163,7 +170,7 @@ class TokenStore:
             if len(rows) == 0:
                 return None
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
-            manifest.deleted = sorted(set(manifest.deleted) | {int(c) for c in clip_ids})
+            manifest.deleted = sorted(set(manifest.deleted) | {int(r) for r in rows})
             frames = current.frames
             ids = (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
             indexes = {}
