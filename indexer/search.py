@@ -31,7 +31,7 @@ def candidate_rows(version: StoreVersion, query: np.ndarray, target: str, per_fr
     vectors = np.ascontiguousarray(query, dtype=np.float32)
     _, ids = version.index[target].search(vectors, min(per_frame, version.index[target].ntotal))
     rows = np.unique(ids[ids >= 0] // version.frames)
-    return rows[version.live[rows]]
+    return rows[version.live[rows] & version.present[target][rows]]
 
 
 def score_rows(query: torch.Tensor, tokens: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, s
     if query.ndim != 2 or query.shape[1] != version.manifest.dim:
         raise ValueError(f"query tokens must be (T_q, {version.manifest.dim}), got {tuple(query.shape)}")
     if len(version) <= exhaustive_below:
-        rows = np.flatnonzero(version.live)
+        rows = version.searchable(target)
     else:
         rows = candidate_rows(version, query, target, per_frame)
     if len(rows) == 0:

@@ -77,6 +77,9 @@ class StoreVersion:
         }
         ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in shards]
         self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in shards]
+        both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
+        self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
         self.index = {m: faiss.read_index(str(folder / f"{m}.faiss")) for m in MODALITIES}
         self.live = np.ones(len(self.clip_ids), dtype=bool)
@@ -88,6 +91,10 @@ class StoreVersion:
 
     def __len__(self) -> int:
         return int(self.live.sum())
+
+    def searchable(self, modality: str) -> np.ndarray:
+        """Live rows that have `modality`."""
+        return np.flatnonzero(self.live & self.present[modality])
 
     def rows_of(self, clip_ids: list[int] | np.ndarray) -> np.ndarray:
         """The live rows holding these clip ids."""
@@ -133,12 +140,16 @@ class TokenStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def add(self, clip_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray, model_id: str) -> str | None:
+    def add(self, clip_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray, model_id: str,
+            present: np.ndarray | None = None) -> str | None:  # fmt: skip
         """Append clips: clip_ids (n,), audio/visual (n, T, D) L2-normalised tokens; returns the new version.
 
-        Idempotent: clip ids that are already live are left as they are (None when nothing is new).
+        `present` (n, 2) bool says which of (audio, visual) each clip has (default: both); a missing
+        modality's tokens are stored (zeros) but never indexed or searched. Idempotent: clip ids that
+        are already live are left as they are (None when nothing is new).
         """
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
+        present = np.ones((len(clip_ids), 2), dtype=bool) if present is None else np.asarray(present, dtype=bool)
         if audio.shape != visual.shape or audio.ndim != 3 or len(clip_ids) != audio.shape[0]:
             raise StoreError(f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
                              f"{visual.shape}, {len(clip_ids)} ids")  # fmt: skip
@@ -149,15 +160,16 @@ class TokenStore:
                 fresh = ~np.isin(clip_ids, current.clip_ids[current.live])
                 if not fresh.any():
                     return None
-                clip_ids, audio, visual = clip_ids[fresh], audio[fresh], visual[fresh]
+                clip_ids, audio, visual, present = clip_ids[fresh], audio[fresh], visual[fresh], present[fresh]
             name = f"s{uuid.uuid4().hex[:12]}"
             for modality, tokens in (("audio", audio), ("visual", visual)):
                 _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens.astype(self.dtype))
             _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
+            _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
             first_row = manifest.rows
             manifest.shards.append({"name": name, "rows": len(clip_ids)})
-            indexes = {m: self._grown_index(current, m, manifest, tokens, first_row)
-                       for m, tokens in (("audio", audio), ("visual", visual))}  # fmt: skip
+            indexes = {m: self._grown_index(current, m, manifest, tokens, first_row, present[:, k])
+                       for k, (m, tokens) in enumerate((("audio", audio), ("visual", visual)))}  # fmt: skip
             return self._publish(manifest, indexes)
 
     def delete(self, clip_ids: list[int]) -> str | None:
@@ -194,9 +206,11 @@ class TokenStore:
             for modality in MODALITIES:
                 _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
             _atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
+            present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
+            _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
             manifest.shards.append({"name": name, "rows": len(rows)})
             manifest.factory = self.factory or default_factory(len(rows) * current.frames)
-            indexes = {m: self._new_index(manifest, tokens[m], 0) for m in MODALITIES}
+            indexes = {m: self._new_index(manifest, tokens[m], 0, present[:, k]) for k, m in enumerate(MODALITIES)}
             return self._publish(manifest, indexes)
 
     # ------------------------------------------------------------------------------------ helpers
@@ -209,21 +223,20 @@ class TokenStore:
                              f"got ({frames}, {dim}) of {model_id!r}: use another index directory")  # fmt: skip
         return Manifest(**{**asdict(m), "version": m.version + 1})
 
-    def _new_index(self, manifest: Manifest, tokens: np.ndarray, first_row: int) -> faiss.Index:
+    def _new_index(self, manifest: Manifest, tokens: np.ndarray, first_row: int, has: np.ndarray) -> faiss.Index:
         index = faiss.index_factory(manifest.dim, manifest.factory, faiss.METRIC_INNER_PRODUCT)
-        vectors = np.ascontiguousarray(tokens.reshape(-1, manifest.dim), dtype=np.float32)
+        vectors, ids = _frame_vectors(tokens, first_row, has)
         if not index.is_trained:
             index.train(vectors)
-        index.add_with_ids(vectors, _frame_ids(first_row, tokens.shape[0], manifest.frames))
+        index.add_with_ids(vectors, ids)
         return index
 
     def _grown_index(self, current: StoreVersion | None, modality: str, manifest: Manifest, tokens: np.ndarray,
-                     first_row: int) -> faiss.Index:  # fmt: skip
+                     first_row: int, has: np.ndarray) -> faiss.Index:  # fmt: skip
         if current is None:
-            return self._new_index(manifest, tokens, first_row)
+            return self._new_index(manifest, tokens, first_row, has)
         index = faiss.clone_index(current.index[modality])
-        vectors = np.ascontiguousarray(tokens.reshape(-1, manifest.dim), dtype=np.float32)
-        index.add_with_ids(vectors, _frame_ids(first_row, tokens.shape[0], manifest.frames))
+        index.add_with_ids(*_frame_vectors(tokens, first_row, has))
         return index
 
     def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index]) -> str:
@@ -250,10 +263,12 @@ class TokenStore:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _frame_ids(first_row: int, rows: int, frames: int) -> np.ndarray:
-    return (
-        (np.arange(first_row, first_row + rows)[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
-    )
+def _frame_vectors(tokens: np.ndarray, first_row: int, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame vectors (float32) of the rows that have the modality, with ids row * T + frame."""
+    _, frames, dim = tokens.shape
+    kept = np.flatnonzero(has)
+    ids = ((first_row + kept)[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
+    return np.ascontiguousarray(tokens[kept].reshape(-1, dim), dtype=np.float32), ids
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -158,3 +158,15 @@ def test_searches_during_commits_never_fail_or_see_partial_versions(tmp_path: Pa
     writer.join(timeout=60)
     assert writer.exitcode == 0 and searches > 5 and len(seen) > 2
     assert len(store.open()) == 20 + 15 * 20
+
+
+def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> None:
+    audio, visual = _corpus(10)
+    present = np.ones((10, 2), dtype=bool)
+    present[4, 1] = False  # clip 4: audio only
+    store.add(np.arange(10), audio, visual, "m", present=present)
+    version = store.open()
+    assert version.index["visual"].ntotal == 9 * T and version.index["audio"].ntotal == 10 * T
+    for exhaustive in (0, 10**9):
+        assert 4 not in [h.clip_id for h in search(version, visual[4], "visual", k=10, exhaustive_below=exhaustive)]
+        assert search(version, audio[4], "audio", k=1, exhaustive_below=exhaustive)[0].clip_id == 4
