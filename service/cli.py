@@ -64,6 +64,65 @@ def synth(
     typer.echo(f"wrote {n} clips to {out}")
 
 
+DATA_DIR = typer.Option(envvar="CAVSYNC_DATA_DIR", help="Where the token store and the SQLite catalog live.")
+DATABASE_URL = typer.Option(envvar="CAVSYNC_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir).")
+
+
+def _catalog_url(data_dir: Path, database_url: str | None) -> str:
+    return database_url or f"sqlite:///{(data_dir / 'catalog.db').resolve()}"
+
+
+@app.command()
+def index(
+    target: Annotated[Path, typer.Argument(help="A media file, a folder, or a manifest (.csv/.jsonl/.txt).")],
+    model: Annotated[Path, typer.Option(envvar="CAVSYNC_MODEL_PATH", help="Model checkpoint.")],
+    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    database_url: Annotated[str | None, DATABASE_URL] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
+) -> None:
+    """Index media: decode, encode per-frame tokens, add them to the store and the catalog."""
+    import json
+
+    import torch
+
+    from indexer.catalog import open_catalog
+    from indexer.pipeline import Indexer, list_media, model_id_of
+    from indexer.store import TokenStore
+    from model import load_model
+
+    net = load_model(model).to("cuda" if torch.cuda.is_available() else "cpu")
+    sessions = open_catalog(_catalog_url(data_dir, database_url))
+    indexer = Indexer(net, model_id_of(model), TokenStore(data_dir / "index"), sessions, workers=workers)
+    summary = indexer.index(list_media(target))
+    typer.echo(json.dumps(vars(summary), indent=2))
+
+
+@app.command()
+def delete(
+    video_ids: Annotated[list[int], typer.Argument(help="Catalog ids of the videos to remove.")],
+    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    database_url: Annotated[str | None, DATABASE_URL] = None,
+) -> None:
+    """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space)."""
+    from indexer.catalog import open_catalog
+    from indexer.pipeline import delete_videos
+    from indexer.store import TokenStore
+
+    removed = delete_videos(
+        video_ids, TokenStore(data_dir / "index"), open_catalog(_catalog_url(data_dir, database_url))
+    )
+    typer.echo(f"deleted {removed} video(s)")
+
+
+@app.command()
+def compact(data_dir: Annotated[Path, DATA_DIR] = Path("data")) -> None:
+    """Rewrite the token store without deleted clips."""
+    from indexer.store import TokenStore
+
+    version = TokenStore(data_dir / "index").compact()
+    typer.echo(f"compacted into {version}" if version else "nothing to compact")
+
+
 eval_app = typer.Typer(help="Evaluate a checkpoint; prints JSON.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 

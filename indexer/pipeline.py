@@ -1,0 +1,231 @@
+"""Offline indexing: media files -> clips -> per-frame global tokens -> token store + catalog.
+
+Files are hashed (sha256) and decoded in worker processes while the encoder runs batches in the main
+process (GPU with bf16 autocast when there is one). Content already indexed with the same model is
+skipped; a file that fails is recorded with its error and never stops the run. The catalog row of a
+video is written (pending, with its clip ids) before its tokens go into the store and marked indexed
+after, so a run that is killed and started again finishes the job with no duplicate and no lost item.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+from tqdm import tqdm
+
+from indexer.catalog import Clip, Video, VideoStatus
+from indexer.store import TokenStore
+from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
+from model.features import Clip as MediaClip
+from model.similarity import normalize
+
+log = logging.getLogger(__name__)
+
+MEDIA_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".wav", ".flac",
+                  ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac"}  # fmt: skip
+
+
+def list_media(target: str | os.PathLike[str]) -> list[Path]:
+    """A file, a folder (walked for media files) or a manifest (.csv with a `path` column, .jsonl, .txt)."""
+    target = Path(target)
+    if target.is_dir():
+        return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+    if target.suffix == ".jsonl":
+        rows = [json.loads(line)["path"] for line in target.read_text().splitlines() if line.strip()]
+    elif target.suffix == ".csv":
+        with target.open(newline="") as handle:
+            rows = [row["path"] for row in csv.DictReader(handle)]
+    elif target.suffix == ".txt":
+        rows = [line.strip() for line in target.read_text().splitlines() if line.strip()]
+    else:
+        return [target]
+    return [p if p.is_absolute() else target.parent / p for p in map(Path, rows)]
+
+
+def content_hash(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def model_id_of(checkpoint: str | os.PathLike[str]) -> str:
+    """A model's identity: the first 16 hex digits of its checkpoint file's sha256."""
+    return content_hash(Path(checkpoint))[:16]
+
+
+@dataclass
+class Decoded:
+    path: Path
+    sha256: str | None
+    clips: list[MediaClip] = field(default_factory=list)
+    error: str | None = None
+    known: bool = False  # already indexed with this model: not decoded
+
+
+def decode_file(
+    path: Path, config: ModelConfig, prep: PreprocessConfig, known: frozenset[str] = frozenset()
+) -> Decoded:
+    """Worker-process side: hash and decode one file; errors come back as text, never raised."""
+    try:
+        sha = content_hash(path)
+    except OSError as exc:
+        return Decoded(path, None, error=f"cannot read: {exc}")
+    if sha in known:
+        return Decoded(path, sha, known=True)
+    try:
+        return Decoded(path, sha, load_clips(path, config, prep))
+    except MediaError as exc:
+        return Decoded(path, sha, error=str(exc))
+
+
+@dataclass
+class IndexSummary:
+    total: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    clips: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Indexer:
+    """Index media with one model into one token store and catalog."""
+
+    def __init__(self, model: CAVMAESync, model_id: str, store: TokenStore, sessions: sessionmaker,
+                 prep: PreprocessConfig | None = None, workers: int = 2, batch_clips: int = 32) -> None:  # fmt: skip
+        self.model, self.model_id, self.store, self.sessions = model.eval(), model_id, store, sessions
+        self.prep, self.workers, self.batch_clips = prep or PreprocessConfig(), max(1, workers), batch_clips
+        self.device = next(model.parameters()).device
+
+    # ------------------------------------------------------------------------------------ catalog
+    def indexed_hashes(self) -> frozenset[str]:
+        with self.sessions() as session:
+            query = select(Video.sha256).where(Video.model_id == self.model_id, Video.status == VideoStatus.INDEXED)
+            return frozenset(session.scalars(query).all())
+
+    def recover(self) -> int:
+        """Finish what a killed run left: pending videos whose clips are all in the store become indexed,
+        the others are removed from the catalog (and indexed again by this run)."""
+        version = self.store.open()
+        live = set(version.clip_ids[version.live].tolist()) if version else set()
+        fixed = 0
+        with self.sessions() as session:
+            pending = session.scalars(
+                select(Video).where(Video.status == VideoStatus.PENDING, Video.model_id == self.model_id)
+            )
+            for video in pending.all():
+                if video.clips and all(c.id in live for c in video.clips):
+                    video.status = VideoStatus.INDEXED
+                else:
+                    session.delete(video)
+                fixed += 1
+            session.commit()
+        return fixed
+
+    # ------------------------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode(self, clips: list[MediaClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Clips -> normalised audio, visual tokens (n, T, D) and presence (n, 2); zeros where absent."""
+        cfg = self.model.config
+        out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
+        present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        for k, (modality, attr, encode) in enumerate((("audio", "audio_segments", self.model.encode_audio),
+                                                      ("visual", "frames", self.model.encode_visual))):  # fmt: skip
+            rows = np.flatnonzero(present[:, k])
+            if len(rows):
+                batch = torch.cat([getattr(clips[r], attr) for r in rows]).to(self.device)  # (n*T, ...)
+                with autocast:
+                    tokens = encode(batch).global_tokens.float()
+                out[modality][rows] = normalize(tokens).view(len(rows), cfg.frames_per_clip, -1).cpu().numpy()
+        return out["audio"], out["visual"], present
+
+    def _commit(self, batch: list[Decoded]) -> int:
+        """Catalog rows (pending) -> tokens into the store -> indexed. Returns the clips added."""
+        clips = [clip for item in batch for clip in item.clips]
+        audio, visual, present = self.encode(clips)
+        with self.sessions() as session:
+            videos = []
+            for item in batch:
+                video = Video(uri=str(item.path.resolve()), sha256=item.sha256, model_id=self.model_id,
+                              duration=max(c.start + c.duration for c in item.clips),
+                              modalities=",".join(sorted({m for c in item.clips for m in c.modalities})))  # fmt: skip
+                video.clips = [
+                    Clip(start=c.start, duration=c.duration, modalities=",".join(c.modalities)) for c in item.clips
+                ]
+                videos.append(video)
+            session.add_all(videos)
+            session.commit()
+            ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
+            self.store.add(ids, audio, visual, self.model_id, present)
+            for video in videos:
+                video.status = VideoStatus.INDEXED
+            session.commit()
+        return len(clips)
+
+    def _record_failure(self, item: Decoded) -> None:
+        uri = str(item.path.resolve())
+        with self.sessions() as session:
+            known = select(Video).where(
+                Video.uri == uri, Video.model_id == self.model_id, Video.status == VideoStatus.FAILED
+            )
+            if session.scalars(known).first() is not None:
+                return
+            session.add(Video(uri=str(item.path.resolve()), sha256=item.sha256 or "", model_id=self.model_id,
+                              status=VideoStatus.FAILED, error=item.error))  # fmt: skip
+            session.commit()
+
+    # ------------------------------------------------------------------------------------ the run
+    def index(self, paths: list[Path], show_progress: bool = True) -> IndexSummary:
+        summary = IndexSummary(total=len(paths))
+        self.recover()
+        config, batch, pending, known = self.model.config, [], deque(), self.indexed_hashes()
+        bar = tqdm(total=len(paths), disable=not show_progress, desc="index", unit="file")
+        with ProcessPoolExecutor(self.workers) as pool:
+            queue = deque(paths)
+            while queue or pending:
+                while queue and len(pending) < 2 * self.workers:  # bounded: decoded clips are big
+                    pending.append(pool.submit(decode_file, queue.popleft(), config, self.prep, known))
+                item: Decoded = pending.popleft().result()
+                bar.update(1)
+                if item.error is not None:
+                    summary.failed += 1
+                    summary.errors[str(item.path)] = item.error
+                    self._record_failure(item)
+                elif item.known or any(i.sha256 == item.sha256 for i in batch):
+                    summary.skipped += 1
+                else:
+                    batch.append(item)
+                if batch and (sum(len(i.clips) for i in batch) >= self.batch_clips or not (queue or pending)):
+                    summary.clips += self._commit(batch)
+                    summary.indexed += len(batch)
+                    batch = []
+                bar.set_postfix(indexed=summary.indexed, skipped=summary.skipped, failed=summary.failed)
+        bar.close()
+        return summary
+
+
+def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker) -> int:
+    """Mark videos deleted in the catalog and remove their clips from the live index."""
+    with sessions() as session:
+        videos = session.scalars(
+            select(Video).where(Video.id.in_(video_ids), Video.status != VideoStatus.DELETED)
+        ).all()
+        clip_ids = [c.id for v in videos for c in v.clips]
+        if clip_ids:
+            store.delete(clip_ids)
+        for video in videos:
+            video.status = VideoStatus.DELETED
+        session.commit()
+        return len(videos)
