@@ -42,9 +42,9 @@ bench: install
 
 # The committed demo checkpoint: exactly how it was made (CPU, ~40 min on the 2-core dev machine).
 DEMO_WORK ?= /tmp/cavsync-demo-train
-DEMO_EPOCHS ?= 170
+DEMO_EPOCHS ?= 60
 demo-checkpoint: install
-	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 1200 --seed 1000 --workers 2
+	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 3000 --seed 1000 --workers 2
 	$(BIN)/cavsync synth --out $(DEMO_WORK)/heldout --n 240 --seed 2000 --workers 2
 	$(BIN)/cavsync train --data $(DEMO_WORK)/train --out-dir $(DEMO_WORK)/run --preset tiny \
 	  --epochs $(DEMO_EPOCHS) --batch-size 64 --lr 5e-4 --objective.lambda-c 0.5 --objective.symmetric-contrastive \

@@ -81,6 +81,17 @@ class IndexJob(Base):
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
 
 
+class JobFile(Base):
+    """One file of an index job and what became of it; written idempotently (a retried task rewrites it)."""
+
+    __tablename__ = "job_files"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("index_jobs.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | indexed | skipped | failed
+    error: Mapped[str | None] = mapped_column(Text)
+
+
 class IndexVersion(Base):
     __tablename__ = "index_versions"
 

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -192,7 +193,8 @@ class Indexer:
         self.recover()
         config, batch, pending, known = self.model.config, [], deque(), self.indexed_hashes()
         bar = tqdm(total=len(paths), disable=not show_progress, desc="index", unit="file")
-        with ProcessPoolExecutor(self.workers) as pool:
+        # spawn, not fork: a forked child of a process that has run torch ops can crash in its own
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             queue = deque(paths)
             while queue or pending:
                 while queue and len(pending) < 2 * self.workers:  # bounded: decoded clips are big

@@ -79,6 +79,7 @@ def index(
     data_dir: Annotated[Path, DATA_DIR] = Path("data"),
     database_url: Annotated[str | None, DATABASE_URL] = None,
     workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
+    batch_clips: Annotated[int, typer.Option(min=1, help="Clips encoded and committed together.")] = 32,
 ) -> None:
     """Index media: decode, encode per-frame tokens, add them to the store and the catalog."""
     import json
@@ -92,7 +93,9 @@ def index(
 
     net = load_model(model).to("cuda" if torch.cuda.is_available() else "cpu")
     sessions = open_catalog(_catalog_url(data_dir, database_url))
-    indexer = Indexer(net, model_id_of(model), TokenStore(data_dir / "index"), sessions, workers=workers)
+    indexer = Indexer(
+        net, model_id_of(model), TokenStore(data_dir / "index"), sessions, workers=workers, batch_clips=batch_clips
+    )
     summary = indexer.index(list_media(target))
     typer.echo(json.dumps(vars(summary), indent=2))
 

@@ -229,11 +229,16 @@ def render_audio(spec: ClipSpec, seed: int) -> np.ndarray:
 
 
 def write_clip(spec: ClipSpec, out_dir: Path, seed: int, ffmpeg: str, timeout: float = 120.0) -> dict:
-    """Encode one clip to `<clip_id>.mp4` (h264 + aac) and its masks to `<clip_id>.masks.npz`."""
+    """Encode one clip to `<clip_id>.mp4` (h264 + aac) and its masks to `<clip_id>.masks.npz`.
+
+    A clip whose files are already there is kept (a corpus grows or resumes without re-rendering).
+    """
+    target = out_dir / f"{spec.clip_id}.mp4"
+    if target.exists() and (out_dir / f"{spec.clip_id}.masks.npz").exists():
+        return _metadata(spec, target)
     frames = [render_frame(spec, k / FPS)[0] for k in range(int(SECONDS * FPS))]
     masks = [render_frame(spec, t)[1:] for t in MASK_TIMES]
     audio = (render_audio(spec, seed) * 32767).astype("<i2")
-    target = out_dir / f"{spec.clip_id}.mp4"
     with tempfile.TemporaryDirectory(prefix="cavsync-synth-") as tmp:
         wav_path = Path(tmp) / "audio.wav"
         with wave.open(str(wav_path), "wb") as handle:
@@ -248,13 +253,19 @@ def write_clip(spec: ClipSpec, out_dir: Path, seed: int, ffmpeg: str, timeout: f
                 "-c:a", "aac", "-b:a", "96k", "-shortest", str(partial)]  # fmt: skip
         subprocess.run(args, input=np.stack(frames).tobytes(), check=True, timeout=timeout, capture_output=True)
         os.replace(partial, target)
-    np.savez_compressed(
+    _save_masks(
         out_dir / f"{spec.clip_id}.masks.npz",
         sounding=np.stack([m[0] for m in masks]),
         distractor=np.stack([m[1] for m in masks]),
         times=np.array(MASK_TIMES),
     )
     return _metadata(spec, target)
+
+
+def _save_masks(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _metadata(spec: ClipSpec, path: Path) -> dict:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from model import CAVMAESync, preset, save_checkpoint
+
 from ..conftest import IN_CI
 
 PG_ADMIN = os.environ.get("CAVSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -39,3 +41,22 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield f"sqlite:///{tmp_path / 'catalog.db'}"
     else:
         yield from _pg_database()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return save_checkpoint(
+        CAVMAESync(preset("tiny", modality_depth=1)), tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    )
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.synth import generate
+
+    folder = generate(tmp_path_factory.mktemp("media"), 10, seed=21)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    return folder
