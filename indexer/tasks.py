@@ -34,7 +34,11 @@ from model import CAVMAESync, PreprocessConfig
 log = logging.getLogger(__name__)
 
 TRANSIENT = (ConnectionError, TimeoutError, OperationalError)
-TASK_TIME_LIMIT_S = 1800  # the longest task; the broker's visibility timeout is set above it
+# The longest a task may run, and how long the broker waits before handing the task of a worker that
+# died to another one: above the longest task (a task still running when it expires runs twice,
+# which idempotency makes harmless but wasteful).
+TASK_TIME_LIMIT_S = int(os.environ.get("CAVSYNC_TASK_TIME_LIMIT_S", "1800"))
+VISIBILITY_TIMEOUT_S = int(os.environ.get("CAVSYNC_VISIBILITY_TIMEOUT_S", str(2 * TASK_TIME_LIMIT_S)))
 
 
 def make_app(broker_url: str | None = None) -> Celery:
@@ -45,7 +49,7 @@ def make_app(broker_url: str | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=TASK_TIME_LIMIT_S,
-        broker_transport_options={"visibility_timeout": 2 * TASK_TIME_LIMIT_S},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         task_always_eager=broker is None,  # embedded default: run in process
         task_eager_propagates=True,
         broker_connection_retry_on_startup=True,

@@ -48,8 +48,9 @@ def pg_url():
 
 def _worker(env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "celery", "-A", "indexer.tasks", "worker", "--concurrency", "1", "--pool", "prefork",
-           "--loglevel", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+           "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    log = open(env.get("CAVSYNC_TEST_WORKER_LOG", os.devnull), "a")  # noqa: SIM115
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log,
                             start_new_session=True)  # fmt: skip
 
 
@@ -82,7 +83,9 @@ def _indexed_once(url: str, data_dir: Path) -> tuple[int, list[int], list[int]]:
 def test_worker_killed_mid_job_then_replaced(broker: str, pg_url: str, media: Path, checkpoint: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
     data_dir = tmp_path / "data"
-    env = dict(os.environ, PYTHONPATH=str(REPO), CAVSYNC_BROKER_URL=broker, OMP_NUM_THREADS="1")
+    # the killed worker's task comes back after the visibility timeout: a short one for the test
+    env = dict(os.environ, PYTHONPATH=str(REPO), CAVSYNC_BROKER_URL=broker, OMP_NUM_THREADS="1",
+               CAVSYNC_VISIBILITY_TIMEOUT_S="5", CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"))  # fmt: skip
     tasks.configure(broker)
     files = sorted(str(p) for p in media.glob("*.mp4"))
     job_id = tasks.start_job(files, str(checkpoint), str(data_dir), pg_url)
