@@ -103,6 +103,8 @@ def _set_file_state(session: Session, job_id: str | None, path: str, state: str,
     if job_id is None:
         return
     row = session.get(JobFile, (job_id, path)) or JobFile(job_id=job_id, path=path)
+    if state == "skipped" and row.state in ("indexed", "failed"):
+        return  # a redelivered task of a file this job already settled
     row.state, row.error = state, error
     session.merge(row)
 

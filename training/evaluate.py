@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,9 +192,3 @@ def evaluate_localization(
     for name, base in baseline_maps(masks, distractors).items():
         report[name] = localization_report(base, masks, distractors, classes)
     return report
-
-
-def load_eval_model(checkpoint: str | Path) -> CAVMAESync:
-    from model import load_model
-
-    return load_model(checkpoint)

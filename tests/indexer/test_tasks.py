@@ -80,6 +80,7 @@ def _indexed_once(url: str, data_dir: Path) -> tuple[int, list[int], list[int]]:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_worker_killed_mid_job_then_replaced(broker: str, pg_url: str, media: Path, checkpoint: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
     data_dir = tmp_path / "data"
@@ -96,6 +97,7 @@ def test_worker_killed_mid_job_then_replaced(broker: str, pg_url: str, media: Pa
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     assert _job(pg_url, job_id).state == JobState.RUNNING
+    time.sleep(6)  # past the visibility timeout: the new worker restores the dead one's task at start-up
     second = _worker(env)
     try:
         while time.monotonic() < deadline + 240 and _job(pg_url, job_id).state != JobState.DONE:
