@@ -79,3 +79,44 @@ def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, s
                 frame_scores(q, tokens[i], int(offsets[i])))
         for i in order.tolist()
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VideoHit:
+    """A video's best clip for a query, and the moment of the video that matched."""
+
+    video_id: int
+    uri: str
+    score: float
+    clip_id: int
+    clip_start: float
+    moment: tuple[float, float]  # seconds in the video
+    frame_scores: tuple[float, ...]
+
+
+def matched_moment(clip_start: float, clip_duration: float, offset: int, query_frames: int, frames: int,
+                   clip_seconds: float = 10.24) -> tuple[float, float]:  # fmt: skip
+    """Seconds of the video covered by the aligned frames: a shorter query covers its window of the clip."""
+    if query_frames >= frames:
+        return clip_start, clip_start + clip_duration
+    step = clip_seconds / frames
+    start = clip_start + offset * step
+    return start, min(clip_start + clip_duration, start + query_frames * step)
+
+
+def search_videos(version: StoreVersion, session, query: np.ndarray, target: str, k: int = 10,  # noqa: ANN001
+                  strategy: str = "diagonal_mean", clip_pool: int = 8) -> list[VideoHit]:  # fmt: skip
+    """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session."""
+    from indexer.catalog import Clip, VideoStatus
+
+    hits: dict[int, VideoHit] = {}
+    for hit in search(version, query, target, k=k * clip_pool, strategy=strategy):
+        clip = session.get(Clip, hit.clip_id)
+        if clip is None or clip.video.status != VideoStatus.INDEXED or clip.video_id in hits:
+            continue  # clips of deleted videos, and any clip after a video's best one
+        moment = matched_moment(clip.start, clip.duration, hit.offset, query.shape[0], version.frames)
+        hits[clip.video_id] = VideoHit(clip.video_id, clip.video.uri, hit.score, hit.clip_id, clip.start, moment,
+                                       hit.frame_scores)  # fmt: skip
+        if len(hits) == k:
+            break
+    return list(hits.values())

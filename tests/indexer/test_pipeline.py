@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from indexer.catalog import Clip, Video, VideoStatus, open_catalog
-from indexer.pipeline import Indexer, list_media, model_id_of
+from indexer.pipeline import Indexer, delete_videos, list_media, model_id_of
 from indexer.search import search
 from indexer.store import TokenStore
 
@@ -74,3 +74,28 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
     with sessions() as session:
         catalog_clips = sorted(session.scalars(select(Clip.id)).all())
     assert sorted(version.clip_ids[version.live].tolist()) == catalog_clips  # every clip once, none lost
+
+
+def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Path) -> None:
+    from indexer.search import matched_moment, search_videos
+    from model import load_model
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    store, sessions = TokenStore(tmp_path / "index"), open_catalog(url)
+    Indexer(load_model(checkpoint), model_id_of(checkpoint), store, sessions, workers=1).index(
+        list_media(media), show_progress=False
+    )
+    version = store.open()
+    excerpt = version.gather("audio", version.rows_of([2]))[0, 5:10]  # frames 5..9 of clip 2
+    with sessions() as session:
+        hits = search_videos(version, session, excerpt, "audio", k=3)
+        assert len({h.video_id for h in hits}) == len(hits) == 3
+        best = hits[0]
+        assert best.clip_id == 2 and best.moment == pytest.approx((5 * 0.64, 10 * 0.64))
+        assert session.get(Video, best.video_id).uri == best.uri
+    delete_videos([best.video_id], store, sessions)
+    with sessions() as session:
+        for exhaustive_store in (store.open(), version):  # the new version, and the one a reader still holds
+            assert best.video_id not in {h.video_id for h in search_videos(exhaustive_store, session, excerpt, "audio")}
+    assert matched_moment(20.48, 10.24, 0, 16, 16) == (20.48, 30.72)
+    assert matched_moment(0.0, 3.0, 3, 8, 16) == pytest.approx((1.92, 3.0))  # clipped to the real duration
