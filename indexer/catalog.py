@@ -67,6 +67,15 @@ class Clip(Base):
     video: Mapped[Video] = relationship(back_populates="clips")
 
 
+def new_video(uri: str, sha256: str, model_id: str, clips: list[tuple[float, float, str]]) -> Video:
+    """A pending video with its clips, given as (start, duration, "audio,visual")."""
+    modalities = sorted({m for _, _, ms in clips for m in ms.split(",") if m})
+    video = Video(uri=uri, sha256=sha256, model_id=model_id, modalities=",".join(modalities),
+                  duration=max(float(start + length) for start, length, _ in clips))  # fmt: skip
+    video.clips = [Clip(start=float(start), duration=float(length), modalities=ms) for start, length, ms in clips]
+    return video
+
+
 class IndexJob(Base):
     __tablename__ = "index_jobs"
 

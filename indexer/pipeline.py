@@ -10,6 +10,7 @@ after, so a run that is killed and started again finishes the job with no duplic
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -23,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from indexer.catalog import Clip, Video, VideoStatus
+from indexer.catalog import Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
@@ -62,7 +63,47 @@ def content_hash(path: Path) -> str:
 
 def model_id_of(checkpoint: str | os.PathLike[str]) -> str:
     """A model's identity: the first 16 hex digits of its checkpoint file's sha256."""
-    return content_hash(Path(checkpoint))[:16]
+    stat = Path(checkpoint).stat()
+    return _model_id(str(Path(checkpoint).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _model_id(path: str, size: int, mtime_ns: int) -> str:  # hashed once per file version, not per task
+    return content_hash(Path(path))[:16]
+
+
+@torch.no_grad()
+def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clips -> normalised audio, visual tokens (n, T, D) and presence (n, 2); zeros where absent.
+
+    Runs on the model's device, with bf16 autocast on CUDA.
+    """
+    cfg, device = model.config, next(model.parameters()).device
+    out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
+    present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for k, (modality, attr, encode) in enumerate((("audio", "audio_segments", model.encode_audio),
+                                                  ("visual", "frames", model.encode_visual))):  # fmt: skip
+        rows = np.flatnonzero(present[:, k])
+        if len(rows):
+            batch = torch.cat([getattr(clips[r], attr) for r in rows]).to(device)  # (n*T, ...)
+            with autocast:
+                tokens = encode(batch).global_tokens.float()
+            out[modality][rows] = normalize(tokens).view(len(rows), cfg.frames_per_clip, -1).cpu().numpy()
+    return out["audio"], out["visual"], present
+
+
+def store_videos(session: Session, store: TokenStore, model_id: str, videos: list[Video], audio: np.ndarray,
+                 visual: np.ndarray, present: np.ndarray) -> None:  # fmt: skip
+    """Catalog rows first (pending, which allots the clip ids), then the tokens, then `indexed`: a run
+    killed in between leaves pending rows that `Indexer.recover` settles. Tokens are in clip order."""
+    session.add_all(videos)
+    session.commit()
+    ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
+    store.add(ids, audio, visual, model_id, present)
+    for video in videos:
+        video.status = VideoStatus.INDEXED
+    session.commit()
 
 
 @dataclass
@@ -107,7 +148,6 @@ class Indexer:
                  prep: PreprocessConfig | None = None, workers: int = 2, batch_clips: int = 32) -> None:  # fmt: skip
         self.model, self.model_id, self.store, self.sessions = model.eval(), model_id, store, sessions
         self.prep, self.workers, self.batch_clips = prep or PreprocessConfig(), max(1, workers), batch_clips
-        self.device = next(model.parameters()).device
 
     # ------------------------------------------------------------------------------------ catalog
     def indexed_hashes(self) -> frozenset[str]:
@@ -135,44 +175,20 @@ class Indexer:
         return fixed
 
     # ------------------------------------------------------------------------------------ encoding
-    @torch.no_grad()
     def encode(self, clips: list[MediaClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Clips -> normalised audio, visual tokens (n, T, D) and presence (n, 2); zeros where absent."""
-        cfg = self.model.config
-        out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
-        present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        for k, (modality, attr, encode) in enumerate((("audio", "audio_segments", self.model.encode_audio),
-                                                      ("visual", "frames", self.model.encode_visual))):  # fmt: skip
-            rows = np.flatnonzero(present[:, k])
-            if len(rows):
-                batch = torch.cat([getattr(clips[r], attr) for r in rows]).to(self.device)  # (n*T, ...)
-                with autocast:
-                    tokens = encode(batch).global_tokens.float()
-                out[modality][rows] = normalize(tokens).view(len(rows), cfg.frames_per_clip, -1).cpu().numpy()
-        return out["audio"], out["visual"], present
+        return encode_clips(self.model, clips)
 
     def _commit(self, batch: list[Decoded]) -> int:
         """Catalog rows (pending) -> tokens into the store -> indexed. Returns the clips added."""
         clips = [clip for item in batch for clip in item.clips]
         audio, visual, present = self.encode(clips)
+        videos = [
+            new_video(str(item.path.resolve()), item.sha256, self.model_id,
+                      [(c.start, c.duration, ",".join(c.modalities)) for c in item.clips])
+            for item in batch
+        ]  # fmt: skip
         with self.sessions() as session:
-            videos = []
-            for item in batch:
-                video = Video(uri=str(item.path.resolve()), sha256=item.sha256, model_id=self.model_id,
-                              duration=max(c.start + c.duration for c in item.clips),
-                              modalities=",".join(sorted({m for c in item.clips for m in c.modalities})))  # fmt: skip
-                video.clips = [
-                    Clip(start=c.start, duration=c.duration, modalities=",".join(c.modalities)) for c in item.clips
-                ]
-                videos.append(video)
-            session.add_all(videos)
-            session.commit()
-            ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
-            self.store.add(ids, audio, visual, self.model_id, present)
-            for video in videos:
-                video.status = VideoStatus.INDEXED
-            session.commit()
+            store_videos(session, self.store, self.model_id, videos, audio, visual, present)
         return len(clips)
 
     def _record_failure(self, item: Decoded) -> None:

@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import Clip, IndexJob, JobFile, JobState, Video, VideoStatus, open_catalog
-from indexer.pipeline import Indexer, content_hash, decode_file, model_id_of
+from indexer.catalog import IndexJob, JobFile, JobState, Video, VideoStatus, new_video, open_catalog
+from indexer.pipeline import content_hash, decode_file, encode_clips, model_id_of, store_videos
 from indexer.store import TokenStore
 from model import CAVMAESync, PreprocessConfig
 
@@ -129,7 +129,7 @@ def encode_to_shard(ctx: Context, job_id: str | None, path: str) -> None:
     if item.error is not None:
         np.savez(tmp, error=np.array(item.error), **fields)
     else:
-        audio, visual, present = Indexer(model, model_id, ctx.store, _sessions(ctx.database_url)).encode(item.clips)
+        audio, visual, present = encode_clips(model, item.clips)
         np.savez(tmp, audio=audio, visual=visual, present=present, starts=np.array([c.start for c in item.clips]),
                  durations=np.array([c.duration for c in item.clips]),
                  modalities=np.array([",".join(c.modalities) for c in item.clips]), **fields)  # fmt: skip
@@ -167,15 +167,9 @@ def _merge_one(session: Session, store: TokenStore, data: dict, sha: str, model_
         session.add(Video(uri=uri, sha256=sha, model_id=model_id, status=VideoStatus.FAILED, error=str(data["error"])))
         _set_file_state(session, job_id, path, "failed", str(data["error"]))
         return
-    modalities = sorted({m for ms in data["modalities"] for m in str(ms).split(",") if m})
-    video = Video(uri=uri, sha256=sha, model_id=model_id, modalities=",".join(modalities),
-                  duration=float(np.max(data["starts"] + data["durations"])))  # fmt: skip
     rows = zip(data["starts"], data["durations"], data["modalities"], strict=True)
-    video.clips = [Clip(start=float(s), duration=float(d), modalities=str(m)) for s, d, m in rows]
-    session.add(video)
-    session.commit()  # pending, with its clip ids
-    store.add(np.array([c.id for c in video.clips]), data["audio"], data["visual"], model_id, data["present"])
-    video.status = VideoStatus.INDEXED
+    video = new_video(uri, sha, model_id, [(float(s), float(d), str(m)) for s, d, m in rows])
+    store_videos(session, store, model_id, [video], data["audio"], data["visual"], data["present"])
     _set_file_state(session, job_id, path, "indexed")
 
 
