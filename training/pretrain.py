@@ -212,13 +212,16 @@ class Run:
     micro: int  # per-rank micro-batch
     steps_per_epoch: int
     metrics: MetricsLog | None
+    saved_step: int = -1  # the step the last checkpoint holds
 
     @property
     def last(self) -> Path:
         return Path(self.cfg.out_dir) / "last.ckpt"
 
     def checkpoint(self) -> None:
-        if self.dist.main:
+        """Write last.ckpt + model.safetensors, once per step (the end of a run may ask twice)."""
+        if self.dist.main and self.saved_step != self.progress.step:
+            self.saved_step = self.progress.step
             save_state(self.last, self.model, self.optimizer, self.scheduler, self.progress, self.cfg)
 
 
