@@ -1,9 +1,11 @@
 """The retrieval core: query tokens (T_q, D) -> the top-k clips of a store version.
 
-Candidates come from the FAISS index of the target modality (each query frame's nearest frames;
-their clips), or from every live clip when the store is small; then the exact similarity of the
-chosen strategy is computed on the stored tokens (`model.similarity`), sliding a shorter query over
-each clip and a longer query over itself. Deleted clips never come back.
+Candidates come from every live clip when the store is small; otherwise, for a full-length query
+ranked by diagonal_mean, from the clip-sketch index (`indexer.sketch`: nearest clips on an
+approximation of the metric itself), and for other queries from the per-frame FAISS index (each
+query frame's nearest frames; their clips). Then the exact similarity of the chosen strategy is
+computed on the stored tokens (`model.similarity`), sliding a shorter query over each clip and a
+longer query over itself. Deleted clips never come back.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer import sketch
 from indexer.store import StoreVersion
 from model.similarity import STRATEGIES, clip_scores, sliding_scores
+
+EXHAUSTIVE_BELOW = 2000  # live clips up to which every clip is re-ranked (a few ms)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,33 @@ def candidate_rows(version: StoreVersion, query: np.ndarray, target: str, per_fr
     _, ids = version.index[target].search(vectors, min(per_frame, version.index[target].ntotal))
     rows = np.unique(ids[ids >= 0] // version.frames)
     return rows[version.live[rows] & version.present[target][rows]]
+
+
+def sketch_rows(version: StoreVersion, query: np.ndarray, target: str, count: int) -> np.ndarray:
+    """Live rows of the `count` clips whose sketches are nearest a full-length query (T, D)."""
+    projection, index = version.sketch[target]
+    rows = np.unique(sketch.candidates(index, projection, np.asarray(query, dtype=np.float32), count))
+    return rows[version.live[rows] & version.present[target][rows]]
+
+
+def choose_rows(version: StoreVersion, query: np.ndarray, target: str, strategy: str, scheme: str,
+                per_frame: int, sketch_candidates: int) -> np.ndarray:  # fmt: skip
+    """The rows to re-rank. scheme: "auto" (exhaustive when small, sketches when they apply, else
+    frames), "exhaustive", "frames" or "sketch"."""
+    if scheme == "auto":
+        if len(version) <= EXHAUSTIVE_BELOW:
+            scheme = "exhaustive"
+        elif query.shape[0] == version.frames and strategy == "diagonal_mean" and version.sketch:
+            scheme = "sketch"
+        else:
+            scheme = "frames"
+    if scheme == "exhaustive":
+        return version.searchable(target)
+    if scheme == "frames":
+        return candidate_rows(version, query, target, per_frame)
+    if scheme == "sketch" and version.sketch and query.shape[0] == version.frames:
+        return sketch_rows(version, query, target, sketch_candidates)
+    raise ValueError(f"candidate scheme {scheme!r} does not apply here (sketches need a full-length query)")
 
 
 def score_rows(query: torch.Tensor, tokens: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,16 +90,13 @@ def frame_scores(query: torch.Tensor, clip: torch.Tensor, offset: int) -> tuple[
 
 
 def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, strategy: str = "diagonal_mean",
-           per_frame: int = 256, exhaustive_below: int = 2000) -> list[ClipHit]:  # fmt: skip
+           scheme: str = "auto", per_frame: int = 256, sketch_candidates: int = 256) -> list[ClipHit]:  # fmt: skip
     """Top-k clips of the `target` modality ("audio" | "visual") for L2-normalised query tokens (T_q, D)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if query.ndim != 2 or query.shape[1] != version.manifest.dim:
         raise ValueError(f"query tokens must be (T_q, {version.manifest.dim}), got {tuple(query.shape)}")
-    if len(version) <= exhaustive_below:
-        rows = version.searchable(target)
-    else:
-        rows = candidate_rows(version, query, target, per_frame)
+    rows = choose_rows(version, query, target, strategy, scheme, per_frame, sketch_candidates)
     if len(rows) == 0:
         return []
     tokens = torch.from_numpy(version.gather(target, rows))
@@ -107,11 +136,17 @@ def matched_moment(clip_start: float, clip_duration: float, offset: int, query_f
 def search_videos(version: StoreVersion, session, query: np.ndarray, target: str, k: int = 10,  # noqa: ANN001
                   strategy: str = "diagonal_mean", clip_pool: int = 8) -> list[VideoHit]:  # fmt: skip
     """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import joinedload
+
     from indexer.catalog import Clip, VideoStatus
 
+    clip_hits = search(version, query, target, k=k * clip_pool, strategy=strategy)
+    wanted = [hit.clip_id for hit in clip_hits]
+    clips = {c.id: c for c in session.scalars(select(Clip).where(Clip.id.in_(wanted)).options(joinedload(Clip.video)))}
     hits: dict[int, VideoHit] = {}
-    for hit in search(version, query, target, k=k * clip_pool, strategy=strategy):
-        clip = session.get(Clip, hit.clip_id)
+    for hit in clip_hits:
+        clip = clips.get(hit.clip_id)
         if clip is None or clip.video.status != VideoStatus.INDEXED or clip.video_id in hits:
             continue  # clips of deleted videos, and any clip after a video's best one
         moment = matched_moment(clip.start, clip.duration, hit.offset, query.shape[0], version.frames)

@@ -6,11 +6,14 @@ Layout under `root`:
     shards/<name>.ids.npy             (rows,) int64 clip ids (the catalog's)
     versions/v000007/manifest.json    the shards in row order, deleted clip ids, FAISS factory, sizes
     versions/v000007/<modality>.faiss per-frame index, id = row * T + frame
+    versions/v000007/<modality>.sketch.faiss, .projection.npy   clip sketches, id = row (indexer.sketch)
     CURRENT                           the name of the live version (replaced with os.replace)
 
 A version is never modified: adding writes a new shard and a new version whose FAISS indexes are
-the previous ones plus the new vectors (no retraining), deleting writes a version with the clips'
-vectors removed and their ids listed as deleted, `compact` rewrites one shard without them. A reader
+the previous ones plus the new vectors (no retraining; the sketch projection is kept), deleting
+writes a version with the clips' vectors removed and their ids listed as deleted, `compact`
+rewrites one shard without them, re-chooses the index types for the size, refits the projections
+and deletes the shards that no kept version uses. A reader
 opens CURRENT once and sees one complete version for as long as it holds it.
 """
 
@@ -31,6 +34,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from indexer import sketch
+from indexer.sketch import Projection
+
 log = logging.getLogger(__name__)
 
 MODALITIES = ("audio", "visual")
@@ -40,12 +46,20 @@ class StoreError(RuntimeError):
     """The token store is missing, inconsistent, or was given tokens of the wrong shape."""
 
 
-def default_factory(num_vectors: int) -> str:
-    """Flat (exact) up to 200k frame vectors, then IVF with ~4 sqrt(n) lists; HNSW-free to keep deletes."""
+def default_factory(num_vectors: int, dim: int) -> str:
+    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~4 sqrt(n) lists and PQ codes
+    of dim / 16 bytes (candidates only: the re-rank is exact); HNSW-free to keep deletes."""
     if num_vectors <= 200_000:
         return "IDMap2,Flat"
     lists = int(4 * np.sqrt(num_vectors))
-    return f"IVF{lists},Flat"
+    return f"IVF{lists},PQ{max(1, dim // 16)}"
+
+
+def default_sketch_factory(num_clips: int) -> str:
+    """Sketch index: flat up to 500k clips, then IVF with ~4 sqrt(n) lists."""
+    if num_clips <= 500_000:
+        return "IDMap2,Flat"
+    return f"IVF{int(4 * np.sqrt(num_clips))},Flat"
 
 
 @dataclass
@@ -58,6 +72,8 @@ class Manifest:
     factory: str
     shards: list[dict] = field(default_factory=list)  # {"name": str, "rows": int}
     deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
+    sketch_dim: int = 0  # per-frame width of the clip sketches; 0: the version has none
+    sketch_factory: str = "IDMap2,Flat"
 
     @property
     def rows(self) -> int:
@@ -82,6 +98,10 @@ class StoreVersion:
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
         self.index = {m: faiss.read_index(str(folder / f"{m}.faiss")) for m in MODALITIES}
+        self.sketch: dict[str, tuple[Projection, faiss.Index]] = {}
+        if self.manifest.sketch_dim:
+            self.sketch = {m: (Projection.load(folder / f"{m}.projection.npy"),
+                               faiss.read_index(str(folder / f"{m}.sketch.faiss"))) for m in MODALITIES}  # fmt: skip
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
 
@@ -114,9 +134,10 @@ class TokenStore:
     """Writer and opener of a versioned token store at `root` (one writer at a time: a file lock)."""
 
     def __init__(self, root: str | os.PathLike[str], dtype: str = "float16", factory: str | None = None,
-                 keep_versions: int = 3) -> None:  # fmt: skip
+                 keep_versions: int = 3, sketch_dim: int = 32, sketch_factory: str | None = None) -> None:  # fmt: skip
         self.root = Path(root)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
+        self.sketch_dim, self.sketch_factory = sketch_dim, sketch_factory
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         (self.root / "versions").mkdir(exist_ok=True)
 
@@ -161,16 +182,10 @@ class TokenStore:
                 if not fresh.any():
                     return None
                 clip_ids, audio, visual, present = clip_ids[fresh], audio[fresh], visual[fresh], present[fresh]
-            name = f"s{uuid.uuid4().hex[:12]}"
-            for modality, tokens in (("audio", audio), ("visual", visual)):
-                _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens.astype(self.dtype))
-            _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
-            _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
-            first_row = manifest.rows
-            manifest.shards.append({"name": name, "rows": len(clip_ids)})
-            indexes = {m: self._grown_index(current, m, manifest, tokens, first_row, present[:, k])
-                       for k, (m, tokens) in enumerate((("audio", audio), ("visual", visual)))}  # fmt: skip
-            return self._publish(manifest, indexes)
+            tokens = {"audio": audio, "visual": visual}
+            rows = np.arange(manifest.rows, manifest.rows + len(clip_ids))
+            manifest.shards.append(self._write_shard(clip_ids, tokens, present))
+            return self._publish(manifest, *self._grown_indexes(current, manifest, tokens, rows, present))
 
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search: their vectors leave the FAISS indexes. None if absent."""
@@ -184,16 +199,18 @@ class TokenStore:
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
             manifest.deleted = sorted(set(manifest.deleted) | {int(r) for r in rows})
             frames = current.frames
-            ids = (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
-            indexes = {}
+            frame_ids = (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
+            indexes, projections = {}, {}
             for modality in MODALITIES:
-                index = faiss.clone_index(current.index[modality])
-                index.remove_ids(ids)
-                indexes[modality] = index
-            return self._publish(manifest, indexes)
+                indexes[modality] = _without(current.index[modality], frame_ids)
+                if current.sketch:
+                    projections[modality], index = current.sketch[modality]
+                    indexes[f"{modality}.sketch"] = _without(index, rows.astype(np.int64))
+            return self._publish(manifest, indexes, projections)
 
     def compact(self) -> str | None:
-        """Rewrite the live rows into one shard and rebuild the indexes without the deleted clips."""
+        """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size, projection
+        refitted) without the deleted clips, and delete the shards that no kept version uses."""
         with self._writer():
             current = self.open()
             if current is None:
@@ -201,51 +218,75 @@ class TokenStore:
             rows = np.flatnonzero(current.live)
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
             manifest.shards, manifest.deleted = [], []
-            name = f"s{uuid.uuid4().hex[:12]}"
             tokens = {m: current.gather(m, rows) for m in MODALITIES}
-            for modality in MODALITIES:
-                _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
-            _atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
             present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
-            _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
-            manifest.shards.append({"name": name, "rows": len(rows)})
-            manifest.factory = self.factory or default_factory(len(rows) * current.frames)
-            indexes = {m: self._new_index(manifest, tokens[m], 0, present[:, k]) for k, m in enumerate(MODALITIES)}
-            return self._publish(manifest, indexes)
+            manifest.shards.append(self._write_shard(current.clip_ids[rows], tokens, present))
+            manifest.factory = self.factory or default_factory(len(rows) * current.frames, current.manifest.dim)
+            manifest.sketch_dim = self.sketch_dim
+            manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(rows))
+            return self._publish(manifest, *self._grown_indexes(None, manifest, tokens, np.arange(len(rows)), present))
 
     # ------------------------------------------------------------------------------------ helpers
+    def _write_shard(self, clip_ids: np.ndarray, tokens: dict[str, np.ndarray], present: np.ndarray) -> dict:
+        """An immutable shard of clips (tokens in the store's dtype); returns its manifest entry."""
+        name = f"s{uuid.uuid4().hex[:12]}"
+        for modality in MODALITIES:
+            _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
+        _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
+        _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
+        return {"name": name, "rows": len(clip_ids)}
+
     def _next_manifest(self, current: StoreVersion | None, frames: int, dim: int, model_id: str) -> Manifest:
         if current is None:
-            return Manifest(1, frames, dim, self.dtype, model_id, self.factory or "IDMap2,Flat")
+            flat = "IDMap2,Flat"
+            return Manifest(1, frames, dim, self.dtype, model_id, self.factory or flat,
+                            sketch_dim=self.sketch_dim, sketch_factory=self.sketch_factory or flat)  # fmt: skip
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:
             raise StoreError(f"the store holds ({m.frames}, {m.dim}) tokens of model {m.model_id!r}; "
                              f"got ({frames}, {dim}) of {model_id!r}: use another index directory")  # fmt: skip
         return Manifest(**{**asdict(m), "version": m.version + 1})
 
-    def _new_index(self, manifest: Manifest, tokens: np.ndarray, first_row: int, has: np.ndarray) -> faiss.Index:
-        index = faiss.index_factory(manifest.dim, manifest.factory, faiss.METRIC_INNER_PRODUCT)
-        vectors, ids = _frame_vectors(tokens, first_row, has)
-        if not index.is_trained:
-            index.train(vectors)
+    def _grown_indexes(self, current: StoreVersion | None, manifest: Manifest, tokens: dict[str, np.ndarray],
+                       rows: np.ndarray, present: np.ndarray) -> tuple[dict[str, faiss.Index], dict]:  # fmt: skip
+        """The per-frame and sketch indexes of `current` (None: new ones) plus the given rows' tokens."""
+        indexes, projections = {}, {}
+        for k, modality in enumerate(MODALITIES):
+            kept = present[:, k]
+            indexes[modality] = self._frame_index(current, modality, manifest, tokens[modality], rows, kept)
+            if not manifest.sketch_dim:
+                continue
+            if current is None:
+                projection = Projection.fit(tokens[modality][kept], manifest.sketch_dim)
+                index = sketch.new_index(projection, manifest.frames, manifest.sketch_factory,
+                                         tokens[modality][kept], rows[kept])  # fmt: skip
+            else:
+                projection, index = current.sketch[modality]
+                index = sketch.grow(index, projection, tokens[modality][kept], rows[kept])
+            indexes[f"{modality}.sketch"], projections[modality] = index, projection
+        return indexes, projections
+
+    def _frame_index(self, current: StoreVersion | None, modality: str, manifest: Manifest, tokens: np.ndarray,
+                     rows: np.ndarray, has: np.ndarray) -> faiss.Index:  # fmt: skip
+        vectors, ids = _frame_vectors(tokens, rows, has)
+        if current is not None:
+            index = faiss.clone_index(current.index[modality])
+        else:
+            index = faiss.index_factory(manifest.dim, manifest.factory, faiss.METRIC_INNER_PRODUCT)
+            if not index.is_trained:
+                index.train(vectors)
         index.add_with_ids(vectors, ids)
         return index
 
-    def _grown_index(self, current: StoreVersion | None, modality: str, manifest: Manifest, tokens: np.ndarray,
-                     first_row: int, has: np.ndarray) -> faiss.Index:  # fmt: skip
-        if current is None:
-            return self._new_index(manifest, tokens, first_row, has)
-        index = faiss.clone_index(current.index[modality])
-        index.add_with_ids(*_frame_vectors(tokens, first_row, has))
-        return index
-
-    def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index]) -> str:
+    def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index], projections: dict[str, Projection]) -> str:
         """Write the version folder under a temp name, rename it into place, then swap CURRENT."""
         name = f"v{manifest.version:06d}"
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root / "versions"))
         (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=1))
-        for modality, index in indexes.items():
-            faiss.write_index(index, str(staging / f"{modality}.faiss"))
+        for stem, index in indexes.items():
+            faiss.write_index(index, str(staging / f"{stem}.faiss"))
+        for modality, projection in projections.items():
+            projection.save(staging / f"{modality}.projection.npy")
         target = self.root / "versions" / name
         if target.exists():
             shutil.rmtree(target)
@@ -258,16 +299,35 @@ class TokenStore:
         return name
 
     def _prune(self, live: int) -> None:
+        """Drop versions older than the last `keep_versions`, then the shards none of the rest uses."""
         for folder in (self.root / "versions").glob("v*"):
             if folder.name[1:].isdigit() and int(folder.name[1:]) <= live - self.keep_versions:
                 shutil.rmtree(folder, ignore_errors=True)
+        self._collect_shards()
+
+    def _collect_shards(self) -> None:
+        """Delete shard files that no kept version lists, and temp files of writers that died (we hold the
+        lock, so no writer is running). A reader that mapped a deleted shard keeps its mapping."""
+        used = set()
+        for manifest in (self.root / "versions").glob("v*/manifest.json"):
+            used |= {s["name"] for s in json.loads(manifest.read_text())["shards"]}
+        for path in (self.root / "shards").iterdir():
+            if path.name.startswith(".") or path.name.split(".", 1)[0] not in used:
+                path.unlink(missing_ok=True)
+                log.info("deleted unused shard file %s", path.name)
 
 
-def _frame_vectors(tokens: np.ndarray, first_row: int, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:
+    smaller = faiss.clone_index(index)
+    smaller.remove_ids(ids)
+    return smaller
+
+
+def _frame_vectors(tokens: np.ndarray, rows: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame vectors (float32) of the rows that have the modality, with ids row * T + frame."""
     _, frames, dim = tokens.shape
     kept = np.flatnonzero(has)
-    ids = ((first_row + kept)[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
+    ids = (rows[kept][:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
     return np.ascontiguousarray(tokens[kept].reshape(-1, dim), dtype=np.float32), ids
 
 
