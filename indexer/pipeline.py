@@ -31,7 +31,6 @@ from indexer.catalog import Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
-from model.similarity import normalize
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +81,12 @@ def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> tuple[np.ndarray,
     out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
     present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for k, (modality, attr, encode) in enumerate((("audio", "audio_segments", model.encode_audio),
-                                                  ("visual", "frames", model.encode_visual))):  # fmt: skip
+    for k, (modality, attr) in enumerate((("audio", "audio_segments"), ("visual", "frames"))):
         rows = np.flatnonzero(present[:, k])
         if len(rows):
-            batch = torch.cat([getattr(clips[r], attr) for r in rows]).to(device)  # (n*T, ...)
+            batch = torch.stack([getattr(clips[r], attr) for r in rows]).to(device)  # (n, T, ...)
             with autocast:
-                tokens = encode(batch).global_tokens.float()
-            out[modality][rows] = normalize(tokens).view(len(rows), cfg.frames_per_clip, -1).cpu().numpy()
+                out[modality][rows] = model.encode_clip_tokens(batch, modality).cpu().numpy()
     return out["audio"], out["visual"], present
 
 

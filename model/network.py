@@ -163,6 +163,15 @@ class CAVMAESync(nn.Module):
         x = self._encode_unimodal(self._embed(frames, "visual"), "visual")
         return self._split(self._joint_unimodal(x, "visual"))
 
+    def encode_clip_tokens(self, inputs: torch.Tensor, modality: Literal["audio", "visual"]) -> torch.Tensor:
+        """Clips -> their per-frame global tokens, L2-normalised: what retrieval compares.
+
+        inputs: (B, T, L, mel) audio segments or (B, T, C, H, W) frames -> (B, T, D) float32.
+        """
+        encode = self.encode_audio if modality == "audio" else self.encode_visual
+        tokens = encode(inputs.flatten(0, 1)).global_tokens.float()  # (B*T, D)
+        return nn.functional.normalize(tokens, dim=-1).view(*inputs.shape[:2], -1)  # (B, T, D)
+
     def _check_audio(self, segments: torch.Tensor) -> None:
         expected = (self.config.audio_frames, self.config.mel_bins)
         if segments.ndim != 3 or tuple(segments.shape[1:]) != expected:

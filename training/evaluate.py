@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from model import CAVMAESync, MediaError
-from model.similarity import STRATEGIES, clip_scores, normalize
+from model.similarity import STRATEGIES, clip_scores
 from training.data import MediaManifest
 from training.metrics import retrieval_metrics
 
@@ -55,10 +55,7 @@ def _keep(items: list) -> list:
 @torch.no_grad()
 def encode_clips(model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """frames (B, T, 3, H, W), segments (B, T, L, mel) -> normalised audio, visual tokens (B, T, D)."""
-    batch, frames_per_clip = frames.shape[:2]
-    audio = model.encode_audio(segments.flatten(0, 1)).global_tokens  # (B*T, D)
-    visual = model.encode_visual(frames.flatten(0, 1)).global_tokens
-    return normalize(audio).view(batch, frames_per_clip, -1), normalize(visual).view(batch, frames_per_clip, -1)
+    return model.encode_clip_tokens(segments, "audio"), model.encode_clip_tokens(frames, "visual")
 
 
 def encode_corpus(model: CAVMAESync, source: MediaManifest, batch_size: int = 8, workers: int = 2) -> CorpusTokens:

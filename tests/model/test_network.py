@@ -174,3 +174,16 @@ def test_tiny_model_overfits_a_fixed_batch() -> None:
     assert losses[-1] < 0.5 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
     # below what predicting each input's mean would cost: the masked patches are really reconstructed
     assert out.loss_mae_audio < 0.6 * audio.var() and out.loss_mae_visual < 0.6 * frames.var()
+
+
+def test_clip_tokens_are_each_frames_normalised_global_token() -> None:
+    torch.manual_seed(0)
+    model = CAVMAESync(preset("tiny", modality_depth=1)).eval()
+    cfg = model.config
+    segments = torch.randn(2, cfg.frames_per_clip, cfg.audio_frames, cfg.mel_bins)
+    with torch.no_grad():
+        tokens = model.encode_clip_tokens(segments, "audio")
+        one = model.encode_audio(segments[1, 3:4]).global_tokens[0]
+    assert tokens.shape == (2, cfg.frames_per_clip, cfg.embed_dim)
+    assert torch.allclose(tokens.norm(dim=-1), torch.ones(2, cfg.frames_per_clip), atol=1e-5)
+    assert torch.allclose(tokens[1, 3], one / one.norm(), atol=1e-5)
