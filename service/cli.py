@@ -69,7 +69,9 @@ DATABASE_URL = typer.Option(envvar="CAVSYNC_DATABASE_URL", help="SQLAlchemy URL 
 
 
 def _catalog_url(data_dir: Path, database_url: str | None) -> str:
-    return database_url or f"sqlite:///{(data_dir / 'catalog.db').resolve()}"
+    from service.settings import catalog_url
+
+    return catalog_url(data_dir, database_url)
 
 
 @app.command()
@@ -124,6 +126,30 @@ def compact(data_dir: Annotated[Path, DATA_DIR] = Path("data")) -> None:
 
     version = TokenStore(data_dir / "index").compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    model: Annotated[
+        Path | None, typer.Option(help="Model checkpoint (default: $CAVSYNC_MODEL_PATH, else the demo checkpoint).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data dir (default: $CAVSYNC_DATA_DIR, else data).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Catalog URL (default: $CAVSYNC_DATABASE_URL, else SQLite in the data dir).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the REST API with uvicorn (every other setting: CAVSYNC_* variables, see service/settings.py)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    given = {"model_path": model, "data_dir": data_dir, "database_url": database_url}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 eval_app = typer.Typer(help="Evaluate a checkpoint; prints JSON.", no_args_is_help=True)

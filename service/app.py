@@ -1,0 +1,97 @@
+"""The FastAPI app: `create_app(settings)`; its lifespan loads the model and the index version once.
+
+Requests share one `Engine` (service/engine.py). Model and search work runs in worker threads, at
+most `max_concurrent_inferences` at once. The request body limit (`max_upload_bytes`) is enforced
+while the body streams in: a Content-Length over it is refused before anything is read, and a body
+without one is cut off (413) as soon as the bytes received pass it.
+
+    uvicorn --factory service.app:create_app   # or `cavsync serve`
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.engine import Engine
+from service.errors import install_handlers
+from service.jobs import JobRunner
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import catalog, jobs, search, system
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Audio-visual search with CAV-MAE Sync: find the videos (and the moment) that sound like a
+sound or look like pictures, and where in a frame a sound comes from. Errors are JSON
+`{"detail": "...", "errors": [...] | null}`: 415 for files the decoder cannot read, 422 for readable
+media that does not fit the request (no audio track, under 1 s), 413 over the size or duration limits,
+503 with Retry-After when every inference slot is busy."""
+
+
+# Request bodies whose fields come in exclusive pairs: exactly one of each pair (an upload or an indexed video).
+EXCLUSIVE_FIELDS = {
+    "/search/audio-to-video": [("file", "video_id")],
+    "/search/video-to-audio": [("file", "video_id")],
+    "/localize": [("image", "video_id"), ("audio", "audio_video_id")],
+}
+
+
+def _not_null(field: dict[str, Any]) -> None:
+    """An optional multipart field is left out, never sent as null: drop FastAPI's `{"type": "null"}`."""
+    options = [o for o in field.pop("anyOf", []) if o != {"type": "null"}]
+    if len(options) == 1:
+        field.update(options[0])
+    elif options:
+        field["anyOf"] = options
+
+
+def openapi_with_exclusive_fields(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, made precise for multipart bodies: optional fields are not nullable, and `oneOf`
+    rules say which fields exclude each other."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # cached on the app: patched once, in place
+    components = schema["components"]["schemas"]
+    for path, pairs in EXCLUSIVE_FIELDS.items():
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        target = components[body["$ref"].rsplit("/", 1)[-1]]
+        for field in target["properties"].values():
+            _not_null(field)
+        target["allOf"] = [{"oneOf": [{"required": [a]}, {"required": [b]}]} for a, b in pairs]
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API over the model and data dir of `settings` (default: read from CAVSYNC_* variables)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await anyio.to_thread.run_sync(Engine.start, settings)
+        app.state.engine = engine
+        app.state.jobs = JobRunner(settings, engine.sessions)
+        try:
+            yield
+        finally:
+            app.state.jobs.close()
+
+    app = FastAPI(title="cavsync", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  max_body_size=settings.max_upload_bytes)  # fmt: skip
+    app.state.settings, app.state.metrics = settings, metrics
+    app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
+    install_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])  # fmt: skip
+    for module in (search, catalog, jobs, system):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,146 @@
+"""What the API holds while it runs: the model, the catalog, the token store and the version it reads,
+and the inference slots. Built once by the lifespan (`Engine.start`); requests share it.
+
+A new index version (written by `cavsync index`, a Celery worker or this process's own jobs) is
+picked up without a restart: before a request that reads the index, `CURRENT` is compared with the
+loaded version's name (one small file read) and the version is reopened when they differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import torch
+from sqlalchemy.orm import sessionmaker
+
+from indexer.catalog import open_catalog
+from indexer.pipeline import model_id_of
+from indexer.store import StoreVersion, TokenStore
+from model import CAVMAESync, PreprocessConfig, load_model
+from model.config import PRESETS
+from service.errors import Busy
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class InferenceSlots:
+    """At most `limit` inferences at once; a request that finds none free (after `wait_s`) gets a 503."""
+
+    def __init__(self, limit: int, wait_s: float, retry_after_s: int) -> None:
+        self.limit, self.wait_s, self.retry_after_s = limit, wait_s, retry_after_s
+        self._semaphore = anyio.Semaphore(limit) if limit > 0 else None
+
+    @property
+    def in_use(self) -> int:
+        return 0 if self._semaphore is None else self.limit - self._semaphore.value
+
+    def _busy(self) -> Busy:
+        return Busy(f"all {self.limit} inference slots are busy; retry later", self.retry_after_s)
+
+    async def _acquire(self) -> bool:
+        if self._semaphore is None:
+            return False
+        if self.wait_s <= 0:
+            try:
+                self._semaphore.acquire_nowait()
+            except anyio.WouldBlock:
+                return False
+            return True
+        with anyio.move_on_after(self.wait_s):
+            await self._semaphore.acquire()
+            return True
+        return False
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Hold a slot for the body of the `async with`; Busy (503) when none frees up in time."""
+        if not await self._acquire():
+            raise self._busy()
+        try:
+            yield
+        finally:
+            self._semaphore.release()  # type: ignore[union-attr]
+
+
+def preset_name(model: CAVMAESync) -> str:
+    return next((name for name, config in PRESETS.items() if config == model.config), "custom")
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    model: CAVMAESync
+    model_id: str
+    store: TokenStore
+    sessions: sessionmaker
+    slots: InferenceSlots
+    prep: PreprocessConfig
+    version: StoreVersion | None = None
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Engine:
+        """Load the model, migrate and open the catalog, open the current index version (blocking)."""
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(settings.model_path).to(device).eval()
+        prep = PreprocessConfig(max_duration_s=settings.max_media_duration_s,
+                                max_query_s=min(settings.max_query_s, settings.max_media_duration_s))  # fmt: skip
+        slots = InferenceSlots(settings.max_concurrent_inferences, settings.inference_wait_s, settings.retry_after_s)
+        engine = cls(settings, model, model_id_of(settings.model_path), TokenStore(settings.index_dir),
+                     open_catalog(settings.catalog_url), slots, prep)  # fmt: skip
+        engine.reload()
+        engine.check_index_model()
+        log.info("serving model %s (%s) on %s, index version %s", engine.model_id, preset_name(model), device,
+                 engine.version_name)  # fmt: skip
+        return engine
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def version_name(self) -> str | None:
+        return self.version.name if self.version is not None else None
+
+    def check_index_model(self) -> None:
+        """Refuse an index written by another model: its tokens are not comparable with this model's."""
+        if self.version is None:
+            return
+        manifest = self.version.manifest
+        if manifest.model_id != self.model_id or manifest.dim != self.model.config.embed_dim:
+            raise RuntimeError(
+                f"the index in {self.settings.index_dir} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
+                f"the API runs {self.model.config.embed_dim}-d model {self.model_id} ({self.settings.model_path}): "
+                "serve the model the index was built with, or point CAVSYNC_DATA_DIR at another index"
+            )
+
+    def stale(self) -> bool:
+        """Whether the store's CURRENT names another version than the loaded one (one small file read)."""
+        return self.store.current_name() != self.version_name
+
+    def reload(self) -> StoreVersion | None:
+        """Open the store's current version if it changed (blocking: reads the FAISS indexes)."""
+        with self._reload_lock:
+            for attempt in range(3):
+                name = self.store.current_name()
+                if name == self.version_name:
+                    break
+                try:
+                    self.version = self.store.open()
+                    log.info("loaded index version %s (%d live clips)", self.version_name, len(self.version or ()))
+                    break
+                except (OSError, ValueError) as exc:  # pruned or replaced while being opened: read CURRENT again
+                    log.warning("could not open index version %s (attempt %d): %s", name, attempt + 1, exc)
+        return self.version
+
+    async def current_version(self) -> StoreVersion | None:
+        """The loaded version, reopened off the event loop first when the store moved on."""
+        if self.stale():
+            await anyio.to_thread.run_sync(self.reload)
+        return self.version

@@ -1,0 +1,178 @@
+"""HTTP errors: the service's own error types, the mapping of domain errors (media decoding) to status
+codes, the exception handlers that apply it, and the OpenAPI description of every error answer.
+
+Only this module knows status codes for domain errors: the routes raise `ServiceError`s or let
+`model.MediaError`s through, and the handlers answer `{"detail": str, "errors": [...] | null}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.media import (
+    MediaError,
+    MediaTimeoutError,
+    MediaTooLongError,
+    MediaTooShortError,
+    NoUsableStreamError,
+    UnreadableMediaError,
+    UnsupportedMediaError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: a message, and for a validation error the offending fields."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class ServiceError(Exception):
+    """An error the API answers with `status_code` and the message as `detail`."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail, self.headers = detail, headers
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"WWW-Authenticate": "ApiKey"})
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedMedia(ServiceError):
+    status_code = 415
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+
+
+class Busy(ServiceError):
+    status_code = 503
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
+
+# Most specific first. 415: the bytes are no media we can read; 422: readable but unusable for the request.
+MEDIA_STATUS: tuple[tuple[type[MediaError], int], ...] = (
+    (UnreadableMediaError, 415),
+    (UnsupportedMediaError, 415),
+    (MediaTooLongError, 413),
+    (NoUsableStreamError, 422),
+    (MediaTooShortError, 422),
+    (MediaTimeoutError, 422),
+    (MediaError, 422),
+)
+
+
+def media_status(exc: MediaError) -> int:
+    return next(status for kind, status in MEDIA_STATUS if isinstance(exc, kind))
+
+
+def _answer(
+    status: int, detail: str, headers: dict[str, str] | None = None, errors: list | None = None
+) -> JSONResponse:
+    body = ErrorResponse(detail=detail, errors=errors)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return _answer(exc.status_code, exc.detail, exc.headers)
+
+
+async def _media_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MediaError)
+    return _answer(media_status(exc), str(exc))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _answer(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
+
+
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
+    """Location, message and type of each error; never the input (it may be binary or huge)."""
+    return [
+        FieldError(loc=[p if isinstance(p, int) else str(p) for p in e.get("loc", ())], msg=str(e.get("msg", "")),
+                   type=str(e.get("type", "")))
+        for e in exc.errors()
+    ]  # fmt: skip
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc)
+    summary = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:5]) or "invalid request"
+    return _answer(422, summary, errors=[e.model_dump() for e in errors])
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(MediaError, _media_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+DESCRIPTIONS = {
+    400: "Malformed request body",
+    401: "Missing API key (X-API-Key)",
+    403: "Wrong API key, or a path outside the media roots",
+    404: "Unknown id",
+    413: "Request body or media over the configured limit",
+    415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
+    422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",
+    503: "Too many inferences at once (retry after Retry-After seconds), or the queue is unreachable",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error codes (422 always: every route validates its input)."""
+    wanted = sorted(set(codes) | {422})
+    out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse, "description": DESCRIPTIONS[c]} for c in wanted}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
+    if 401 in out:
+        out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return out

@@ -1,0 +1,221 @@
+"""Blocking work behind the search and localization routes (run in a worker thread): queries from
+uploads, stored tokens or raw tokens, the retrieval core, and the answers.
+
+Shapes: query tokens (T_q, D) L2-normalised float32, T_q <= T for media queries (the first clip).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+
+from indexer.catalog import Video, VideoStatus
+from indexer.search import search_videos
+from indexer.store import StoreVersion
+from model import load_image
+from model.media import probe
+from service import inference
+from service.engine import Engine
+from service.errors import InvalidInput, NotFound
+from service.inference import QueryTokens, ms
+from service.schemas import (
+    LocalizeResponse,
+    LocalizeTimings,
+    Moment,
+    Peak,
+    QueryInfo,
+    SearchResponse,
+    Timings,
+    TokensQuery,
+    VideoResult,
+)
+from service.uploads import saved_upload
+
+TIME_SLACK_S = 0.05  # container durations are rounded
+
+
+def indexed_video(session: Session, video_id: int) -> Video:
+    video = session.get(Video, video_id)
+    if video is None or video.status != VideoStatus.INDEXED or not video.clips:
+        state = "unknown" if video is None else video.status.value
+        raise NotFound(f"no indexed video {video_id} ({state})")
+    return video
+
+
+def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
+    """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
+    rows = version.rows_of([clip_id]) if version is not None else []
+    if version is None or len(rows) == 0:
+        raise NotFound(f"video {video_id} is not in the loaded index version")
+    if not version.present[modality][rows[0]]:
+        raise InvalidInput(f"video {video_id} has no {modality} track")
+    return version.gather(modality, rows[:1])[0]
+
+
+def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, modality: str) -> QueryTokens:
+    """An indexed video's first clip as query tokens of `modality`."""
+    with engine.sessions() as session:
+        video = indexed_video(session, video_id)
+        first, more = video.clips[0].id, len(video.clips) > 1
+    return QueryTokens(stored_tokens(version, first, modality, video_id), more, 0.0, 0.0)
+
+
+def _results(engine: Engine, version: StoreVersion | None, tokens: np.ndarray, target: str, top_k: int,
+             strategy: str) -> list[VideoResult]:  # fmt: skip
+    if version is None:
+        return []
+    with engine.sessions() as session:
+        hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy)
+    return [
+        VideoResult(video_id=h.video_id, uri=h.uri, score=h.score, clip_id=h.clip_id, clip_start=h.clip_start,
+                    moment=Moment(start=h.moment[0], end=h.moment[1]), frame_scores=list(h.frame_scores))
+        for h in hits
+    ]  # fmt: skip
+
+
+def answer(engine: Engine, version: StoreVersion | None, query: QueryTokens, info: QueryInfo, target: str,
+           top_k: int, strategy: str, started: float) -> SearchResponse:  # fmt: skip
+    searching = time.perf_counter()
+    results = _results(engine, version, query.tokens, target, top_k, strategy)
+    search_ms = ms(time.perf_counter() - searching)
+    timings = Timings(decode_ms=query.decode_ms, encode_ms=query.encode_ms, search_ms=search_ms,
+                      total_ms=ms(time.perf_counter() - started))  # fmt: skip
+    return SearchResponse(target=target, strategy=strategy, index_version=version.name if version else None,  # type: ignore[arg-type]
+                          query=info, results=results, timings=timings)  # fmt: skip
+
+
+def search_media(engine: Engine, version: StoreVersion | None, modality: str, upload: UploadFile | None,
+                 video_id: int | None, top_k: int, strategy: str) -> SearchResponse:  # fmt: skip
+    """Query `modality` ("audio" or "visual") from an upload or an indexed video, searched in the other one."""
+    started = time.perf_counter()
+    if upload is not None:
+        with saved_upload(upload) as path:
+            run = inference.audio_query if modality == "audio" else inference.video_query
+            query = run(engine.model, path, engine.prep)
+        info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
+    else:
+        query = stored_query(engine, version, video_id, modality)  # type: ignore[arg-type]
+        info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
+    target = "visual" if modality == "audio" else "audio"
+    return answer(engine, version, query, info, target, top_k, strategy, started)
+
+
+def token_matrix(rows: list[list[float]], dim: int) -> np.ndarray:
+    """JSON rows -> L2-normalised (T_q, D) float32; 422 for ragged rows, a wrong D, overflow or a zero row."""
+    lengths = sorted({len(r) for r in rows})
+    if lengths != [dim]:
+        raise InvalidInput(f"tokens must be (T_q, {dim}): every row {dim} floats; got rows of {lengths} floats")
+    tokens = np.asarray(rows, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(tokens, axis=1, keepdims=True)
+    if not np.isfinite(norms).all() or (norms == 0).any():
+        raise InvalidInput("every token row must have a finite, non-zero norm")
+    return (tokens / norms).astype(np.float32)
+
+
+def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuery) -> SearchResponse:
+    started = time.perf_counter()
+    tokens = token_matrix(body.tokens, engine.model.config.embed_dim)
+    query = QueryTokens(tokens, False, 0.0, 0.0)
+    info = QueryInfo(source="tokens", frames=len(tokens), truncated=False)
+    return answer(engine, version, query, info, body.target, body.top_k, body.strategy, started)
+
+
+# ------------------------------------------------------------------------------------ localization
+def frame_of(engine: Engine, path: Path, at: float) -> tuple[torch.Tensor, float]:
+    """The preprocessed frame (3, S, S) of an image (time ignored) or of a video at `at` s, and its time."""
+    info = probe(path, engine.prep.timeout_s)
+    if info.still_image or info.duration is None:
+        at = 0.0
+    elif at > info.duration + TIME_SLACK_S:
+        raise InvalidInput(f"time {at:.2f} s is past the end of the video ({info.duration:.2f} s)")
+    if info.duration is not None and not info.still_image:
+        at = max(0.0, min(at, info.duration - 0.1))  # the last frame starts before the container's end
+    return load_image(path, engine.model.config, engine.prep, at=at), at
+
+
+def indexed_frame(engine: Engine, video_id: int, at: float) -> tuple[torch.Tensor, float]:
+    with engine.sessions() as session:
+        uri = indexed_video(session, video_id).uri
+    if not Path(uri).is_file():
+        raise NotFound(f"the media file of video {video_id} is no longer at {uri}")
+    return frame_of(engine, Path(uri), at)
+
+
+def uploaded_audio_token(engine: Engine, upload: UploadFile, at: float) -> tuple[np.ndarray, float, float]:
+    """(D,) normalised audio token of the uploaded audio's segment at `at` s, its centre, the encode ms."""
+    with saved_upload(upload) as path:
+        try:
+            segment, centre = inference.audio_segment(engine.model, path, at, engine.prep)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+    encoding = time.perf_counter()
+    token = inference.encode(engine.model, "audio", segment)[0][0]
+    return token, centre, ms(time.perf_counter() - encoding)
+
+
+def stored_audio_token(
+    engine: Engine, version: StoreVersion | None, video_id: int, at: float
+) -> tuple[np.ndarray, float]:
+    """(D,) stored audio token of an indexed video at `at` s (its clip's segment nearest `at`), its centre."""
+    with engine.sessions() as session:
+        video = indexed_video(session, video_id)
+        clips = [(c.id, c.start, c.duration) for c in video.clips]
+    end = max(start + length for _, start, length in clips)
+    if at > end + TIME_SLACK_S:
+        raise InvalidInput(f"audio_time {at:.2f} s is past the end of video {video_id} ({end:.2f} s)")
+    clip_id, start, _ = [c for c in clips if c[1] <= at][-1]
+    frames = engine.model.config.frames_per_clip
+    step = engine.prep.clip_s / frames
+    index = min(frames - 1, round((at - start) / step))
+    return stored_tokens(version, clip_id, "audio", video_id)[index], start + index * step
+
+
+@dataclass(frozen=True)
+class LocalizeInputs:
+    image: UploadFile | None
+    video_id: int | None
+    time: float
+    audio: UploadFile | None
+    audio_video_id: int | None
+    audio_time: float
+
+
+def _rounded(values: torch.Tensor) -> list[list[float]]:
+    return torch.round(values, decimals=5).tolist()
+
+
+def localize(
+    engine: Engine, version: StoreVersion | None, inputs: LocalizeInputs, png: bool
+) -> LocalizeResponse | bytes:
+    """The audio-to-patch similarity map of a frame: JSON (grid, upsampled map, peak) or a PNG heat map."""
+    started = time.perf_counter()
+    if inputs.image is not None:
+        with saved_upload(inputs.image) as path:
+            frame, frame_time = frame_of(engine, path, inputs.time)
+    else:
+        frame, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]
+    encode_ms = 0.0
+    if inputs.audio is not None:
+        token, audio_time, encode_ms = uploaded_audio_token(engine, inputs.audio, inputs.audio_time)
+    else:
+        token, audio_time = stored_audio_token(engine, version, inputs.audio_video_id, inputs.audio_time)  # type: ignore[arg-type]
+    mapping = time.perf_counter()
+    found = inference.localize(engine.model, frame, token)
+    if png:
+        return inference.heatmap_png(frame, found.upsampled, engine.prep)
+    done = time.perf_counter()
+    (x, y), (row, col) = found.peak_xy, found.peak_cell
+    timings = LocalizeTimings(decode_ms=ms(mapping - started) - encode_ms, encode_ms=encode_ms + ms(done - mapping),
+                              total_ms=ms(done - started))  # fmt: skip
+    return LocalizeResponse(
+        grid=_rounded(found.grid), map=_rounded(found.upsampled), grid_size=found.grid.shape[0],
+        image_size=found.upsampled.shape[0], peak=Peak(x=x, y=y, row=row, col=col, value=float(found.upsampled[y, x])),
+        frame_time=frame_time, audio_time=audio_time, timings=timings,
+    )  # fmt: skip

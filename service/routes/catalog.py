@@ -1,0 +1,92 @@
+"""Catalog routes: videos (paginated), one video, its stored per-frame tokens, deleting it.
+
+Plain `def` endpoints: FastAPI runs them in a worker thread (catalog and store I/O block)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy import func, select
+
+from indexer.catalog import Video, VideoStatus
+from indexer.pipeline import delete_videos
+from indexer.store import StoreVersion
+from service.deps import EngineDep, VersionDep, require_api_key
+from service.errors import NotFound, responses
+from service.queries import indexed_video
+from service.schemas import (
+    MAX_ID,
+    ClipEmbeddings,
+    DeleteResponse,
+    EmbeddingsResponse,
+    VideoDetail,
+    VideoInfo,
+    VideoPage,
+)
+
+router = APIRouter(tags=["catalog"])
+VideoId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of the video.")]
+
+
+@router.get("/videos", response_model=VideoPage, responses=responses())
+def list_videos(
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    status: Annotated[VideoStatus | None, Query(description="Only videos in this state.")] = None,
+) -> VideoPage:
+    """Videos of the catalog by id, `limit` at a time from `offset`."""
+    where = [Video.status == status] if status is not None else []
+    with engine.sessions() as session:
+        total = session.scalar(select(func.count()).select_from(Video).where(*where)) or 0
+        rows = session.scalars(select(Video).where(*where).order_by(Video.id).limit(limit).offset(offset)).all()
+        items = [VideoInfo.model_validate(v) for v in rows]
+    return VideoPage(total=total, limit=limit, offset=offset, items=items)
+
+
+@router.get("/videos/{video_id}", response_model=VideoDetail, responses=responses(404))
+def get_video(engine: EngineDep, video_id: VideoId) -> VideoDetail:
+    """One video with its clips (any state: pending, indexed, failed with its error, deleted)."""
+    with engine.sessions() as session:
+        video = session.get(Video, video_id)
+        if video is None:
+            raise NotFound(f"no video {video_id}")
+        return VideoDetail.model_validate(video)
+
+
+def _clip_tokens(version: StoreVersion, clip_ids: list[int], modality: str) -> dict[int, list[list[float]] | None]:
+    rows = version.rows_of(clip_ids)
+    tokens = version.gather(modality, rows)
+    present = version.present[modality][rows]
+    return {int(cid): (np.round(t, 6).tolist() if has else None)
+            for cid, t, has in zip(version.clip_ids[rows], tokens, present, strict=True)}  # fmt: skip
+
+
+@router.get("/videos/{video_id}/embeddings", response_model=EmbeddingsResponse, responses=responses(404))
+def embeddings(engine: EngineDep, version: VersionDep, video_id: VideoId) -> EmbeddingsResponse:
+    """The stored per-frame global tokens (T, D), L2-normalised, of each clip, both modalities."""
+    with engine.sessions() as session:
+        clips = [(c.id, c.start, c.duration) for c in indexed_video(session, video_id).clips]
+    ids = [c[0] for c in clips]
+    if version is None or len(version.rows_of(ids)) != len(ids):
+        raise NotFound(f"video {video_id} is not in the loaded index version")
+    audio, visual = _clip_tokens(version, ids, "audio"), _clip_tokens(version, ids, "visual")
+    return EmbeddingsResponse(
+        video_id=video_id, model_id=version.manifest.model_id, index_version=version.name,
+        frames_per_clip=version.frames, dim=version.manifest.dim,
+        clips=[ClipEmbeddings(clip_id=i, start=s, duration=d, audio=audio[i], visual=visual[i]) for i, s, d in clips],
+    )  # fmt: skip
+
+
+@router.delete("/videos/{video_id}", response_model=DeleteResponse, responses=responses(401, 403, 404),
+               dependencies=[Depends(require_api_key)])  # fmt: skip
+def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
+    """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog."""
+    with engine.sessions() as session:
+        if session.get(Video, video_id) is None:
+            raise NotFound(f"no video {video_id}")
+    removed = delete_videos([video_id], engine.store, engine.sessions)
+    version = engine.reload()
+    return DeleteResponse(video_id=video_id, deleted=removed > 0, index_version=version.name if version else None)

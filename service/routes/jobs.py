@@ -1,0 +1,100 @@
+"""Indexing routes: start a job from paths under the media roots or from uploads; follow a job."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path as FilePath
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from service.deps import EngineDep, require_api_key
+from service.engine import Engine
+from service.errors import BadRequest, InvalidInput, UnsupportedMedia, responses
+from service.jobs import JobRunner, job_info, resolve_media_paths
+from service.schemas import IndexPathsRequest, JobAccepted, JobInfo
+from service.uploads import keep_uploads
+
+router = APIRouter(tags=["indexing"])
+MAX_UPLOAD_FILES = 1000
+
+INDEX_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": IndexPathsRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
+async def _json_paths(request: Request) -> list[str]:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
+    try:
+        return IndexPathsRequest.model_validate(data).paths
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+
+async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
+    try:
+        form = await request.form(max_files=MAX_UPLOAD_FILES)
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+    try:
+        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+        if not uploads:
+            raise InvalidInput("a multipart body needs one or more `files` uploads")
+        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.settings.uploads_dir)
+    finally:
+        await form.close()
+
+
+@router.post("/index", response_model=JobAccepted, status_code=202, openapi_extra=INDEX_BODY,
+             responses=responses(400, 401, 403, 404, 413, 415, 503),
+             dependencies=[Depends(require_api_key)])  # fmt: skip
+async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
+    """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
+    walked) or multipart `files` uploads (kept under the data dir's uploads/). Answers at once with the
+    job id; the job runs on the Celery workers, or in this process when no broker is configured."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        paths = await _json_paths(request)
+        files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.settings.media_roots)
+    elif kind == "multipart/form-data":
+        files = await _uploaded_files(request, engine)
+    else:
+        raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
+    job_id = await anyio.to_thread.run_sync(jobs.submit, files)
+    return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)  # type: ignore[arg-type]
+
+
+JobId = Annotated[uuid.UUID, Path(description="The id POST /index returned.")]
+
+
+@router.get("/jobs/{job_id}", response_model=JobInfo, responses=responses(404))
+def get_job(engine: EngineDep, job_id: JobId) -> JobInfo:
+    """A job's state, its counts and each file's outcome (the error of each failed one)."""
+    return job_info(engine.sessions, str(job_id))

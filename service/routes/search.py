@@ -1,0 +1,108 @@
+"""Search and localization routes. Every one runs its model and search work in a worker thread while
+holding an inference slot (503 with Retry-After when none is free)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Literal, TypeVar
+
+import anyio
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from service import queries
+from service.deps import EngineDep, VersionDep
+from service.engine import Engine
+from service.errors import InvalidInput, responses
+from service.schemas import MAX_ID, LocalizeResponse, SearchResponse, Strategy, TokensQuery
+
+router = APIRouter(tags=["search"])
+T = TypeVar("T")
+MAX_SECONDS = 1e6
+
+MEDIA_ERRORS = responses(400, 404, 413, 415, 503)
+TopK = Annotated[int, Form(ge=1, le=100, description="How many videos to return.")]
+StrategyForm = Annotated[Strategy, Form(description="How clips are scored from per-frame tokens.")]
+VideoIdForm = Annotated[int | None, Form(ge=1, le=MAX_ID, description="An indexed video: its stored tokens are "
+                                         "the query (its first clip).")]  # fmt: skip
+AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
+Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+
+
+async def run_inference(engine: Engine, work: Callable[[], T]) -> T:
+    """Blocking work in a worker thread, holding one of the engine's inference slots."""
+    async with engine.slots.hold():
+        return await anyio.to_thread.run_sync(work)
+
+
+def one_source(upload: UploadFile | None, video_id: int | None, names: tuple[str, str]) -> None:
+    if (upload is None) == (video_id is None):
+        raise InvalidInput(f"give exactly one of `{names[0]}` (an upload) and `{names[1]}` (an indexed video)")
+
+
+@router.post("/search/audio-to-video", response_model=SearchResponse, responses=MEDIA_ERRORS)
+async def audio_to_video(
+    engine: EngineDep,
+    version: VersionDep,
+    file: Annotated[UploadFile | None, File(description="Audio, or a video whose audio track is used.")] = None,
+    video_id: VideoIdForm = None,
+    top_k: TopK = 10,
+    strategy: StrategyForm = "diagonal_mean",
+) -> SearchResponse:
+    """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
+
+    A query longer than one clip (10.24 s) is searched with its first clip; a shorter one (at least
+    1 s) gives fewer frames (one per 0.64 s), slid over each clip, and the matched moment says where.
+    """
+    one_source(file, video_id, ("file", "video_id"))
+    work = partial(queries.search_media, engine, version, "audio", file, video_id, top_k, strategy)
+    return await run_inference(engine, work)
+
+
+@router.post("/search/video-to-audio", response_model=SearchResponse, responses=MEDIA_ERRORS)
+async def video_to_audio(
+    engine: EngineDep,
+    version: VersionDep,
+    file: Annotated[UploadFile | None, File(description="A video: its frames are the query.")] = None,
+    video_id: VideoIdForm = None,
+    top_k: TopK = 10,
+    strategy: StrategyForm = "diagonal_mean",
+) -> SearchResponse:
+    """Videos whose sound fits pictures: the query's visual tokens (its first clip's T frames; fewer for
+    a shorter video, slid) against the stored audio tokens."""
+    one_source(file, video_id, ("file", "video_id"))
+    work = partial(queries.search_media, engine, version, "visual", file, video_id, top_k, strategy)
+    return await run_inference(engine, work)
+
+
+@router.post("/search/tokens", response_model=SearchResponse, responses=responses(400, 413, 503))
+async def search_tokens(engine: EngineDep, version: VersionDep, body: TokensQuery) -> SearchResponse:
+    """Search with raw per-frame global tokens (T_q, D); they are L2-normalised first."""
+    return await run_inference(engine, partial(queries.search_tokens, engine, version, body))
+
+
+PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+       "description": "JSON map, or with ?format=png the heat map over the frame"}  # fmt: skip
+
+
+@router.post("/localize", response_model=LocalizeResponse, responses={200: PNG} | MEDIA_ERRORS)
+async def localize(
+    engine: EngineDep,
+    version: VersionDep,
+    image: Annotated[UploadFile | None, File(description="An image, or a video (its frame at `time`).")] = None,
+    video_id: Annotated[int | None, Form(ge=1, le=MAX_ID, description="An indexed video: its frame at `time`.")] = None,
+    time: Seconds = 0.0,
+    audio: Annotated[UploadFile | None, File(description="The sound: any file with an audio track.")] = None,
+    audio_video_id: Annotated[int | None, Form(ge=1, le=MAX_ID, description="An indexed video's stored audio.")] = None,
+    audio_time: Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=AUDIO_TIME)] = 0.0,
+    output_format: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
+) -> LocalizeResponse | Response:
+    """Where in a frame a sound comes from: the cosine of the audio global token with every visual patch
+    token (a G x G grid: 7 x 7 for tiny, 14 x 14 for base), upsampled (bilinear) to the preprocessed
+    square frame (short side resized to the model's image size, centre crop), and its peak."""
+    one_source(image, video_id, ("image", "video_id"))
+    one_source(audio, audio_video_id, ("audio", "audio_video_id"))
+    inputs = queries.LocalizeInputs(image, video_id, time, audio, audio_video_id, audio_time)
+    found = await run_inference(engine, partial(queries.localize, engine, version, inputs, output_format == "png"))
+    return Response(found, media_type="image/png") if isinstance(found, bytes) else found

@@ -1,0 +1,214 @@
+"""Request and response models (pydantic v2): what the OpenAPI schema says about every answer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
+
+from indexer.catalog import JobState, VideoStatus
+
+Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
+Target = Literal["audio", "visual"]
+MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# The catalog writes UTC; SQLite gives it back without a zone. Answers always carry the offset (RFC 3339).
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), from_attributes=True)
+
+
+# ------------------------------------------------------------------------------------ search
+class Moment(Model):
+    start: float = Field(description="Seconds from the start of the video.")
+    end: float
+
+
+class VideoResult(Model):
+    video_id: int
+    uri: str
+    score: float = Field(description="Similarity of the query with the video's best clip (the chosen strategy).")
+    clip_id: int
+    clip_start: float = Field(description="Start of the best clip in the video, seconds.")
+    moment: Moment = Field(description="The part of the video the aligned query frames cover.")
+    frame_scores: list[float] = Field(description="Cosine of each aligned (query frame, clip frame) pair.")
+
+
+class Timings(Model):
+    decode_ms: float = Field(description="Decoding and preprocessing the query media (0 for stored tokens).")
+    encode_ms: float = Field(description="Running the encoder (0 for stored or raw tokens).")
+    search_ms: float = Field(
+        description="Retrieval: candidates, the exact per-frame re-rank and the catalog look-up; the retrieval "
+        "core does candidates and re-rank in one call, so the re-rank is included here, not reported apart."
+    )
+    total_ms: float
+
+
+class QueryInfo(Model):
+    source: Literal["upload", "video", "tokens"]
+    video_id: int | None = None
+    frames: int = Field(description="Query frames T_q used: T for a full clip, fewer for a shorter query (slid).")
+    truncated: bool = Field(description="The query was longer than one clip; only its first clip was used.")
+
+
+class SearchResponse(Model):
+    target: Target = Field(description="The modality searched: visual for audio->video, audio for video->audio.")
+    strategy: Strategy
+    index_version: str | None
+    query: QueryInfo
+    results: list[VideoResult]
+    timings: Timings
+
+
+class TokensQuery(Model):
+    """Raw per-frame query tokens: T_q rows of D floats (normalised by the service)."""
+
+    tokens: list[list[FiniteFloat]] = Field(min_length=1, max_length=1024, description="(T_q, D) global tokens.")
+    target: Target = Field(description="Which stored tokens to search: audio or visual.")
+    top_k: int = Field(10, ge=1, le=100)
+    strategy: Strategy = "diagonal_mean"
+
+
+# ------------------------------------------------------------------------------------ localization
+class Peak(Model):
+    x: int = Field(description="Column of the peak pixel in the preprocessed square frame.")
+    y: int = Field(description="Row of the peak pixel.")
+    row: int = Field(description="Patch row of the peak.")
+    col: int = Field(description="Patch column of the peak.")
+    value: float
+
+
+class LocalizeTimings(Model):
+    decode_ms: float = Field(description="Decoding and preprocessing the frame and the audio.")
+    encode_ms: float = Field(description="Encoding (audio segment, frame) and the similarity map.")
+    total_ms: float
+
+
+class LocalizeResponse(Model):
+    grid: list[list[float]] = Field(description="(G, G) cosine of the audio global token with each visual patch token.")
+    map: list[list[float]] = Field(description="(S, S) the grid upsampled (bilinear) to the preprocessed frame.")
+    grid_size: int = Field(description="G: 7 for the tiny preset, 14 for base.")
+    image_size: int = Field(description="S: the model's square input frame (short side resized, centre crop).")
+    peak: Peak
+    frame_time: float = Field(description="Seconds into the video of the frame used (0 for an image).")
+    audio_time: float = Field(description="Centre of the audio segment used, seconds into the audio.")
+    timings: LocalizeTimings
+
+
+# ------------------------------------------------------------------------------------ catalog
+class ClipInfo(Model):
+    id: int
+    start: float
+    duration: float
+    modalities: str = Field(description='Comma-separated, e.g. "audio,visual".')
+
+
+class VideoInfo(Model):
+    id: int
+    uri: str
+    status: VideoStatus
+    model_id: str
+    duration: float | None
+    modalities: str
+    error: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class VideoDetail(VideoInfo):
+    clips: list[ClipInfo]
+
+
+class VideoPage(Model):
+    total: int
+    limit: int
+    offset: int
+    items: list[VideoInfo]
+
+
+class ClipEmbeddings(Model):
+    clip_id: int
+    start: float
+    duration: float
+    audio: list[list[float]] | None = Field(description="(T, D) L2-normalised audio global tokens; null if absent.")
+    visual: list[list[float]] | None = Field(description="(T, D) L2-normalised visual global tokens; null if absent.")
+
+
+class EmbeddingsResponse(Model):
+    video_id: int
+    model_id: str
+    index_version: str
+    frames_per_clip: int
+    dim: int
+    clips: list[ClipEmbeddings]
+
+
+class DeleteResponse(Model):
+    video_id: int
+    deleted: bool = Field(description="False when the video was already deleted.")
+    index_version: str | None
+
+
+# ------------------------------------------------------------------------------------ jobs
+class IndexPathsRequest(Model):
+    paths: list[str] = Field(min_length=1, max_length=10000, description="Files, folders or manifests under the "
+                             "media roots.")  # fmt: skip
+
+
+class JobAccepted(Model):
+    job_id: str
+    files: int
+    mode: Literal["in-process", "broker"]
+
+
+class JobFileInfo(Model):
+    path: str
+    state: str = Field(description="queued | indexed | skipped | failed")
+    error: str | None
+
+
+class JobInfo(Model):
+    id: str
+    state: JobState
+    total: int
+    done: int
+    failed: int
+    skipped: int
+    errors: dict[str, str]
+    files: list[JobFileInfo]
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+# ------------------------------------------------------------------------------------ system
+class ModelInfo(Model):
+    id: str = Field(description="First 16 hex digits of the checkpoint's sha256.")
+    preset: str = Field(description="The preset the config matches (tiny, base), else custom.")
+    path: str
+    device: str
+    embed_dim: int
+    frames_per_clip: int
+    image_size: int
+    grid_size: int
+
+
+class IndexInfo(Model):
+    version: str | None
+    clips: int = Field(description="Live clips in the loaded version.")
+    videos: int = Field(description="Indexed videos in the catalog.")
+
+
+class HealthResponse(Model):
+    status: Literal["ok", "degraded"]
+    model: ModelInfo
+    index: IndexInfo
+    queue: Literal["in-process", "reachable", "unreachable"]
+    database: Literal["ok", "unreachable"]

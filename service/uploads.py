@@ -1,0 +1,80 @@
+"""Uploaded files on disk. The request body limit is enforced while the body streams in (FastAPI's
+`max_body_size`: Content-Length checked first, then every received chunk counted), so an upload is
+never bigger than the limit once it reaches these functions; here it is copied in chunks to a file
+the decoder can open: a temporary one that is always deleted, or a kept one for indexing. The file
+name never carries a client-chosen extension other than a media one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from starlette.datastructures import UploadFile
+
+from indexer.pipeline import MEDIA_SUFFIXES
+from model.media import MediaError
+
+CHUNK = 1 << 20
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(filename: str | None, default: str = "upload") -> str:
+    """A file name without directories or unusual characters, at most 100 characters."""
+    name = _UNSAFE.sub("_", Path(filename or "").name).strip("._")[-100:]
+    return name or default
+
+
+def neutral_name(filename: str | None) -> str:
+    """The upload's safe name with no extension (dots become _): ffmpeg then picks the demuxer from the
+    content alone, never from a client-chosen extension (.txt would be read as ANSI art, .m3u8 as a playlist)."""
+    return safe_name(filename).replace(".", "_")
+
+
+def _copy(upload: UploadFile, target: Path) -> None:
+    upload.file.seek(0)
+    with target.open("wb") as out:
+        shutil.copyfileobj(upload.file, out, CHUNK)
+
+
+@contextmanager
+def saved_upload(upload: UploadFile) -> Iterator[Path]:
+    """The upload as a file in a private temporary folder, both deleted on exit. A `MediaError` raised
+    inside names the file, not the folder."""
+    folder = Path(tempfile.mkdtemp(prefix="cavsync-upload-"))
+    path = folder / neutral_name(upload.filename)
+    try:
+        _copy(upload, path)
+        yield path
+    except MediaError as exc:  # the same error, without the server's temporary folder in its message
+        raise type(exc)(str(exc).replace(f"{folder}/", "")) from exc
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def kept_name(filename: str | None) -> str:
+    """A safe name that keeps its extension only when it is a media one (see `neutral_name`)."""
+    name = safe_name(filename)
+    suffix = Path(name).suffix.lower()
+    return name if suffix in MEDIA_SUFFIXES else neutral_name(name)
+
+
+def keep_uploads(uploads: list[UploadFile], folder: Path) -> list[Path]:
+    """Save uploads for indexing as `<folder>/<random>-<safe name>`; they stay (the catalog points at them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    try:
+        for upload in uploads:
+            path = folder / f"{uuid.uuid4().hex[:12]}-{kept_name(upload.filename)}"
+            kept.append(path)
+            _copy(upload, path)
+    except BaseException:
+        for path in kept:
+            path.unlink(missing_ok=True)
+        raise
+    return kept

@@ -1,0 +1,169 @@
+"""Catalog, embeddings, deletion, index jobs (by path and by upload) and a new index version written by
+another process, picked up without a restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+
+from .conftest import API_KEY, CORPUS_CLIPS, REPO, Corpus, make_settings, upload
+
+
+def test_video_pages(client: TestClient, corpus: Corpus) -> None:
+    first = client.get("/videos", params={"limit": 10}).json()
+    assert (first["total"], first["limit"], first["offset"]) == (CORPUS_CLIPS, 10, 0)
+    assert [v["id"] for v in first["items"]] == list(range(1, 11))
+    last = client.get("/videos", params={"limit": 10, "offset": 20}).json()
+    assert [v["id"] for v in last["items"]] == [21, 22, 23, 24]
+    video = last["items"][0]
+    assert video["uri"] == str(corpus.clips[20].resolve()) and video["status"] == "indexed"
+    assert video["modalities"] == "audio,visual" and video["duration"] == pytest.approx(10.0, abs=0.1)
+    assert client.get("/videos", params={"status": "failed"}).json()["total"] == 0
+    assert client.get("/videos", params={"limit": 0}).status_code == 422
+    assert client.get("/videos", params={"status": "sideways"}).status_code == 422
+
+
+def test_one_video(client: TestClient, corpus: Corpus) -> None:
+    video = client.get("/videos/3").json()
+    assert video["id"] == 3 and video["uri"] == str(corpus.clips[2].resolve())
+    assert video["clips"] == [{"id": 3, "start": 0.0, "duration": pytest.approx(10.0, abs=0.1),
+                               "modalities": "audio,visual"}]  # fmt: skip
+
+
+def test_embeddings_are_the_stored_tokens(client: TestClient, corpus: Corpus) -> None:
+    from indexer.store import TokenStore
+
+    body = client.get("/videos/7/embeddings").json()
+    assert (body["frames_per_clip"], body["dim"], len(body["clips"])) == (16, 128, 1)
+    version = TokenStore(corpus.data / "index").open()
+    assert body["index_version"] == version.name and body["model_id"] == version.manifest.model_id
+    clip = body["clips"][0]
+    for modality in ("audio", "visual"):
+        tokens = np.array(clip[modality])
+        assert tokens.shape == (16, 128)
+        assert np.allclose(np.linalg.norm(tokens, axis=1), 1.0, atol=2e-3)  # fp16 storage
+        assert np.allclose(tokens, version.gather(modality, version.rows_of([clip["clip_id"]]))[0], atol=1e-5)
+
+
+def test_delete_a_video(writable_client: TestClient) -> None:
+    before = writable_client.post("/search/audio-to-video", data={"video_id": "3", "top_k": "30"}).json()
+    assert 3 in [r["video_id"] for r in before["results"]]
+    response = writable_client.delete("/videos/3")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["deleted"] is True and body["index_version"] != before["index_version"]
+    assert writable_client.get("/videos/3").json()["status"] == "deleted"
+    assert writable_client.get("/videos/3/embeddings").status_code == 404
+    after = writable_client.post("/search/video-to-audio", data={"video_id": "4", "top_k": "30"}).json()
+    assert 3 not in [r["video_id"] for r in after["results"]] and len(after["results"]) == CORPUS_CLIPS - 1
+    assert writable_client.post("/search/audio-to-video", data={"video_id": "3"}).status_code == 404
+    assert writable_client.delete("/videos/3").json()["deleted"] is False  # already deleted: no error
+    assert writable_client.delete("/videos/777").status_code == 404
+    assert writable_client.get("/health").json()["index"]["clips"] == CORPUS_CLIPS - 1
+
+
+def _wait_for_job(client: TestClient, job_id: str, timeout_s: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@pytest.fixture()
+def new_media(tmp_path: Path) -> Path:
+    from training.synth import generate
+
+    folder = generate(tmp_path / "media" / "new", 2, seed=99)
+    (folder / "broken.mp4").write_bytes(b"definitely not a video")
+    return tmp_path / "media"
+
+
+def test_index_by_path_then_search(corpus: Corpus, private_data: Path, new_media: Path) -> None:
+    settings = make_settings(corpus, private_data, media_roots=[new_media], api_key=API_KEY)
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as client:
+        response = client.post("/index", json={"paths": [str(new_media / "new")]})
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        assert accepted["mode"] == "in-process" and accepted["files"] == 3  # the folder's media files
+        job = _wait_for_job(client, accepted["job_id"])
+        assert (job["state"], job["total"], job["done"], job["failed"], job["skipped"]) == ("done", 3, 2, 1, 0)
+        assert list(job["errors"]) == [str(new_media / "new" / "broken.mp4")]
+        assert "ffmpeg failed" in job["errors"][str(new_media / "new" / "broken.mp4")]
+        assert {f["state"] for f in job["files"]} == {"indexed", "failed"}
+        assert client.get("/health").json()["index"]["clips"] == CORPUS_CLIPS + 2
+        clip = sorted((new_media / "new").glob("synth_*.mp4"))[0]
+        found = client.post("/search/audio-to-video", files=upload(clip), data={"top_k": "3"}).json()["results"]
+        assert str(clip.resolve()) in [r["uri"] for r in found]
+        new_id = next(r["video_id"] for r in found if r["uri"] == str(clip.resolve()))
+        tokens = client.get(f"/videos/{new_id}/embeddings").json()["clips"][0]["audio"]
+        itself = client.post("/search/tokens", json={"tokens": tokens, "target": "audio", "top_k": 1}).json()
+        assert itself["results"][0]["video_id"] == new_id > CORPUS_CLIPS
+        again = _wait_for_job(client, client.post("/index", json={"paths": [str(clip)]}).json()["job_id"])
+        assert (again["state"], again["skipped"]) == ("done", 1)  # same content: skipped
+
+
+def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
+    from training.synth import generate
+
+    clip = sorted(generate(tmp_path / "up", 1, seed=123).glob("*.mp4"))[0]
+    response = writable_client.post("/index", files={"files": (clip.name, clip.read_bytes(), "video/mp4")})
+    assert response.status_code == 202, response.text
+    job = _wait_for_job(writable_client, response.json()["job_id"])
+    assert (job["state"], job["done"]) == ("done", 1), job
+    kept = Path(job["files"][0]["path"])
+    assert kept.parent.name == "uploads" and kept.name.endswith(clip.name) and kept.read_bytes() == clip.read_bytes()
+    found = writable_client.get("/videos", params={"offset": CORPUS_CLIPS}).json()["items"]
+    assert [v["uri"] for v in found] == [str(kept.resolve())]
+    assert writable_client.post("/index", files={"other": ("x.txt", b"x")}).status_code == 422
+
+
+def test_a_version_written_by_another_process_is_picked_up(writable_client: TestClient, private_data: Path) -> None:
+    version = writable_client.get("/health").json()["index"]["version"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_")} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "service.cli", "delete", "5", "--data-dir", str(private_data)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    health = writable_client.get("/health").json()["index"]  # the same app, no restart
+    assert health["version"] != version and health["clips"] == CORPUS_CLIPS - 1
+    results = writable_client.post("/search/audio-to-video", data={"video_id": "6", "top_k": "30"}).json()["results"]
+    assert 5 not in [r["video_id"] for r in results]
+
+
+def test_health_and_metrics(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["queue"] == "in-process" and health["database"] == "ok"
+    assert health["model"]["preset"] == "tiny" and health["model"]["grid_size"] == 7
+    assert len(health["model"]["id"]) == 16
+    assert health["index"]["clips"] == CORPUS_CLIPS and health["index"]["videos"] == CORPUS_CLIPS
+    client.get("/videos/1")
+    client.get("/videos/2")
+    client.get("/videos/999999")
+    client.get("/no/such/route")
+    text = client.get("/metrics").text
+    assert 'cavsync_http_requests_total{method="GET",route="/videos/{video_id}",status="200"}' in text
+    assert 'route="/videos/{video_id}",status="404"' in text and 'route="/videos/1"' not in text
+    assert 'route="<unmatched>",status="404"' in text
+    assert 'cavsync_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/health"}' in text
+    assert f"cavsync_index_clips {float(CORPUS_CLIPS)}" in text
+
+
+def test_an_empty_index(corpus: Corpus, tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(corpus, tmp_path / "empty"))) as client:
+        health = client.get("/health").json()
+        assert health["index"] == {"version": None, "clips": 0, "videos": 0} and health["status"] == "ok"
+        body = client.post("/search/tokens", json={"tokens": [[0.1] * 128], "target": "visual"}).json()
+        assert body["results"] == [] and body["index_version"] is None
+        assert client.post("/search/audio-to-video", files=upload(corpus.clips[0])).json()["results"] == []
+        assert client.get("/videos").json() == {"total": 0, "limit": 50, "offset": 0, "items": []}
