@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint format test bench demo-checkpoint clean
+.PHONY: install system-deps lint format test bench demo demo-checkpoint clean
 
 install: system-deps $(STAMP)
 
@@ -39,6 +39,11 @@ test: install lint
 bench: install
 	$(BIN)/python bench/bench_encoder.py
 	$(BIN)/python bench/bench_media.py
+
+# The product on this machine: a demo corpus (40 synthetic clips + ../shared/media when present)
+# indexed with the committed checkpoint, served on 127.0.0.1:8000, with curl examples. Idempotent.
+demo: install
+	BIN=$(BIN) bash scripts/demo.sh
 
 # The committed demo checkpoint: exactly how it was made (CPU, ~40 min on the 2-core dev machine).
 DEMO_WORK ?= /tmp/cavsync-demo-train

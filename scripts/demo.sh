@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# `make demo`: a small demo corpus indexed with the committed demo checkpoint, then the API on
+# http://127.0.0.1:8000 with ready-to-run curl examples. Re-running skips what is already done (the
+# corpus when complete; `cavsync index` skips content already indexed, by hash). Ctrl-C stops it.
+#
+# Knobs (environment): DEMO_DATA (data/demo), DEMO_CLIPS (40), DEMO_SEED (7), DEMO_HOST (127.0.0.1),
+# DEMO_PORT (8000), CAVSYNC_SHARED (../shared: its media/ clips are added when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-.venv/bin}
+MODEL=$(pwd)/checkpoints/cavsync_tiny_demo.safetensors
+CLIPS=${DEMO_CLIPS:-40}
+SEED=${DEMO_SEED:-7}
+HOST=${DEMO_HOST:-127.0.0.1}
+PORT=${DEMO_PORT:-8000}
+SHARED=${CAVSYNC_SHARED:-../shared}
+mkdir -p "${DEMO_DATA:-data/demo}/media"
+DATA=$(cd "${DEMO_DATA:-data/demo}" && pwd) # absolute: paths are stored in the catalog
+MEDIA=$DATA/media
+URL=http://$HOST:$PORT
+
+# The demo runs embedded: SQLite catalog in the data dir, indexing jobs in the API process, no broker.
+unset CAVSYNC_BROKER_URL
+export CAVSYNC_DATA_DIR=$DATA CAVSYNC_MODEL_PATH=$MODEL CAVSYNC_DATABASE_URL=sqlite:///$DATA/catalog.db
+export CAVSYNC_MEDIA_ROOTS="[\"$MEDIA\"]"
+
+started=$SECONDS
+step() { printf '\n==> [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+healthy() { "$BIN/python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1] + '/health', timeout=3)" \
+  "$URL" >/dev/null 2>&1; }
+if healthy; then
+  echo "error: something already answers on $URL; stop it or pick another port (DEMO_PORT=8001 make demo)" >&2
+  exit 1
+fi
+
+# 1. The synthetic corpus (metadata.jsonl is written last: present with every row = complete).
+SYNTH=$MEDIA/synth
+if [ -f "$SYNTH/metadata.jsonl" ] && [ "$(wc -l <"$SYNTH/metadata.jsonl")" -eq "$CLIPS" ]; then
+  step "synthetic corpus: $CLIPS clips already in $SYNTH"
+else
+  step "generating $CLIPS synthetic clips (seed $SEED) into $SYNTH"
+  "$BIN/cavsync" synth --out "$SYNTH" --n "$CLIPS" --seed "$SEED" --workers 2
+fi
+
+# 2. The real clips of the shared folder, when there is one.
+REAL=$MEDIA/real
+if compgen -G "$SHARED/media/*.mp4" >/dev/null; then
+  mkdir -p "$REAL"
+  for clip in "$SHARED"/media/*.mp4; do
+    [ -f "$REAL/$(basename "$clip")" ] || cp "$clip" "$REAL/"
+  done
+  step "real clips: $(ls "$REAL" | wc -l) in $REAL"
+else
+  step "note: no clips in $SHARED/media, the demo has the synthetic corpus only"
+fi
+
+# 3. Index (already-indexed files are skipped by content hash).
+step "indexing $MEDIA with $(basename "$MODEL")"
+"$BIN/cavsync" index "$MEDIA" --model "$MODEL" --data-dir "$DATA" --workers 2
+
+# 4. Serve, and print examples once it answers.
+step "starting the API on $URL"
+"$BIN/cavsync" serve --host "$HOST" --port "$PORT" &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 240); do
+  healthy && break
+  kill -0 "$server" 2>/dev/null || { echo "error: the server exited" >&2; exit 1; }
+  sleep 0.5
+done
+healthy || { echo "error: no answer from $URL/health after 120 s" >&2; exit 1; }
+
+A2V=$(ls "$SYNTH"/*.mp4 | head -n 1)
+V2A=$(ls "$REAL"/*.mp4 2>/dev/null | head -n 1 || true)
+V2A=${V2A:-$(ls "$SYNTH"/*.mp4 | sed -n 2p)}
+KEY=""
+[ -n "${CAVSYNC_API_KEY:-}" ] && KEY=" -H 'X-API-Key: $CAVSYNC_API_KEY'" # write routes only
+step "ready in $((SECONDS - started)) s; try (in another terminal):"
+cat <<EOF
+
+  curl -s $URL/health
+  # which videos sound like this clip (audio -> video), best first, with the matched moment
+  curl -s -F file=@$A2V -F top_k=5 -F strategy=diagonal_mean $URL/search/audio-to-video
+  # which soundtracks fit these pictures (video -> audio)
+  curl -s -F file=@$V2A -F top_k=5 $URL/search/video-to-audio
+  # where in the clip's frame at 3 s its sound (the segment around 3 s) comes from, as a PNG heat map
+  curl -s -F image=@$A2V -F time=3.0 -F audio=@$A2V -F audio_time=3.0 "$URL/localize?format=png" -o localize.png
+  # the same as JSON (the patch grid and its peak), on an indexed video by id
+  curl -s -F video_id=1 -F time=3.0 -F audio_video_id=1 -F audio_time=3.0 $URL/localize
+  # the catalog
+  curl -s "$URL/videos?limit=5"
+  # index more media (paths on this machine, under $MEDIA), then follow the job
+  curl -s$KEY -H 'content-type: application/json' -d '{"paths": ["$SYNTH"]}' $URL/index
+  curl -s $URL/jobs/JOB_ID
+
+Interactive API docs: $URL/docs    Stop: Ctrl-C
+EOF
+wait "$server"
