@@ -46,20 +46,32 @@ class StoreError(RuntimeError):
     """The token store is missing, inconsistent, or was given tokens of the wrong shape."""
 
 
+NPROBE = 32  # inverted lists visited per query vector in IVF indexes
+
+
 def default_factory(num_vectors: int, dim: int) -> str:
-    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~4 sqrt(n) lists and PQ codes
+    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~sqrt(n) lists and PQ codes
     of dim / 16 bytes (candidates only: the re-rank is exact); HNSW-free to keep deletes."""
     if num_vectors <= 200_000:
         return "IDMap2,Flat"
-    lists = int(4 * np.sqrt(num_vectors))
-    return f"IVF{lists},PQ{max(1, dim // 16)}"
+    return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
 
 
 def default_sketch_factory(num_clips: int) -> str:
-    """Sketch index: flat up to 500k clips, then IVF with ~4 sqrt(n) lists."""
-    if num_clips <= 500_000:
+    """Sketch index: flat up to 20k clips, 8-bit scalar codes (a quarter of the bytes to scan) up to 1M,
+    then IVF with ~sqrt(n) lists over 8-bit codes."""
+    if num_clips <= 20_000:
         return "IDMap2,Flat"
-    return f"IVF{int(4 * np.sqrt(num_clips))},Flat"
+    if num_clips <= 1_000_000:
+        return "IDMap2,SQ8"
+    return f"IVF{int(np.sqrt(num_clips))},SQ8"
+
+
+def read_index(path: Path) -> faiss.Index:
+    index = faiss.read_index(str(path))
+    if faiss.try_extract_index_ivf(index) is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
+    return index
 
 
 @dataclass
@@ -97,11 +109,11 @@ class StoreVersion:
         both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
-        self.index = {m: faiss.read_index(str(folder / f"{m}.faiss")) for m in MODALITIES}
+        self.index = {m: read_index(folder / f"{m}.faiss") for m in MODALITIES}
         self.sketch: dict[str, tuple[Projection, faiss.Index]] = {}
         if self.manifest.sketch_dim:
             self.sketch = {m: (Projection.load(folder / f"{m}.projection.npy"),
-                               faiss.read_index(str(folder / f"{m}.sketch.faiss"))) for m in MODALITIES}  # fmt: skip
+                               read_index(folder / f"{m}.sketch.faiss")) for m in MODALITIES}  # fmt: skip
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
 
@@ -134,7 +146,7 @@ class TokenStore:
     """Writer and opener of a versioned token store at `root` (one writer at a time: a file lock)."""
 
     def __init__(self, root: str | os.PathLike[str], dtype: str = "float16", factory: str | None = None,
-                 keep_versions: int = 3, sketch_dim: int = 32, sketch_factory: str | None = None) -> None:  # fmt: skip
+                 keep_versions: int = 3, sketch_dim: int = 64, sketch_factory: str | None = None) -> None:  # fmt: skip
         self.root = Path(root)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
         self.sketch_dim, self.sketch_factory = sketch_dim, sketch_factory
@@ -176,7 +188,7 @@ class TokenStore:
                              f"{visual.shape}, {len(clip_ids)} ids")  # fmt: skip
         with self._writer():
             current = self.open()
-            manifest = self._next_manifest(current, audio.shape[1], audio.shape[2], model_id)
+            manifest = self._next_manifest(current, audio, model_id)
             if current is not None:
                 fresh = ~np.isin(clip_ids, current.clip_ids[current.live])
                 if not fresh.any():
@@ -236,11 +248,13 @@ class TokenStore:
         _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
         return {"name": name, "rows": len(clip_ids)}
 
-    def _next_manifest(self, current: StoreVersion | None, frames: int, dim: int, model_id: str) -> Manifest:
+    def _next_manifest(self, current: StoreVersion | None, tokens: np.ndarray, model_id: str) -> Manifest:
+        """The next version's manifest; a new store's index types are chosen for its first batch's size."""
+        clips, frames, dim = tokens.shape
         if current is None:
-            flat = "IDMap2,Flat"
-            return Manifest(1, frames, dim, self.dtype, model_id, self.factory or flat,
-                            sketch_dim=self.sketch_dim, sketch_factory=self.sketch_factory or flat)  # fmt: skip
+            return Manifest(1, frames, dim, self.dtype, model_id, self.factory or default_factory(clips * frames, dim),
+                            sketch_dim=self.sketch_dim,
+                            sketch_factory=self.sketch_factory or default_sketch_factory(clips))  # fmt: skip
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:
             raise StoreError(f"the store holds ({m.frames}, {m.dim}) tokens of model {m.model_id!r}; "
