@@ -39,6 +39,10 @@ test: install lint
 bench: install
 	$(BIN)/python bench/bench_encoder.py
 	$(BIN)/python bench/bench_media.py
+	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_indexing.py
+	$(BIN)/python bench/bench_index.py --clips 10000 100000
+	@echo "load test (needs the demo index: make demo once): $(BIN)/python bench/bench_load.py --seconds 60 --concurrency 8"
 
 # The product on this machine: a demo corpus (40 synthetic clips + ../shared/media when present)
 # indexed with the committed checkpoint, served on 127.0.0.1:8000, with curl examples. Idempotent.

@@ -74,6 +74,10 @@ def _catalog_url(data_dir: Path, database_url: str | None) -> str:
     return catalog_url(data_dir, database_url)
 
 
+FACTORY = typer.Option(help="FAISS factory of the per-frame indexes (default: by size) for a new store or compact.")
+SKETCH_FACTORY = typer.Option(help="FAISS factory of the clip-sketch indexes (default: by size).")
+
+
 @app.command()
 def index(
     target: Annotated[Path, typer.Argument(help="A media file, a folder, or a manifest (.csv/.jsonl/.txt).")],
@@ -82,6 +86,8 @@ def index(
     database_url: Annotated[str | None, DATABASE_URL] = None,
     workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
     batch_clips: Annotated[int, typer.Option(min=1, help="Clips encoded and committed together.")] = 32,
+    factory: Annotated[str | None, FACTORY] = None,
+    sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
 ) -> None:
     """Index media: decode, encode per-frame tokens, add them to the store and the catalog."""
     import json
@@ -96,7 +102,12 @@ def index(
     net = load_model(model).to("cuda" if torch.cuda.is_available() else "cpu")
     sessions = open_catalog(_catalog_url(data_dir, database_url))
     indexer = Indexer(
-        net, model_id_of(model), TokenStore(data_dir / "index"), sessions, workers=workers, batch_clips=batch_clips
+        net,
+        model_id_of(model),
+        TokenStore(data_dir / "index", factory=factory, sketch_factory=sketch_factory),
+        sessions,
+        workers=workers,
+        batch_clips=batch_clips,
     )
     summary = indexer.index(list_media(target))
     typer.echo(json.dumps(vars(summary), indent=2))
@@ -120,11 +131,15 @@ def delete(
 
 
 @app.command()
-def compact(data_dir: Annotated[Path, DATA_DIR] = Path("data")) -> None:
-    """Rewrite the token store without deleted clips."""
+def compact(
+    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    factory: Annotated[str | None, FACTORY] = None,
+    sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
+) -> None:
+    """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
     from indexer.store import TokenStore
 
-    version = TokenStore(data_dir / "index").compact()
+    version = TokenStore(data_dir / "index", factory=factory, sketch_factory=sketch_factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 
 
