@@ -6,9 +6,13 @@ data/demo), or targets a running server with --url (give --pid to sample its mem
 the demo clips to /search/audio-to-video and /search/video-to-audio (the default), and optionally
 `tokens`: the stored tokens of indexed videos to /search/tokens (no decoding, no encoder). Every
 request has a timeout; the server's resident memory (VmRSS of its process and children, /proc) is
-sampled every second. Prints one JSON summary: requests, errors, 503s (every inference slot busy
-past CAVSYNC_INFERENCE_WAIT_S), req/s, p50/p99 latency (overall and per endpoint), RSS at the start,
-at the end, min and max.
+sampled every second. Prints one JSON summary: requests, errors, `rejected_503` apart from the
+errors (every inference slot busy past CAVSYNC_INFERENCE_WAIT_S), req/s, p50/p99 latency (overall
+and per endpoint, of the answered requests), RSS at the start, at the end, min and max.
+
+More clients than the server's inference slots (8 against the default 4) queue: the server this
+bench starts waits up to --inference-wait-s (30 s) for a free slot before it answers 503, where the
+service's default is 0 (503 at once). A server given with --url keeps its own setting.
 
     python bench/bench_load.py [--data-dir data/demo] [--seconds 60] [--concurrency 8]
     python bench/bench_load.py --url http://127.0.0.1:8000 --pid 1234 --seconds 60
