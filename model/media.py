@@ -208,7 +208,8 @@ def _info_from_ffprobe(path: Path, data: dict) -> MediaInfo:
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _INPUT = re.compile(r"Input #0, ([\w,]+), from")
 _AUDIO = re.compile(r"Stream #0:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
-_VIDEO = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\d+)x(\d+)[^\n]*?(?:, ([\d.]+) fps)?")
+_VIDEO = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\d+)x(\d+)")
+_FPS = re.compile(r"Stream #0:\d+.*?: Video: [^\n]*?, ([\d.]+) fps")
 
 
 def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
@@ -220,7 +221,7 @@ def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
     if fmt is None:
         raise UnreadableMediaError(f"{path.name}: not a readable media file: {_last_line(report)}")
     duration = _DURATION.search(report)
-    audio, video = _AUDIO.search(report), _VIDEO.search(report)
+    audio, video, fps = _AUDIO.search(report), _VIDEO.search(report), _FPS.search(report)
     channels = audio.group(3).strip() if audio else ""
     return MediaInfo(
         path=path,
@@ -232,7 +233,7 @@ def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
         video_codec=video.group(1) if video else None,
         width=int(video.group(2)) if video else None,
         height=int(video.group(3)) if video else None,
-        frame_rate=_number(video.group(4)) if video else None,
+        frame_rate=_number(fps.group(1)) if fps else None,
         still_image=bool(video) and fmt.group(1).endswith("_pipe"),
     )
 

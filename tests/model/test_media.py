@@ -250,3 +250,28 @@ def test_timeout_is_a_typed_error(tmp_path: Path) -> None:
 
     with pytest.raises(MediaTimeoutError, match="did not finish"):
         load_clips(path, TINY, PreprocessConfig(timeout_s=0.001))
+
+
+@pytest.mark.parametrize("name", ["mp4_h264_aac.mp4", "webm_vp9_opus.webm", "tone.flac", "video_only.mp4"])
+def test_probe_without_ffprobe_agrees_with_ffprobe(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """imageio-ffmpeg ships no ffprobe: the fallback parses `ffmpeg -i` and must find the same facts."""
+    import model.media as media
+
+    if name == "video_only.mp4":
+        path = mf.video_only(tmp_path / name)
+    elif name == "tone.flac":
+        path = mf.audio_only(tmp_path / name, ["-c:a", "flac"], sr=22050, channels=2)
+    else:
+        path = mf.av_file(tmp_path / name, *CONTAINERS[name])
+    with_ffprobe = probe(path)
+    monkeypatch.setattr(media, "ffprobe_binary", lambda: None)
+    fallback = probe(path)
+    for field in ("audio_codec", "sample_rate", "channels", "video_codec", "width", "height", "still_image"):
+        assert getattr(fallback, field) == getattr(with_ffprobe, field), field
+    assert fallback.duration == pytest.approx(with_ffprobe.duration, abs=0.05)
+    if with_ffprobe.frame_rate:
+        assert fallback.frame_rate == pytest.approx(with_ffprobe.frame_rate, rel=0.01)
+    text = tmp_path / "notes.mp4"
+    text.write_text("just some text\n")
+    with pytest.raises(UnreadableMediaError):
+        probe(text)
