@@ -93,13 +93,14 @@ def folder_bytes(path: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file())
 
 
-def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory: str | None = None) -> dict:
+def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory: str | None = None,
+               factory: str | None = None, schemes: tuple[str, ...] = ("sketch", "frames")) -> dict:  # fmt: skip
     t0 = time.perf_counter()
     corpus = make_corpus(n, seed=n)
     q = make_queries(corpus, queries, seed=1)
     truth = exact_top(corpus, q, 10)
     t1 = time.perf_counter()
-    store = TokenStore(work / f"store{n}", sketch_dim=sketch_dim, sketch_factory=sketch_factory)
+    store = TokenStore(work / f"store{n}", factory=factory, sketch_dim=sketch_dim, sketch_factory=sketch_factory)
     store.add(np.arange(n), corpus, corpus, "bench")
     build_s = time.perf_counter() - t1
     version = store.open()
@@ -107,13 +108,17 @@ def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory
     sizes = {"tokens_fp16": folder_bytes(root / "shards", "*.visual.npy"),
              "frame_index": folder_bytes(root / "versions", "visual.faiss"),
              "sketch_index": folder_bytes(root / "versions", "visual.sketch.faiss")}  # fmt: skip
-    runs = [measure(version, q, truth, scheme="sketch", sketch_candidates=c) for c in (128, 256, 512, 1024)]
-    runs += [measure(version, q, truth, scheme="frames", per_frame=c) for c in (64, 256, 1024)]
+    runs = []
+    if "sketch" in schemes:
+        runs += [measure(version, q, truth, scheme="sketch", sketch_candidates=c) for c in (128, 256, 512, 1024)]
+    if "frames" in schemes:
+        runs += [measure(version, q, truth, scheme="frames", per_frame=c) for c in (64, 256, 1024)]
     if n <= 20_000:
         runs.append(measure(version, q, truth, scheme="exhaustive"))
     return {
         "clips": n, "frames": T, "dim": D, "sketch_dim": sketch_dim, "queries": queries,
-        "frame_factory": default_factory(n * T, D), "sketch_factory": sketch_factory or default_sketch_factory(n),
+        "frame_factory": factory or default_factory(n * T, D),
+        "sketch_factory": sketch_factory or default_sketch_factory(n),
         "corpus_and_truth_s": round(t1 - t0, 1), "build_s_both_modalities": round(build_s, 1),
         "bytes_per_clip_per_modality": {k: round(v / n) for k, v in sizes.items()},
         "bytes_per_clip_on_disk_total": round(folder_bytes(root, "*") / n),
@@ -125,13 +130,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--sketch-dim", type=int, default=64)
+    parser.add_argument("--sketch-dim", type=int, default=128)
     parser.add_argument("--sketch-factory", default=None, help="FAISS factory of the sketch index (default: by size)")
+    parser.add_argument("--factory", default=None, help="FAISS factory of the per-frame index (default: by size)")
+    parser.add_argument("--schemes", nargs="+", default=["sketch", "frames"], choices=["sketch", "frames"])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         for n in args.clips:
-            print(json.dumps(bench_size(n, args.queries, args.sketch_dim, Path(work), args.sketch_factory)), flush=True)
+            print(
+                json.dumps(
+                    bench_size(
+                        n,
+                        args.queries,
+                        args.sketch_dim,
+                        Path(work),
+                        args.sketch_factory,
+                        args.factory,
+                        tuple(args.schemes),
+                    )
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def frame_scores(query: torch.Tensor, clip: torch.Tensor, offset: int) -> tuple[
 
 
 def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, strategy: str = "diagonal_mean",
-           scheme: str = "auto", per_frame: int = 256, sketch_candidates: int = 512) -> list[ClipHit]:  # fmt: skip
+           scheme: str = "auto", per_frame: int = 256, sketch_candidates: int = 256) -> list[ClipHit]:  # fmt: skip
     """Top-k clips of the `target` modality ("audio" | "visual") for L2-normalised query tokens (T_q, D)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")

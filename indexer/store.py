@@ -146,7 +146,7 @@ class TokenStore:
     """Writer and opener of a versioned token store at `root` (one writer at a time: a file lock)."""
 
     def __init__(self, root: str | os.PathLike[str], dtype: str = "float16", factory: str | None = None,
-                 keep_versions: int = 3, sketch_dim: int = 64, sketch_factory: str | None = None) -> None:  # fmt: skip
+                 keep_versions: int = 3, sketch_dim: int = 128, sketch_factory: str | None = None) -> None:  # fmt: skip
         self.root = Path(root)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
         self.sketch_dim, self.sketch_factory = sketch_dim, sketch_factory
