@@ -50,8 +50,9 @@ def test_result_fields_and_timings(client: TestClient, corpus: Corpus) -> None:
 
 
 def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
-    """3 s is under one audio segment (4.16 s): the tiny demo model ranks such queries far less well than
-    whole clips, so the video must be among the results and the moment mostly right, not always rank 1."""
+    """3 s is under one audio segment (4.16 s), and 3 s of this corpus hold one or two of its 14 sounding
+    objects, which other videos also show: several videos fit an excerpt equally well, so the video must
+    be among the first results with the moment mostly right, not always at rank 1."""
     ranks, overlaps = [], 0
     for clip in corpus.clips[:12]:
         excerpt = tmp_path / f"{clip.stem}.wav"  # 4.0 .. 7.0 s of the clip's audio
@@ -66,8 +67,8 @@ def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Cor
         ranks.append(uris.index(str(clip.resolve())) + 1)
         overlaps += moment["start"] < 7.0 and moment["end"] > 4.0
     print(f"\n3-s excerpts: ranks {ranks}, rank-1 {ranks.count(1)}/12, moment overlaps the excerpt {overlaps}/12")
-    assert ranks.count(1) >= 2 and sum(ranks) / len(ranks) <= 5
-    assert overlaps >= 8
+    assert sum(ranks) / len(ranks) <= 5
+    assert overlaps >= 9
 
 
 def test_video_to_audio(client: TestClient, corpus: Corpus) -> None:
