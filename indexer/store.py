@@ -67,10 +67,21 @@ def default_sketch_factory(num_clips: int) -> str:
     return f"IVF{int(np.sqrt(num_clips))},SQ8"
 
 
-def read_index(path: Path) -> faiss.Index:
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def read_index(path: Path, gpu: bool = False) -> faiss.Index:
+    """A saved index, IVF probes set; on every GPU when `gpu` and faiss-gpu sees one (CPU if it cannot)."""
     index = faiss.read_index(str(path))
     if faiss.try_extract_index_ivf(index) is not None:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
+    if gpu and gpu_count() > 0:
+        try:
+            return faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as exc:  # an index type without a GPU implementation stays on the CPU
+            log.warning("%s stays on the CPU: %s", path.name, exc)
     return index
 
 
@@ -95,7 +106,7 @@ class Manifest:
 class StoreVersion:
     """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, gpu: bool = False) -> None:
         self.root, self.name = root, name
         folder = root / "versions" / name
         self.manifest = Manifest(**json.loads((folder / "manifest.json").read_text()))
@@ -109,11 +120,11 @@ class StoreVersion:
         both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
-        self.index = {m: read_index(folder / f"{m}.faiss") for m in MODALITIES}
+        self.index = {m: read_index(folder / f"{m}.faiss", gpu) for m in MODALITIES}
         self.sketch: dict[str, tuple[Projection, faiss.Index]] = {}
         if self.manifest.sketch_dim:
             self.sketch = {m: (Projection.load(folder / f"{m}.projection.npy"),
-                               read_index(folder / f"{m}.sketch.faiss")) for m in MODALITIES}  # fmt: skip
+                               read_index(folder / f"{m}.sketch.faiss", gpu)) for m in MODALITIES}  # fmt: skip
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
 
@@ -158,10 +169,10 @@ class TokenStore:
         path = self.root / "CURRENT"
         return path.read_text().strip() if path.exists() else None
 
-    def open(self) -> StoreVersion | None:
-        """The live version, or None for an empty store."""
+    def open(self, gpu: bool = True) -> StoreVersion | None:
+        """The live version (its FAISS indexes on the GPUs when faiss-gpu sees any), or None for an empty store."""
         name = self.current_name()
-        return StoreVersion(self.root, name) if name else None
+        return StoreVersion(self.root, name, gpu) if name else None
 
     # ------------------------------------------------------------------------------------ writing
     @contextmanager
@@ -187,7 +198,7 @@ class TokenStore:
             raise StoreError(f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
                              f"{visual.shape}, {len(clip_ids)} ids")  # fmt: skip
         with self._writer():
-            current = self.open()
+            current = self.open(gpu=False)  # the writer clones CPU indexes
             manifest = self._next_manifest(current, audio, model_id)
             if current is not None:
                 fresh = ~np.isin(clip_ids, current.clip_ids[current.live])
@@ -202,7 +213,7 @@ class TokenStore:
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search: their vectors leave the FAISS indexes. None if absent."""
         with self._writer():
-            current = self.open()
+            current = self.open(gpu=False)  # the writer clones CPU indexes
             if current is None:
                 return None
             rows = current.rows_of(clip_ids)
@@ -224,7 +235,7 @@ class TokenStore:
         """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size, projection
         refitted) without the deleted clips, and delete the shards that no kept version uses."""
         with self._writer():
-            current = self.open()
+            current = self.open(gpu=False)  # the writer clones CPU indexes
             if current is None:
                 return None
             rows = np.flatnonzero(current.live)

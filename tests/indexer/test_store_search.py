@@ -202,3 +202,23 @@ def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> N
     for scheme in SCHEMES:
         assert 4 not in [h.clip_id for h in search(version, visual[4], "visual", k=10, scheme=scheme)]
         assert search(version, audio[4], "audio", k=1, scheme=scheme)[0].clip_id == 4
+
+
+@pytest.mark.gpu
+def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
+    """With faiss-gpu and a GPU, readers search GPU copies of the indexes (writers keep CPU ones)."""
+    from indexer.store import gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("faiss-cpu build: no GPU index support")
+    store = TokenStore(tmp_path / "gpu", dtype="float32", sketch_dim=12)
+    audio, visual = _corpus(3000, seed=5, clusters=200)
+    store.add(np.arange(3000), audio, visual, "m")
+    on_gpu, on_cpu = store.open(), store.open(gpu=False)
+    for scheme in ("frames", "sketch"):
+        for q in range(0, 3000, 300):
+            fast = [h.clip_id for h in search(on_gpu, audio[q], "visual", k=10, scheme=scheme)]
+            slow = [h.clip_id for h in search(on_cpu, audio[q], "visual", k=10, scheme=scheme)]
+            assert fast == slow
+    store.add(np.array([5000]), audio[:1], visual[:1], "m")  # the writer works beside GPU readers
+    assert len(store.open()) == 3001
