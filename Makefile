@@ -51,9 +51,9 @@ demo: install
 
 # The committed demo checkpoint: exactly how it was made (CPU, ~35 min of training on the 2-core dev machine).
 DEMO_WORK ?= /tmp/cavsync-demo-train
-DEMO_EPOCHS ?= 60
+DEMO_EPOCHS ?= 50
 demo-checkpoint: install
-	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 5000 --seed 1000 --workers 2
+	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 6500 --seed 1000 --workers 2
 	$(BIN)/cavsync synth --out $(DEMO_WORK)/heldout --n 240 --seed 2000 --workers 2
 	$(BIN)/cavsync train --data $(DEMO_WORK)/train --out-dir $(DEMO_WORK)/run --preset tiny \
 	  --epochs $(DEMO_EPOCHS) --batch-size 64 --lr 5e-4 --objective.lambda-c 1.0 --objective.symmetric-contrastive \
