@@ -17,7 +17,7 @@ import torch
 
 from indexer import sketch
 from indexer.store import StoreVersion
-from model.similarity import STRATEGIES, clip_scores, sliding_scores
+from model.similarity import STRATEGIES, TIE_TOLERANCE, centre_of_best_run, clip_scores, sliding_scores
 
 EXHAUSTIVE_BELOW = 2000  # live clips up to which every clip is re-ranked (a few ms)
 
@@ -76,7 +76,7 @@ def score_rows(query: torch.Tensor, tokens: torch.Tensor, strategy: str) -> tupl
         return match.scores, match.offsets
     windows = query.unfold(0, frames, 1).permute(0, 2, 1)  # (W, T, D): every clip-long window of the query
     per_window = clip_scores(windows, tokens, strategy)  # type: ignore[arg-type]  # (W, N)
-    best, where = per_window.max(dim=0)
+    best, where = centre_of_best_run(per_window.t(), TIE_TOLERANCE)  # ties: the middle of the equal windows
     return best, -where
 
 

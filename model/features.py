@@ -231,15 +231,25 @@ def _clip_from_window(
 
 # ------------------------------------------------------------------------------------ queries
 def query_segments(waveform: np.ndarray, config: ModelConfig, prep: PreprocessConfig) -> torch.Tensor:
-    """A query waveform of any length -> (n, L, mel): segments at the clip frame rate (T per clip_s).
+    """A query waveform of any length -> (n, L, mel): one segment per frame at the clip frame rate.
 
-    Segment i is centred at i * clip_s / T seconds, as in a clip; n = max(1, round(seconds * T / clip_s)).
+    n = max(1, round(seconds * T / clip_s)) and segment i is centred at i * clip_s / T seconds, as a
+    clip's are. A query of at least one clip is cut like clips (windows clamped inside the audio, so its
+    first clip gives exactly a clip's segments); a shorter query pads with zero rows (the official
+    padding) around the audio instead, so each segment stays centred on its own frame and holds the
+    audio around it: clamping would make the first segments of a 3-s query one identical window and
+    lose its order in time.
     """
     spec = fbank(waveform, config.mel_bins, prep)
     hop = prep.clip_fbank_frames / config.frames_per_clip
     count = max(1, round(spec.shape[0] / hop))
-    spec = pad_or_cut(spec, max(spec.shape[0], config.audio_frames))
-    return segments_from_fbank(spec, count, config, prep)
+    if count >= config.frames_per_clip:
+        return segments_from_fbank(pad_or_cut(spec, max(spec.shape[0], prep.clip_fbank_frames)), count, config, prep)
+    length = config.audio_frames
+    padded = torch.nn.functional.pad(spec, (0, 0, length // 2, length))  # row r of spec is row r + L/2 here
+    starts = [round(i * hop) for i in range(count)]  # centre i * hop - L/2, shifted by the L/2 rows of padding
+    segments = torch.stack([padded[s : s + length] for s in starts])  # (count, L, mel)
+    return (segments - prep.fbank_mean) / prep.fbank_std
 
 
 def load_query_audio(

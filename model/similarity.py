@@ -7,6 +7,9 @@ A clip is T per-frame global tokens (T, D), L2-normalised. Strategies, for query
 - mean: the mean of cos(q_s, c_t) over all T x T pairs, i.e. <mean_s q_s, mean_t c_t> (mean pooling);
 - max: the max of cos(q_s, c_t) over all T x T pairs.
 A query with fewer frames than the target (T_q < T) slides over the target and scores the best offset.
+Windows scoring within TIE_TOLERANCE of the best fit the query equally well (frames showing the same
+scene give the same tokens), so the offset reported is the centre of the run of such windows around
+the best one: the placement nearest to all of them, rather than whichever rounding noise favoured.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
 STRATEGIES: tuple[str, ...] = ("diagonal_mean", "diagonal_max", "mean", "max")
+TIE_TOLERANCE = 0.002  # cosine: windows this close to the best fit equally (video coding noise on still frames)
 
 
 def normalize(tokens: torch.Tensor) -> torch.Tensor:
@@ -54,10 +58,11 @@ def clip_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strategy =
 
 class SlidingMatch(NamedTuple):
     scores: torch.Tensor  # (N,) best score per target
-    offsets: torch.Tensor  # (N,) frame offset of the best window in the target
+    offsets: torch.Tensor  # (N,) frame offset of the matched window in the target (see centre_of_best_run)
 
 
-def sliding_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "diagonal_mean") -> SlidingMatch:
+def sliding_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "diagonal_mean",
+                   tie_tolerance: float = TIE_TOLERANCE) -> SlidingMatch:  # fmt: skip
     """A shorter query (T_q, D) against targets (N, T, D), T_q <= T: best window of T_q frames per target."""
     length, frames = query.shape[0], targets.shape[1]
     if length > frames:
@@ -74,5 +79,15 @@ def sliding_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strateg
         per_window = torch.einsum("sd,nwtd->nwst", query, windows).amax(dim=(-1, -2))
     else:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    best, offsets = per_window.max(dim=1)
-    return SlidingMatch(best, offsets)
+    return SlidingMatch(*centre_of_best_run(per_window, tie_tolerance))
+
+
+def centre_of_best_run(per_window: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_window (N, W) -> the best score (N,) and the centre offset (N,) of the run of consecutive
+    windows around the best one that score within `tolerance` of it (rounded up between two)."""
+    best, at = per_window.max(dim=1)
+    apart = per_window < (best - tolerance)[:, None]  # (N, W): windows outside the tie
+    index = torch.arange(per_window.shape[1], device=per_window.device)
+    first = torch.where(apart & (index < at[:, None]), index, -1).amax(dim=1) + 1
+    last = torch.where(apart & (index > at[:, None]), index, per_window.shape[1]).amin(dim=1) - 1
+    return best, torch.div(first + last + 1, 2, rounding_mode="floor")

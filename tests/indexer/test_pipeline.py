@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from indexer.catalog import Clip, Video, VideoStatus, open_catalog
 from indexer.pipeline import Indexer, delete_videos, list_media, model_id_of
 from indexer.search import search
 from indexer.store import TokenStore
+from model.similarity import TIE_TOLERANCE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +93,13 @@ def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Pat
         hits = search_videos(version, session, excerpt, "audio", k=3)
         assert len({h.video_id for h in hits}) == len(hits) == 3
         best = hits[0]
-        assert best.clip_id == 2 and best.moment == pytest.approx((5 * 0.64, 10 * 0.64))
+        assert best.clip_id == 2
+        # this untrained model's tokens differ little from frame to frame: the windows around 5 may tie
+        tokens, query = torch.from_numpy(version.gather("audio", version.rows_of([2]))[0]), torch.from_numpy(excerpt)
+        windows = [float((query * tokens[o : o + 5]).sum(-1).mean()) for o in range(12)]
+        offset = round(best.moment[0] / 0.64)
+        assert windows[offset] >= max(windows) - TIE_TOLERANCE and windows.index(max(windows)) == 5
+        assert best.moment == pytest.approx((offset * 0.64, (offset + 5) * 0.64))
         assert session.get(Video, best.video_id).uri == best.uri
     delete_videos([best.video_id], store, sessions)
     with sessions() as session:

@@ -22,7 +22,7 @@ from model import (
     load_query_audio,
     preset,
 )
-from model.features import fbank, pad_or_cut, segment_starts
+from model.features import clip_segments, fbank, pad_or_cut, query_segments, segment_starts
 from model.media import decode_audio, ffmpeg_binary, probe
 
 from ..conftest import IN_CI, REFERENCE, SHARED, require_file
@@ -98,6 +98,30 @@ def test_segment_windows_follow_the_official_centering() -> None:
     assert starts[0] == 0 and starts[3] == 0 and starts[4] == 48  # centre 256 - 208
     assert starts[-1] == 1024 - 416 and all(s + 416 <= 1024 for s in starts)
 
+
+def _naive_query_segment(spec: torch.Tensor, i: int, prep: PreprocessConfig) -> torch.Tensor:
+    """Segment i of a short query, row by row: fbank rows centred on i * hop, zero rows outside the audio."""
+    centre, half = round(i * prep.clip_fbank_frames / 16), TINY.audio_frames // 2
+    silence = torch.zeros(spec.shape[1])
+    rows = [spec[r] if 0 <= r < spec.shape[0] else silence for r in range(centre - half, centre + half)]
+    return (torch.stack(rows) - prep.fbank_mean) / prep.fbank_std
+
+
+def test_short_query_segments_stay_centred_on_their_frames() -> None:
+    prep = PreprocessConfig()
+    wave = np.random.default_rng(3).standard_normal(3 * 16000).astype(np.float32)  # 3 s: 5 frames
+    segments = query_segments(wave, TINY, prep)
+    spec = fbank(wave, TINY.mel_bins, prep)
+    assert segments.shape == (5, 416, 64)
+    for i in range(5):
+        assert torch.equal(segments[i], _naive_query_segment(spec, i, prep))
+    assert all(not torch.equal(segments[i], segments[i + 1]) for i in range(4))  # not one repeated window
+
+
+def test_a_clip_long_query_gives_a_clips_segments() -> None:
+    prep = PreprocessConfig()
+    wave = np.random.default_rng(4).standard_normal(10 * 16000).astype(np.float32)
+    assert torch.equal(query_segments(wave, TINY, prep), clip_segments(wave, TINY, prep))
 
 
 CONTAINERS = {

@@ -50,11 +50,12 @@ def test_result_fields_and_timings(client: TestClient, corpus: Corpus) -> None:
 
 
 def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
-    """3 s is under one audio segment (4.16 s), and 3 s of this corpus hold one or two of its 14 sounding
-    objects, which other videos also show: several videos fit an excerpt equally well, so the video must
-    be among the first results with the moment mostly right, not always at rank 1."""
+    """3 s of this corpus hold one or two of its 14 sounding objects, which other videos also show, so
+    several videos fit an excerpt about equally: the video must be among the first results, with a
+    moment overlapping the excerpt. The moment can only be as exact as the picture: frames of one still
+    scene give one token, and the search answers the middle of the windows that fit equally."""
     ranks, overlaps = [], 0
-    for clip in corpus.clips[:12]:
+    for clip in corpus.clips:
         excerpt = tmp_path / f"{clip.stem}.wav"  # 4.0 .. 7.0 s of the clip's audio
         ffmpeg("-ss", "4", "-t", "3", "-i", str(clip), "-vn", "-ac", "1", "-ar", "16000", str(excerpt))
         body = _search(client, "audio-to-video", upload(excerpt), top_k=10)
@@ -66,9 +67,10 @@ def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Cor
         assert len(hit["frame_scores"]) == 5 and 0 < moment["end"] - moment["start"] <= 5 * 0.64 + 1e-6
         ranks.append(uris.index(str(clip.resolve())) + 1)
         overlaps += moment["start"] < 7.0 and moment["end"] > 4.0
-    print(f"\n3-s excerpts: ranks {ranks}, rank-1 {ranks.count(1)}/12, moment overlaps the excerpt {overlaps}/12")
-    assert sum(ranks) / len(ranks) <= 5
-    assert overlaps >= 6  # a regression guard: the demo checkpoint gets 7/12 (the service issue wants more)
+    print(f"\n3-s excerpts: ranks {ranks}, rank-1 {ranks.count(1)}/{len(ranks)}, moment overlaps the excerpt "
+          f"{overlaps}/{len(ranks)}")
+    assert sum(ranks) / len(ranks) <= 3.0  # the demo checkpoint: 2.4 (rank 1 for 11 of 24)
+    assert overlaps >= 0.9 * len(ranks)  # the demo checkpoint: 23 of 24
 
 
 def test_video_to_audio(client: TestClient, corpus: Corpus) -> None:
