@@ -10,7 +10,9 @@ Layout under `root`:
     CURRENT                           the name of the live version (replaced with os.replace)
 
 A version is never modified: adding writes a new shard and a new version whose FAISS indexes are
-the previous ones plus the new vectors (no retraining; the sketch projection is kept), deleting
+the previous ones plus the new vectors (no retraining; the sketch projection is kept) until the
+store has grown REBUILD_GROWTH-fold since its indexes were built, when they are rebuilt for the new
+size (index types re-chosen, projections refitted; amortised, as a growing array's copies), deleting
 writes a version with the clips' vectors removed and their ids listed as deleted, `compact`
 rewrites one shard without them, re-chooses the index types for the size, refits the projections
 and deletes the shards that no kept version uses. A reader
@@ -47,6 +49,7 @@ class StoreError(RuntimeError):
 
 
 NPROBE = 32  # inverted lists visited per query vector in IVF indexes
+REBUILD_GROWTH = 4.0  # an add bringing the live clips to this multiple of the indexes' build size rebuilds them
 
 
 def default_factory(num_vectors: int, dim: int) -> str:
@@ -97,6 +100,11 @@ class Manifest:
     deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
     sketch_dim: int = 0  # per-frame width of the clip sketches; 0: the version has none
     sketch_factory: str = "IDMap2,Flat"
+    built_rows: int = 0  # live clips when the indexes were built (fitted, types chosen); 0: the first shard's
+
+    @property
+    def build_size(self) -> int:
+        return self.built_rows or (self.shards[0]["rows"] if self.shards else 0)
 
     @property
     def rows(self) -> int:
@@ -157,8 +165,10 @@ class TokenStore:
     """Writer and opener of a versioned token store at `root` (one writer at a time: a file lock)."""
 
     def __init__(self, root: str | os.PathLike[str], dtype: str = "float16", factory: str | None = None,
-                 keep_versions: int = 3, sketch_dim: int = 128, sketch_factory: str | None = None) -> None:  # fmt: skip
+                 keep_versions: int = 3, sketch_dim: int = 128, sketch_factory: str | None = None,
+                 rebuild_growth: float = REBUILD_GROWTH) -> None:  # fmt: skip
         self.root = Path(root)
+        self.rebuild_growth = rebuild_growth  # math.inf: never rebuild on add (only `compact` does)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
         self.sketch_dim, self.sketch_factory = sketch_dim, sketch_factory
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
@@ -208,6 +218,10 @@ class TokenStore:
             tokens = {"audio": audio, "visual": visual}
             rows = np.arange(manifest.rows, manifest.rows + len(clip_ids))
             manifest.shards.append(self._write_shard(clip_ids, tokens, present))
+            if current is None:
+                manifest.built_rows = len(clip_ids)
+            elif len(current) + len(clip_ids) >= self.rebuild_growth * max(1, current.manifest.build_size):
+                return self._rebuilt_with(current, manifest, tokens, rows, present)
             return self._publish(manifest, *self._grown_indexes(current, manifest, tokens, rows, present))
 
     def delete(self, clip_ids: list[int]) -> str | None:
@@ -244,12 +258,27 @@ class TokenStore:
             tokens = {m: current.gather(m, rows) for m in MODALITIES}
             present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
             manifest.shards.append(self._write_shard(current.clip_ids[rows], tokens, present))
-            manifest.factory = self.factory or default_factory(len(rows) * current.frames, current.manifest.dim)
-            manifest.sketch_dim = self.sketch_dim
-            manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(rows))
-            return self._publish(manifest, *self._grown_indexes(None, manifest, tokens, np.arange(len(rows)), present))
+            return self._rebuilt(manifest, tokens, np.arange(len(rows)), present)
 
     # ------------------------------------------------------------------------------------ helpers
+    def _rebuilt(self, manifest: Manifest, tokens: dict[str, np.ndarray], rows: np.ndarray, present: np.ndarray) -> str:
+        """Publish `manifest` with every index built anew over the live `rows` and their tokens (n, T, D):
+        index types chosen for the size, projections refitted."""
+        log.info("building the indexes of %d clips", len(rows))
+        manifest.factory = self.factory or default_factory(len(rows) * manifest.frames, manifest.dim)
+        manifest.sketch_dim = self.sketch_dim
+        manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(rows))
+        manifest.built_rows = len(rows)
+        return self._publish(manifest, *self._grown_indexes(None, manifest, tokens, rows, present))
+
+    def _rebuilt_with(self, current: StoreVersion, manifest: Manifest, tokens: dict[str, np.ndarray],
+                      rows: np.ndarray, present: np.ndarray) -> str:  # fmt: skip
+        """`_rebuilt` over the live rows of `current` plus the new `rows` (already in `manifest`'s shards)."""
+        live = np.flatnonzero(current.live)
+        everything = {m: np.concatenate([current.gather(m, live), tokens[m]]) for m in MODALITIES}
+        had = np.stack([current.present[m][live] for m in MODALITIES], axis=1)
+        return self._rebuilt(manifest, everything, np.concatenate([live, rows]), np.concatenate([had, present]))
+
     def _write_shard(self, clip_ids: np.ndarray, tokens: dict[str, np.ndarray], present: np.ndarray) -> dict:
         """An immutable shard of clips (tokens in the store's dtype); returns its manifest entry."""
         name = f"s{uuid.uuid4().hex[:12]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -149,6 +150,43 @@ def test_add_delete_compact(store: TokenStore) -> None:
     ids = [h.clip_id for h in search(store.open(), audio[5], "audio", k=30)]
     assert ids[0] == 5 and ids.count(5) == 1
     assert store.add(np.array([5]), audio[5:6], visual[5:6], "m") is None  # already live: nothing to do
+
+
+def test_a_store_grown_from_a_small_batch_rebuilds_its_indexes(tmp_path: Path) -> None:
+    """A sketch projection fitted on a first batch of 8 clips (128 frames) is refitted once the store has
+    grown 4-fold, over the live clips only; between rebuilds the indexes grow without refitting."""
+    store = TokenStore(tmp_path / "grow", dtype="float32", sketch_dim=12)
+    audio, visual = _corpus(60, seed=4)
+    store.add(np.arange(8), audio[:8], visual[:8], "m")
+    first = store.open().sketch["audio"][0].matrix
+    store.add(np.arange(8, 30), audio[8:30], visual[8:30], "m")  # 30 < 4 x 8: grown, not refitted
+    store.delete([2, 20])
+    grown = store.open()
+    assert grown.manifest.built_rows == 8 and np.array_equal(grown.sketch["audio"][0].matrix, first)
+    store.add(np.arange(30, 40), audio[30:40], visual[30:40], "m")  # 38 live >= 32: rebuilt
+    rebuilt = store.open()
+    live = [i for i in range(40) if i not in (2, 20)]
+    assert rebuilt.manifest.built_rows == 38 and len(rebuilt) == 38
+    for modality, tokens in (("audio", audio), ("visual", visual)):
+        projection, index = rebuilt.sketch[modality]
+        assert np.allclose(projection.matrix, Projection.fit(tokens[live], 12).matrix)
+        assert index.ntotal == 38 and rebuilt.index[modality].ntotal == 38 * T
+    for clip in (0, 25, 39):
+        for scheme in SCHEMES:
+            assert search(rebuilt, visual[clip], "visual", k=1, scheme=scheme)[0].clip_id == clip
+    assert 20 not in [h.clip_id for h in search(rebuilt, audio[20], "audio", k=38, scheme="sketch")]
+    store.add(np.arange(40, 60), audio[40:60], visual[40:60], "m")  # 58 < 4 x 38: grown again
+    assert store.open().manifest.built_rows == 38
+
+
+def test_rebuilds_can_be_left_to_compact(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "never", dtype="float32", sketch_dim=12, rebuild_growth=math.inf)
+    audio, visual = _corpus(40, seed=5)
+    for first, last in ((0, 4), (4, 20), (20, 40)):
+        store.add(np.arange(first, last), audio[first:last], visual[first:last], "m")
+    assert store.open().manifest.built_rows == 4 and len(store.open()) == 40
+    store.compact()
+    assert store.open().manifest.built_rows == 40
 
 
 def test_wrong_shapes_and_models_are_refused(store: TokenStore) -> None:

@@ -67,8 +67,10 @@ def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Cor
         assert len(hit["frame_scores"]) == 5 and 0 < moment["end"] - moment["start"] <= 5 * 0.64 + 1e-6
         ranks.append(uris.index(str(clip.resolve())) + 1)
         overlaps += moment["start"] < 7.0 and moment["end"] > 4.0
-    print(f"\n3-s excerpts: ranks {ranks}, rank-1 {ranks.count(1)}/{len(ranks)}, moment overlaps the excerpt "
-          f"{overlaps}/{len(ranks)}")
+    print(
+        f"\n3-s excerpts: ranks {ranks}, rank-1 {ranks.count(1)}/{len(ranks)}, moment overlaps the excerpt "
+        f"{overlaps}/{len(ranks)}"
+    )
     assert sum(ranks) / len(ranks) <= 3.0  # the demo checkpoint: 2.4 (rank 1 for 11 of 24)
     assert overlaps >= 0.9 * len(ranks)  # the demo checkpoint: 23 of 24
 
