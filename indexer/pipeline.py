@@ -155,7 +155,7 @@ class Indexer:
     def recover(self) -> int:
         """Finish what a killed run left: pending videos whose clips are all in the store become indexed,
         the others are removed from the catalog (and indexed again by this run)."""
-        version = self.store.open(gpu=False)  # only its clip ids are read
+        version = self.store.open(gpu=False, indexes=False)  # only its clip ids are read
         live = set(version.clip_ids[version.live].tolist()) if version else set()
         fixed = 0
         with self.sessions() as session:

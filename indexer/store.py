@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -112,7 +113,8 @@ class Manifest:
 
 
 class StoreVersion:
-    """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes."""
+    """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes (read when
+    first used: `TokenStore.open` reads them at once unless asked not to)."""
 
     def __init__(self, root: Path, name: str, gpu: bool = False) -> None:
         self.root, self.name = root, name
@@ -128,13 +130,22 @@ class StoreVersion:
         both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
         self.starts = np.cumsum([0] + [s["rows"] for s in shards])
-        self.index = {m: read_index(folder / f"{m}.faiss", gpu) for m in MODALITIES}
-        self.sketch: dict[str, tuple[Projection, faiss.Index]] = {}
-        if self.manifest.sketch_dim:
-            self.sketch = {m: (Projection.load(folder / f"{m}.projection.npy"),
-                               read_index(folder / f"{m}.sketch.faiss", gpu)) for m in MODALITIES}  # fmt: skip
+        self.folder, self.gpu = folder, gpu
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
+
+    @cached_property
+    def index(self) -> dict[str, faiss.Index]:
+        """The per-frame FAISS index of each modality, read on first use (id and token readers never pay)."""
+        return {m: read_index(self.folder / f"{m}.faiss", self.gpu) for m in MODALITIES}
+
+    @cached_property
+    def sketch(self) -> dict[str, tuple[Projection, faiss.Index]]:
+        """Each modality's sketch projection and index, read on first use; empty for a version without."""
+        if not self.manifest.sketch_dim:
+            return {}
+        return {m: (Projection.load(self.folder / f"{m}.projection.npy"),
+                    read_index(self.folder / f"{m}.sketch.faiss", self.gpu)) for m in MODALITIES}  # fmt: skip
 
     @property
     def frames(self) -> int:
@@ -179,10 +190,17 @@ class TokenStore:
         path = self.root / "CURRENT"
         return path.read_text().strip() if path.exists() else None
 
-    def open(self, gpu: bool = True) -> StoreVersion | None:
-        """The live version (its FAISS indexes on the GPUs when faiss-gpu sees any), or None for an empty store."""
+    def open(self, gpu: bool = True, indexes: bool = True) -> StoreVersion | None:
+        """The live version, or None for an empty store. Its FAISS indexes are read now (on the GPUs when
+        faiss-gpu sees any), so that pruning the version later cannot take them from a reader; a caller
+        that reads only ids and tokens passes indexes=False."""
         name = self.current_name()
-        return StoreVersion(self.root, name, gpu) if name else None
+        if not name:
+            return None
+        version = StoreVersion(self.root, name, gpu)
+        if indexes:
+            version.index, version.sketch  # noqa: B018  (cached on first access)
+        return version
 
     # ------------------------------------------------------------------------------------ writing
     @contextmanager
@@ -249,7 +267,7 @@ class TokenStore:
         """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size, projection
         refitted) without the deleted clips, and delete the shards that no kept version uses."""
         with self._writer():
-            current = self.open(gpu=False)  # the writer clones CPU indexes
+            current = self.open(gpu=False, indexes=False)  # rebuilt from the tokens
             if current is None:
                 return None
             rows = np.flatnonzero(current.live)

@@ -135,7 +135,7 @@ class Engine:
                     self.version = self.store.open()
                     log.info("loaded index version %s (%d live clips)", self.version_name, len(self.version or ()))
                     break
-                except (OSError, ValueError) as exc:  # pruned or replaced while being opened: read CURRENT again
+                except (OSError, ValueError, RuntimeError) as exc:  # pruned while being opened (faiss: RuntimeError)
                     log.warning("could not open index version %s (attempt %d): %s", name, attempt + 1, exc)
         return self.version
 

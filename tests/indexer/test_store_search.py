@@ -189,6 +189,18 @@ def test_rebuilds_can_be_left_to_compact(tmp_path: Path) -> None:
     assert store.open().manifest.built_rows == 40
 
 
+
+def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "lazy", dtype="float32", sketch_dim=12)
+    audio, visual = _corpus(6)
+    store.add(np.arange(6), audio, visual, "m")
+    for path in (tmp_path / "lazy" / "versions").glob("*/*.faiss"):
+        path.unlink()  # what a reader that needs no index would not notice
+    version = store.open(indexes=False)
+    assert np.array_equal(version.gather("audio", version.rows_of([4])), audio[4:5])
+    with pytest.raises(RuntimeError):  # faiss's error for a missing file: readers that search read them at open
+        store.open()
+
 def test_wrong_shapes_and_models_are_refused(store: TokenStore) -> None:
     audio, visual = _corpus(4)
     with pytest.raises(StoreError, match="tokens must be"):
