@@ -76,6 +76,9 @@ healthy || { echo "error: no answer from $URL/health after 120 s" >&2; exit 1; }
 A2V=$(ls "$SYNTH"/*.mp4 | head -n 1)
 V2A=$(ls "$REAL"/*.mp4 2>/dev/null | head -n 1 || true)
 V2A=${V2A:-$(ls "$SYNTH"/*.mp4 | sed -n 2p)}
+EXCERPT=$DATA/excerpt_4s_to_7s.wav # 3 s of the first clip's audio: which video, and which moment?
+[ -f "$EXCERPT" ] || "$("$BIN/python" -c 'from model.media import ffmpeg_binary; print(ffmpeg_binary())')" \
+  -nostdin -loglevel error -ss 4 -t 3 -i "$A2V" -vn -ac 1 -ar 16000 "$EXCERPT"
 KEY=""
 [ -n "${CAVSYNC_API_KEY:-}" ] && KEY=" -H 'X-API-Key: $CAVSYNC_API_KEY'" # write routes only
 step "ready in $((SECONDS - started)) s; try (in another terminal):"
@@ -84,6 +87,8 @@ cat <<EOF
   curl -s $URL/health
   # which videos sound like this clip (audio -> video), best first, with the matched moment
   curl -s -F file=@$A2V -F top_k=5 -F strategy=diagonal_mean $URL/search/audio-to-video
+  # which video, and which moment, sounds like this 3-s excerpt (4-7 s of that clip): see "moment"
+  curl -s -F file=@$EXCERPT -F top_k=3 $URL/search/audio-to-video
   # which soundtracks fit these pictures (video -> audio)
   curl -s -F file=@$V2A -F top_k=5 $URL/search/video-to-audio
   # where in the clip's frame at 3 s its sound (the segment around 3 s) comes from, as a PNG heat map
