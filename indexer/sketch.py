@@ -62,13 +62,12 @@ class Projection:
         return cls(np.load(path))
 
 
-def new_index(projection: Projection, frames: int, factory: str, tokens: np.ndarray, rows: np.ndarray) -> faiss.Index:
-    """A sketch index over `tokens` (n, T, D) with ids `rows` (n,); trained on them when the factory needs it."""
+def new_index(projection: Projection, frames: int, factory: str, sample: np.ndarray) -> faiss.Index:
+    """An empty sketch index of the `factory` type, trained on the `sample` clips' tokens (n, T, D) when the
+    type needs training."""
     index = faiss.index_factory(frames * projection.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    sketches = projection.apply(tokens)
     if not index.is_trained:
-        index.train(sketches)
-    index.add_with_ids(sketches, rows.astype(np.int64))
+        index.train(projection.apply(sample))
     return index
 
 

@@ -31,13 +31,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from indexer import sketch
+from indexer import build, sketch
+from indexer.build import default_factory, default_sketch_factory, read_index
 from indexer.sketch import Projection
 
 log = logging.getLogger(__name__)
@@ -49,44 +50,7 @@ class StoreError(RuntimeError):
     """The token store is missing, inconsistent, or was given tokens of the wrong shape."""
 
 
-NPROBE = 32  # inverted lists visited per query vector in IVF indexes
 REBUILD_GROWTH = 4.0  # an add bringing the live clips to this multiple of the indexes' build size rebuilds them
-
-
-def default_factory(num_vectors: int, dim: int) -> str:
-    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~sqrt(n) lists and PQ codes
-    of dim / 16 bytes (candidates only: the re-rank is exact); HNSW-free to keep deletes."""
-    if num_vectors <= 200_000:
-        return "IDMap2,Flat"
-    return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
-
-
-def default_sketch_factory(num_clips: int) -> str:
-    """Sketch index: flat up to 20k clips, 8-bit scalar codes (a quarter of the bytes to scan) up to 1M,
-    then IVF with ~sqrt(n) lists over 8-bit codes."""
-    if num_clips <= 20_000:
-        return "IDMap2,Flat"
-    if num_clips <= 1_000_000:
-        return "IDMap2,SQ8"
-    return f"IVF{int(np.sqrt(num_clips))},SQ8"
-
-
-def gpu_count() -> int:
-    """GPUs faiss can use (0 with faiss-cpu)."""
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-def read_index(path: Path, gpu: bool = False) -> faiss.Index:
-    """A saved index, IVF probes set; on every GPU when `gpu` and faiss-gpu sees one (CPU if it cannot)."""
-    index = faiss.read_index(str(path))
-    if faiss.try_extract_index_ivf(index) is not None:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
-    if gpu and gpu_count() > 0:
-        try:
-            return faiss.index_cpu_to_all_gpus(index)
-        except RuntimeError as exc:  # an index type without a GPU implementation stays on the CPU
-            log.warning("%s stays on the CPU: %s", path.name, exc)
-    return index
 
 
 @dataclass
@@ -116,10 +80,11 @@ class StoreVersion:
     """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes (read when
     first used: `TokenStore.open` reads them at once unless asked not to)."""
 
-    def __init__(self, root: Path, name: str, gpu: bool = False) -> None:
+    def __init__(self, root: Path, name: str, gpu: bool = False, manifest: Manifest | None = None) -> None:
+        """The published version `name`, or (`manifest` given) one being built, readable for its tokens only."""
         self.root, self.name = root, name
         folder = root / "versions" / name
-        self.manifest = Manifest(**json.loads((folder / "manifest.json").read_text()))
+        self.manifest = manifest or Manifest(**json.loads((folder / "manifest.json").read_text()))
         shards = self.manifest.shards
         self.tokens = {
             m: [np.load(root / "shards" / f"{s['name']}.{m}.npy", mmap_mode="r") for s in shards] for m in MODALITIES
@@ -236,10 +201,8 @@ class TokenStore:
             tokens = {"audio": audio, "visual": visual}
             rows = np.arange(manifest.rows, manifest.rows + len(clip_ids))
             manifest.shards.append(self._write_shard(clip_ids, tokens, present))
-            if current is None:
-                manifest.built_rows = len(clip_ids)
-            elif len(current) + len(clip_ids) >= self.rebuild_growth * max(1, current.manifest.build_size):
-                return self._rebuilt_with(current, manifest, tokens, rows, present)
+            if current is None or len(current) + len(clip_ids) >= self.rebuild_growth * current.manifest.build_size:
+                return self._rebuilt(manifest)
             return self._publish(manifest, *self._grown_indexes(current, manifest, tokens, rows, present))
 
     def delete(self, clip_ids: list[int]) -> str | None:
@@ -270,32 +233,50 @@ class TokenStore:
             current = self.open(gpu=False, indexes=False)  # rebuilt from the tokens
             if current is None:
                 return None
-            rows = np.flatnonzero(current.live)
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
-            manifest.shards, manifest.deleted = [], []
-            tokens = {m: current.gather(m, rows) for m in MODALITIES}
-            present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
-            manifest.shards.append(self._write_shard(current.clip_ids[rows], tokens, present))
-            return self._rebuilt(manifest, tokens, np.arange(len(rows)), present)
+            manifest.shards, manifest.deleted = [self._copy_shard(current, np.flatnonzero(current.live))], []
+            return self._rebuilt(manifest)
 
     # ------------------------------------------------------------------------------------ helpers
-    def _rebuilt(self, manifest: Manifest, tokens: dict[str, np.ndarray], rows: np.ndarray, present: np.ndarray) -> str:
-        """Publish `manifest` with every index built anew over the live `rows` and their tokens (n, T, D):
-        index types chosen for the size, projections refitted."""
-        log.info("building the indexes of %d clips", len(rows))
-        manifest.factory = self.factory or default_factory(len(rows) * manifest.frames, manifest.dim)
+    def _rebuilt(self, manifest: Manifest) -> str:
+        """Publish `manifest` with every index built anew over its live clips, read back from its shards a
+        chunk at a time: index types chosen for the size, projections refitted."""
+        source = StoreVersion(self.root, f"v{manifest.version:06d}", manifest=manifest)  # tokens only
+        live = np.flatnonzero(source.live)
+        log.info("building the indexes of %d clips", len(live))
+        manifest.factory = self.factory or default_factory(len(live) * manifest.frames, manifest.dim)
         manifest.sketch_dim = self.sketch_dim
-        manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(rows))
-        manifest.built_rows = len(rows)
-        return self._publish(manifest, *self._grown_indexes(None, manifest, tokens, rows, present))
+        manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(live))
+        manifest.built_rows = len(live)
+        indexes, projections = {}, {}
+        for modality in MODALITIES:
+            rows = live[source.present[modality][live]]
+            built = build.build(partial(source.gather, modality), rows, manifest.frames, manifest.dim,
+                                manifest.factory, manifest.sketch_dim, manifest.sketch_factory)  # fmt: skip
+            indexes[modality] = built.index
+            if built.projection is not None:
+                indexes[f"{modality}.sketch"], projections[modality] = built.sketches, built.projection
+        return self._publish(manifest, indexes, projections)
 
-    def _rebuilt_with(self, current: StoreVersion, manifest: Manifest, tokens: dict[str, np.ndarray],
-                      rows: np.ndarray, present: np.ndarray) -> str:  # fmt: skip
-        """`_rebuilt` over the live rows of `current` plus the new `rows` (already in `manifest`'s shards)."""
-        live = np.flatnonzero(current.live)
-        everything = {m: np.concatenate([current.gather(m, live), tokens[m]]) for m in MODALITIES}
-        had = np.stack([current.present[m][live] for m in MODALITIES], axis=1)
-        return self._rebuilt(manifest, everything, np.concatenate([live, rows]), np.concatenate([had, present]))
+    def _copy_shard(self, current: StoreVersion, rows: np.ndarray) -> dict:
+        """A new shard holding `rows` of `current`, copied a chunk at a time; returns its manifest entry."""
+        name = f"s{uuid.uuid4().hex[:12]}"
+        shape = (len(rows), current.frames, current.manifest.dim)
+        for modality in MODALITIES:
+            path = self.root / "shards" / f"{name}.{modality}.npy"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+            for start in range(0, len(rows), build.CHUNK_CLIPS):
+                out[start : start + build.CHUNK_CLIPS] = current.gather(
+                    modality, rows[start : start + build.CHUNK_CLIPS]
+                )
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        _atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
+        present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
+        _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
+        return {"name": name, "rows": len(rows)}
 
     def _write_shard(self, clip_ids: np.ndarray, tokens: dict[str, np.ndarray], present: np.ndarray) -> dict:
         """An immutable shard of clips (tokens in the store's dtype); returns its manifest entry."""
@@ -307,48 +288,32 @@ class TokenStore:
         return {"name": name, "rows": len(clip_ids)}
 
     def _next_manifest(self, current: StoreVersion | None, tokens: np.ndarray, model_id: str) -> Manifest:
-        """The next version's manifest; a new store's index types are chosen for its first batch's size."""
-        clips, frames, dim = tokens.shape
+        """The next version's manifest (a new store's index types are chosen when its indexes are built)."""
+        _, frames, dim = tokens.shape
         if current is None:
-            return Manifest(1, frames, dim, self.dtype, model_id, self.factory or default_factory(clips * frames, dim),
-                            sketch_dim=self.sketch_dim,
-                            sketch_factory=self.sketch_factory or default_sketch_factory(clips))  # fmt: skip
+            return Manifest(1, frames, dim, self.dtype, model_id, factory="")
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:
             raise StoreError(f"the store holds ({m.frames}, {m.dim}) tokens of model {m.model_id!r}; "
                              f"got ({frames}, {dim}) of {model_id!r}: use another index directory")  # fmt: skip
         return Manifest(**{**asdict(m), "version": m.version + 1})
 
-    def _grown_indexes(self, current: StoreVersion | None, manifest: Manifest, tokens: dict[str, np.ndarray],
+    def _grown_indexes(self, current: StoreVersion, manifest: Manifest, tokens: dict[str, np.ndarray],
                        rows: np.ndarray, present: np.ndarray) -> tuple[dict[str, faiss.Index], dict]:  # fmt: skip
-        """The per-frame and sketch indexes of `current` (None: new ones) plus the given rows' tokens."""
+        """The per-frame and sketch indexes of `current` plus the given rows' tokens (no retraining)."""
         indexes, projections = {}, {}
         for k, modality in enumerate(MODALITIES):
-            kept = present[:, k]
-            indexes[modality] = self._frame_index(current, modality, manifest, tokens[modality], rows, kept)
-            if not manifest.sketch_dim:
-                continue
-            if current is None:
-                projection = Projection.fit(tokens[modality][kept], manifest.sketch_dim)
-                index = sketch.new_index(projection, manifest.frames, manifest.sketch_factory,
-                                         tokens[modality][kept], rows[kept])  # fmt: skip
-            else:
-                projection, index = current.sketch[modality]
-                index = sketch.grow(index, projection, tokens[modality][kept], rows[kept])
-            indexes[f"{modality}.sketch"], projections[modality] = index, projection
-        return indexes, projections
-
-    def _frame_index(self, current: StoreVersion | None, modality: str, manifest: Manifest, tokens: np.ndarray,
-                     rows: np.ndarray, has: np.ndarray) -> faiss.Index:  # fmt: skip
-        vectors, ids = _frame_vectors(tokens, rows, has)
-        if current is not None:
+            kept = rows[present[:, k]]
+            vectors = tokens[modality][present[:, k]]  # (n, T, D)
             index = faiss.clone_index(current.index[modality])
-        else:
-            index = faiss.index_factory(manifest.dim, manifest.factory, faiss.METRIC_INNER_PRODUCT)
-            if not index.is_trained:
-                index.train(vectors)
-        index.add_with_ids(vectors, ids)
-        return index
+            index.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, manifest.dim), dtype=np.float32),
+                               build.frame_ids(kept, manifest.frames))  # fmt: skip
+            indexes[modality] = index
+            if current.sketch:
+                projection, grown = current.sketch[modality]
+                indexes[f"{modality}.sketch"] = sketch.grow(grown, projection, vectors, kept)
+                projections[modality] = projection
+        return indexes, projections
 
     def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index], projections: dict[str, Projection]) -> str:
         """Write the version folder under a temp name, rename it into place, then swap CURRENT."""
@@ -393,14 +358,6 @@ def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:
     smaller = faiss.clone_index(index)
     smaller.remove_ids(ids)
     return smaller
-
-
-def _frame_vectors(tokens: np.ndarray, rows: np.ndarray, has: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame vectors (float32) of the rows that have the modality, with ids row * T + frame."""
-    _, frames, dim = tokens.shape
-    kept = np.flatnonzero(has)
-    ids = (rows[kept][:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
-    return np.ascontiguousarray(tokens[kept].reshape(-1, dim), dtype=np.float32), ids
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer import build
 from indexer.search import search
 from indexer.sketch import Projection
 from indexer.store import StoreError, TokenStore
@@ -189,6 +190,28 @@ def test_rebuilds_can_be_left_to_compact(tmp_path: Path) -> None:
     assert store.open().manifest.built_rows == 40
 
 
+def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 7 clips and training samples of 16 clips (IVF lists asking for more get more) build the
+    same indexes as one pass would: every vector once, the exhaustive ranking reached, compact's copy exact."""
+    monkeypatch.setattr(build, "CHUNK_CLIPS", 7)
+    monkeypatch.setattr(build, "SAMPLE_CLIPS", 16)
+    assert build.sample_size(1000, T, "IVF100,PQ4", "IDMap2,Flat") == 40 * 100 // T
+    assert build.sample_size(5000, T, "IDMap2,Flat", "IVF30,SQ8") == 40 * 30 and build.sample_size(9, T, "", "") == 9
+    store = TokenStore(tmp_path / "chunks", dtype="float32", sketch_dim=12, factory="IVF8,Flat")
+    audio, visual = _corpus(50, seed=6)
+    store.add(np.arange(50), audio, visual, "m")
+    store.delete([10, 11])
+    store.compact()
+    version = store.open()
+    assert version.manifest.factory == "IVF8,Flat" and version.index["visual"].ntotal == 48 * T
+    assert np.array_equal(version.clip_ids, np.delete(np.arange(50), [10, 11]))
+    assert np.array_equal(version.gather("visual", np.arange(48)), np.delete(visual, [10, 11], axis=0))
+    for clip in (0, 12, 49):
+        exhaustive = [h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme="exhaustive")]
+        for scheme in ("frames", "sketch"):
+            assert [h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme=scheme,
+                                              per_frame=48 * T)] == exhaustive  # fmt: skip
+
 
 def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "lazy", dtype="float32", sketch_dim=12)
@@ -200,6 +223,7 @@ def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> N
     assert np.array_equal(version.gather("audio", version.rows_of([4])), audio[4:5])
     with pytest.raises(RuntimeError):  # faiss's error for a missing file: readers that search read them at open
         store.open()
+
 
 def test_wrong_shapes_and_models_are_refused(store: TokenStore) -> None:
     audio, visual = _corpus(4)
@@ -257,7 +281,7 @@ def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> N
 @pytest.mark.gpu
 def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
     """With faiss-gpu and a GPU, readers search GPU copies of the indexes (writers keep CPU ones)."""
-    from indexer.store import gpu_count
+    from indexer.build import gpu_count
 
     if gpu_count() == 0:
         pytest.skip("faiss-cpu build: no GPU index support")

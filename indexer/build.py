@@ -1,0 +1,106 @@
+"""The FAISS side of a store version: index types for a size, reading indexes, and building them.
+
+Building reads a version's clips a chunk at a time (`gather`), so rebuilding a large store holds one
+chunk and one training sample in memory, never the whole corpus: projections are fitted and index
+types that need training (IVF) are trained on a sample of clips, then every clip is added.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+
+from indexer import sketch
+from indexer.sketch import Projection
+
+log = logging.getLogger(__name__)
+
+NPROBE = 32  # inverted lists visited per query vector in IVF indexes
+SAMPLE_CLIPS = 4096  # clips sampled to fit projections and train indexes (more when IVF lists need them)
+VECTORS_PER_LIST = 40  # training vectors per IVF list (faiss warns below 39)
+CHUNK_CLIPS = 4096  # clips read and added at a time
+
+
+def default_factory(num_vectors: int, dim: int) -> str:
+    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~sqrt(n) lists and PQ codes
+    of dim / 16 bytes (candidates only: the re-rank is exact); HNSW-free to keep deletes."""
+    if num_vectors <= 200_000:
+        return "IDMap2,Flat"
+    return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
+
+
+def default_sketch_factory(num_clips: int) -> str:
+    """Sketch index: flat up to 20k clips, 8-bit scalar codes (a quarter of the bytes to scan) up to 1M,
+    then IVF with ~sqrt(n) lists over 8-bit codes."""
+    if num_clips <= 20_000:
+        return "IDMap2,Flat"
+    if num_clips <= 1_000_000:
+        return "IDMap2,SQ8"
+    return f"IVF{int(np.sqrt(num_clips))},SQ8"
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def read_index(path: Path, gpu: bool = False) -> faiss.Index:
+    """A saved index, IVF probes set; on every GPU when `gpu` and faiss-gpu sees one (CPU if it cannot)."""
+    index = faiss.read_index(str(path))
+    if faiss.try_extract_index_ivf(index) is not None:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
+    if gpu and gpu_count() > 0:
+        try:
+            return faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as exc:  # an index type without a GPU implementation stays on the CPU
+            log.warning("%s stays on the CPU: %s", path.name, exc)
+    return index
+
+
+def frame_ids(rows: np.ndarray, frames: int) -> np.ndarray:
+    """FAISS ids of the rows' frame vectors: row * T + frame, (len(rows) * T,) int64."""
+    return (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
+
+
+def sample_size(clips: int, frames: int, factory: str, sketch_factory: str) -> int:
+    """Clips to train on: SAMPLE_CLIPS, or enough for VECTORS_PER_LIST per IVF list of either index."""
+    lists = [int(n) for n in re.findall(r"IVF(\d+)", factory)]
+    sketch_lists = [int(n) for n in re.findall(r"IVF(\d+)", sketch_factory)]
+    needed = max([SAMPLE_CLIPS] + [-(-VECTORS_PER_LIST * n // frames) for n in lists]
+                 + [VECTORS_PER_LIST * n for n in sketch_lists])  # fmt: skip
+    return min(clips, needed)
+
+
+class Built(NamedTuple):
+    index: faiss.Index  # per-frame vectors, id = row * T + frame
+    projection: Projection | None  # None when the store keeps no sketches
+    sketches: faiss.Index | None  # clip sketches, id = row
+
+
+def build(gather: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, frames: int, dim: int, factory: str,
+          sketch_dim: int, sketch_factory: str) -> Built:  # fmt: skip
+    """One modality's per-frame index and (sketch_dim > 0) sketch projection and index over `rows`, whose
+    tokens `gather(rows)` returns as (n, T, D) float32."""
+    count = sample_size(len(rows), frames, factory, sketch_factory)
+    picked = np.sort(np.random.default_rng(0).choice(len(rows), count, replace=False))
+    sample = gather(rows[picked])  # (s, T, D)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(sample.reshape(-1, dim)))
+    projection = sketches = None
+    if sketch_dim:
+        projection = Projection.fit(sample, sketch_dim)
+        sketches = sketch.new_index(projection, frames, sketch_factory, sample)
+    for start in range(0, len(rows), CHUNK_CLIPS):
+        chunk = rows[start : start + CHUNK_CLIPS]
+        tokens = gather(chunk)  # (c, T, D)
+        index.add_with_ids(np.ascontiguousarray(tokens.reshape(-1, dim)), frame_ids(chunk, frames))
+        if projection is not None:
+            sketches.add_with_ids(projection.apply(tokens), chunk.astype(np.int64))  # type: ignore[union-attr]
+    return Built(index, projection, sketches)
