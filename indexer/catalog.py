@@ -7,6 +7,7 @@ created and upgraded by Alembic (`indexer/migrations`); `open_catalog` runs the 
 from __future__ import annotations
 
 import enum
+import fcntl
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,15 +127,27 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+MIGRATION_LOCK_ID = 0x6361_7673  # PostgreSQL advisory lock held while migrating ("cavs")
+
+
 def migrate(url: str) -> None:
-    """Bring the database at `url` to the newest schema with Alembic."""
+    """Bring the database at `url` to the newest schema with Alembic, one process at a time (processes
+    starting together would each see an empty schema): a file lock beside a SQLite file, an advisory lock
+    in PostgreSQL (taken in migrations/env.py)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if path is None or path == ":memory:":
+        command.upgrade(config, "head")
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        command.upgrade(config, "head")
 
 
 def open_catalog(url: str) -> sessionmaker:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import pytest
 from sqlalchemy import select
 
@@ -28,3 +30,16 @@ def test_catalog_round_trip(catalog_url: str) -> None:
         session.delete(stored)
         session.commit()
         assert session.scalars(select(Clip)).all() == []  # clips go with their video
+
+
+@pytest.mark.integration
+def test_processes_starting_together_migrate_once(catalog_url: str) -> None:
+    """Four processes opening a fresh catalog at once (an API and workers starting together) all succeed."""
+    context = mp.get_context("spawn")
+    with context.Pool(4) as pool:
+        assert pool.map(_open_and_count, [catalog_url] * 4, chunksize=1) == [0, 0, 0, 0]
+
+
+def _open_and_count(url: str) -> int:
+    with open_catalog(url)() as session:
+        return len(session.scalars(select(Video)).all())
