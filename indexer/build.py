@@ -22,8 +22,8 @@ from indexer.sketch import Projection
 log = logging.getLogger(__name__)
 
 NPROBE = 32  # inverted lists visited per query vector in IVF indexes
-SAMPLE_CLIPS = 4096  # clips sampled to fit projections and train indexes (more when IVF lists need them)
-VECTORS_PER_LIST = 40  # training vectors per IVF list (faiss warns below 39)
+SAMPLE_CLIPS = 4096  # clips sampled to fit projections and train indexes (more when IVF lists need more)
+VECTORS_PER_LIST = 100  # training vectors per IVF list (faiss warns below 39 and uses at most 256)
 CHUNK_CLIPS = 4096  # clips read and added at a time
 
 

@@ -195,15 +195,15 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
     same indexes as one pass would: every vector once, the exhaustive ranking reached, compact's copy exact."""
     monkeypatch.setattr(build, "CHUNK_CLIPS", 7)
     monkeypatch.setattr(build, "SAMPLE_CLIPS", 16)
-    assert build.sample_size(1000, T, "IVF100,PQ4", "IDMap2,Flat") == 40 * 100 // T
-    assert build.sample_size(5000, T, "IDMap2,Flat", "IVF30,SQ8") == 40 * 30 and build.sample_size(9, T, "", "") == 9
-    store = TokenStore(tmp_path / "chunks", dtype="float32", sketch_dim=12, factory="IVF8,Flat")
+    assert build.sample_size(5000, T, "IVF100,PQ4", "IDMap2,Flat") == 100 * 100 // T
+    assert build.sample_size(5000, T, "IDMap2,Flat", "IVF30,SQ8") == 100 * 30 and build.sample_size(9, T, "", "") == 9
+    store = TokenStore(tmp_path / "chunks", dtype="float32", sketch_dim=12, factory="IVF2,Flat")
     audio, visual = _corpus(50, seed=6)
     store.add(np.arange(50), audio, visual, "m")
     store.delete([10, 11])
     store.compact()
     version = store.open()
-    assert version.manifest.factory == "IVF8,Flat" and version.index["visual"].ntotal == 48 * T
+    assert version.manifest.factory == "IVF2,Flat" and version.index["visual"].ntotal == 48 * T
     assert np.array_equal(version.clip_ids, np.delete(np.arange(50), [10, 11]))
     assert np.array_equal(version.gather("visual", np.arange(48)), np.delete(visual, [10, 11], axis=0))
     for clip in (0, 12, 49):
