@@ -18,12 +18,16 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.engine import Engine
 from service.errors import install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, system
+from service.schemas import MAX_QUERY_TOKENS
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,45 @@ def openapi_with_exclusive_fields(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+TOKENS_PATH = "/search/tokens"
+BYTES_PER_FLOAT = 32  # the longest JSON float (-1.2345678901234567e-05) and its separator, rounded up
+
+
+def tokens_body_limit(embed_dim: int) -> int:
+    """The largest body a valid /search/tokens query can need: MAX_QUERY_TOKENS rows of `embed_dim` floats."""
+    return MAX_QUERY_TOKENS * embed_dim * BYTES_PER_FLOAT + 4096
+
+
+class TokensBodyLimit:
+    """POST /search/tokens: FastAPI parses and validates its JSON whole, on the event loop, so its body may be
+    no bigger than the largest valid query (`tokens_body_limit` of the served model), nor than max_upload_bytes:
+    413 on a Content-Length over it before anything is read, else as soon as the bytes received pass it."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app, self.max_upload_bytes = app, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        engine = getattr(scope["app"].state, "engine", None) if scope["type"] == "http" else None
+        if engine is None or scope["path"] != TOKENS_PATH:
+            await self.app(scope, receive, send)
+            return
+        limit = min(self.max_upload_bytes, tokens_body_limit(engine.model.config.embed_dim))
+        declared = Headers(scope=scope).get("content-length", "")
+        received = 0
+
+        async def limited() -> Message:  # the route re-raises an HTTPException met while reading the body
+            nonlocal received
+            if declared.isdigit() and int(declared) > limit:
+                raise HTTPException(413, f"a {TOKENS_PATH} body may be {limit} bytes at most")
+            message = await receive()
+            received += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if received > limit:
+                raise HTTPException(413, f"a {TOKENS_PATH} body may be {limit} bytes at most")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over the model and data dir of `settings` (default: read from CAVSYNC_* variables)."""
     settings = settings or Settings()
@@ -88,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.metrics = settings, metrics
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
     install_handlers(app)
+    app.add_middleware(TokensBodyLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

@@ -51,6 +51,8 @@ def resolve_media_paths(paths: list[str], media_roots: list[Path]) -> list[Path]
             files = [f.resolve() for f in list_media(path)] if path.is_dir() else [path]
         except OSError as exc:
             raise InvalidInput(f"{raw}: {exc.strerror or exc}") from exc
+        except RuntimeError as exc:  # Path.resolve() on a symlink loop (Python < 3.13)
+            raise InvalidInput(f"{raw}: {exc}") from exc
         outside = [f for f in files if not _inside(f, roots)]
         if outside:
             raise Forbidden(f"{outside[0]}: a link out of the media roots")

@@ -12,6 +12,7 @@ from indexer.catalog import JobState, VideoStatus
 Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
 Target = Literal["audio", "visual"]
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
+MAX_QUERY_TOKENS = 1024  # rows of a raw-token query
 
 
 def _utc(value: datetime) -> datetime:
@@ -71,7 +72,9 @@ class SearchResponse(Model):
 class TokensQuery(Model):
     """Raw per-frame query tokens: T_q rows of D floats (normalised by the service)."""
 
-    tokens: list[list[FiniteFloat]] = Field(min_length=1, max_length=1024, description="(T_q, D) global tokens.")
+    tokens: list[list[FiniteFloat]] = Field(
+        min_length=1, max_length=MAX_QUERY_TOKENS, description="(T_q, D) global tokens."
+    )
     target: Target = Field(description="Which stored tokens to search: audio or visual.")
     top_k: int = Field(10, ge=1, le=100)
     strategy: Strategy = "diagonal_mean"

@@ -65,7 +65,9 @@ def kept_name(filename: str | None) -> str:
 
 
 def keep_uploads(uploads: list[UploadFile], folder: Path) -> list[Path]:
-    """Save uploads for indexing as `<folder>/<random>-<safe name>`; they stay (the catalog points at them)."""
+    """Save uploads for indexing as `<folder>/<random>-<safe name>`; they stay (the catalog points at them).
+    The paths are absolute: they cross the broker to workers that may run in another folder."""
+    folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     kept = []
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path as FilePath
 from typing import Annotated
@@ -50,7 +49,7 @@ def get_jobs(request: Request) -> JobRunner:
 async def _json_paths(request: Request) -> list[str]:
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
         raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
     try:
         return IndexPathsRequest.model_validate(data).paths

@@ -129,6 +129,20 @@ def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Pa
     assert writable_client.post("/index", files={"other": ("x.txt", b"x")}).status_code == 422
 
 
+def test_uploads_are_indexed_by_absolute_path(corpus: Corpus, private_data: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A relative data dir (the default, `data`): the job still names its uploads by absolute path."""
+    monkeypatch.chdir(private_data.parent)
+    submitted: list[list[Path]] = []
+    with TestClient(create_app(make_settings(corpus, Path(private_data.name), api_key=API_KEY)),
+                    headers={"X-API-Key": API_KEY}) as client:  # fmt: skip
+        monkeypatch.setattr(client.app.state.jobs, "submit", lambda files: submitted.append(files) or "job")  # type: ignore[attr-defined]
+        response = client.post("/index", files={"files": ("a.mp4", b"not read here", "video/mp4")})
+    assert response.status_code == 202, response.text
+    [[kept]] = submitted
+    assert kept.is_absolute() and kept.parent == (private_data / "uploads").resolve() and kept.is_file()
+
+
 def test_a_version_written_by_another_process_is_picked_up(writable_client: TestClient, private_data: Path) -> None:
     version = writable_client.get("/health").json()["index"]["version"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_")} | {"PYTHONPATH": str(REPO)}

@@ -4,14 +4,16 @@ without reading them whole), unknown ids, paths outside the media roots, API key
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, tokens_body_limit
 
 from .conftest import API_KEY, Corpus, make_settings, upload
 
@@ -133,6 +135,22 @@ def test_oversized_upload_through_a_client(small_limit_client: TestClient) -> No
     assert small_limit_client.post("/search/tokens", json=big).status_code == 413
 
 
+def test_a_tokens_body_over_the_largest_query_gives_413(client: TestClient) -> None:
+    """/search/tokens parses its JSON on the event loop: no body past what 1024 rows of D floats need."""
+    limit = tokens_body_limit(128)  # the demo model's D
+    assert limit < client.app.state.settings.max_upload_bytes  # type: ignore[attr-defined]
+    kind = {"content-type": "application/json"}
+    declared = kind | {"content-length": str(limit + 1)}
+    assert _raw_post(client, "/search/tokens", iter([b"{}"] * 3), declared) == (413, 0)
+    endless = iter([b'{"tokens": [['] + [b"0.1," * 16384] * 400)  # 26 MB if all of it were read
+    status, read = _raw_post(client, "/search/tokens", endless, kind)
+    assert status == 413 and read * 4 * 16384 <= limit + 2 * 4 * 16384, read
+    rows = np.random.default_rng(0).standard_normal((1024, 128)) * 1e-5  # the longest floats JSON has
+    body = {"tokens": rows.tolist(), "target": "audio", "top_k": 1}
+    assert len(json.dumps(body)) < limit
+    assert client.post("/search/tokens", json=body).status_code == 200
+
+
 def test_media_over_the_duration_limit(small_limit_client: TestClient, corpus: Corpus) -> None:
     for endpoint in ("/search/audio-to-video", "/search/video-to-audio"):  # 10-s clips, 5-s limit
         response = small_limit_client.post(endpoint, files=upload(corpus.clips[0]))
@@ -190,6 +208,22 @@ def test_paths_outside_the_media_roots(writable_client: TestClient, corpus: Corp
     response = writable_client.post("/index", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert writable_client.post("/index", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_unresolvable_paths_and_bodies_are_422(writable_client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
+    for folder in (tmp_path, corpus.media):  # outside and inside the media roots
+        (folder / "loop_a").symlink_to(folder / "loop_b")
+        (folder / "loop_b").symlink_to(folder / "loop_a")
+        try:
+            for path in (folder / "loop_a", folder / "loop_a" / "clip.mp4"):
+                response = writable_client.post("/index", json={"paths": [str(path)]})
+                assert response.status_code == 422, response.text
+        finally:
+            (folder / "loop_a").unlink()
+            (folder / "loop_b").unlink()
+    nested = b"[" * 100_000 + b"]" * 100_000  # deeper than the JSON decoder recurses
+    response = writable_client.post("/index", content=nested, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
 
 
 def test_no_media_roots_means_no_indexing_by_path(corpus: Corpus, private_data: Path) -> None:
