@@ -37,5 +37,6 @@ def require_api_key(engine: EngineDep, key: Annotated[str | None, Security(api_k
         return
     if not key:
         raise Unauthorized("this endpoint needs the X-API-Key header")
-    if not secrets.compare_digest(key.encode("utf-8", "replace"), expected.get_secret_value().encode("utf-8")):
+    sent = key.encode("latin-1", "replace")  # the header's bytes: Starlette decodes headers as latin-1
+    if not secrets.compare_digest(sent, expected.get_secret_value().encode("utf-8")):
         raise Forbidden("wrong API key")

@@ -71,10 +71,6 @@ class NotFound(ServiceError):
     status_code = 404
 
 
-class TooLarge(ServiceError):
-    status_code = 413
-
-
 class UnsupportedMedia(ServiceError):
     status_code = 415
 

@@ -162,8 +162,8 @@ class DeleteResponse(Model):
 
 # ------------------------------------------------------------------------------------ jobs
 class IndexPathsRequest(Model):
-    paths: list[str] = Field(min_length=1, max_length=10000, description="Files, folders or manifests under the "
-                             "media roots.")  # fmt: skip
+    paths: list[str] = Field(min_length=1, max_length=10000, description="Media files, or folders (walked), "
+                             "under the media roots.")  # fmt: skip
 
 
 class JobAccepted(Model):

@@ -18,7 +18,8 @@ from pathlib import Path
 from starlette.datastructures import UploadFile
 
 from indexer.pipeline import MEDIA_SUFFIXES
-from model.media import MediaError
+from model import PreprocessConfig
+from model.media import MediaError, MediaTooLongError, probe
 
 CHUNK = 1 << 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -64,9 +65,11 @@ def kept_name(filename: str | None) -> str:
     return name if suffix in MEDIA_SUFFIXES else neutral_name(name)
 
 
-def keep_uploads(uploads: list[UploadFile], folder: Path) -> list[Path]:
+def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig) -> list[Path]:
     """Save uploads for indexing as `<folder>/<random>-<safe name>`; they stay (the catalog points at them).
-    The paths are absolute: they cross the broker to workers that may run in another folder."""
+    The paths are absolute: they cross the broker to workers that may run in another folder. An upload
+    longer than `prep.max_duration_s` raises MediaTooLongError and none is kept; unreadable ones are kept
+    for the job to record as failed."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     kept = []
@@ -75,8 +78,19 @@ def keep_uploads(uploads: list[UploadFile], folder: Path) -> list[Path]:
             path = folder / f"{uuid.uuid4().hex[:12]}-{kept_name(upload.filename)}"
             kept.append(path)
             _copy(upload, path)
+            _check_duration(path, upload.filename, prep)
     except BaseException:
         for path in kept:
             path.unlink(missing_ok=True)
         raise
     return kept
+
+
+def _check_duration(path: Path, filename: str | None, prep: PreprocessConfig) -> None:
+    try:
+        duration = probe(path, prep.timeout_s).duration
+    except MediaError:
+        return
+    if duration is not None and duration > prep.max_duration_s:
+        raise MediaTooLongError(f"{safe_name(filename)}: {duration:.0f} s is longer than the "
+                                f"{prep.max_duration_s:.0f} s allowed")  # fmt: skip

@@ -66,7 +66,7 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
         uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise InvalidInput("a multipart body needs one or more `files` uploads")
-        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.settings.uploads_dir)
+        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.settings.uploads_dir, engine.prep)
     finally:
         await form.close()
 

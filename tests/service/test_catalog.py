@@ -143,6 +143,16 @@ def test_uploads_are_indexed_by_absolute_path(corpus: Corpus, private_data: Path
     assert kept.is_absolute() and kept.parent == (private_data / "uploads").resolve() and kept.is_file()
 
 
+def test_uploads_over_the_duration_limit_are_refused_and_not_kept(corpus: Corpus, private_data: Path) -> None:
+    settings = make_settings(corpus, private_data, max_media_duration_s=5.0)
+    with TestClient(create_app(settings)) as client:
+        files = [("files", ("short.txt", b"not media: the job records it", "text/plain")),
+                 ("files", ("long.mp4", corpus.clips[0].read_bytes(), "video/mp4"))]  # fmt: skip
+        response = client.post("/index", files=files)
+    assert response.status_code == 413 and "long.mp4: 10 s is longer than the 5 s allowed" in response.json()["detail"]
+    assert list((private_data / "uploads").iterdir()) == []
+
+
 def test_a_version_written_by_another_process_is_picked_up(writable_client: TestClient, private_data: Path) -> None:
     version = writable_client.get("/health").json()["index"]["version"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_")} | {"PYTHONPATH": str(REPO)}

@@ -192,6 +192,12 @@ def test_write_endpoints_need_the_api_key(writable_client: TestClient) -> None:
     assert writable_client.get("/videos/1", headers={"X-API-Key": ""}).status_code == 200  # reads are open
 
 
+def test_a_non_ascii_api_key_matches(corpus: Corpus, private_data: Path) -> None:
+    with TestClient(create_app(make_settings(corpus, private_data, api_key="clé-ü-7"))) as client:
+        assert client.delete("/videos/1", headers={"X-API-Key": "clé-ü-7".encode()}).status_code == 200
+        assert client.delete("/videos/2", headers={"X-API-Key": "cle-u-7"}).status_code == 403
+
+
 def test_paths_outside_the_media_roots(writable_client: TestClient, corpus: Corpus) -> None:
     for path in ("/etc/hostname", str(corpus.media / ".." / "data" / "catalog.db"), str(corpus.data)):
         response = writable_client.post("/index", json={"paths": [path]})
