@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -331,6 +332,9 @@ def _start(database_url: str, job_id: str) -> list[str]:
     return paths
 
 
+STOPPED = "not indexed: the server stopped first; index it again (indexed files are skipped)"
+
+
 def _fail_job(database_url: str, job_id: str, paths: list[str], message: str) -> None:
     """A job that could not be dispatched: its unsent files failed with the message, the job failed."""
     with _sessions(database_url)() as session:
@@ -344,21 +348,34 @@ def _fail_job(database_url: str, job_id: str, paths: list[str], message: str) ->
         session.commit()
 
 
-def dispatch_job(job_id: str, model_path: str, data_dir: str, database_url: str) -> None:
+def dispatch_job(job_id: str, model_path: str, data_dir: str, database_url: str,
+                 stop: threading.Event | None = None) -> None:  # fmt: skip
     """Run a created job: one `index_file` task per queued file, published to the broker, or run here, one after
-    the other, without one. Raises `QueueUnavailable` (the job marked failed) when the broker takes no task."""
+    the other, without one (until `stop` is set: the files not begun then fail with STOPPED). Raises
+    `QueueUnavailable` (the job marked failed) when the broker takes no task."""
     paths = _start(database_url, job_id)
     args = (model_path, data_dir, database_url)
     if app.conf.task_always_eager:
-        _run_here(job_id, paths, args)
+        _run_here(job_id, paths, args, stop)
     else:
         _publish(job_id, paths, args)
 
 
-def _run_here(job_id: str, paths: list[str], args: tuple[str, str, str]) -> None:
+def fail_unstarted(database_url: str, job_id: str, message: str = STOPPED) -> None:
+    """A job that will not run (its process stopping): its queued files failed with `message`, the job failed."""
+    with _sessions(database_url)() as session:
+        query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == "queued")
+        paths = list(session.scalars(query).all())
+    _fail_job(database_url, job_id, paths, message)
+
+
+def _run_here(job_id: str, paths: list[str], args: tuple[str, str, str], stop: threading.Event | None) -> None:
     """The tasks in this process, one file after the other; a transient error waits its backoff and runs again."""
     ctx = Context(*args, job_id)
-    for path in paths:
+    for done, path in enumerate(paths):
+        if stop is not None and stop.is_set():
+            _fail_job(args[2], job_id, paths[done:], STOPPED)
+            return
         try:
             _run_with_retries(job_id, path, args)
         except Exception as exc:  # the catalog itself failing: the next file may still go through

@@ -9,6 +9,7 @@ jobs then run one after the other (queued until their turn).
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class JobRunner:
         self.settings, self.sessions = settings, sessions
         self.mode = "broker" if settings.broker_url else "in-process"
         self._pool = None if settings.broker_url else ThreadPoolExecutor(1, thread_name_prefix="cavsync-index")
+        self._stop, self._waiting = threading.Event(), {}  # in-process jobs: stop flag, futures by job id
         tasks.configure(settings.broker_url)
 
     def _task_args(self) -> tuple[str, str, str]:
@@ -80,7 +82,7 @@ class JobRunner:
         publishing, which fails within CAVSYNC_BROKER_TIMEOUT_S: 503, the job marked failed)."""
         job_id = tasks.create_job(self.sessions, [str(p) for p in paths])
         if self._pool is not None:
-            self._pool.submit(self._run, job_id)
+            self._waiting[job_id] = self._pool.submit(self._run, job_id)
             return job_id
         try:
             tasks.dispatch_job(job_id, *self._task_args())
@@ -90,14 +92,25 @@ class JobRunner:
         return job_id
 
     def _run(self, job_id: str) -> None:
-        try:
-            tasks.dispatch_job(job_id, *self._task_args())  # eager: the tasks run here, one file after the other
+        self._waiting.pop(job_id, None)
+        try:  # eager: the tasks run here, one file after the other, until close() sets the stop flag
+            tasks.dispatch_job(job_id, *self._task_args(), stop=self._stop)
         except Exception:  # a file's failure is recorded by its task; this is the catalog itself failing
             log.exception("index job %s stopped", job_id)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """In-process jobs stop after their current file; the files not begun, and jobs never started, fail
+        with tasks.STOPPED (indexing them again skips what was done). Jobs on the workers are theirs."""
+        if self._pool is None:
+            return
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for job_id, future in list(self._waiting.items()):
+            if future.cancelled():
+                try:
+                    tasks.fail_unstarted(self.settings.catalog_url, job_id)
+                except Exception:
+                    log.exception("index job %s: cannot mark it stopped", job_id)
 
 
 def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:

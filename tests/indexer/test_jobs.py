@@ -5,6 +5,7 @@ silent fails the job at once, with a typed error (503 from the API), instead of 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +169,32 @@ def test_the_api_in_process_runner(in_process: None, checkpoint: Path, clips: li
         runner.close()
     assert (info.state, info.total, info.done, info.skipped, info.failed) == ("done", 2, 0, 1, 1), info
     assert info.errors[str(tmp_path / "missing.mp4")].startswith("FileNotFoundError: ")
+
+
+@pytest.mark.timeout(120)
+def test_closing_the_runner_stops_its_jobs_and_says_so(
+    in_process: None, checkpoint: Path, clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutting the API down: the running job stops before its next file, a job still waiting never starts;
+    the files not indexed (all of them here) fail with tasks.STOPPED and both jobs end failed, none left running."""
+    settings = Settings(model_path=checkpoint, data_dir=tmp_path / "data")
+    sessions = tasks._sessions(settings.catalog_url)
+    started, release, real = threading.Event(), threading.Event(), tasks.dispatch_job
+
+    def held(*args: object, **kwargs: object) -> None:  # the first job waits until the runner is closed
+        started.set()
+        release.wait(30)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "dispatch_job", held)
+    runner = JobRunner(settings, sessions)
+    running = runner.submit([clips[0], clips[1]])
+    assert started.wait(30)
+    waiting = runner.submit([clips[1]])
+    runner.close()
+    release.set()
+    runner._pool.shutdown(wait=True)  # type: ignore[union-attr]
+    for job_id, total in ((running, 2), (waiting, 1)):
+        info = job_info(sessions, job_id)
+        assert (info.state, info.failed, info.done) == ("failed", total, 0), info
+        assert set(info.errors.values()) == {tasks.STOPPED}
