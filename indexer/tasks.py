@@ -65,7 +65,11 @@ BROKER_TIMEOUT_S = float(os.environ.get("CAVSYNC_BROKER_TIMEOUT_S", "5"))
 
 
 class QueueUnavailable(RuntimeError):
-    """The broker did not take a job's tasks; the job has been marked failed."""
+    """The broker did not take a job's tasks; the job has been marked failed. `unsent`: the files not queued."""
+
+    def __init__(self, message: str, unsent: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.unsent = list(unsent)
 
 
 def make_app(broker_url: str | None = None) -> Celery:
@@ -404,7 +408,8 @@ def _publish(job_id: str, paths: list[str], args: tuple[str, str, str]) -> None:
             except Exception:
                 log.exception("index job %s: cannot mark it failed", job_id)
             if isinstance(exc, PUBLISH_ERRORS):
-                raise QueueUnavailable(f"the broker did not take the tasks of job {job_id}: {exc}") from exc
+                message = f"the broker did not take the tasks of job {job_id}: {exc}"
+                raise QueueUnavailable(message, paths[sent:]) from exc
             raise
 
 

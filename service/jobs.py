@@ -77,9 +77,10 @@ class JobRunner:
         s = self.settings
         return str(s.model_path.resolve()), str(s.data_dir.resolve()), s.catalog_url
 
-    def submit(self, paths: list[Path]) -> str:
+    def submit(self, paths: list[Path], uploaded: bool = False) -> str:
         """Record the job and start it; returns its id (blocking: a few catalog writes, and with a broker the
-        publishing, which fails within CAVSYNC_BROKER_TIMEOUT_S: 503, the job marked failed)."""
+        publishing, which fails within CAVSYNC_BROKER_TIMEOUT_S: 503, the job marked failed, and `uploaded`
+        files no task was sent for deleted)."""
         job_id = tasks.create_job(self.sessions, [str(p) for p in paths])
         if self._pool is not None:
             self._waiting[job_id] = self._pool.submit(self._run, job_id)
@@ -87,6 +88,8 @@ class JobRunner:
         try:
             tasks.dispatch_job(job_id, *self._task_args())
         except tasks.QueueUnavailable as exc:
+            for path in exc.unsent if uploaded else ():
+                Path(path).unlink(missing_ok=True)
             raise Unavailable(f"the indexing queue is unreachable: {exc}",
                               {"Retry-After": str(self.settings.retry_after_s)}) from exc  # fmt: skip
         return job_id

@@ -151,6 +151,8 @@ class EmbeddingsResponse(Model):
     index_version: str
     frames_per_clip: int
     dim: int
+    clips_total: int = Field(description="The video's clips; `clips` holds those from `offset` on (a page).")
+    offset: int
     clips: list[ClipEmbeddings]
 
 

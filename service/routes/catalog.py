@@ -65,17 +65,22 @@ def _clip_tokens(version: StoreVersion, clip_ids: list[int], modality: str) -> d
 
 
 @router.get("/videos/{video_id}/embeddings", response_model=EmbeddingsResponse, responses=responses(404))
-def embeddings(engine: EngineDep, version: VersionDep, video_id: VideoId) -> EmbeddingsResponse:
-    """The stored per-frame global tokens (T, D), L2-normalised, of each clip, both modalities."""
+def embeddings(engine: EngineDep, version: VersionDep, video_id: VideoId,
+               limit: Annotated[int, Query(ge=1, le=1000, description="Clips per page.")] = 100,
+               offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Clips to skip.")] = 0,
+               ) -> EmbeddingsResponse:  # fmt: skip
+    """The stored per-frame global tokens (T, D), L2-normalised, of each clip, both modalities; a long
+    video's clips come a page at a time (`clips_total` says how many there are)."""
     with engine.sessions() as session:
-        clips = [(c.id, c.start, c.duration) for c in indexed_video(session, video_id).clips]
+        every = [(c.id, c.start, c.duration) for c in indexed_video(session, video_id).clips]
+    clips = every[offset : offset + limit]
     ids = [c[0] for c in clips]
     if version is None or len(version.rows_of(ids)) != len(ids):
         raise NotFound(f"video {video_id} is not in the loaded index version")
     audio, visual = _clip_tokens(version, ids, "audio"), _clip_tokens(version, ids, "visual")
     return EmbeddingsResponse(
         video_id=video_id, model_id=version.manifest.model_id, index_version=version.name,
-        frames_per_clip=version.frames, dim=version.manifest.dim,
+        frames_per_clip=version.frames, dim=version.manifest.dim, clips_total=len(every), offset=offset,
         clips=[ClipEmbeddings(clip_id=i, start=s, duration=d, audio=audio[i], visual=visual[i]) for i, s, d in clips],
     )  # fmt: skip
 

@@ -86,7 +86,7 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
         files = await _uploaded_files(request, engine)
     else:
         raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
-    job_id = await anyio.to_thread.run_sync(jobs.submit, files)
+    job_id = await anyio.to_thread.run_sync(jobs.submit, files, kind == "multipart/form-data")
     return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)  # type: ignore[arg-type]
 
 

@@ -154,6 +154,24 @@ def test_the_api_answers_503_when_the_broker_is_down(checkpoint: Path, tmp_path:
     assert (info.state, info.failed, info.files[0].state) == ("failed", 1, "failed")
 
 
+@pytest.mark.timeout(120)
+def test_uploads_no_task_was_sent_for_are_deleted(checkpoint: Path, tmp_path: Path) -> None:
+    settings = Settings(model_path=checkpoint, data_dir=tmp_path / "data", broker_url=CLOSED_BROKER)
+    kept = [tmp_path / "upload-a.mp4", tmp_path / "upload-b.mp4", tmp_path / "media.mp4"]
+    for path in kept:
+        path.write_bytes(b"media bytes")
+    runner = JobRunner(settings, tasks._sessions(settings.catalog_url))
+    try:
+        with pytest.raises(Unavailable):
+            runner.submit(kept[:2], uploaded=True)
+        with pytest.raises(Unavailable):
+            runner.submit(kept[2:])  # the user's own files are never deleted
+    finally:
+        runner.close()
+        tasks.configure(None)
+    assert [path.exists() for path in kept] == [False, False, True]
+
+
 @pytest.mark.timeout(300)
 def test_the_api_in_process_runner(in_process: None, checkpoint: Path, clips: list[Path], tmp_path: Path) -> None:
     settings = Settings(model_path=checkpoint, data_dir=tmp_path / "data")

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 
+from ..model.media_files import ffmpeg
 from .conftest import API_KEY, CORPUS_CLIPS, REPO, Corpus, make_settings, upload
 
 
@@ -112,6 +113,26 @@ def test_index_by_path_then_search(corpus: Corpus, private_data: Path, new_media
         assert itself["results"][0]["video_id"] == new_id > CORPUS_CLIPS
         again = _wait_for_job(client, client.post("/index", json={"paths": [str(clip)]}).json()["job_id"])
         assert (again["state"], again["skipped"]) == ("done", 1)  # same content: skipped
+
+
+def test_a_long_videos_embeddings_come_a_page_at_a_time(corpus: Corpus, private_data: Path, tmp_path: Path) -> None:
+    media = tmp_path / "long"
+    media.mkdir()
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"file '{clip}'\n" for clip in corpus.clips[:3]))
+    ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(media / "three.mp4"))  # 30 s: 3 clips
+    settings = make_settings(corpus, private_data, media_roots=[media], api_key=API_KEY)
+    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as client:
+        job = _wait_for_job(client, client.post("/index", json={"paths": [str(media)]}).json()["job_id"])
+        assert job["done"] == 1, job
+        items = client.get("/videos", params={"limit": 100}).json()["items"]
+        video_id = next(v["id"] for v in items if v["uri"].endswith("three.mp4"))
+        whole = client.get(f"/videos/{video_id}/embeddings").json()
+        page = client.get(f"/videos/{video_id}/embeddings", params={"offset": 1, "limit": 1}).json()
+        past = client.get(f"/videos/{video_id}/embeddings", params={"offset": 5}).json()
+    assert (whole["clips_total"], len(whole["clips"]), whole["offset"]) == (3, 3, 0)
+    assert (page["clips_total"], page["offset"], page["clips"]) == (3, 1, whole["clips"][1:2])
+    assert page["clips"][0]["start"] == pytest.approx(10.24) and past["clips"] == []
 
 
 def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
