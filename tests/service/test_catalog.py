@@ -157,7 +157,7 @@ def test_uploads_are_indexed_by_absolute_path(corpus: Corpus, private_data: Path
     submitted: list[list[Path]] = []
     with TestClient(create_app(make_settings(corpus, Path(private_data.name), api_key=API_KEY)),
                     headers={"X-API-Key": API_KEY}) as client:  # fmt: skip
-        monkeypatch.setattr(client.app.state.jobs, "submit", lambda files: submitted.append(files) or "job")  # type: ignore[attr-defined]
+        monkeypatch.setattr(client.app.state.jobs, "submit", lambda files, uploaded: submitted.append(files) or "job")  # type: ignore[attr-defined]
         response = client.post("/index", files={"files": ("a.mp4", b"not read here", "video/mp4")})
     assert response.status_code == 202, response.text
     [[kept]] = submitted
