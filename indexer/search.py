@@ -10,7 +10,8 @@ longer query over itself. Deleted clips never come back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -134,8 +135,15 @@ def matched_moment(clip_start: float, clip_duration: float, offset: int, query_f
 
 
 def search_videos(version: StoreVersion, session, query: np.ndarray, target: str, k: int = 10,  # noqa: ANN001
-                  strategy: str = "diagonal_mean", clip_pool: int = 8) -> list[VideoHit]:  # fmt: skip
-    """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session."""
+                  strategy: str = "diagonal_mean", clip_pool: int = 8, moment_from: str | None = None,
+                  ) -> list[VideoHit]:  # fmt: skip
+    """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session.
+
+    `moment_from`: the modality of the query's own tokens. When given, a query shorter than a clip is
+    placed in each hit's clip where it best matches that clip's tokens of the same modality (an audio
+    excerpt on the video's own soundtrack: which moment sounds like it), when the clip has them; else,
+    and for the ranking always, where it best matches the `target` tokens.
+    """
     from sqlalchemy import select
     from sqlalchemy.orm import joinedload
 
@@ -144,14 +152,31 @@ def search_videos(version: StoreVersion, session, query: np.ndarray, target: str
     clip_hits = search(version, query, target, k=k * clip_pool, strategy=strategy)
     wanted = [hit.clip_id for hit in clip_hits]
     clips = {c.id: c for c in session.scalars(select(Clip).where(Clip.id.in_(wanted)).options(joinedload(Clip.video)))}
-    hits: dict[int, VideoHit] = {}
+    best: dict[int, tuple[ClipHit, Clip]] = {}
     for hit in clip_hits:
         clip = clips.get(hit.clip_id)
-        if clip is None or clip.video.status != VideoStatus.INDEXED or clip.video_id in hits:
+        if clip is None or clip.video.status != VideoStatus.INDEXED or clip.video_id in best:
             continue  # clips of deleted videos, and any clip after a video's best one
-        moment = matched_moment(clip.start, clip.duration, hit.offset, query.shape[0], version.frames)
-        hits[clip.video_id] = VideoHit(clip.video_id, clip.video.uri, hit.score, hit.clip_id, clip.start, moment,
-                                       hit.frame_scores)  # fmt: skip
-        if len(hits) == k:
+        best[clip.video_id] = (hit, clip)
+        if len(best) == k:
             break
-    return list(hits.values())
+    if moment_from is not None and query.shape[0] < version.frames:
+        best = {video: (_placed(version, query, target, moment_from, hit), clip) for video, (hit, clip) in best.items()}
+    moment = partial(matched_moment, query_frames=query.shape[0], frames=version.frames)
+    return [
+        VideoHit(clip.video_id, clip.video.uri, hit.score, hit.clip_id, clip.start,
+                 moment(clip.start, clip.duration, hit.offset), hit.frame_scores)
+        for hit, clip in best.values()
+    ]  # fmt: skip
+
+
+def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str, hit: ClipHit) -> ClipHit:
+    """`hit` with its offset where the shorter query best matches the clip's `modality` tokens (ties: the
+    middle), and the per-frame `target` cosines there; unchanged when the clip lacks that modality."""
+    if not version.present[modality][hit.row]:
+        return hit
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
+    own = torch.from_numpy(version.gather(modality, np.array([hit.row])))  # (1, T, D)
+    offset = int(sliding_scores(q, own).offsets[0])
+    target_tokens = torch.from_numpy(version.gather(target, np.array([hit.row])))[0]
+    return replace(hit, offset=offset, frame_scores=frame_scores(q, target_tokens, offset))

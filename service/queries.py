@@ -67,11 +67,11 @@ def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, mo
 
 
 def _results(engine: Engine, version: StoreVersion | None, tokens: np.ndarray, target: str, top_k: int,
-             strategy: str) -> list[VideoResult]:  # fmt: skip
+             strategy: str, modality: str | None) -> list[VideoResult]:  # fmt: skip
     if version is None:
         return []
     with engine.sessions() as session:
-        hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy)
+        hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy, moment_from=modality)
     return [
         VideoResult(video_id=h.video_id, uri=h.uri, score=h.score, clip_id=h.clip_id, clip_start=h.clip_start,
                     moment=Moment(start=h.moment[0], end=h.moment[1]), frame_scores=list(h.frame_scores))
@@ -80,9 +80,10 @@ def _results(engine: Engine, version: StoreVersion | None, tokens: np.ndarray, t
 
 
 def answer(engine: Engine, version: StoreVersion | None, query: QueryTokens, info: QueryInfo, target: str,
-           top_k: int, strategy: str, started: float) -> SearchResponse:  # fmt: skip
+           top_k: int, strategy: str, started: float, modality: str | None) -> SearchResponse:  # fmt: skip
+    """`modality`: the query tokens' own (None: unknown), where a shorter query's moment is looked for."""
     searching = time.perf_counter()
-    results = _results(engine, version, query.tokens, target, top_k, strategy)
+    results = _results(engine, version, query.tokens, target, top_k, strategy, modality)
     search_ms = ms(time.perf_counter() - searching)
     timings = Timings(decode_ms=query.decode_ms, encode_ms=query.encode_ms, search_ms=search_ms,
                       total_ms=ms(time.perf_counter() - started))  # fmt: skip
@@ -103,7 +104,7 @@ def search_media(engine: Engine, version: StoreVersion | None, modality: str, up
         query = stored_query(engine, version, video_id, modality)  # type: ignore[arg-type]
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
     target = "visual" if modality == "audio" else "audio"
-    return answer(engine, version, query, info, target, top_k, strategy, started)
+    return answer(engine, version, query, info, target, top_k, strategy, started, modality)
 
 
 def token_matrix(rows: list[list[float]], dim: int) -> np.ndarray:
@@ -124,7 +125,7 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
     tokens = token_matrix(body.tokens, engine.model.config.embed_dim)
     query = QueryTokens(tokens, False, 0.0, 0.0)
     info = QueryInfo(source="tokens", frames=len(tokens), truncated=False)
-    return answer(engine, version, query, info, body.target, body.top_k, body.strategy, started)
+    return answer(engine, version, query, info, body.target, body.top_k, body.strategy, started, body.modality)
 
 
 # ------------------------------------------------------------------------------------ localization

@@ -39,8 +39,13 @@ class VideoResult(Model):
     score: float = Field(description="Similarity of the query with the video's best clip (the chosen strategy).")
     clip_id: int
     clip_start: float = Field(description="Start of the best clip in the video, seconds.")
-    moment: Moment = Field(description="The part of the video the aligned query frames cover.")
-    frame_scores: list[float] = Field(description="Cosine of each aligned (query frame, clip frame) pair.")
+    moment: Moment = Field(
+        description="The part of the video the aligned query frames cover. A query shorter "
+        "than a clip is placed where it matches the clip's own track of the query's modality "
+        "best (an audio excerpt: where the video sounds like it), when the clip has one."
+    )
+    frame_scores: list[float] = Field(description="Cosine of each aligned (query frame, clip frame) pair, at the "
+                                      "moment (their mean is the score for a full-length query).")  # fmt: skip
 
 
 class Timings(Model):
@@ -76,6 +81,9 @@ class TokensQuery(Model):
         min_length=1, max_length=MAX_QUERY_TOKENS, description="(T_q, D) global tokens."
     )
     target: Target = Field(description="Which stored tokens to search: audio or visual.")
+    modality: Target | None = Field(None, description="The tokens' own modality, if known: a query shorter than a "
+                                    "clip is then placed in each hit where it matches the hit's tokens of that "
+                                    "modality (as file queries are).")  # fmt: skip
     top_k: int = Field(10, ge=1, le=100)
     strategy: Strategy = "diagonal_mean"
 

@@ -100,6 +100,9 @@ def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Pat
         offset = round(best.moment[0] / 0.64)
         assert windows[offset] >= max(windows) - TIE_TOLERANCE and windows.index(max(windows)) == 5
         assert best.moment == pytest.approx((offset * 0.64, (offset + 5) * 0.64))
+        across = search_videos(version, session, excerpt, "visual", k=10, moment_from="audio")
+        placed = next(h for h in across if h.video_id == best.video_id)
+        assert placed.moment == best.moment  # placed on the clip's audio tokens, where the audio search put it
         assert session.get(Video, best.video_id).uri == best.uri
     delete_videos([best.video_id], store, sessions)
     with sessions() as session:
