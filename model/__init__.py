@@ -10,7 +10,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.config import PRESETS, ModelConfig, ObjectiveConfig, preset
-from model.features import Clip, PreprocessConfig, load_clips, load_image, load_query_audio
+from model.features import Clip, PreprocessConfig, load_clips, load_image, load_query_audio, load_query_frames
 from model.media import (
     MediaError,
     MediaTimeoutError,
@@ -37,6 +37,7 @@ __all__ = [
     "load_clips",
     "load_image",
     "load_query_audio",
+    "load_query_frames",
     "Encoded",
     "ModelConfig",
     "ObjectiveConfig",

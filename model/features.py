@@ -275,6 +275,28 @@ def load_query_audio(
     return query_segments(wave, config, prep)
 
 
+def load_query_frames(
+    path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
+) -> tuple[torch.Tensor, bool]:
+    """A video query's first clip as frames (n <= T, 3, H, W), taken as a clip's are (n < T for a shorter
+    video), and whether the video is longer than one clip. Raises a MediaError."""
+    prep = prep or PreprocessConfig()
+    info = probe(path, prep.timeout_s)
+    if info.still_image:
+        raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video")
+    if not info.has_video:
+        raise NoUsableStreamError(f"{info.path.name}: no video track to search with")
+    if info.duration is not None and info.duration > prep.max_duration_s:
+        raise MediaTooLongError(f"{info.path.name}: {info.duration:.0f} s is longer than the "
+                                f"{prep.max_duration_s:.0f} s allowed")  # fmt: skip
+    request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
+    window = decode_window(info, 0.0, prep.clip_s, request, audio=False, timeout=prep.timeout_s)
+    if window.frames is None or len(window.frames) == 0:
+        raise NoUsableStreamError(f"{info.path.name}: no video frame could be decoded")
+    longer = info.duration is not None and info.duration > prep.clip_s + 0.05
+    return normalize_frames(window.frames[: config.frames_per_clip], prep), longer
+
+
 def load_image(
     path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None, at: float = 0.0
 ) -> torch.Tensor:

@@ -18,16 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import CAVMAESync, PreprocessConfig, load_query_audio
-from model.features import normalize_frames
-from model.media import (
-    FrameRequest,
-    MediaTooLongError,
-    NoUsableStreamError,
-    UnsupportedMediaError,
-    decode_window,
-    probe,
-)
+from model import CAVMAESync, PreprocessConfig, load_query_audio, load_query_frames
 from model.similarity import normalize
 
 
@@ -66,32 +57,10 @@ def audio_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryT
     return QueryTokens(tokens, len(segments) > frames, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
-def query_frames(path: Path, model: CAVMAESync, prep: PreprocessConfig) -> tuple[torch.Tensor, bool]:
-    """A video's first clip as frames (n <= T, 3, H, W), taken as a clip's are; n < T for a shorter video.
-
-    Returns the frames and whether the video is longer than one clip. Raises a MediaError.
-    """
-    info = probe(path, prep.timeout_s)
-    if info.still_image:
-        raise UnsupportedMediaError(f"{path.name}: a still image ({info.video_codec}), not a video")
-    if not info.has_video:
-        raise NoUsableStreamError(f"{path.name}: no video track to search with")
-    if info.duration is not None and info.duration > prep.max_duration_s:
-        raise MediaTooLongError(f"{path.name}: {info.duration:.0f} s is longer than the {prep.max_duration_s:.0f} s "
-                                "allowed")  # fmt: skip
-    config = model.config
-    request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
-    window = decode_window(info, 0.0, prep.clip_s, request, audio=False, timeout=prep.timeout_s)
-    if window.frames is None or len(window.frames) == 0:
-        raise NoUsableStreamError(f"{path.name}: no video frame could be decoded")
-    longer = info.duration is not None and info.duration > prep.clip_s + 0.05
-    return normalize_frames(window.frames[: config.frames_per_clip], prep), longer
-
-
 def video_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
     """A video -> (T_q <= T, D) visual tokens of its first clip."""
     start = time.perf_counter()
-    frames, longer = query_frames(path, model, prep)
+    frames, longer = load_query_frames(path, model.config, prep)
     decoded = time.perf_counter()
     tokens, _ = encode(model, "visual", frames)
     return QueryTokens(tokens, longer, ms(decoded - start), ms(time.perf_counter() - decoded))

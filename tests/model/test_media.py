@@ -20,6 +20,7 @@ from model import (
     load_clips,
     load_image,
     load_query_audio,
+    load_query_frames,
     preset,
 )
 from model.features import clip_segments, fbank, pad_or_cut, query_segments, segment_starts
@@ -229,6 +230,23 @@ def test_query_audio_limits(tmp_path: Path) -> None:
     with pytest.raises(MediaTooLongError, match="60 s at most"):
         load_query_audio(path, TINY)
     assert load_query_audio(path, TINY, PreprocessConfig(max_query_s=80)).shape[0] == round(70 * 16 / 10.24)
+
+
+def test_video_query_frames(tmp_path: Path) -> None:
+    """A shorter video gives the frames it has (10 s hold 16), a longer one its first clip's 16; what
+    cannot be a video query raises the typed errors."""
+    frames, longer = load_query_frames(mf.video_only(tmp_path / "short.mp4", d=3.0), TINY)
+    assert frames.shape[1:] == (3, 112, 112) and 1 <= len(frames) < 16 and not longer
+    frames, longer = load_query_frames(mf.video_only(tmp_path / "long.mp4", d=12.0), TINY)
+    assert frames.shape == (16, 3, 112, 112) and longer
+    with pytest.raises(MediaTooLongError, match="longer than the 5 s allowed"):
+        load_query_frames(tmp_path / "long.mp4", TINY, PreprocessConfig(max_duration_s=5.0))
+    with pytest.raises(NoUsableStreamError, match="no video track"):
+        load_query_frames(mf.audio_only(tmp_path / "tone.wav", ["-c:a", "pcm_s16le"]), TINY)
+    png = tmp_path / "still.png"
+    mf.ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x48", "-frames:v", "1", str(png))
+    with pytest.raises(UnsupportedMediaError, match="a still image"):
+        load_query_frames(png, TINY)
 
 
 def test_image_input(tmp_path: Path) -> None:
