@@ -42,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import IndexJob, JobFile, JobState, Video, VideoStatus, new_video, open_catalog
+from indexer.locks import renewed_lock
 from indexer.pipeline import content_hash, decode_file, encode_clips, model_id_of, store_videos
 from indexer.store import TokenStore
 from model import CAVMAESync, PreprocessConfig
@@ -58,6 +59,7 @@ SETTLED = ("indexed", "skipped", "failed")
 # died to another one: above the longest task (a task still running when it expires runs twice,
 # which idempotency makes harmless but wasteful).
 TASK_TIME_LIMIT_S = int(os.environ.get("CAVSYNC_TASK_TIME_LIMIT_S", "1800"))
+MERGE_LOCK_TTL_S = float(os.environ.get("CAVSYNC_MERGE_LOCK_TTL_S", "30"))  # a dead merger's lock frees this soon
 VISIBILITY_TIMEOUT_S = int(os.environ.get("CAVSYNC_VISIBILITY_TIMEOUT_S", str(2 * TASK_TIME_LIMIT_S)))
 # Connecting to the broker, and each command on it (a publish): a broker that is down, or gone without
 # closing the connection, fails a publish within seconds instead of hanging the request that starts a job.
@@ -252,15 +254,13 @@ def _merge_one(session: Session, store: TokenStore, data: dict, sha: str, model_
 
 
 def merge_pending(ctx: Context) -> int:
-    """Merge under a Redis lock (one merger across machines); in process the store's file lock serialises."""
+    """Merge under a Redis lock (one merger across machines, see `indexer.locks`); in process the store's
+    file lock serialises."""
     broker = app.conf.broker_url or ""
-    if broker.startswith("redis"):
-        import redis
-
-        lock = redis.Redis.from_url(broker).lock("cavsync:merge", timeout=TASK_TIME_LIMIT_S, blocking_timeout=600)
-        with lock:
-            return merge_shards(ctx)
-    return merge_shards(ctx)
+    if not broker.startswith("redis"):
+        return merge_shards(ctx)
+    with renewed_lock(broker, "cavsync:merge", MERGE_LOCK_TTL_S, wait_s=600):
+        return merge_shards(ctx)
 
 
 def settle_file(ctx: Context, path: str, sha: str) -> None:

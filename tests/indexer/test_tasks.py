@@ -127,3 +127,36 @@ def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(pg_url: st
             hits = search(version, query, "visual", k=5)
             results.append([(Path(session.get(Clip, h.clip_id).video.uri).name, round(h.score, 5)) for h in hits])
     assert results[0] == results[1]
+
+
+_HOLDER = """
+import sys, time
+from indexer.locks import renewed_lock
+with renewed_lock(sys.argv[1], "cavsync:test", ttl_s=1.0, wait_s=5):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    open(sys.argv[3], "w").close()
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("holder", ["killed", "alive"])
+def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(broker: str, holder: str,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    from indexer.locks import renewed_lock
+
+    done = tmp_path / "released"
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER, broker, "4", str(done)], cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert child.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+    if holder == "killed":
+        child.kill()
+    start = time.monotonic()
+    with renewed_lock(broker, "cavsync:test", ttl_s=1.0, wait_s=30):
+        waited = time.monotonic() - start
+    child.wait(timeout=30)
+    if holder == "killed":
+        assert waited < 2.5 and not done.exists()  # freed by its 1-s ttl, not held for the child's 4 s
+    else:
+        assert done.exists() and waited > 3.0  # renewed past its 1-s ttl until the holder let go
