@@ -19,7 +19,7 @@ from indexer.catalog import Video, VideoStatus
 from indexer.search import search_videos
 from indexer.store import StoreVersion
 from model import load_image
-from model.media import probe
+from model.media import MediaTooLongError, probe
 from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
@@ -129,9 +129,13 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
 
 
 # ------------------------------------------------------------------------------------ localization
-def frame_of(engine: Engine, path: Path, at: float) -> tuple[torch.Tensor, float]:
-    """The preprocessed frame (3, S, S) of an image (time ignored) or of a video at `at` s, and its time."""
+def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> tuple[torch.Tensor, float]:
+    """The preprocessed frame (3, S, S) of an image (time ignored) or of a video at `at` s, and its time.
+    An `uploaded` video longer than the duration limit is refused, as for every other upload."""
     info = probe(path, engine.prep.timeout_s)
+    if uploaded and info.duration is not None and info.duration > engine.prep.max_duration_s:
+        raise MediaTooLongError(f"{path.name}: {info.duration:.0f} s is longer than the "
+                                f"{engine.prep.max_duration_s:.0f} s allowed")  # fmt: skip
     if info.still_image or info.duration is None:
         at = 0.0
     elif at > info.duration + TIME_SLACK_S:
@@ -199,7 +203,7 @@ def localize(
     started = time.perf_counter()
     if inputs.image is not None:
         with saved_upload(inputs.image) as path:
-            frame, frame_time = frame_of(engine, path, inputs.time)
+            frame, frame_time = frame_of(engine, path, inputs.time, uploaded=True)
     else:
         frame, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]
     encode_ms = 0.0

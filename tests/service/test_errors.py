@@ -156,6 +156,9 @@ def test_media_over_the_duration_limit(small_limit_client: TestClient, corpus: C
         response = small_limit_client.post(endpoint, files=upload(corpus.clips[0]))
         assert response.status_code == 413, response.text
         assert "5 s" in response.json()["detail"]
+    localize = small_limit_client.post("/localize", files=upload(corpus.clips[0], "image"),
+                                       data={"time": "3", "audio_video_id": "1"})  # fmt: skip
+    assert localize.status_code == 413 and "5 s allowed" in localize.json()["detail"], localize.text
 
 
 # ------------------------------------------------------------------------------------ ids, paths, keys
