@@ -160,23 +160,28 @@ def search_videos(version: StoreVersion, session, query: np.ndarray, target: str
         best[clip.video_id] = (hit, clip)
         if len(best) == k:
             break
+    hits, chosen = [hit for hit, _ in best.values()], [clip for _, clip in best.values()]
     if moment_from is not None and query.shape[0] < version.frames:
-        best = {video: (_placed(version, query, target, moment_from, hit), clip) for video, (hit, clip) in best.items()}
+        hits = _placed(version, query, target, moment_from, hits)
     moment = partial(matched_moment, query_frames=query.shape[0], frames=version.frames)
     return [
         VideoHit(clip.video_id, clip.video.uri, hit.score, hit.clip_id, clip.start,
                  moment(clip.start, clip.duration, hit.offset), hit.frame_scores)
-        for hit, clip in best.values()
+        for hit, clip in zip(hits, chosen, strict=True)
     ]  # fmt: skip
 
 
-def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str, hit: ClipHit) -> ClipHit:
-    """`hit` with its offset where the shorter query best matches the clip's `modality` tokens (ties: the
-    middle), and the per-frame `target` cosines there; unchanged when the clip lacks that modality."""
-    if not version.present[modality][hit.row]:
-        return hit
+def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str,
+            hits: list[ClipHit]) -> list[ClipHit]:  # fmt: skip
+    """The hits with their offsets where the shorter query best matches each clip's `modality` tokens (ties:
+    the middle), and the per-frame `target` cosines there; a hit whose clip lacks that modality is kept."""
+    movable = [hit for hit in hits if version.present[modality][hit.row]]
+    if not movable:
+        return hits
+    rows = np.array([hit.row for hit in movable], dtype=np.int64)
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    own = torch.from_numpy(version.gather(modality, np.array([hit.row])))  # (1, T, D)
-    offset = int(sliding_scores(q, own).offsets[0])
-    target_tokens = torch.from_numpy(version.gather(target, np.array([hit.row])))[0]
-    return replace(hit, offset=offset, frame_scores=frame_scores(q, target_tokens, offset))
+    offsets = sliding_scores(q, torch.from_numpy(version.gather(modality, rows))).offsets.tolist()  # one pass
+    targets = torch.from_numpy(version.gather(target, rows))  # (n, T, D)
+    placed = {hit.row: replace(hit, offset=offset, frame_scores=frame_scores(q, clip, offset))
+              for hit, offset, clip in zip(movable, offsets, targets, strict=True)}  # fmt: skip
+    return [placed.get(hit.row, hit) for hit in hits]

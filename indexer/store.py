@@ -216,8 +216,7 @@ class TokenStore:
                 return None
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
             manifest.deleted = sorted(set(manifest.deleted) | {int(r) for r in rows})
-            frames = current.frames
-            frame_ids = (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
+            frame_ids = build.frame_ids(rows, current.frames)
             indexes, projections = {}, {}
             for modality in MODALITIES:
                 indexes[modality] = _without(current.index[modality], frame_ids)

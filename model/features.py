@@ -155,7 +155,8 @@ def clip_starts(duration: float, prep: PreprocessConfig) -> list[float]:
     return [round(k * prep.stride_s, 6) for k in range(count)]
 
 
-def _checked_duration(info: MediaInfo, prep: PreprocessConfig) -> float | None:
+def checked_duration(info: MediaInfo, prep: PreprocessConfig) -> float | None:
+    """The media's duration (None: unknown); MediaTooLongError past `prep.max_duration_s`."""
     if info.duration is not None and info.duration > prep.max_duration_s:
         raise MediaTooLongError(
             f"{info.path.name}: {info.duration:.0f} s is longer than the {prep.max_duration_s:.0f} s allowed"
@@ -184,7 +185,7 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
             raise UnsupportedMediaError(
                 f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file"
             )
-        duration = _checked_duration(info, prep)
+        duration = checked_duration(info, prep)
         first = _result_or_none(speculative) if info.has_audio and info.has_video else None
     clips = []
     for start in clip_starts(duration if duration is not None else prep.clip_s, prep):
@@ -286,9 +287,7 @@ def load_query_frames(
         raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video")
     if not info.has_video:
         raise NoUsableStreamError(f"{info.path.name}: no video track to search with")
-    if info.duration is not None and info.duration > prep.max_duration_s:
-        raise MediaTooLongError(f"{info.path.name}: {info.duration:.0f} s is longer than the "
-                                f"{prep.max_duration_s:.0f} s allowed")  # fmt: skip
+    checked_duration(info, prep)
     request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
     window = decode_window(info, 0.0, prep.clip_s, request, audio=False, timeout=prep.timeout_s)
     if window.frames is None or len(window.frames) == 0:

@@ -19,7 +19,8 @@ from indexer.catalog import Video, VideoStatus
 from indexer.search import search_videos
 from indexer.store import StoreVersion
 from model import load_image
-from model.media import MediaTooLongError, probe
+from model.features import checked_duration
+from model.media import probe
 from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
@@ -133,9 +134,8 @@ def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> t
     """The preprocessed frame (3, S, S) of an image (time ignored) or of a video at `at` s, and its time.
     An `uploaded` video longer than the duration limit is refused, as for every other upload."""
     info = probe(path, engine.prep.timeout_s)
-    if uploaded and info.duration is not None and info.duration > engine.prep.max_duration_s:
-        raise MediaTooLongError(f"{path.name}: {info.duration:.0f} s is longer than the "
-                                f"{engine.prep.max_duration_s:.0f} s allowed")  # fmt: skip
+    if uploaded:
+        checked_duration(info, engine.prep)
     if info.still_image or info.duration is None:
         at = 0.0
     elif at > info.duration + TIME_SLACK_S:

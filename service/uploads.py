@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 
 from indexer.pipeline import MEDIA_SUFFIXES
 from model import PreprocessConfig
+from model.features import checked_duration
 from model.media import MediaError, MediaTooLongError, probe
 
 CHUNK = 1 << 20
@@ -88,9 +89,10 @@ def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig
 
 def _check_duration(path: Path, filename: str | None, prep: PreprocessConfig) -> None:
     try:
-        duration = probe(path, prep.timeout_s).duration
+        info = probe(path, prep.timeout_s)
     except MediaError:
         return
-    if duration is not None and duration > prep.max_duration_s:
-        raise MediaTooLongError(f"{safe_name(filename)}: {duration:.0f} s is longer than the "
-                                f"{prep.max_duration_s:.0f} s allowed")  # fmt: skip
+    try:
+        checked_duration(info, prep)
+    except MediaTooLongError as exc:  # named as the client sent it, not as it was kept
+        raise MediaTooLongError(str(exc).replace(path.name, safe_name(filename), 1)) from exc
