@@ -93,8 +93,15 @@ def folder_bytes(path: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file())
 
 
-def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory: str | None = None,
-               factory: str | None = None, schemes: tuple[str, ...] = ("sketch", "frames")) -> dict:  # fmt: skip
+def bench_size(
+    n: int,
+    queries: int,
+    sketch_dim: int,
+    work: Path,
+    sketch_factory: str | None = None,
+    factory: str | None = None,
+    schemes: tuple[str, ...] = ("sketch", "frames"),
+) -> dict:
     t0 = time.perf_counter()
     corpus = make_corpus(n, seed=n)
     q = make_queries(corpus, queries, seed=1)
@@ -105,9 +112,11 @@ def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory
     build_s = time.perf_counter() - t1
     version = store.open()
     root = work / f"store{n}"
-    sizes = {"tokens_fp16": folder_bytes(root / "shards", "*.visual.npy"),
-             "frame_index": folder_bytes(root / "versions", "visual.faiss"),
-             "sketch_index": folder_bytes(root / "versions", "visual.sketch.faiss")}  # fmt: skip
+    sizes = {
+        "tokens_fp16": folder_bytes(root / "shards", "*.visual.npy"),
+        "frame_index": folder_bytes(root / "versions", "visual.faiss"),
+        "sketch_index": folder_bytes(root / "versions", "visual.sketch.faiss"),
+    }
     runs = []
     if "sketch" in schemes:
         runs += [measure(version, q, truth, scheme="sketch", sketch_candidates=c) for c in (128, 256, 512, 1024)]
@@ -116,14 +125,19 @@ def bench_size(n: int, queries: int, sketch_dim: int, work: Path, sketch_factory
     if n <= 20_000:
         runs.append(measure(version, q, truth, scheme="exhaustive"))
     return {
-        "clips": n, "frames": T, "dim": D, "sketch_dim": sketch_dim, "queries": queries,
+        "clips": n,
+        "frames": T,
+        "dim": D,
+        "sketch_dim": sketch_dim,
+        "queries": queries,
         "frame_factory": factory or default_factory(n * T, D),
         "sketch_factory": sketch_factory or default_sketch_factory(n),
-        "corpus_and_truth_s": round(t1 - t0, 1), "build_s_both_modalities": round(build_s, 1),
+        "corpus_and_truth_s": round(t1 - t0, 1),
+        "build_s_both_modalities": round(build_s, 1),
         "bytes_per_clip_per_modality": {k: round(v / n) for k, v in sizes.items()},
         "bytes_per_clip_on_disk_total": round(folder_bytes(root, "*") / n),
         "runs": runs,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -49,9 +49,17 @@ def bench(media: Path, preset_name: str, workers: int, work: Path) -> dict:
     start = time.perf_counter()
     summary = indexer.index(paths, show_progress=False)
     seconds = time.perf_counter() - start
-    return {"preset": preset_name, "device": device, "workers": workers, "files": len(paths),
-            "indexed": summary.indexed, "failed": summary.failed, "clips": summary.clips,
-            "seconds": round(seconds, 1), "clips_per_s": round(summary.clips / seconds, 2)}  # fmt: skip
+    return {
+        "preset": preset_name,
+        "device": device,
+        "workers": workers,
+        "files": len(paths),
+        "indexed": summary.indexed,
+        "failed": summary.failed,
+        "clips": summary.clips,
+        "seconds": round(seconds, 1),
+        "clips_per_s": round(summary.clips / seconds, 2),
+    }
 
 
 def main() -> None:

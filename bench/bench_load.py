@@ -58,8 +58,9 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, model: Path, log: Path, inference_wait_s: float,
-          startup_s: float = 240.0) -> Iterator[tuple[str, int]]:  # fmt: skip
+def serve(
+    data_dir: Path, model: Path, log: Path, inference_wait_s: float, startup_s: float = 240.0
+) -> Iterator[tuple[str, int]]:
     """`cavsync serve` on a free loopback port over `data_dir` (embedded mode: no broker); yields (url, pid)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_") or k == "CAVSYNC_FFMPEG"} | {
@@ -75,9 +76,15 @@ def serve(data_dir: Path, model: Path, log: Path, inference_wait_s: float,
     script = Path(sys.executable).with_name("cavsync")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
     with log.open("ab") as out:
-        process = subprocess.Popen([*head, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO,
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*head, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -129,8 +136,12 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 def _latency(values: list[float]) -> dict:
     ordered = sorted(values)
-    ms = {"p50": _percentile(ordered, 0.5), "p99": _percentile(ordered, 0.99), "max": ordered[-1] if ordered else None,
-          "mean": sum(ordered) / len(ordered) if ordered else None}  # fmt: skip
+    ms = {
+        "p50": _percentile(ordered, 0.5),
+        "p99": _percentile(ordered, 0.99),
+        "max": ordered[-1] if ordered else None,
+        "mean": sum(ordered) / len(ordered) if ordered else None,
+    }
     return {k: None if v is None else round(v * 1000, 1) for k, v in ms.items()}
 
 
@@ -157,8 +168,16 @@ async def _token_queries(client: httpx.AsyncClient, count: int) -> list[tuple[st
     return bodies
 
 
-async def load(url: str, queries: list[tuple[str, bytes]], endpoints: list[str], seconds: float, concurrency: int,
-               top_k: int, pid: int | None, api_key: str | None) -> dict:  # fmt: skip
+async def load(
+    url: str,
+    queries: list[tuple[str, bytes]],
+    endpoints: list[str],
+    seconds: float,
+    concurrency: int,
+    top_k: int,
+    pid: int | None,
+    api_key: str | None,
+) -> dict:
     """Run the load; returns the summary."""
     latencies: dict[str, list[float]] = {e: [] for e in endpoints}
     errors: dict[str, int] = {e: 0 for e in endpoints}
@@ -195,8 +214,13 @@ async def load(url: str, queries: list[tuple[str, bytes]], endpoints: list[str],
             e: await _token_queries(client, len(queries)) if e == "tokens" else list(queries) for e in endpoints
         }
         # the endpoints interleaved, each cycling through its queries
-        jobs = itertools.cycle([(e, *per_endpoint[e][i % len(per_endpoint[e])])
-                                for i in range(max(map(len, per_endpoint.values()))) for e in endpoints])  # fmt: skip
+        jobs = itertools.cycle(
+            [
+                (e, *per_endpoint[e][i % len(per_endpoint[e])])
+                for i in range(max(map(len, per_endpoint.values())))
+                for e in endpoints
+            ]
+        )
         for endpoint in endpoints:  # warm-up, not counted
             (await post(client, endpoint, *per_endpoint[endpoint][0])).raise_for_status()
         stop, samples = asyncio.Event(), []
@@ -210,8 +234,9 @@ async def load(url: str, queries: list[tuple[str, bytes]], endpoints: list[str],
                 await request(client, *next(jobs))
 
         # bounded: each loop stops at the deadline; a request in flight then ends within its own timeout
-        await asyncio.wait_for(asyncio.gather(*(client_loop() for _ in range(concurrency))),
-                               timeout=seconds + REQUEST_TIMEOUT_S + 10)  # fmt: skip
+        await asyncio.wait_for(
+            asyncio.gather(*(client_loop() for _ in range(concurrency))), timeout=seconds + REQUEST_TIMEOUT_S + 10
+        )
         elapsed = time.perf_counter() - begin
         stop.set()
         if sampler:
@@ -237,7 +262,7 @@ async def load(url: str, queries: list[tuple[str, bytes]], endpoints: list[str],
                 "latency_ms": _latency(latencies[e]),
             }
             for e in endpoints
-        },  # fmt: skip
+        },
         "error_samples": error_samples,
         "server_rss_mib": None
         if not samples
@@ -247,7 +272,7 @@ async def load(url: str, queries: list[tuple[str, bytes]], endpoints: list[str],
             "max": round(max(samples), 1),
             "min": round(min(samples), 1),
             "samples": len(samples),
-        },  # fmt: skip
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
 

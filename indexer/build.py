@@ -72,8 +72,11 @@ def sample_size(clips: int, frames: int, factory: str, sketch_factory: str) -> i
     """Clips to train on: SAMPLE_CLIPS, or enough for VECTORS_PER_LIST per IVF list of either index."""
     lists = [int(n) for n in re.findall(r"IVF(\d+)", factory)]
     sketch_lists = [int(n) for n in re.findall(r"IVF(\d+)", sketch_factory)]
-    needed = max([SAMPLE_CLIPS] + [-(-VECTORS_PER_LIST * n // frames) for n in lists]
-                 + [VECTORS_PER_LIST * n for n in sketch_lists])  # fmt: skip
+    needed = max(
+        [SAMPLE_CLIPS]
+        + [-(-VECTORS_PER_LIST * n // frames) for n in lists]
+        + [VECTORS_PER_LIST * n for n in sketch_lists]
+    )
     return min(clips, needed)
 
 
@@ -83,8 +86,15 @@ class Built(NamedTuple):
     sketches: faiss.Index | None  # clip sketches, id = row
 
 
-def build(gather: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, frames: int, dim: int, factory: str,
-          sketch_dim: int, sketch_factory: str) -> Built:  # fmt: skip
+def build(
+    gather: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    frames: int,
+    dim: int,
+    factory: str,
+    sketch_dim: int,
+    sketch_factory: str,
+) -> Built:
     """One modality's per-frame index and (sketch_dim > 0) sketch projection and index over `rows`, whose
     tokens `gather(rows)` returns as (n, T, D) float32."""
     count = sample_size(len(rows), frames, factory, sketch_factory)

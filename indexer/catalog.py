@@ -47,8 +47,9 @@ class Video(Base):
     model_id: Mapped[str] = mapped_column(String(128))
     duration: Mapped[float | None] = mapped_column(Float)
     modalities: Mapped[str] = mapped_column(String(32), default="")  # "audio,visual"
-    status: Mapped[VideoStatus] = mapped_column(Enum(VideoStatus, native_enum=False, length=16),
-                                                default=VideoStatus.PENDING, index=True)  # fmt: skip
+    status: Mapped[VideoStatus] = mapped_column(
+        Enum(VideoStatus, native_enum=False, length=16), default=VideoStatus.PENDING, index=True
+    )
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
@@ -71,8 +72,13 @@ class Clip(Base):
 def new_video(uri: str, sha256: str, model_id: str, clips: list[tuple[float, float, str]]) -> Video:
     """A pending video with its clips, given as (start, duration, "audio,visual")."""
     modalities = sorted({m for _, _, ms in clips for m in ms.split(",") if m})
-    video = Video(uri=uri, sha256=sha256, model_id=model_id, modalities=",".join(modalities),
-                  duration=max(float(start + length) for start, length, _ in clips))  # fmt: skip
+    video = Video(
+        uri=uri,
+        sha256=sha256,
+        model_id=model_id,
+        modalities=",".join(modalities),
+        duration=max(float(start + length) for start, length, _ in clips),
+    )
     video.clips = [Clip(start=float(start), duration=float(length), modalities=ms) for start, length, ms in clips]
     return video
 

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 def renewed_lock(url: str, name: str, ttl_s: float, wait_s: float) -> Iterator[None]:
     """Hold the Redis lock `name` (waiting up to `wait_s`: redis.exceptions.LockError past it) while the
     body runs, renewing it every ttl_s / 3."""
-    lock = redis.Redis.from_url(url).lock(name, timeout=ttl_s, blocking_timeout=wait_s,
-                                          thread_local=False)  # fmt: skip  # the renewer uses the holder's token
+    lock = redis.Redis.from_url(url).lock(
+        name, timeout=ttl_s, blocking_timeout=wait_s, thread_local=False
+    )  # # the renewer uses the holder's token
     with lock:
         stop = threading.Event()
         renewer = threading.Thread(target=_renew, args=(lock, stop, ttl_s / 3), name=f"renew {name}", daemon=True)

@@ -34,8 +34,25 @@ from model.features import Clip as MediaClip
 
 log = logging.getLogger(__name__)
 
-MEDIA_SUFFIXES = {".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".ts", ".wav", ".flac",
-                  ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac"}  # fmt: skip
+MEDIA_SUFFIXES = {
+    ".mp4",
+    ".m4v",
+    ".mkv",
+    ".webm",
+    ".mov",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+    ".aac",
+}
 
 
 def list_media(target: str | os.PathLike[str]) -> list[Path]:
@@ -90,8 +107,15 @@ def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> tuple[np.ndarray,
     return out["audio"], out["visual"], present
 
 
-def store_videos(session: Session, store: TokenStore, model_id: str, videos: list[Video], audio: np.ndarray,
-                 visual: np.ndarray, present: np.ndarray) -> None:  # fmt: skip
+def store_videos(
+    session: Session,
+    store: TokenStore,
+    model_id: str,
+    videos: list[Video],
+    audio: np.ndarray,
+    visual: np.ndarray,
+    present: np.ndarray,
+) -> None:
     """Catalog rows first (pending, which allots the clip ids), then the tokens, then `indexed`: a run
     killed in between leaves pending rows that `Indexer.recover` settles. Tokens are in clip order."""
     session.add_all(videos)
@@ -141,8 +165,16 @@ class IndexSummary:
 class Indexer:
     """Index media with one model into one token store and catalog."""
 
-    def __init__(self, model: CAVMAESync, model_id: str, store: TokenStore, sessions: sessionmaker,
-                 prep: PreprocessConfig | None = None, workers: int = 2, batch_clips: int = 32) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: CAVMAESync,
+        model_id: str,
+        store: TokenStore,
+        sessions: sessionmaker,
+        prep: PreprocessConfig | None = None,
+        workers: int = 2,
+        batch_clips: int = 32,
+    ) -> None:
         self.model, self.model_id, self.store, self.sessions = model.eval(), model_id, store, sessions
         self.prep, self.workers, self.batch_clips = prep or PreprocessConfig(), max(1, workers), batch_clips
 
@@ -180,10 +212,14 @@ class Indexer:
         clips = [clip for item in batch for clip in item.clips]
         audio, visual, present = self.encode(clips)
         videos = [
-            new_video(str(item.path.resolve()), item.sha256, self.model_id,
-                      [(c.start, c.duration, ",".join(c.modalities)) for c in item.clips])
+            new_video(
+                str(item.path.resolve()),
+                item.sha256,
+                self.model_id,
+                [(c.start, c.duration, ",".join(c.modalities)) for c in item.clips],
+            )
             for item in batch
-        ]  # fmt: skip
+        ]
         with self.sessions() as session:
             store_videos(session, self.store, self.model_id, videos, audio, visual, present)
         return len(clips)
@@ -196,8 +232,15 @@ class Indexer:
             )
             if session.scalars(known).first() is not None:
                 return
-            session.add(Video(uri=str(item.path.resolve()), sha256=item.sha256 or "", model_id=self.model_id,
-                              status=VideoStatus.FAILED, error=item.error))  # fmt: skip
+            session.add(
+                Video(
+                    uri=str(item.path.resolve()),
+                    sha256=item.sha256 or "",
+                    model_id=self.model_id,
+                    status=VideoStatus.FAILED,
+                    error=item.error,
+                )
+            )
             session.commit()
 
     # ------------------------------------------------------------------------------------ the run

@@ -47,8 +47,15 @@ def sketch_rows(version: StoreVersion, query: np.ndarray, target: str, count: in
     return rows[version.live[rows] & version.present[target][rows]]
 
 
-def choose_rows(version: StoreVersion, query: np.ndarray, target: str, strategy: str, scheme: str,
-                per_frame: int, sketch_candidates: int) -> np.ndarray:  # fmt: skip
+def choose_rows(
+    version: StoreVersion,
+    query: np.ndarray,
+    target: str,
+    strategy: str,
+    scheme: str,
+    per_frame: int,
+    sketch_candidates: int,
+) -> np.ndarray:
     """The rows to re-rank. scheme: "auto" (exhaustive when small, sketches when they apply, else
     frames), "exhaustive", "frames" or "sketch"."""
     if scheme == "auto":
@@ -90,8 +97,16 @@ def frame_scores(query: torch.Tensor, clip: torch.Tensor, offset: int) -> tuple[
     return tuple((aligned_q * aligned_c).sum(dim=-1).tolist())
 
 
-def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, strategy: str = "diagonal_mean",
-           scheme: str = "auto", per_frame: int = 256, sketch_candidates: int = 256) -> list[ClipHit]:  # fmt: skip
+def search(
+    version: StoreVersion,
+    query: np.ndarray,
+    target: str,
+    k: int = 10,
+    strategy: str = "diagonal_mean",
+    scheme: str = "auto",
+    per_frame: int = 256,
+    sketch_candidates: int = 256,
+) -> list[ClipHit]:
     """Top-k clips of the `target` modality ("audio" | "visual") for L2-normalised query tokens (T_q, D)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -105,10 +120,15 @@ def search(version: StoreVersion, query: np.ndarray, target: str, k: int = 10, s
     scores, offsets = score_rows(q, tokens, strategy)
     order = torch.argsort(scores, descending=True, stable=True)[:k]
     return [
-        ClipHit(int(version.clip_ids[rows[i]]), int(rows[i]), float(scores[i]), int(offsets[i]),
-                frame_scores(q, tokens[i], int(offsets[i])))
+        ClipHit(
+            int(version.clip_ids[rows[i]]),
+            int(rows[i]),
+            float(scores[i]),
+            int(offsets[i]),
+            frame_scores(q, tokens[i], int(offsets[i])),
+        )
         for i in order.tolist()
-    ]  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
@@ -124,8 +144,9 @@ class VideoHit:
     frame_scores: tuple[float, ...]
 
 
-def matched_moment(clip_start: float, clip_duration: float, offset: int, query_frames: int, frames: int,
-                   clip_seconds: float = 10.24) -> tuple[float, float]:  # fmt: skip
+def matched_moment(
+    clip_start: float, clip_duration: float, offset: int, query_frames: int, frames: int, clip_seconds: float = 10.24
+) -> tuple[float, float]:
     """Seconds of the video covered by the aligned frames: a shorter query covers its window of the clip."""
     if query_frames >= frames:
         return clip_start, clip_start + clip_duration
@@ -134,9 +155,16 @@ def matched_moment(clip_start: float, clip_duration: float, offset: int, query_f
     return start, min(clip_start + clip_duration, start + query_frames * step)
 
 
-def search_videos(version: StoreVersion, session, query: np.ndarray, target: str, k: int = 10,  # noqa: ANN001
-                  strategy: str = "diagonal_mean", clip_pool: int = 8, moment_from: str | None = None,
-                  ) -> list[VideoHit]:  # fmt: skip
+def search_videos(
+    version: StoreVersion,
+    session,
+    query: np.ndarray,
+    target: str,
+    k: int = 10,  # noqa: ANN001
+    strategy: str = "diagonal_mean",
+    clip_pool: int = 8,
+    moment_from: str | None = None,
+) -> list[VideoHit]:
     """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session.
 
     `moment_from`: the modality of the query's own tokens. When given, a query shorter than a clip is
@@ -165,14 +193,20 @@ def search_videos(version: StoreVersion, session, query: np.ndarray, target: str
         hits = _placed(version, query, target, moment_from, hits)
     moment = partial(matched_moment, query_frames=query.shape[0], frames=version.frames)
     return [
-        VideoHit(clip.video_id, clip.video.uri, hit.score, hit.clip_id, clip.start,
-                 moment(clip.start, clip.duration, hit.offset), hit.frame_scores)
+        VideoHit(
+            clip.video_id,
+            clip.video.uri,
+            hit.score,
+            hit.clip_id,
+            clip.start,
+            moment(clip.start, clip.duration, hit.offset),
+            hit.frame_scores,
+        )
         for hit, clip in zip(hits, chosen, strict=True)
-    ]  # fmt: skip
+    ]
 
 
-def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str,
-            hits: list[ClipHit]) -> list[ClipHit]:  # fmt: skip
+def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str, hits: list[ClipHit]) -> list[ClipHit]:
     """The hits with their offsets where the shorter query best matches each clip's `modality` tokens (ties:
     the middle), and the per-frame `target` cosines there; a hit whose clip lacks that modality is kept."""
     movable = [hit for hit in hits if version.present[modality][hit.row]]
@@ -182,6 +216,8 @@ def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
     offsets = sliding_scores(q, torch.from_numpy(version.gather(modality, rows))).offsets.tolist()  # one pass
     targets = torch.from_numpy(version.gather(target, rows))  # (n, T, D)
-    placed = {hit.row: replace(hit, offset=offset, frame_scores=frame_scores(q, clip, offset))
-              for hit, offset, clip in zip(movable, offsets, targets, strict=True)}  # fmt: skip
+    placed = {
+        hit.row: replace(hit, offset=offset, frame_scores=frame_scores(q, clip, offset))
+        for hit, offset, clip in zip(movable, offsets, targets, strict=True)
+    }
     return [placed.get(hit.row, hit) for hit in hits]

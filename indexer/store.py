@@ -109,8 +109,13 @@ class StoreVersion:
         """Each modality's sketch projection and index, read on first use; empty for a version without."""
         if not self.manifest.sketch_dim:
             return {}
-        return {m: (Projection.load(self.folder / f"{m}.projection.npy"),
-                    read_index(self.folder / f"{m}.sketch.faiss", self.gpu)) for m in MODALITIES}  # fmt: skip
+        return {
+            m: (
+                Projection.load(self.folder / f"{m}.projection.npy"),
+                read_index(self.folder / f"{m}.sketch.faiss", self.gpu),
+            )
+            for m in MODALITIES
+        }
 
     @property
     def frames(self) -> int:
@@ -140,9 +145,16 @@ class StoreVersion:
 class TokenStore:
     """Writer and opener of a versioned token store at `root` (one writer at a time: a file lock)."""
 
-    def __init__(self, root: str | os.PathLike[str], dtype: str = "float16", factory: str | None = None,
-                 keep_versions: int = 3, sketch_dim: int = 128, sketch_factory: str | None = None,
-                 rebuild_growth: float = REBUILD_GROWTH) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        dtype: str = "float16",
+        factory: str | None = None,
+        keep_versions: int = 3,
+        sketch_dim: int = 128,
+        sketch_factory: str | None = None,
+        rebuild_growth: float = REBUILD_GROWTH,
+    ) -> None:
         self.root = Path(root)
         self.rebuild_growth = rebuild_growth  # math.inf: never rebuild on add (only `compact` does)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
@@ -177,8 +189,14 @@ class TokenStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def add(self, clip_ids: np.ndarray, audio: np.ndarray, visual: np.ndarray, model_id: str,
-            present: np.ndarray | None = None) -> str | None:  # fmt: skip
+    def add(
+        self,
+        clip_ids: np.ndarray,
+        audio: np.ndarray,
+        visual: np.ndarray,
+        model_id: str,
+        present: np.ndarray | None = None,
+    ) -> str | None:
         """Append clips: clip_ids (n,), audio/visual (n, T, D) L2-normalised tokens; returns the new version.
 
         `present` (n, 2) bool says which of (audio, visual) each clip has (default: both); a missing
@@ -188,8 +206,10 @@ class TokenStore:
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
         present = np.ones((len(clip_ids), 2), dtype=bool) if present is None else np.asarray(present, dtype=bool)
         if audio.shape != visual.shape or audio.ndim != 3 or len(clip_ids) != audio.shape[0]:
-            raise StoreError(f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
-                             f"{visual.shape}, {len(clip_ids)} ids")  # fmt: skip
+            raise StoreError(
+                f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
+                f"{visual.shape}, {len(clip_ids)} ids"
+            )
         with self._writer():
             current = self.open(gpu=False)  # the writer clones CPU indexes
             manifest = self._next_manifest(current, audio, model_id)
@@ -250,8 +270,15 @@ class TokenStore:
         indexes, projections = {}, {}
         for modality in MODALITIES:
             rows = live[source.present[modality][live]]
-            built = build.build(partial(source.gather, modality), rows, manifest.frames, manifest.dim,
-                                manifest.factory, manifest.sketch_dim, manifest.sketch_factory)  # fmt: skip
+            built = build.build(
+                partial(source.gather, modality),
+                rows,
+                manifest.frames,
+                manifest.dim,
+                manifest.factory,
+                manifest.sketch_dim,
+                manifest.sketch_factory,
+            )
             indexes[modality] = built.index
             if built.projection is not None:
                 indexes[f"{modality}.sketch"], projections[modality] = built.sketches, built.projection
@@ -293,20 +320,30 @@ class TokenStore:
             return Manifest(1, frames, dim, self.dtype, model_id, factory="")
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:
-            raise StoreError(f"the store holds ({m.frames}, {m.dim}) tokens of model {m.model_id!r}; "
-                             f"got ({frames}, {dim}) of {model_id!r}: use another index directory")  # fmt: skip
+            raise StoreError(
+                f"the store holds ({m.frames}, {m.dim}) tokens of model {m.model_id!r}; "
+                f"got ({frames}, {dim}) of {model_id!r}: use another index directory"
+            )
         return Manifest(**{**asdict(m), "version": m.version + 1})
 
-    def _grown_indexes(self, current: StoreVersion, manifest: Manifest, tokens: dict[str, np.ndarray],
-                       rows: np.ndarray, present: np.ndarray) -> tuple[dict[str, faiss.Index], dict]:  # fmt: skip
+    def _grown_indexes(
+        self,
+        current: StoreVersion,
+        manifest: Manifest,
+        tokens: dict[str, np.ndarray],
+        rows: np.ndarray,
+        present: np.ndarray,
+    ) -> tuple[dict[str, faiss.Index], dict]:
         """The per-frame and sketch indexes of `current` plus the given rows' tokens (no retraining)."""
         indexes, projections = {}, {}
         for k, modality in enumerate(MODALITIES):
             kept = rows[present[:, k]]
             vectors = tokens[modality][present[:, k]]  # (n, T, D)
             index = faiss.clone_index(current.index[modality])
-            index.add_with_ids(np.ascontiguousarray(vectors.reshape(-1, manifest.dim), dtype=np.float32),
-                               build.frame_ids(kept, manifest.frames))  # fmt: skip
+            index.add_with_ids(
+                np.ascontiguousarray(vectors.reshape(-1, manifest.dim), dtype=np.float32),
+                build.frame_ids(kept, manifest.frames),
+            )
             indexes[modality] = index
             if current.sketch:
                 projection, grown = current.sketch[modality]

@@ -50,8 +50,14 @@ from model import CAVMAESync, PreprocessConfig
 log = logging.getLogger(__name__)
 
 # redis' own errors are no builtin ConnectionError; LockError: the merge lock not had within its timeout
-TRANSIENT = (ConnectionError, TimeoutError, OperationalError, redis.exceptions.ConnectionError,
-             redis.exceptions.TimeoutError, redis.exceptions.LockError)  # fmt: skip
+TRANSIENT = (
+    ConnectionError,
+    TimeoutError,
+    OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.LockError,
+)
 PUBLISH_ERRORS = (BrokerError, OSError, redis.exceptions.RedisError)
 MAX_RETRIES, RETRY_BACKOFF_MAX_S = 8, 300
 SETTLED = ("indexed", "skipped", "failed")
@@ -156,8 +162,11 @@ def _set_file_state(session: Session, job_id: str, path: str, state: str, error:
 
 def _recount(session: Session, job: IndexJob) -> None:
     """A job's counters from its files' states; a running job with every file settled is done."""
-    counts = dict(session.execute(select(JobFile.state, func.count()).where(JobFile.job_id == job.id)
-                                  .group_by(JobFile.state)).all())  # fmt: skip
+    counts = dict(
+        session.execute(
+            select(JobFile.state, func.count()).where(JobFile.job_id == job.id).group_by(JobFile.state)
+        ).all()
+    )
     job.done, job.skipped, job.failed = counts.get("indexed", 0), counts.get("skipped", 0), counts.get("failed", 0)
     failed = select(JobFile.path, JobFile.error).where(JobFile.job_id == job.id, JobFile.state == "failed")
     job.errors = {p: e or "" for p, e in session.execute(failed).all()}
@@ -180,8 +189,9 @@ def _outcome(session: Session, sha: str, model_id: str) -> tuple[str, str | None
     """What the catalog holds for this content: ("skipped", None) when indexed, ("failed", error), or None."""
     if _indexed(session, sha, model_id):
         return "skipped", None
-    query = select(Video.error).where(Video.sha256 == sha, Video.model_id == model_id,
-                                      Video.status == VideoStatus.FAILED)  # fmt: skip
+    query = select(Video.error).where(
+        Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.FAILED
+    )
     error = session.scalars(query).first()
     return None if error is None else ("failed", error)
 
@@ -208,9 +218,16 @@ def encode_to_shard(ctx: Context, path: str) -> str:
         np.savez(tmp, error=np.array(item.error), **fields)
     else:
         audio, visual, present = encode_clips(model, item.clips)
-        np.savez(tmp, audio=audio, visual=visual, present=present, starts=np.array([c.start for c in item.clips]),
-                 durations=np.array([c.duration for c in item.clips]),
-                 modalities=np.array([",".join(c.modalities) for c in item.clips]), **fields)  # fmt: skip
+        np.savez(
+            tmp,
+            audio=audio,
+            visual=visual,
+            present=present,
+            starts=np.array([c.start for c in item.clips]),
+            durations=np.array([c.duration for c in item.clips]),
+            modalities=np.array([",".join(c.modalities) for c in item.clips]),
+            **fields,
+        )
     os.replace(tmp, target)
     return sha
 
@@ -352,8 +369,9 @@ def _fail_job(database_url: str, job_id: str, paths: list[str], message: str) ->
         session.commit()
 
 
-def dispatch_job(job_id: str, model_path: str, data_dir: str, database_url: str,
-                 stop: threading.Event | None = None) -> None:  # fmt: skip
+def dispatch_job(
+    job_id: str, model_path: str, data_dir: str, database_url: str, stop: threading.Event | None = None
+) -> None:
     """Run a created job: one `index_file` task per queued file, published to the broker, or run here, one after
     the other, without one (until `stop` is set: the files not begun then fail with STOPPED). Raises
     `QueueUnavailable` (the job marked failed) when the broker takes no task."""

@@ -185,9 +185,10 @@ def _info_from_ffprobe(path: Path, data: dict) -> MediaInfo:
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     format_name = fmt.get("format_name", "")
     still = video is not None and (
-        video.get("disposition", {}).get("attached_pic") == 1 or format_name.endswith("_pipe") or
-        format_name == "image2"
-    )  # fmt: skip
+        video.get("disposition", {}).get("attached_pic") == 1
+        or format_name.endswith("_pipe")
+        or format_name == "image2"
+    )
     stream_durations = [_number(s.get("duration")) for s in (audio, video) if s is not None]
     known = [d for d in stream_durations if d is not None]
     return MediaInfo(

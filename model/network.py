@@ -224,9 +224,18 @@ class CAVMAESync(nn.Module):
         nce = info_nce(global_a, global_v, objective.temperature, objective.symmetric_contrastive, **banks)
         total = objective.lambda_r * (mse_a + mse_v) + objective.lambda_c * nce.loss
         return PretrainOutput(
-            total, mse_a, mse_v, nce.loss, nce.accuracy, masked_a.mask, masked_v.mask,
-            pred_a, pred_v, global_a, global_v,
-        )  # fmt: skip
+            total,
+            mse_a,
+            mse_v,
+            nce.loss,
+            nce.accuracy,
+            masked_a.mask,
+            masked_v.mask,
+            pred_a,
+            pred_v,
+            global_a,
+            global_v,
+        )
 
     def _decode(
         self, joint: torch.Tensor, kept_audio: int, restore_a: torch.Tensor, restore_v: torch.Tensor

@@ -29,8 +29,9 @@ def normalize(tokens: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.float(), dim=-1)
 
 
-def clip_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "diagonal_mean",
-                chunk: int = 256) -> torch.Tensor:  # fmt: skip
+def clip_scores(
+    query: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "diagonal_mean", chunk: int = 256
+) -> torch.Tensor:
     """query: (Q, T, D), targets: (N, T, D), both normalised -> scores (Q, N)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -61,8 +62,12 @@ class SlidingMatch(NamedTuple):
     offsets: torch.Tensor  # (N,) frame offset of the matched window in the target (see centre_of_best_run)
 
 
-def sliding_scores(query: torch.Tensor, targets: torch.Tensor, strategy: Strategy = "diagonal_mean",
-                   tie_tolerance: float = TIE_TOLERANCE) -> SlidingMatch:  # fmt: skip
+def sliding_scores(
+    query: torch.Tensor,
+    targets: torch.Tensor,
+    strategy: Strategy = "diagonal_mean",
+    tie_tolerance: float = TIE_TOLERANCE,
+) -> SlidingMatch:
     """A shorter query (T_q, D) against targets (N, T, D), T_q <= T: best window of T_q frames per target."""
     length, frames = query.shape[0], targets.shape[1]
     if length > frames:

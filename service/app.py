@@ -126,16 +126,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.jobs.close()
 
-    app = FastAPI(title="cavsync", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  max_body_size=settings.max_upload_bytes)  # fmt: skip
+    app = FastAPI(
+        title="cavsync",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=settings.max_upload_bytes,
+    )
     app.state.settings, app.state.metrics = settings, metrics
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
     install_handlers(app)
     app.add_middleware(TokensBodyLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
     for module in (search, catalog, jobs, system):
         app.include_router(module.router)
     return app

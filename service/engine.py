@@ -89,15 +89,29 @@ class Engine:
         """Load the model, migrate and open the catalog, open the current index version (blocking)."""
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(settings.model_path).to(device).eval()
-        prep = PreprocessConfig(max_duration_s=settings.max_media_duration_s,
-                                max_query_s=min(settings.max_query_s, settings.max_media_duration_s))  # fmt: skip
+        prep = PreprocessConfig(
+            max_duration_s=settings.max_media_duration_s,
+            max_query_s=min(settings.max_query_s, settings.max_media_duration_s),
+        )
         slots = InferenceSlots(settings.max_concurrent_inferences, settings.inference_wait_s, settings.retry_after_s)
-        engine = cls(settings, model, model_id_of(settings.model_path), TokenStore(settings.index_dir),
-                     open_catalog(settings.catalog_url), slots, prep)  # fmt: skip
+        engine = cls(
+            settings,
+            model,
+            model_id_of(settings.model_path),
+            TokenStore(settings.index_dir),
+            open_catalog(settings.catalog_url),
+            slots,
+            prep,
+        )
         engine.reload()
         engine.check_index_model()
-        log.info("serving model %s (%s) on %s, index version %s", engine.model_id, preset_name(model), device,
-                 engine.version_name)  # fmt: skip
+        log.info(
+            "serving model %s (%s) on %s, index version %s",
+            engine.model_id,
+            preset_name(model),
+            device,
+            engine.version_name,
+        )
         return engine
 
     @property

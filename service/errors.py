@@ -131,10 +131,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     """Location, message and type of each error; never the input (it may be binary or huge)."""
     return [
-        FieldError(loc=[p if isinstance(p, int) else str(p) for p in e.get("loc", ())], msg=str(e.get("msg", "")),
-                   type=str(e.get("type", "")))
+        FieldError(
+            loc=[p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            msg=str(e.get("msg", "")),
+            type=str(e.get("type", "")),
+        )
         for e in exc.errors()
-    ]  # fmt: skip
+    ]
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

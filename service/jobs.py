@@ -90,8 +90,9 @@ class JobRunner:
         except tasks.QueueUnavailable as exc:
             for path in exc.unsent if uploaded else ():
                 Path(path).unlink(missing_ok=True)
-            raise Unavailable(f"the indexing queue is unreachable: {exc}",
-                              {"Retry-After": str(self.settings.retry_after_s)}) from exc  # fmt: skip
+            raise Unavailable(
+                f"the indexing queue is unreachable: {exc}", {"Retry-After": str(self.settings.retry_after_s)}
+            ) from exc
         return job_id
 
     def _run(self, job_id: str) -> None:
@@ -124,8 +125,14 @@ def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:
             raise NotFound(f"no index job {job_id}")
         files = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
         return JobInfo(
-            id=job.id, state=job.state, total=job.total, done=job.done, failed=job.failed, skipped=job.skipped,
+            id=job.id,
+            state=job.state,
+            total=job.total,
+            done=job.done,
+            failed=job.failed,
+            skipped=job.skipped,
             errors=dict(job.errors or {}),
             files=[JobFileInfo(path=f.path, state=f.state, error=f.error) for f in files],
-            created_at=job.created_at, updated_at=job.updated_at,
-        )  # fmt: skip
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+        )

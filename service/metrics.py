@@ -17,14 +17,25 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("cavsync_http_requests", "HTTP requests by route template and status code",
-                                ["method", "route", "status"], registry=self.registry)  # fmt: skip
-        self.latency = Histogram("cavsync_http_request_duration_seconds", "HTTP request latency by route template",
-                                 ["method", "route"], buckets=BUCKETS, registry=self.registry)  # fmt: skip
-        self.index_clips = Gauge("cavsync_index_clips", "Live clips in the loaded index version",
-                                 registry=self.registry)  # fmt: skip
-        self.index_version = Gauge("cavsync_index_version", "Number of the loaded index version (0: empty index)",
-                                   registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "cavsync_http_requests",
+            "HTTP requests by route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cavsync_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.index_clips = Gauge(
+            "cavsync_index_clips", "Live clips in the loaded index version", registry=self.registry
+        )
+        self.index_version = Gauge(
+            "cavsync_index_version", "Number of the loaded index version (0: empty index)", registry=self.registry
+        )
         self.inferences = Gauge("cavsync_inferences_in_progress", "Inference slots in use", registry=self.registry)
 
     def render(self) -> bytes:

@@ -67,33 +67,73 @@ def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, mo
     return QueryTokens(stored_tokens(version, first, modality, video_id), more, 0.0, 0.0)
 
 
-def _results(engine: Engine, version: StoreVersion | None, tokens: np.ndarray, target: str, top_k: int,
-             strategy: str, modality: str | None) -> list[VideoResult]:  # fmt: skip
+def _results(
+    engine: Engine,
+    version: StoreVersion | None,
+    tokens: np.ndarray,
+    target: str,
+    top_k: int,
+    strategy: str,
+    modality: str | None,
+) -> list[VideoResult]:
     if version is None:
         return []
     with engine.sessions() as session:
         hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy, moment_from=modality)
     return [
-        VideoResult(video_id=h.video_id, uri=h.uri, score=h.score, clip_id=h.clip_id, clip_start=h.clip_start,
-                    moment=Moment(start=h.moment[0], end=h.moment[1]), frame_scores=list(h.frame_scores))
+        VideoResult(
+            video_id=h.video_id,
+            uri=h.uri,
+            score=h.score,
+            clip_id=h.clip_id,
+            clip_start=h.clip_start,
+            moment=Moment(start=h.moment[0], end=h.moment[1]),
+            frame_scores=list(h.frame_scores),
+        )
         for h in hits
-    ]  # fmt: skip
+    ]
 
 
-def answer(engine: Engine, version: StoreVersion | None, query: QueryTokens, info: QueryInfo, target: str,
-           top_k: int, strategy: str, started: float, modality: str | None) -> SearchResponse:  # fmt: skip
+def answer(
+    engine: Engine,
+    version: StoreVersion | None,
+    query: QueryTokens,
+    info: QueryInfo,
+    target: str,
+    top_k: int,
+    strategy: str,
+    started: float,
+    modality: str | None,
+) -> SearchResponse:
     """`modality`: the query tokens' own (None: unknown), where a shorter query's moment is looked for."""
     searching = time.perf_counter()
     results = _results(engine, version, query.tokens, target, top_k, strategy, modality)
     search_ms = ms(time.perf_counter() - searching)
-    timings = Timings(decode_ms=query.decode_ms, encode_ms=query.encode_ms, search_ms=search_ms,
-                      total_ms=ms(time.perf_counter() - started))  # fmt: skip
-    return SearchResponse(target=target, strategy=strategy, index_version=version.name if version else None,  # type: ignore[arg-type]
-                          query=info, results=results, timings=timings)  # fmt: skip
+    timings = Timings(
+        decode_ms=query.decode_ms,
+        encode_ms=query.encode_ms,
+        search_ms=search_ms,
+        total_ms=ms(time.perf_counter() - started),
+    )
+    return SearchResponse(
+        target=target,
+        strategy=strategy,
+        index_version=version.name if version else None,  # type: ignore[arg-type]
+        query=info,
+        results=results,
+        timings=timings,
+    )
 
 
-def search_media(engine: Engine, version: StoreVersion | None, modality: str, upload: UploadFile | None,
-                 video_id: int | None, top_k: int, strategy: str) -> SearchResponse:  # fmt: skip
+def search_media(
+    engine: Engine,
+    version: StoreVersion | None,
+    modality: str,
+    upload: UploadFile | None,
+    video_id: int | None,
+    top_k: int,
+    strategy: str,
+) -> SearchResponse:
     """Query `modality` ("audio" or "visual") from an upload or an indexed video, searched in the other one."""
     started = time.perf_counter()
     if upload is not None:
@@ -217,10 +257,18 @@ def localize(
         return inference.heatmap_png(frame, found.upsampled, engine.prep)
     done = time.perf_counter()
     (x, y), (row, col) = found.peak_xy, found.peak_cell
-    timings = LocalizeTimings(decode_ms=ms(mapping - started) - encode_ms, encode_ms=encode_ms + ms(done - mapping),
-                              total_ms=ms(done - started))  # fmt: skip
+    timings = LocalizeTimings(
+        decode_ms=ms(mapping - started) - encode_ms,
+        encode_ms=encode_ms + ms(done - mapping),
+        total_ms=ms(done - started),
+    )
     return LocalizeResponse(
-        grid=_rounded(found.grid), map=_rounded(found.upsampled), grid_size=found.grid.shape[0],
-        image_size=found.upsampled.shape[0], peak=Peak(x=x, y=y, row=row, col=col, value=float(found.upsampled[y, x])),
-        frame_time=frame_time, audio_time=audio_time, timings=timings,
-    )  # fmt: skip
+        grid=_rounded(found.grid),
+        map=_rounded(found.upsampled),
+        grid_size=found.grid.shape[0],
+        image_size=found.upsampled.shape[0],
+        peak=Peak(x=x, y=y, row=row, col=col, value=float(found.upsampled[y, x])),
+        frame_time=frame_time,
+        audio_time=audio_time,
+        timings=timings,
+    )

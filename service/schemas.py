@@ -44,8 +44,10 @@ class VideoResult(Model):
         "than a clip is placed where it matches the clip's own track of the query's modality "
         "best (an audio excerpt: where the video sounds like it), when the clip has one."
     )
-    frame_scores: list[float] = Field(description="Cosine of each aligned (query frame, clip frame) pair, at the "
-                                      "moment (their mean is the score for a full-length query).")  # fmt: skip
+    frame_scores: list[float] = Field(
+        description="Cosine of each aligned (query frame, clip frame) pair, at the "
+        "moment (their mean is the score for a full-length query)."
+    )
 
 
 class Timings(Model):
@@ -81,9 +83,12 @@ class TokensQuery(Model):
         min_length=1, max_length=MAX_QUERY_TOKENS, description="(T_q, D) global tokens."
     )
     target: Target = Field(description="Which stored tokens to search: audio or visual.")
-    modality: Target | None = Field(None, description="The tokens' own modality, if known: a query shorter than a "
-                                    "clip is then placed in each hit where it matches the hit's tokens of that "
-                                    "modality (as file queries are).")  # fmt: skip
+    modality: Target | None = Field(
+        None,
+        description="The tokens' own modality, if known: a query shorter than a "
+        "clip is then placed in each hit where it matches the hit's tokens of that "
+        "modality (as file queries are).",
+    )
     top_k: int = Field(10, ge=1, le=100)
     strategy: Strategy = "diagonal_mean"
 
@@ -172,8 +177,9 @@ class DeleteResponse(Model):
 
 # ------------------------------------------------------------------------------------ jobs
 class IndexPathsRequest(Model):
-    paths: list[str] = Field(min_length=1, max_length=10000, description="Media files, or folders (walked), "
-                             "under the media roots.")  # fmt: skip
+    paths: list[str] = Field(
+        min_length=1, max_length=10000, description="Media files, or folders (walked), under the media roots."
+    )
 
 
 class JobAccepted(Model):

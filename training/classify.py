@@ -77,8 +77,13 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, multi_la
     return {"accuracy": (logits.argmax(dim=1) == targets).float().mean().item()}
 
 
-def fit(classifier: ClipClassifier, frames: torch.Tensor, segments: torch.Tensor, targets: torch.Tensor,
-        generator: torch.Generator | None = None) -> list[float]:  # fmt: skip
+def fit(
+    classifier: ClipClassifier,
+    frames: torch.Tensor,
+    segments: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> list[float]:
     """Train on in-memory clips: frames (N, T, 3, H, W), segments (N, T, L, mel); returns epoch losses."""
     cfg = classifier.config
     groups = [{"params": [p for n, p in classifier.named_parameters() if not n.startswith("encoder.")], "lr": cfg.lr}]
@@ -101,8 +106,9 @@ def fit(classifier: ClipClassifier, frames: torch.Tensor, segments: torch.Tensor
     return losses
 
 
-def evaluate_classification(encoder: CAVMAESync, source, config: ClassifierConfig, holdout: float = 0.2,
-                            seed: int = 0) -> dict[str, float]:  # fmt: skip
+def evaluate_classification(
+    encoder: CAVMAESync, source, config: ClassifierConfig, holdout: float = 0.2, seed: int = 0
+) -> dict[str, float]:
     """Train the head on the first (1 - holdout) of a labelled corpus, score it on the rest.
 
     Labels come from the source (`labels(index)`); multi-label targets are multi-hot over every label
@@ -126,8 +132,12 @@ def evaluate_classification(encoder: CAVMAESync, source, config: ClassifierConfi
     with torch.no_grad():
         logits = head(frames[split:], segments[split:])
     metrics = classification_metrics(logits, targets[split:], config.multi_label)
-    return metrics | {"train_clips": split, "test_clips": len(clips) - split, "classes": len(names),
-                      "final_train_loss": losses[-1]}  # fmt: skip
+    return metrics | {
+        "train_clips": split,
+        "test_clips": len(clips) - split,
+        "classes": len(names),
+        "final_train_loss": losses[-1],
+    }
 
 
 def _with_classes(config: ClassifierConfig, count: int) -> ClassifierConfig:

@@ -120,8 +120,13 @@ def localization_maps(model: CAVMAESync, frames: torch.Tensor, segments: torch.T
     return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def localization_report(maps: list[torch.Tensor], masks: list[np.ndarray], distractors: list[np.ndarray],
-                        classes: list[str], thresholds: int = 20) -> dict[str, Any]:  # fmt: skip
+def localization_report(
+    maps: list[torch.Tensor],
+    masks: list[np.ndarray],
+    distractors: list[np.ndarray],
+    classes: list[str],
+    thresholds: int = 20,
+) -> dict[str, Any]:
     """DenseAV-style scores over frames: per-class pixel AP and IoU at the best of `thresholds` levels
     (maps min-max normalised per frame), their class means, and how often the peak is on the object.
     `maps`, `masks`, `distractors`: (size, size) per frame; `classes`: the sounding object's name."""
@@ -153,7 +158,7 @@ def localization_report(maps: list[torch.Tensor], masks: list[np.ndarray], distr
             np.mean(
                 [bool(torch.from_numpy(d).flatten()[norm[i].flatten().argmax()]) for i, d in enumerate(distractors)]
             )
-        ),  # fmt: skip
+        ),
     }
 
 

@@ -155,10 +155,16 @@ def _random_events(objects: list[int], rng: np.random.Generator) -> list[Event]:
     cuts = np.sort(rng.uniform(1.5, SECONDS - 1.5, size=len(objects) - 1))
     bounds = [0.0, *cuts.tolist(), SECONDS]
     return [
-        Event(obj, bounds[i], bounds[i + 1], *rng.uniform(0.25, 0.75, size=2).tolist(),
-              float(rng.uniform(0.12, 0.22)), float(rng.uniform(0.4, 1.0)))
+        Event(
+            obj,
+            bounds[i],
+            bounds[i + 1],
+            *rng.uniform(0.25, 0.75, size=2).tolist(),
+            float(rng.uniform(0.12, 0.22)),
+            float(rng.uniform(0.4, 1.0)),
+        )
         for i, obj in enumerate(objects)
-    ]  # fmt: skip
+    ]
 
 
 def make_specs(n: int, seed: int, hard_negative_rate: float = 0.25, distractor_rate: float = 0.5) -> list[ClipSpec]:
@@ -247,10 +253,41 @@ def write_clip(spec: ClipSpec, out_dir: Path, seed: int, ffmpeg: str, timeout: f
             handle.setframerate(SAMPLE_RATE)
             handle.writeframes(audio.tobytes())
         partial = Path(tmp) / target.name
-        args = [ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                "-s", f"{SIZE}x{SIZE}", "-r", str(FPS), "-i", "pipe:", "-i", str(wav_path),
-                "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-g", str(FPS),
-                "-c:a", "aac", "-b:a", "96k", "-shortest", str(partial)]  # fmt: skip
+        args = [
+            ffmpeg,
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{SIZE}x{SIZE}",
+            "-r",
+            str(FPS),
+            "-i",
+            "pipe:",
+            "-i",
+            str(wav_path),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "20",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            str(FPS),
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
+            "-shortest",
+            str(partial),
+        ]
         subprocess.run(args, input=np.stack(frames).tobytes(), check=True, timeout=timeout, capture_output=True)
         os.replace(partial, target)
     _save_masks(

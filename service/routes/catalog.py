@@ -60,15 +60,20 @@ def _clip_tokens(version: StoreVersion, clip_ids: list[int], modality: str) -> d
     rows = version.rows_of(clip_ids)
     tokens = version.gather(modality, rows)
     present = version.present[modality][rows]
-    return {int(cid): (np.round(t, 6).tolist() if has else None)
-            for cid, t, has in zip(version.clip_ids[rows], tokens, present, strict=True)}  # fmt: skip
+    return {
+        int(cid): (np.round(t, 6).tolist() if has else None)
+        for cid, t, has in zip(version.clip_ids[rows], tokens, present, strict=True)
+    }
 
 
 @router.get("/videos/{video_id}/embeddings", response_model=EmbeddingsResponse, responses=responses(404))
-def embeddings(engine: EngineDep, version: VersionDep, video_id: VideoId,
-               limit: Annotated[int, Query(ge=1, le=1000, description="Clips per page.")] = 100,
-               offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Clips to skip.")] = 0,
-               ) -> EmbeddingsResponse:  # fmt: skip
+def embeddings(
+    engine: EngineDep,
+    version: VersionDep,
+    video_id: VideoId,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Clips per page.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Clips to skip.")] = 0,
+) -> EmbeddingsResponse:
     """The stored per-frame global tokens (T, D), L2-normalised, of each clip, both modalities; a long
     video's clips come a page at a time (`clips_total` says how many there are)."""
     with engine.sessions() as session:
@@ -79,14 +84,23 @@ def embeddings(engine: EngineDep, version: VersionDep, video_id: VideoId,
         raise NotFound(f"video {video_id} is not in the loaded index version")
     audio, visual = _clip_tokens(version, ids, "audio"), _clip_tokens(version, ids, "visual")
     return EmbeddingsResponse(
-        video_id=video_id, model_id=version.manifest.model_id, index_version=version.name,
-        frames_per_clip=version.frames, dim=version.manifest.dim, clips_total=len(every), offset=offset,
+        video_id=video_id,
+        model_id=version.manifest.model_id,
+        index_version=version.name,
+        frames_per_clip=version.frames,
+        dim=version.manifest.dim,
+        clips_total=len(every),
+        offset=offset,
         clips=[ClipEmbeddings(clip_id=i, start=s, duration=d, audio=audio[i], visual=visual[i]) for i, s, d in clips],
-    )  # fmt: skip
+    )
 
 
-@router.delete("/videos/{video_id}", response_model=DeleteResponse, responses=responses(401, 403, 404),
-               dependencies=[Depends(require_api_key)])  # fmt: skip
+@router.delete(
+    "/videos/{video_id}",
+    response_model=DeleteResponse,
+    responses=responses(401, 403, 404),
+    dependencies=[Depends(require_api_key)],
+)
 def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
     """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog."""
     with engine.sessions() as session:

@@ -71,9 +71,14 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
         await form.close()
 
 
-@router.post("/index", response_model=JobAccepted, status_code=202, openapi_extra=INDEX_BODY,
-             responses=responses(400, 401, 403, 404, 413, 415, 503),
-             dependencies=[Depends(require_api_key)])  # fmt: skip
+@router.post(
+    "/index",
+    response_model=JobAccepted,
+    status_code=202,
+    openapi_extra=INDEX_BODY,
+    responses=responses(400, 401, 403, 404, 413, 415, 503),
+    dependencies=[Depends(require_api_key)],
+)
 async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
     """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
     walked) or multipart `files` uploads (kept under the data dir's uploads/). Answers at once with the

@@ -24,8 +24,9 @@ MAX_SECONDS = 1e6
 MEDIA_ERRORS = responses(400, 404, 413, 415, 503)
 TopK = Annotated[int, Form(ge=1, le=100, description="How many videos to return.")]
 StrategyForm = Annotated[Strategy, Form(description="How clips are scored from per-frame tokens.")]
-VideoIdForm = Annotated[int | None, Form(ge=1, le=MAX_ID, description="An indexed video: its stored tokens are "
-                                         "the query (its first clip).")]  # fmt: skip
+VideoIdForm = Annotated[
+    int | None, Form(ge=1, le=MAX_ID, description="An indexed video: its stored tokens are the query (its first clip).")
+]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 
@@ -82,8 +83,10 @@ async def search_tokens(engine: EngineDep, version: VersionDep, body: TokensQuer
     return await run_inference(engine, partial(queries.search_tokens, engine, version, body))
 
 
-PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-       "description": "JSON map, or with ?format=png the heat map over the frame"}  # fmt: skip
+PNG = {
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "JSON map, or with ?format=png the heat map over the frame",
+}
 
 
 @router.post("/localize", response_model=LocalizeResponse, responses={200: PNG} | MEDIA_ERRORS)

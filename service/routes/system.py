@@ -29,8 +29,9 @@ def queue_state(broker_url: str | None) -> str:
         if broker_url.startswith(("redis://", "rediss://", "unix://")):
             import redis
 
-            redis.Redis.from_url(broker_url, socket_connect_timeout=PROBE_TIMEOUT_S,
-                                 socket_timeout=PROBE_TIMEOUT_S).ping()  # fmt: skip
+            redis.Redis.from_url(
+                broker_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
+            ).ping()
         else:
             from kombu import Connection
 
@@ -58,14 +59,27 @@ async def health(engine: EngineDep, version: VersionDep) -> HealthResponse:
     queue = await anyio.to_thread.run_sync(queue_state, engine.settings.broker_url)
     videos = await anyio.to_thread.run_sync(indexed_videos, engine.sessions)
     config = engine.model.config
-    model = ModelInfo(id=engine.model_id, preset=preset_name(engine.model), path=str(engine.settings.model_path),
-                      device=str(engine.device), embed_dim=config.embed_dim, frames_per_clip=config.frames_per_clip,
-                      image_size=config.image_size, grid_size=config.visual_grid[0])  # fmt: skip
-    index = IndexInfo(version=version.name if version else None, clips=len(version) if version else 0,
-                      videos=videos or 0)  # fmt: skip
+    model = ModelInfo(
+        id=engine.model_id,
+        preset=preset_name(engine.model),
+        path=str(engine.settings.model_path),
+        device=str(engine.device),
+        embed_dim=config.embed_dim,
+        frames_per_clip=config.frames_per_clip,
+        image_size=config.image_size,
+        grid_size=config.visual_grid[0],
+    )
+    index = IndexInfo(
+        version=version.name if version else None, clips=len(version) if version else 0, videos=videos or 0
+    )
     healthy = videos is not None and queue != "unreachable"
-    return HealthResponse(status="ok" if healthy else "degraded", model=model, index=index, queue=queue,  # type: ignore[arg-type]
-                          database="ok" if videos is not None else "unreachable")  # fmt: skip
+    return HealthResponse(
+        status="ok" if healthy else "degraded",
+        model=model,
+        index=index,
+        queue=queue,  # type: ignore[arg-type]
+        database="ok" if videos is not None else "unreachable",
+    )
 
 
 PROMETHEUS_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}

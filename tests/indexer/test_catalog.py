@@ -18,8 +18,10 @@ def test_catalog_round_trip(catalog_url: str) -> None:
         video = Video(
             uri="file:///media/a.mp4", sha256="ab" * 32, model_id="m1", duration=25.0, modalities="audio,visual"
         )
-        video.clips = [Clip(id=7, start=0.0, duration=10.24, modalities="audio,visual"),
-                       Clip(id=8, start=10.24, duration=10.24, modalities="audio")]  # fmt: skip
+        video.clips = [
+            Clip(id=7, start=0.0, duration=10.24, modalities="audio,visual"),
+            Clip(id=8, start=10.24, duration=10.24, modalities="audio"),
+        ]
         session.add_all([video, IndexJob(id="job-1", total=3, errors={"b.mp4": "unreadable"})])
         session.commit()
     with sessions() as session:

@@ -53,8 +53,9 @@ def _counts(job: IndexJob) -> tuple[str, int, int, int]:
 
 
 @pytest.mark.timeout(300)
-def test_in_process_job_settles_every_file(in_process: None, catalog_url: str, checkpoint: Path, clips: list[Path],
-                                           tmp_path: Path) -> None:  # fmt: skip
+def test_in_process_job_settles_every_file(
+    in_process: None, catalog_url: str, checkpoint: Path, clips: list[Path], tmp_path: Path
+) -> None:
     good, known = map(str, clips)
     gone = tmp_path / "zz_gone.mp4"  # sorts last: the job's last file is the failure
     gone.write_bytes(clips[0].read_bytes())

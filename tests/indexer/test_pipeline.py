@@ -55,8 +55,21 @@ def test_index_search_skip_and_failures(media: Path, checkpoint: Path, tmp_path:
 @pytest.mark.slow
 def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoint: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "service.cli", "index", str(media), "--model", str(checkpoint),
-           "--data-dir", str(data), "--batch-clips", "2", "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "index",
+        str(media),
+        "--model",
+        str(checkpoint),
+        "--data-dir",
+        str(data),
+        "--batch-clips",
+        "2",
+        "--workers",
+        "1",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

@@ -47,8 +47,12 @@ def _brute(query: np.ndarray, tokens: np.ndarray, strategy: str) -> np.ndarray:
             pairs = [(q[o : o + lt], clip) for o in range(lq - lt + 1)]
         for a, b in pairs:
             cos = a @ b.T
-            value = {"diagonal_mean": np.diag(cos).mean(), "diagonal_max": np.diag(cos).max(),
-                     "mean": cos.mean(), "max": cos.max()}[strategy]  # fmt: skip
+            value = {
+                "diagonal_mean": np.diag(cos).mean(),
+                "diagonal_max": np.diag(cos).max(),
+                "mean": cos.mean(),
+                "max": cos.max(),
+            }[strategy]
             best = max(best, value)
         scores.append(best)
     return np.array(scores)
@@ -209,8 +213,9 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
     for clip in (0, 12, 49):
         exhaustive = [h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme="exhaustive")]
         for scheme in ("frames", "sketch"):
-            assert [h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme=scheme,
-                                              per_frame=48 * T)] == exhaustive  # fmt: skip
+            assert [
+                h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme=scheme, per_frame=48 * T)
+            ] == exhaustive
 
 
 def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> None:

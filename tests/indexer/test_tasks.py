@@ -47,11 +47,25 @@ def pg_url():
 
 
 def _worker(env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "celery", "-A", "indexer.tasks", "worker", "--concurrency", "1", "--pool", "prefork",
-           "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "indexer.tasks",
+        "worker",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "--loglevel",
+        "info",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     log = open(env.get("CAVSYNC_TEST_WORKER_LOG", os.devnull), "a")  # noqa: SIM115
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
 
 
 _SESSIONS: dict = {}
@@ -70,8 +84,9 @@ def _job(url: str, job_id: str) -> IndexJob:
 
 def _indexed_once(url: str, data_dir: Path) -> tuple[int, list[int], list[int]]:
     with _session(url) as session:
-        per_sha = session.execute(select(Video.sha256, func.count()).where(Video.status == VideoStatus.INDEXED)
-                                  .group_by(Video.sha256)).all()  # fmt: skip
+        per_sha = session.execute(
+            select(Video.sha256, func.count()).where(Video.status == VideoStatus.INDEXED).group_by(Video.sha256)
+        ).all()
         assert all(count == 1 for _, count in per_sha), per_sha
         clips = sorted(session.scalars(select(Clip.id)).all())
     version = TokenStore(data_dir / "index").open()
@@ -81,12 +96,19 @@ def _indexed_once(url: str, data_dir: Path) -> tuple[int, list[int], list[int]]:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_worker_killed_mid_job_then_replaced(broker: str, pg_url: str, media: Path, checkpoint: Path,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_worker_killed_mid_job_then_replaced(
+    broker: str, pg_url: str, media: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "data"
     # the killed worker's task comes back after the visibility timeout: a short one for the test
-    env = dict(os.environ, PYTHONPATH=str(REPO), CAVSYNC_BROKER_URL=broker, OMP_NUM_THREADS="1",
-               CAVSYNC_VISIBILITY_TIMEOUT_S="5", CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        CAVSYNC_BROKER_URL=broker,
+        OMP_NUM_THREADS="1",
+        CAVSYNC_VISIBILITY_TIMEOUT_S="5",
+        CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"),
+    )
     tasks.configure(broker)
     files = sorted(str(p) for p in media.glob("*.mp4"))
     job_id = tasks.start_job(files, str(checkpoint), str(data_dir), pg_url)
@@ -113,8 +135,9 @@ def test_worker_killed_mid_job_then_replaced(broker: str, pg_url: str, media: Pa
 
 
 @pytest.mark.integration
-def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(pg_url: str, media: Path, checkpoint: Path,
-                                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
+    pg_url: str, media: Path, checkpoint: Path, tmp_path: Path
+) -> None:
     tasks.configure(None)  # no broker: the tasks run in this process
     files = sorted(str(p) for p in media.glob("*.mp4") if p.name != "broken.mp4")
     results = []
@@ -142,13 +165,19 @@ with renewed_lock(sys.argv[1], "cavsync:test", ttl_s=1.0, wait_s=5):
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("holder", ["killed", "alive"])
-def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(broker: str, holder: str,
-                                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(
+    broker: str, holder: str, tmp_path: Path
+) -> None:
     from indexer.locks import renewed_lock
 
     done = tmp_path / "released"
-    child = subprocess.Popen([sys.executable, "-c", _HOLDER, broker, "4", str(done)], cwd=REPO,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, broker, "4", str(done)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout.readline().strip() == "held"  # type: ignore[union-attr]
     if holder == "killed":
         child.kill()

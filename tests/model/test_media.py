@@ -181,20 +181,31 @@ def test_many_channels_keep_only_the_first(tmp_path: Path) -> None:
     assert probe(six).channels == 6
     first = mf.ffmpeg  # the first channel alone, written as mono, must give the same segments
     mono = tmp_path / "first.wav"
-    first("-i", str(six), "-filter_complex", "[0:a]channelmap=map=0:channel_layout=mono[a]", "-map", "[a]",
-          "-c:a", "pcm_s16le", str(mono))  # fmt: skip
+    first(
+        "-i",
+        str(six),
+        "-filter_complex",
+        "[0:a]channelmap=map=0:channel_layout=mono[a]",
+        "-map",
+        "[a]",
+        "-c:a",
+        "pcm_s16le",
+        str(mono),
+    )
     assert torch.equal(load_clips(six, TINY)[0].audio_segments, load_clips(mono, TINY)[0].audio_segments)
 
 
 def test_vertical_video_is_cropped_square(tmp_path: Path) -> None:
-    path = mf.av_file(tmp_path / "vertical.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], ["-c:a", "aac"],
-                      w=90, h=160)  # fmt: skip
+    path = mf.av_file(
+        tmp_path / "vertical.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], ["-c:a", "aac"], w=90, h=160
+    )
     assert load_clips(path, TINY)[0].frames.shape == (16, 3, 112, 112)
 
 
 def test_long_video_becomes_consecutive_clips(tmp_path: Path) -> None:
-    path = mf.av_file(tmp_path / "long.mp4", ["-c:v", "libx264", "-preset", "ultrafast"], ["-c:a", "aac"],
-                      d=95.0, w=64, h=48, fps=5)  # fmt: skip
+    path = mf.av_file(
+        tmp_path / "long.mp4", ["-c:v", "libx264", "-preset", "ultrafast"], ["-c:a", "aac"], d=95.0, w=64, h=48, fps=5
+    )
     clips = load_clips(path, TINY)
     assert len(clips) == 10
     assert [c.start for c in clips] == pytest.approx([k * 10.24 for k in range(10)])
@@ -277,16 +288,25 @@ def _png_named_mp4(tmp_path: Path) -> Path:
 
 
 BAD_FILES = {
-    "zero_byte": (lambda tmp: (tmp / "empty.mp4").write_bytes(b"") and None or tmp / "empty.mp4",
-                  UnreadableMediaError, "empty file"),
-    "text": (lambda tmp: (tmp / "notes.mp4").write_text("just some text\n") and tmp / "notes.mp4",
-             UnreadableMediaError, "ffmpeg failed"),
-    "random_bytes": (lambda tmp: (tmp / "noise.mkv").write_bytes(np.random.default_rng(0).bytes(50_000))
-                     and tmp / "noise.mkv", UnreadableMediaError, "ffmpeg failed"),
+    "zero_byte": (
+        lambda tmp: (tmp / "empty.mp4").write_bytes(b"") and None or tmp / "empty.mp4",
+        UnreadableMediaError,
+        "empty file",
+    ),
+    "text": (
+        lambda tmp: (tmp / "notes.mp4").write_text("just some text\n") and tmp / "notes.mp4",
+        UnreadableMediaError,
+        "ffmpeg failed",
+    ),
+    "random_bytes": (
+        lambda tmp: (tmp / "noise.mkv").write_bytes(np.random.default_rng(0).bytes(50_000)) and tmp / "noise.mkv",
+        UnreadableMediaError,
+        "ffmpeg failed",
+    ),
     "truncated_mp4": (_truncated_mp4, UnreadableMediaError, "ffmpeg failed"),
     "png_named_mp4": (_png_named_mp4, UnsupportedMediaError, "still image"),
     "missing": (lambda tmp: tmp / "absent.mp4", UnreadableMediaError, "no such file"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))

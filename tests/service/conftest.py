@@ -43,16 +43,28 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     clips = sorted(generate(root / "media" / "synth", CORPUS_CLIPS, seed=CORPUS_SEED).glob("*.mp4"))
     data = root / "data"
     sessions = open_catalog(f"sqlite:///{data / 'catalog.db'}")
-    indexer = Indexer(load_model(DEMO_CHECKPOINT), model_id_of(DEMO_CHECKPOINT), TokenStore(data / "index"), sessions,
-                      workers=1, batch_clips=32)  # fmt: skip
+    indexer = Indexer(
+        load_model(DEMO_CHECKPOINT),
+        model_id_of(DEMO_CHECKPOINT),
+        TokenStore(data / "index"),
+        sessions,
+        workers=1,
+        batch_clips=32,
+    )
     summary = indexer.index(list_media(root / "media"), show_progress=False)
     assert (summary.indexed, summary.failed) == (CORPUS_CLIPS, 0), summary
     return Corpus(root / "media", data, clips)
 
 
 def make_settings(corpus: Corpus, data: Path | None = None, **overrides: object) -> Settings:
-    base = {"model_path": DEMO_CHECKPOINT, "data_dir": data or corpus.data, "media_roots": [corpus.media],
-            "database_url": None, "broker_url": None, "api_key": None}  # fmt: skip
+    base = {
+        "model_path": DEMO_CHECKPOINT,
+        "data_dir": data or corpus.data,
+        "media_roots": [corpus.media],
+        "database_url": None,
+        "broker_url": None,
+        "api_key": None,
+    }
     return Settings(**(base | overrides))  # type: ignore[arg-type]
 
 
@@ -82,10 +94,16 @@ def bad_files(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """One file per class of bad input (and two good single-modality files), by name."""
     folder = tmp_path_factory.mktemp("bad")
     clip = corpus.clips[0]
-    files = {"zero_bytes": folder / "zero.mp4", "random_bytes": folder / "random.mp4",
-             "truncated_mp4": folder / "truncated.mp4", "text_file": folder / "notes.txt",
-             "png_named_mp4": folder / "image.mp4", "video_only": folder / "video_only.mp4",
-             "audio_only": folder / "audio_only.wav", "short_wav": folder / "short.wav"}  # fmt: skip
+    files = {
+        "zero_bytes": folder / "zero.mp4",
+        "random_bytes": folder / "random.mp4",
+        "truncated_mp4": folder / "truncated.mp4",
+        "text_file": folder / "notes.txt",
+        "png_named_mp4": folder / "image.mp4",
+        "video_only": folder / "video_only.mp4",
+        "audio_only": folder / "audio_only.wav",
+        "short_wav": folder / "short.wav",
+    }
     files["zero_bytes"].write_bytes(b"")
     files["random_bytes"].write_bytes(np.random.default_rng(0).bytes(50_000))
     data = clip.read_bytes()

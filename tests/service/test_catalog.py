@@ -36,8 +36,9 @@ def test_video_pages(client: TestClient, corpus: Corpus) -> None:
 def test_one_video(client: TestClient, corpus: Corpus) -> None:
     video = client.get("/videos/3").json()
     assert video["id"] == 3 and video["uri"] == str(corpus.clips[2].resolve())
-    assert video["clips"] == [{"id": 3, "start": 0.0, "duration": pytest.approx(10.0, abs=0.1),
-                               "modalities": "audio,visual"}]  # fmt: skip
+    assert video["clips"] == [
+        {"id": 3, "start": 0.0, "duration": pytest.approx(10.0, abs=0.1), "modalities": "audio,visual"}
+    ]
 
 
 def test_embeddings_are_the_stored_tokens(client: TestClient, corpus: Corpus) -> None:
@@ -150,13 +151,15 @@ def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Pa
     assert writable_client.post("/index", files={"other": ("x.txt", b"x")}).status_code == 422
 
 
-def test_uploads_are_indexed_by_absolute_path(corpus: Corpus, private_data: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_uploads_are_indexed_by_absolute_path(
+    corpus: Corpus, private_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A relative data dir (the default, `data`): the job still names its uploads by absolute path."""
     monkeypatch.chdir(private_data.parent)
     submitted: list[list[Path]] = []
-    with TestClient(create_app(make_settings(corpus, Path(private_data.name), api_key=API_KEY)),
-                    headers={"X-API-Key": API_KEY}) as client:  # fmt: skip
+    with TestClient(
+        create_app(make_settings(corpus, Path(private_data.name), api_key=API_KEY)), headers={"X-API-Key": API_KEY}
+    ) as client:
         monkeypatch.setattr(client.app.state.jobs, "submit", lambda files, uploaded: submitted.append(files) or "job")  # type: ignore[attr-defined]
         response = client.post("/index", files={"files": ("a.mp4", b"not read here", "video/mp4")})
     assert response.status_code == 202, response.text
@@ -167,8 +170,10 @@ def test_uploads_are_indexed_by_absolute_path(corpus: Corpus, private_data: Path
 def test_uploads_over_the_duration_limit_are_refused_and_not_kept(corpus: Corpus, private_data: Path) -> None:
     settings = make_settings(corpus, private_data, max_media_duration_s=5.0)
     with TestClient(create_app(settings)) as client:
-        files = [("files", ("short.txt", b"not media: the job records it", "text/plain")),
-                 ("files", ("long.mp4", corpus.clips[0].read_bytes(), "video/mp4"))]  # fmt: skip
+        files = [
+            ("files", ("short.txt", b"not media: the job records it", "text/plain")),
+            ("files", ("long.mp4", corpus.clips[0].read_bytes(), "video/mp4")),
+        ]
         response = client.post("/index", files=files)
     assert response.status_code == 413 and "long.mp4: 10 s is longer than the 5 s allowed" in response.json()["detail"]
     assert list((private_data / "uploads").iterdir()) == []
@@ -177,8 +182,14 @@ def test_uploads_over_the_duration_limit_are_refused_and_not_kept(corpus: Corpus
 def test_a_version_written_by_another_process_is_picked_up(writable_client: TestClient, private_data: Path) -> None:
     version = writable_client.get("/health").json()["index"]["version"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_")} | {"PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "service.cli", "delete", "5", "--data-dir", str(private_data)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "delete", "5", "--data-dir", str(private_data)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     health = writable_client.get("/health").json()["index"]  # the same app, no restart
     assert health["version"] != version and health["clips"] == CORPUS_CLIPS - 1

@@ -28,11 +28,22 @@ def test_serve(corpus: Corpus, tmp_path: Path) -> None:
         "CAVSYNC_MODEL_PATH": str(DEMO_CHECKPOINT),
         "CAVSYNC_MAX_CONCURRENT_INFERENCES": "1",
     }
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--data-dir", str(corpus.data)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(corpus.data),
+    ]
     log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline, health = time.monotonic() + 180, None
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

@@ -121,7 +121,10 @@ def test_named_volumes_and_paths_agree(compose: dict) -> None:
     postgres_env = _environment(services["postgres"])
     assert database.drivername == "postgresql+psycopg" and database.host == "postgres"
     assert (database.username, database.password, database.database) == (
-        postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"], postgres_env["POSTGRES_DB"])  # fmt: skip
+        postgres_env["POSTGRES_USER"],
+        postgres_env["POSTGRES_PASSWORD"],
+        postgres_env["POSTGRES_DB"],
+    )
     assert make_url(env["CAVSYNC_BROKER_URL"]).host == "redis"
 
 
@@ -216,8 +219,15 @@ class Processes:
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("ab")
-        process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=self.folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.running[name] = process
         return process
@@ -308,8 +318,14 @@ def test_compose_stack_runs_natively(compose: dict, broker: str, pg_url: str, tm
     headers = {"X-API-Key": env["CAVSYNC_API_KEY"]} if env.get("CAVSYNC_API_KEY") else {}
 
     if "migrate" in services:
-        done = subprocess.run(_native_command(services["migrate"]["command"], port), env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        done = subprocess.run(
+            _native_command(services["migrate"]["command"], port),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
 
     processes = Processes(tmp_path)
@@ -317,8 +333,12 @@ def test_compose_stack_runs_natively(compose: dict, broker: str, pg_url: str, tm
         processes.start("worker", _native_command(services["worker"]["command"], port), env)
         processes.start("api", _native_command(services["api"]["command"], port), env)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as client:
-            health = _wait(lambda: (r := _get(client, "/health")) is not None and r.status_code == 200 and r, 240,
-                           "GET /health", processes)  # fmt: skip
+            health = _wait(
+                lambda: (r := _get(client, "/health")) is not None and r.status_code == 200 and r,
+                240,
+                "GET /health",
+                processes,
+            )
             assert health.json()["status"] == "ok" and health.json()["queue"] == "reachable", health.json()
 
             # the compose healthcheck itself, pointed at this port
@@ -345,8 +365,11 @@ def test_compose_stack_runs_natively(compose: dict, broker: str, pg_url: str, tm
 
             query = clips[0]
             with query.open("rb") as handle:
-                response = client.post("/search/audio-to-video", files={"file": (query.name, handle, "video/mp4")},
-                                       data={"top_k": "4", "strategy": "diagonal_mean"})  # fmt: skip
+                response = client.post(
+                    "/search/audio-to-video",
+                    files={"file": (query.name, handle, "video/mp4")},
+                    data={"top_k": "4", "strategy": "diagonal_mean"},
+                )
             assert response.status_code == 200, response.text
             names = _names(response.json())
             assert query.name in names, names

@@ -40,8 +40,9 @@ def _check(response: httpx.Response, expected: int, what: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
-def test_bad_files_on_every_media_endpoint(client: TestClient, corpus: Corpus, bad_files: dict[str, Path],
-                                           kind: str) -> None:  # fmt: skip
+def test_bad_files_on_every_media_endpoint(
+    client: TestClient, corpus: Corpus, bad_files: dict[str, Path], kind: str
+) -> None:
     bad, good = bad_files[kind], corpus.clips[0]
     a2v, v2a, as_image, as_audio = EXPECTED[kind]
     _check(client.post("/search/audio-to-video", files=upload(bad)), a2v, f"{kind} audio-to-video")
@@ -73,8 +74,10 @@ def test_uploads_are_deleted(client: TestClient, corpus: Corpus, bad_files: dict
 # ------------------------------------------------------------------------------------ sizes
 @pytest.fixture(scope="module")
 def small_limit_client(corpus: Corpus) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(corpus, max_upload_bytes=256 * 1024, max_media_duration_s=5.0)),
-                    raise_server_exceptions=False) as test_client:  # fmt: skip
+    with TestClient(
+        create_app(make_settings(corpus, max_upload_bytes=256 * 1024, max_media_duration_s=5.0)),
+        raise_server_exceptions=False,
+    ) as test_client:
         yield test_client
 
 
@@ -98,10 +101,21 @@ def _raw_post(client: TestClient, path: str, chunks: Iterator[bytes], headers: d
             if message["type"] == "http.response.start":
                 status = message["status"]
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-                 "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}  # fmt: skip
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "state": {},
+        }
         await client.app(scope, receive, send)
 
     client.portal.call(call)  # type: ignore[union-attr]
@@ -109,8 +123,10 @@ def _raw_post(client: TestClient, path: str, chunks: Iterator[bytes], headers: d
 
 
 def _endless_upload(boundary: str, chunk: int = 64 * 1024, count: int = 400) -> Iterator[bytes]:
-    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
-           "Content-Type: video/mp4\r\n\r\n").encode()  # fmt: skip
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
     for _ in range(count):  # 25 MiB if all of it were read
         yield b"\0" * chunk
     yield f"\r\n--{boundary}--\r\n".encode()
@@ -156,8 +172,9 @@ def test_media_over_the_duration_limit(small_limit_client: TestClient, corpus: C
         response = small_limit_client.post(endpoint, files=upload(corpus.clips[0]))
         assert response.status_code == 413, response.text
         assert "5 s" in response.json()["detail"]
-    localize = small_limit_client.post("/localize", files=upload(corpus.clips[0], "image"),
-                                       data={"time": "3", "audio_video_id": "1"})  # fmt: skip
+    localize = small_limit_client.post(
+        "/localize", files=upload(corpus.clips[0], "image"), data={"time": "3", "audio_video_id": "1"}
+    )
     assert localize.status_code == 413 and "5 s allowed" in localize.json()["detail"], localize.text
 
 

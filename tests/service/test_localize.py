@@ -55,8 +55,9 @@ def test_uploads_image_video_and_audio(client: TestClient, corpus: Corpus, tmp_p
     still = tmp_path / "frame.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 160, 3), dtype=np.uint8)).save(still)
     for image, fields in ((still, {}), (corpus.clips[1], {"time": 6.5})):
-        response = _localize(client, upload(image, "image") | upload(corpus.clips[1], "audio"), audio_time=2.0,
-                             **fields)  # fmt: skip
+        response = _localize(
+            client, upload(image, "image") | upload(corpus.clips[1], "audio"), audio_time=2.0, **fields
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         _check_map(body)

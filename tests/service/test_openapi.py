@@ -20,8 +20,13 @@ from service.app import create_app
 from .conftest import API_KEY, Corpus, make_settings
 
 MAX_EXAMPLES = 30  # per operation and mode
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +52,17 @@ def _cases() -> list[tuple[GenerationMode, str, str]]:
 # `schemathesis.pytest.from_fixture` + `@schema.parametrize()` fails on pytest 9 (schemathesis 4.32 reads
 # `Function._nodeid`), so each operation and mode is a parametrized test running its own hypothesis search.
 @pytest.mark.parametrize("mode,method,path", _cases(), ids=lambda v: getattr(v, "value", v))
-def test_api_conforms_to_its_schema(api_schema: schemathesis.BaseSchema, mode: GenerationMode, method: str,
-                                    path: str) -> None:  # fmt: skip
+def test_api_conforms_to_its_schema(
+    api_schema: schemathesis.BaseSchema, mode: GenerationMode, method: str, path: str
+) -> None:
     @given(case=api_schema[path][method].as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)  # fmt: skip
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     def check(case: schemathesis.Case) -> None:
         case.call_and_validate(checks=CHECKS)
 

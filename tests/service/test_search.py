@@ -23,8 +23,12 @@ def test_each_clip_finds_its_own_video_at_rank_1(client: TestClient, corpus: Cor
     hits, worst = 0, []
     for video_id, clip in enumerate(corpus.clips, start=1):
         body = _search(client, "audio-to-video", upload(clip), top_k=5)
-        assert body["target"] == "visual" and body["query"] == {"source": "upload", "video_id": None, "frames": 16,
-                                                                "truncated": False}  # fmt: skip
+        assert body["target"] == "visual" and body["query"] == {
+            "source": "upload",
+            "video_id": None,
+            "frames": 16,
+            "truncated": False,
+        }
         ranked = [r["video_id"] for r in body["results"]]
         assert len(ranked) == 5 and len(set(ranked)) == 5
         hits += ranked[0] == video_id
@@ -160,9 +164,13 @@ def test_token_shapes_are_validated(client: TestClient, body: dict, message: str
 
 
 def test_form_validation(client: TestClient, corpus: Corpus) -> None:
-    for fields, files in (({"top_k": "0", "video_id": "1"}, None), ({"top_k": "101", "video_id": "1"}, None),
-                          ({"strategy": "best", "video_id": "1"}, None), ({}, None),
-                          ({"video_id": "1"}, upload(corpus.clips[0]))):  # fmt: skip
+    for fields, files in (
+        ({"top_k": "0", "video_id": "1"}, None),
+        ({"top_k": "101", "video_id": "1"}, None),
+        ({"strategy": "best", "video_id": "1"}, None),
+        ({}, None),
+        ({"video_id": "1"}, upload(corpus.clips[0])),
+    ):
         response = client.post("/search/audio-to-video", data=fields, files=files)
         assert response.status_code == 422, (fields, response.text)
         assert response.json()["detail"]

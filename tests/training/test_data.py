@@ -23,15 +23,41 @@ def _official_example(root: Path) -> Path:
     for k, vid in enumerate(("vidA", "vidB")):
         wav = root / "audio" / f"{vid}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"sine=frequency={300 + 200 * k}:sample_rate=16000:duration=10", "-c:a", "pcm_s16le",
-                        str(wav)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                ffmpeg_binary(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency={300 + 200 * k}:sample_rate=16000:duration=10",
+                "-c:a",
+                "pcm_s16le",
+                str(wav),
+            ],
+            check=True,
+        )
         for t in range(16):
             frame = root / "frames" / f"frame_{t}" / f"{vid}.jpg"
             frame.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([ffmpeg_binary(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                            f"color=c={'red' if k else 'blue'}:size=160x120", "-frames:v", "1", str(frame)],
-                           check=True)  # fmt: skip
+            subprocess.run(
+                [
+                    ffmpeg_binary(),
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"color=c={'red' if k else 'blue'}:size=160x120",
+                    "-frames:v",
+                    "1",
+                    str(frame),
+                ],
+                check=True,
+            )
         rows.append({"video_id": vid, "wav": f"audio/{vid}.wav", "video_path": "frames", "labels": "/m/01,/m/02"})
     (root / "data.json").write_text(json.dumps({"data": rows}))
     (root / "labels.csv").write_text("index,mid,display_name\n0,/m/01,Dog\n1,/m/02,Bark\n")
@@ -82,14 +108,35 @@ def _fake_mae(dim: int, depth: int, dec: int) -> dict[str, torch.Tensor]:
     def r(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen)
 
-    state = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 197, dim), "patch_embed.proj.weight": r(dim, 3, 16, 16),
-             "patch_embed.proj.bias": r(dim), "norm.weight": r(dim), "norm.bias": r(dim), "mask_token": r(1, 1, dec),
-             "decoder_embed.weight": r(dec, dim), "decoder_embed.bias": r(dec), "decoder_norm.weight": r(dec),
-             "decoder_norm.bias": r(dec), "decoder_pred.weight": r(768, dec), "decoder_pred.bias": r(768)}  # fmt: skip
-    shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.qkv.weight": (3 * dim, dim),
-              "attn.qkv.bias": (3 * dim,), "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
-              "norm2.weight": (dim,), "norm2.bias": (dim,), "mlp.fc1.weight": (4 * dim, dim),
-              "mlp.fc1.bias": (4 * dim,), "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,)}  # fmt: skip
+    state = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, 197, dim),
+        "patch_embed.proj.weight": r(dim, 3, 16, 16),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": r(dim),
+        "norm.bias": r(dim),
+        "mask_token": r(1, 1, dec),
+        "decoder_embed.weight": r(dec, dim),
+        "decoder_embed.bias": r(dec),
+        "decoder_norm.weight": r(dec),
+        "decoder_norm.bias": r(dec),
+        "decoder_pred.weight": r(768, dec),
+        "decoder_pred.bias": r(768),
+    }
+    shapes = {
+        "norm1.weight": (dim,),
+        "norm1.bias": (dim,),
+        "attn.qkv.weight": (3 * dim, dim),
+        "attn.qkv.bias": (3 * dim,),
+        "attn.proj.weight": (dim, dim),
+        "attn.proj.bias": (dim,),
+        "norm2.weight": (dim,),
+        "norm2.bias": (dim,),
+        "mlp.fc1.weight": (4 * dim, dim),
+        "mlp.fc1.bias": (4 * dim,),
+        "mlp.fc2.weight": (dim, 4 * dim),
+        "mlp.fc2.bias": (dim,),
+    }
     for i in range(depth):
         for name, shape in shapes.items():
             state[f"blocks.{i}.{name}"] = r(*shape)

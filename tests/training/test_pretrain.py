@@ -80,10 +80,31 @@ def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path: 
 
 
 def _train_cmd(corpus: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "training.pretrain", "--data", str(corpus), "--out-dir", str(out),
-            "--preset", "tiny", "--model-overrides", '{"modality_depth": 1, "decoder_depth": 1}',
-            "--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--checkpoint-every", "1",
-            "--cache-dir", str(out / "cache"), "--lr", "0.001"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "training.pretrain",
+        "--data",
+        str(corpus),
+        "--out-dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--model-overrides",
+        '{"modality_depth": 1, "decoder_depth": 1}',
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--cache-dir",
+        str(out / "cache"),
+        "--lr",
+        "0.001",
+    ]
 
 
 def _last_step(out: Path) -> int:
@@ -104,8 +125,9 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(synth_corpus: Path, tm
     subprocess.run(_train_cmd(synth_corpus, straight), check=True, cwd=REPO, env=env, timeout=300, capture_output=True)
 
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(_train_cmd(synth_corpus, resumed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(synth_corpus, resumed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while _last_step(resumed) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -162,10 +184,32 @@ def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
 def test_torchrun_two_ranks_on_cpu(synth_corpus: Path, tmp_path: Path) -> None:
     """The real entry point under torchrun: gloo process group, DDP, gathered negatives, checkpoint."""
     out = tmp_path / "ddp_run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "training.pretrain", "--data", str(synth_corpus), "--out-dir", str(out), "--preset", "tiny",
-           "--model-overrides", '{"modality_depth": 1, "decoder_depth": 1}', "--batch-size", "8",
-           "--epochs", "1", "--num-workers", "0", "--max-steps", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.pretrain",
+        "--data",
+        str(synth_corpus),
+        "--out-dir",
+        str(out),
+        "--preset",
+        "tiny",
+        "--model-overrides",
+        '{"modality_depth": 1, "decoder_depth": 1}',
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--max-steps",
+        "2",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -68,16 +68,19 @@ def test_eval_commands_print_json(synth_corpus: Path, tmp_path: Path) -> None:
 
     checkpoint = save_checkpoint(CAVMAESync(preset("tiny", modality_depth=1)), tmp_path / "m.safetensors")
     runner = CliRunner()
-    retrieval = runner.invoke(app, ["eval", "retrieval", "--checkpoint", str(checkpoint), "--data", str(synth_corpus),
-                                    "--workers", "0"])  # fmt: skip
+    retrieval = runner.invoke(
+        app, ["eval", "retrieval", "--checkpoint", str(checkpoint), "--data", str(synth_corpus), "--workers", "0"]
+    )
     assert retrieval.exit_code == 0, retrieval.output
     report = json.loads(retrieval.output)
     assert report["clips"] == 24 and 0 <= report["diagonal_mean/audio_to_visual"]["R@1"] <= 1
-    classification = runner.invoke(app, ["eval", "classification", "--checkpoint", str(checkpoint), "--data",
-                                         str(synth_corpus), "--epochs", "2"])  # fmt: skip
+    classification = runner.invoke(
+        app, ["eval", "classification", "--checkpoint", str(checkpoint), "--data", str(synth_corpus), "--epochs", "2"]
+    )
     assert classification.exit_code == 0, classification.output
     assert 0 <= json.loads(classification.output)["mAP"] <= 1
-    localization = runner.invoke(app, ["eval", "localization", "--checkpoint", str(checkpoint), "--data",
-                                       str(synth_corpus)])  # fmt: skip
+    localization = runner.invoke(
+        app, ["eval", "localization", "--checkpoint", str(checkpoint), "--data", str(synth_corpus)]
+    )
     assert localization.exit_code == 0, localization.output
     assert set(json.loads(localization.output)) == {"model", "centre_prior", "distractor"}
