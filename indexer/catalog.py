@@ -38,6 +38,23 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
+class FileState(enum.StrEnum):
+    """What became of one file of an index job; the last three are settled."""
+
+    QUEUED = "queued"
+    INDEXED = "indexed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+SETTLED = frozenset({FileState.INDEXED, FileState.SKIPPED, FileState.FAILED})
+
+
+def catalog_url(data_dir: Path, database_url: str | None) -> str:
+    """The catalog's SQLAlchemy URL: the given one, else SQLite at `<data_dir>/catalog.db`."""
+    return database_url or f"sqlite:///{(data_dir / 'catalog.db').resolve()}"
+
+
 class Video(Base):
     __tablename__ = "videos"
 
@@ -104,7 +121,7 @@ class JobFile(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("index_jobs.id", ondelete="CASCADE"), primary_key=True)
     path: Mapped[str] = mapped_column(String(2048), primary_key=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | indexed | skipped | failed
+    state: Mapped[str] = mapped_column(String(16), default=FileState.QUEUED)  # a FileState value
     error: Mapped[str | None] = mapped_column(Text)
 
 

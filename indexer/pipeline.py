@@ -20,6 +20,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from indexer.catalog import Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
+from model.inference import clip_tokens
+from model.media import configured_ffmpeg, use_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +91,29 @@ def _model_id(path: str, size: int, mtime_ns: int) -> str:  # hashed once per fi
     return content_hash(Path(path))[:16]
 
 
-@torch.no_grad()
-def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clips -> normalised audio, visual tokens (n, T, D) and presence (n, 2); zeros where absent.
+class ClipTokens(NamedTuple):
+    """Normalised per-frame tokens of n clips; zeros where a clip lacks the modality."""
 
-    Runs on the model's device, with bf16 autocast on CUDA.
+    audio: np.ndarray  # (n, T, D) float32
+    visual: np.ndarray  # (n, T, D) float32
+    present: np.ndarray  # (n, 2) bool: audio, visual
+
+
+@torch.no_grad()
+def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> ClipTokens:
+    """Clips -> normalised audio and visual tokens (n, T, D) and presence (n, 2); zeros where absent.
+
+    Runs on the model's device, with bf16 autocast on CUDA (`model.inference`).
     """
-    cfg, device = model.config, next(model.parameters()).device
+    cfg = model.config
     out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
     present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for k, (modality, attr) in enumerate((("audio", "audio_segments"), ("visual", "frames"))):
         rows = np.flatnonzero(present[:, k])
         if len(rows):
-            batch = torch.stack([getattr(clips[r], attr) for r in rows]).to(device)  # (n, T, ...)
-            with autocast:
-                out[modality][rows] = model.encode_clip_tokens(batch, modality).cpu().numpy()
-    return out["audio"], out["visual"], present
+            batch = torch.stack([getattr(clips[r], attr) for r in rows])  # (n, T, ...)
+            out[modality][rows] = clip_tokens(model, modality, batch).cpu().numpy()
+    return ClipTokens(out["audio"], out["visual"], present)
 
 
 def store_videos(
@@ -204,13 +213,13 @@ class Indexer:
         return fixed
 
     # ------------------------------------------------------------------------------------ encoding
-    def encode(self, clips: list[MediaClip]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode(self, clips: list[MediaClip]) -> ClipTokens:
         return encode_clips(self.model, clips)
 
     def _commit(self, batch: list[Decoded]) -> int:
         """Catalog rows (pending) -> tokens into the store -> indexed. Returns the clips added."""
         clips = [clip for item in batch for clip in item.clips]
-        audio, visual, present = self.encode(clips)
+        tokens = self.encode(clips)
         videos = [
             new_video(
                 str(item.path.resolve()),
@@ -221,7 +230,7 @@ class Indexer:
             for item in batch
         ]
         with self.sessions() as session:
-            store_videos(session, self.store, self.model_id, videos, audio, visual, present)
+            store_videos(session, self.store, self.model_id, videos, *tokens)
         return len(clips)
 
     def _record_failure(self, item: Decoded) -> None:
@@ -250,7 +259,9 @@ class Indexer:
         config, batch, pending, known = self.model.config, [], deque(), self.indexed_hashes()
         bar = tqdm(total=len(paths), disable=not show_progress, desc="index", unit="file")
         # spawn, not fork: a forked child of a process that has run torch ops can crash in its own
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # the spawned workers start with the ffmpeg this process was configured with
+        spawn, ffmpeg = multiprocessing.get_context("spawn"), (configured_ffmpeg(),)
+        with ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=use_ffmpeg, initargs=ffmpeg) as pool:
             queue = deque(paths)
             while queue or pending:
                 while queue and len(pending) < 2 * self.workers:  # bounded: decoded clips are big

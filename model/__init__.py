@@ -20,7 +20,8 @@ from model.media import (
     UnreadableMediaError,
     UnsupportedMediaError,
 )
-from model.network import CAVMAESync, Encoded, PretrainOutput
+from model.network import CAVMAESync, Encoded, Modality, PretrainOutput
+from model.similarity import STRATEGIES, Strategy
 
 __all__ = [
     "CAVMAESync",
@@ -39,6 +40,9 @@ __all__ = [
     "load_query_audio",
     "load_query_frames",
     "Encoded",
+    "Modality",
+    "STRATEGIES",
+    "Strategy",
     "ModelConfig",
     "ObjectiveConfig",
     "PRESETS",

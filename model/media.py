@@ -1,9 +1,9 @@
 """Media decoding with ffmpeg: probing, audio (16 kHz, first channel) and frames at given times.
 
 ffmpeg is the system binary when there is one (the official fbank is reproduced exactly with Debian's
-ffmpeg), else the one the imageio-ffmpeg wheel ships; `CAVSYNC_FFMPEG` overrides both. Commands are
-built with ffmpeg-python and run as argument lists (never through a shell), with a timeout and a
-bound on how many bytes they may write. Every failure is a `MediaError` subclass.
+ffmpeg), else the one the imageio-ffmpeg wheel ships; `use_ffmpeg` (given the CAVSYNC_FFMPEG setting by the
+composition root) overrides both. Commands are built with ffmpeg-python and run as argument lists (never
+through a shell), with a timeout and a bound on how many bytes they may write. Every failure is a `MediaError` subclass.
 """
 
 from __future__ import annotations
@@ -83,17 +83,33 @@ class MediaInfo:
 
 
 # ------------------------------------------------------------------------------------ binaries
+_configured_ffmpeg: str | None = None  # set by the composition root from its settings (`use_ffmpeg`)
+
+
+def use_ffmpeg(binary: str | None) -> None:
+    """Use this ffmpeg binary (None: the system one, else imageio-ffmpeg's); its ffprobe sibling when present."""
+    global _configured_ffmpeg
+    _configured_ffmpeg = binary or None
+    ffmpeg_binary.cache_clear()
+    ffprobe_binary.cache_clear()
+
+
+def configured_ffmpeg() -> str | None:
+    """The binary given to `use_ffmpeg` (what a spawned worker process is configured with), or None."""
+    return _configured_ffmpeg
+
+
 @lru_cache(maxsize=1)
 def ffmpeg_binary() -> str:
-    """Path of the ffmpeg to use: $CAVSYNC_FFMPEG, the system one, else imageio-ffmpeg's."""
-    configured = os.environ.get("CAVSYNC_FFMPEG") or shutil.which("ffmpeg")
+    """Path of the ffmpeg to use: the configured one (`use_ffmpeg`), the system one, else imageio-ffmpeg's."""
+    configured = _configured_ffmpeg or shutil.which("ffmpeg")
     if configured:
         return configured
     import imageio_ffmpeg
 
     binary = imageio_ffmpeg.get_ffmpeg_exe()
     log.warning("no system ffmpeg: using imageio-ffmpeg's %s (fbank matches the official one only to ~1e-3)", binary)
-    return binary
+    return str(binary)
 
 
 @lru_cache(maxsize=1)

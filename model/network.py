@@ -163,8 +163,9 @@ class CAVMAESync(nn.Module):
         x = self._encode_unimodal(self._embed(frames, "visual"), "visual")
         return self._split(self._joint_unimodal(x, "visual"))
 
-    def encode_clip_tokens(self, inputs: torch.Tensor, modality: Literal["audio", "visual"]) -> torch.Tensor:
-        """Clips -> their per-frame global tokens, L2-normalised: what retrieval compares.
+    def encode_clip_tokens(self, inputs: torch.Tensor, modality: Modality) -> torch.Tensor:
+        """Clips -> their per-frame global tokens, L2-normalised: what retrieval compares (`model.inference`
+        adds the device and the autocast).
 
         inputs: (B, T, L, mel) audio segments or (B, T, C, H, W) frames -> (B, T, D) float32.
         """

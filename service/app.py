@@ -1,11 +1,11 @@
-"""The FastAPI app: `create_app(settings)`; its lifespan loads the model and the index version once.
+"""The FastAPI app: `create_app(config)`; its lifespan loads the model and the index version once.
 
 Requests share one `Engine` (service/engine.py). Model and search work runs in worker threads, at
 most `max_concurrent_inferences` at once. The request body limit (`max_upload_bytes`) is enforced
 while the body streams in: a Content-Length over it is refused before anything is read, and a body
 without one is cut off (413) as soon as the bytes received pass it.
 
-    uvicorn --factory service.app:create_app   # or `cavsync serve`
+    uvicorn --factory cavsync.app:create_app   # or `cavsync serve`: the config from the CAVSYNC_* settings
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.tasks import Publish
+from service.config import ServiceConfig
 from service.engine import Engine
 from service.errors import install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, system
 from service.schemas import MAX_QUERY_TOKENS
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,21 @@ class TokensBodyLimit:
         await self.app(scope, limited, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API over the model and data dir of `settings` (default: read from CAVSYNC_* variables)."""
-    settings = settings or Settings()
+def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI:
+    """The API over the model and data dir of `config`. Index jobs are published with `publish` (a broker's
+    publisher, which `config.broker_url` then needs) or, without one, run in this process."""
+    if config.broker_url and publish is None:
+        raise ValueError(
+            f"broker_url={config.broker_url!r} but no publisher: build the app with cavsync.app.create_app, "
+            "or unset CAVSYNC_BROKER_URL to run index jobs in the API process"
+        )
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await anyio.to_thread.run_sync(Engine.start, settings)
+        engine = await anyio.to_thread.run_sync(Engine.start, config)
         app.state.engine = engine
-        app.state.jobs = JobRunner(settings, engine.sessions)
+        app.state.jobs = JobRunner(config, engine.sessions, publish)
         try:
             yield
         finally:
@@ -131,16 +137,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.max_upload_bytes,
+        max_body_size=config.max_upload_bytes,
     )
-    app.state.settings, app.state.metrics = settings, metrics
+    app.state.config, app.state.metrics = config, metrics
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
     install_handlers(app)
-    app.add_middleware(TokensBodyLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(TokensBodyLimit, max_upload_bytes=config.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if settings.cors_origins:
+    if config.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     for module in (search, catalog, jobs, system):
         app.include_router(module.router)

@@ -32,7 +32,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="N
 
 def require_api_key(engine: EngineDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
     """Write routes: 401 without the key, 403 with a wrong one (only when an API key is configured)."""
-    expected = engine.settings.api_key
+    expected = engine.config.api_key
     if expected is None:
         return
     if not key:

@@ -23,8 +23,9 @@ from indexer.pipeline import model_id_of
 from indexer.store import StoreVersion, TokenStore
 from model import CAVMAESync, PreprocessConfig, load_model
 from model.config import PRESETS
+from model.inference import default_device, model_device
+from service.config import ServiceConfig
 from service.errors import Busy
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def preset_name(model: CAVMAESync) -> str:
 
 @dataclass
 class Engine:
-    settings: Settings
+    config: ServiceConfig
     model: CAVMAESync
     model_id: str
     store: TokenStore
@@ -85,21 +86,21 @@ class Engine:
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, settings: Settings) -> Engine:
+    def start(cls, config: ServiceConfig) -> Engine:
         """Load the model, migrate and open the catalog, open the current index version (blocking)."""
-        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(settings.model_path).to(device).eval()
+        device = default_device(config.device)
+        model = load_model(config.model_path).to(device).eval()
         prep = PreprocessConfig(
-            max_duration_s=settings.max_media_duration_s,
-            max_query_s=min(settings.max_query_s, settings.max_media_duration_s),
+            max_duration_s=config.max_media_duration_s,
+            max_query_s=min(config.max_query_s, config.max_media_duration_s),
         )
-        slots = InferenceSlots(settings.max_concurrent_inferences, settings.inference_wait_s, settings.retry_after_s)
+        slots = InferenceSlots(config.max_concurrent_inferences, config.inference_wait_s, config.retry_after_s)
         engine = cls(
-            settings,
+            config,
             model,
-            model_id_of(settings.model_path),
-            TokenStore(settings.index_dir),
-            open_catalog(settings.catalog_url),
+            model_id_of(config.model_path),
+            TokenStore(config.index_dir),
+            open_catalog(config.catalog_url),
             slots,
             prep,
         )
@@ -116,7 +117,7 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     @property
     def version_name(self) -> str | None:
@@ -129,8 +130,8 @@ class Engine:
         manifest = self.version.manifest
         if manifest.model_id != self.model_id or manifest.dim != self.model.config.embed_dim:
             raise RuntimeError(
-                f"the index in {self.settings.index_dir} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
-                f"the API runs {self.model.config.embed_dim}-d model {self.model_id} ({self.settings.model_path}): "
+                f"the index in {self.config.index_dir} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
+                f"the API runs {self.model.config.embed_dim}-d model {self.model_id} ({self.config.model_path}): "
                 "serve the model the index was built with, or point CAVSYNC_DATA_DIR at another index"
             )
 

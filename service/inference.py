@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model import CAVMAESync, PreprocessConfig, load_query_audio, load_query_frames
+from model.inference import frame_tokens
+from model.network import Modality
 from model.similarity import normalize
 
 
@@ -34,17 +36,9 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-@torch.no_grad()
-def encode(model: CAVMAESync, modality: str, batch: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """(N, ...) segments or frames -> normalised global tokens (N, D) numpy and patch tokens (N, P, D).
-
-    The indexer's device policy: the model's device, bf16 autocast on CUDA.
-    """
-    device = next(model.parameters()).device
-    run = model.encode_audio if modality == "audio" else model.encode_visual
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = run(batch.to(device))
-    return normalize(out.global_tokens).cpu().numpy(), out.patch_tokens.float()
+def global_tokens(model: CAVMAESync, modality: Modality, batch: torch.Tensor) -> np.ndarray:
+    """(N, ...) segments or frames -> normalised global tokens (N, D) float32 (`model.inference`)."""
+    return frame_tokens(model, modality, batch).global_tokens.cpu().numpy()
 
 
 def audio_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
@@ -53,7 +47,7 @@ def audio_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryT
     segments = load_query_audio(path, model.config, prep)  # (n, L, mel)
     decoded = time.perf_counter()
     frames = model.config.frames_per_clip
-    tokens, _ = encode(model, "audio", segments[:frames])
+    tokens = global_tokens(model, "audio", segments[:frames])
     return QueryTokens(tokens, len(segments) > frames, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
@@ -62,7 +56,7 @@ def video_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryT
     start = time.perf_counter()
     frames, longer = load_query_frames(path, model.config, prep)
     decoded = time.perf_counter()
-    tokens, _ = encode(model, "visual", frames)
+    tokens = global_tokens(model, "visual", frames)
     return QueryTokens(tokens, longer, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
@@ -87,7 +81,7 @@ class Localization:
 
 def localize(model: CAVMAESync, frame: torch.Tensor, audio_token: np.ndarray) -> Localization:
     """frame (3, S, S) preprocessed, audio_token (D,) normalised -> the similarity map and its peak."""
-    _, patches = encode(model, "visual", frame[None])
+    patches = frame_tokens(model, "visual", frame[None]).patch_tokens
     side = model.config.visual_grid[0]
     audio = torch.from_numpy(np.ascontiguousarray(audio_token, dtype=np.float32)).to(patches.device)
     grid = (normalize(patches[0]) @ audio).view(side, side).cpu()

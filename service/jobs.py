@@ -1,13 +1,15 @@
 """Index jobs from the API: which paths may be indexed, starting a job, and reading its state.
 
-A job is `indexer.tasks.create_job` then `dispatch_job`: with a broker URL one Celery task per file,
-published before the request returns (a broker that takes none: 503, the job failed); without one the
-same tasks run in this process, in a background thread, so the request returns the job id at once;
-jobs then run one after the other (queued until their turn).
+A job is `indexer.jobs.create_job` then `indexer.tasks.dispatch_job`: with a publisher (the Celery app the
+composition root built for the broker) one task per file, published before the request returns (a broker
+that takes none: 503, the job failed); without one the same tasks run in this process, in a background
+thread, so the request returns the job id at once; jobs then run one after the other (queued until their
+turn).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +18,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from indexer import tasks
+from indexer import jobs, tasks
 from indexer.catalog import IndexJob, JobFile
 from indexer.pipeline import list_media
+from indexer.tasks import Publish, Resources, TaskContext
+from service.config import ServiceConfig
 from service.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from service.schemas import JobFileInfo, JobInfo
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +33,16 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
-def resolve_media_paths(paths: list[str], media_roots: list[Path]) -> list[Path]:
+def resolve_media_paths(paths: list[str], media_roots: tuple[Path, ...]) -> list[Path]:
     """Absolute paths of files or folders under the media roots -> the media files to index.
 
     403 for anything outside the roots (after resolving symlinks and `..`), 404 for a missing path,
     422 for an invalid one or when no media file is found. Folders are walked for media files.
     """
     if not media_roots:
-        raise Forbidden("indexing by path is disabled: no media roots are configured (CAVSYNC_MEDIA_ROOTS)")
+        raise Forbidden("indexing by path is disabled: no media roots are configured (CAVSYNC_MEDIA_ROOTS is empty)")
     roots = [root.resolve() for root in media_roots]
+    setting = f"CAVSYNC_MEDIA_ROOTS={json.dumps([str(root) for root in media_roots])}"
     found: dict[Path, None] = {}
     for raw in paths:
         if not raw or "\x00" in raw or not Path(raw).is_absolute():
@@ -46,7 +50,7 @@ def resolve_media_paths(paths: list[str], media_roots: list[Path]) -> list[Path]
         try:
             path = Path(raw).resolve()
             if not _inside(path, roots):
-                raise Forbidden(f"{raw}: outside the media roots")
+                raise Forbidden(f"{raw}: outside the media roots ({setting}); add its folder there to index it")
             if not path.exists():
                 raise NotFound(f"{raw}: no such file or folder")
             files = [f.resolve() for f in list_media(path)] if path.is_dir() else [path]
@@ -56,7 +60,7 @@ def resolve_media_paths(paths: list[str], media_roots: list[Path]) -> list[Path]
             raise InvalidInput(f"{raw}: {exc}") from exc
         outside = [f for f in files if not _inside(f, roots)]
         if outside:
-            raise Forbidden(f"{outside[0]}: a link out of the media roots")
+            raise Forbidden(f"{outside[0]}: a link out of the media roots ({setting})")
         found.update(dict.fromkeys(files))
     if not found:
         raise InvalidInput("no media file under the given paths")
@@ -64,47 +68,47 @@ def resolve_media_paths(paths: list[str], media_roots: list[Path]) -> list[Path]
 
 
 class JobRunner:
-    """Starts index jobs: through the broker when one is configured, else in a thread of this process."""
+    """Starts index jobs: through the publisher when one is given (a broker), else in a thread of this process."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker) -> None:
-        self.settings, self.sessions = settings, sessions
-        self.mode = "broker" if settings.broker_url else "in-process"
-        self._pool = None if settings.broker_url else ThreadPoolExecutor(1, thread_name_prefix="cavsync-index")
+    def __init__(self, config: ServiceConfig, sessions: sessionmaker, publish: Publish | None = None) -> None:
+        self.config, self.sessions, self.publish = config, sessions, publish
+        self.mode = "broker" if publish is not None else "in-process"
+        self._pool = None if publish is not None else ThreadPoolExecutor(1, thread_name_prefix="cavsync-index")
         self._stop, self._waiting = threading.Event(), {}  # in-process jobs: stop flag, futures by job id
-        tasks.configure(settings.broker_url)
+        self._resources = Resources(catalogs={config.catalog_url: sessions})  # in-process: the model loaded once
 
-    def _task_args(self) -> tuple[str, str, str]:
-        s = self.settings
-        return str(s.model_path.resolve()), str(s.data_dir.resolve()), s.catalog_url
+    def _context(self, job_id: str) -> TaskContext:
+        c = self.config
+        return TaskContext(str(c.model_path.resolve()), str(c.data_dir.resolve()), c.catalog_url, job_id)
 
     def submit(self, paths: list[Path], uploaded: bool = False) -> str:
         """Record the job and start it; returns its id (blocking: a few catalog writes, and with a broker the
-        publishing, which fails within CAVSYNC_BROKER_TIMEOUT_S: 503, the job marked failed, and `uploaded`
-        files no task was sent for deleted)."""
-        job_id = tasks.create_job(self.sessions, [str(p) for p in paths])
+        publishing, which fails within the broker timeout: 503, the job marked failed, and `uploaded` files no
+        task was sent for deleted)."""
+        job_id = jobs.create_job(self.sessions, [str(p) for p in paths])
         if self._pool is not None:
             self._waiting[job_id] = self._pool.submit(self._run, job_id)
             return job_id
         try:
-            tasks.dispatch_job(job_id, *self._task_args())
+            tasks.dispatch_job(self._context(job_id), self._resources, publish=self.publish)
         except tasks.QueueUnavailable as exc:
             for path in exc.unsent if uploaded else ():
                 Path(path).unlink(missing_ok=True)
             raise Unavailable(
-                f"the indexing queue is unreachable: {exc}", {"Retry-After": str(self.settings.retry_after_s)}
+                f"the indexing queue is unreachable: {exc}", {"Retry-After": str(self.config.retry_after_s)}
             ) from exc
         return job_id
 
     def _run(self, job_id: str) -> None:
         self._waiting.pop(job_id, None)
-        try:  # eager: the tasks run here, one file after the other, until close() sets the stop flag
-            tasks.dispatch_job(job_id, *self._task_args(), stop=self._stop)
+        try:  # the tasks run here, one file after the other, until close() sets the stop flag
+            tasks.dispatch_job(self._context(job_id), self._resources, stop=self._stop)
         except Exception:  # a file's failure is recorded by its task; this is the catalog itself failing
             log.exception("index job %s stopped", job_id)
 
     def close(self) -> None:
         """In-process jobs stop after their current file; the files not begun, and jobs never started, fail
-        with tasks.STOPPED (indexing them again skips what was done). Jobs on the workers are theirs."""
+        with jobs.STOPPED (indexing them again skips what was done). Jobs on the workers are theirs."""
         if self._pool is None:
             return
         self._stop.set()
@@ -112,7 +116,7 @@ class JobRunner:
         for job_id, future in list(self._waiting.items()):
             if future.cancelled():
                 try:
-                    tasks.fail_unstarted(self.settings.catalog_url, job_id)
+                    jobs.fail_unstarted(self.sessions, job_id)
                 except Exception:
                     log.exception("index job %s: cannot mark it stopped", job_id)
 

@@ -201,7 +201,7 @@ def uploaded_audio_token(engine: Engine, upload: UploadFile, at: float) -> tuple
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
     encoding = time.perf_counter()
-    token = inference.encode(engine.model, "audio", segment)[0][0]
+    token = inference.global_tokens(engine.model, "audio", segment)[0]
     return token, centre, ms(time.perf_counter() - encoding)
 
 

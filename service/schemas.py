@@ -7,10 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
-from indexer.catalog import JobState, VideoStatus
+from indexer.catalog import FileState, JobState, VideoStatus
+from model import Modality, Strategy
 
-Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
-Target = Literal["audio", "visual"]
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
 MAX_QUERY_TOKENS = 1024  # rows of a raw-token query
 
@@ -68,7 +67,7 @@ class QueryInfo(Model):
 
 
 class SearchResponse(Model):
-    target: Target = Field(description="The modality searched: visual for audio->video, audio for video->audio.")
+    target: Modality = Field(description="The modality searched: visual for audio->video, audio for video->audio.")
     strategy: Strategy
     index_version: str | None
     query: QueryInfo
@@ -82,8 +81,8 @@ class TokensQuery(Model):
     tokens: list[list[FiniteFloat]] = Field(
         min_length=1, max_length=MAX_QUERY_TOKENS, description="(T_q, D) global tokens."
     )
-    target: Target = Field(description="Which stored tokens to search: audio or visual.")
-    modality: Target | None = Field(
+    target: Modality = Field(description="Which stored tokens to search: audio or visual.")
+    modality: Modality | None = Field(
         None,
         description="The tokens' own modality, if known: a query shorter than a "
         "clip is then placed in each hit where it matches the hit's tokens of that "
@@ -190,7 +189,7 @@ class JobAccepted(Model):
 
 class JobFileInfo(Model):
     path: str
-    state: str = Field(description="queued | indexed | skipped | failed")
+    state: FileState = Field(description="What became of the file.")
     error: str | None
 
 

@@ -1,12 +1,17 @@
-"""Shared test fixtures: paths to the shared reference files, seeded tiny models, GPU marker."""
+"""Shared test fixtures: paths to the shared reference files, seeded tiny models, real databases (a fresh
+PostgreSQL database on the machine's server, 127.0.0.1:5432, trust auth), a small media corpus, GPU marker."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from model import CAVMAESync, preset, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAVSYNC_SHARED", REPO.parent / "shared"))
@@ -36,6 +41,52 @@ def official_base_names() -> dict[str, tuple[int, ...]]:
         name, shape = line.split(" ", 1)
         names[name] = tuple(int(x) for x in shape.strip("()").split(",") if x.strip())
     return names
+
+
+PG_ADMIN = os.environ.get("CAVSYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"cavsync_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped after the test."""
+    yield from pg_database()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    return save_checkpoint(
+        CAVMAESync(preset("tiny", modality_depth=1)), tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    )
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.synth import generate
+
+    folder = generate(tmp_path_factory.mktemp("media"), 10, seed=21)
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    return folder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

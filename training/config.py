@@ -56,34 +56,89 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
+# What each flag does (`cavsync train --help`, `python -m training.pretrain --help`); objective fields prefixed.
+FIELD_HELP = {
+    "data": "A media manifest (CSV/JSONL), a `cavsync synth` folder, or an official data JSON. Required.",
+    "out_dir": "Run folder: config, metrics, checkpoints, model.safetensors. Required.",
+    "preset": "Model size preset (base = the released model, tiny).",
+    "model_overrides": "JSON object of ModelConfig fields, e.g. '{\"num_registers\": 4}'.",
+    "data_format": "media (decoded by ffmpeg) or official (JSON + JPEG frames + wav).",
+    "label_csv": "Label index CSV of the official format.",
+    "cache_dir": "Decoded clips kept here (fp16) after the first epoch.",
+    "epochs": "Passes over the data.",
+    "batch_size": "Global batch: per-rank micro-batch x grad-accum x world size.",
+    "grad_accum": "Micro-batches accumulated per optimizer step.",
+    "base_lr": "Learning rate at base-batch; scaled linearly with batch-size unless lr is given.",
+    "base_batch": "The batch size base-lr is given for.",
+    "lr": "Learning rate, unscaled (overrides base-lr).",
+    "betas": "Adam betas.",
+    "weight_decay": "Adam weight decay.",
+    "warmup_fraction": "Share of the steps with a linear warmup.",
+    "final_lr_fraction": "Cosine schedule ends at this share of the learning rate.",
+    "clip_grad_norm": "Gradient norm clipping.",
+    "gather_negatives": "InfoNCE over every rank's batch (off: each GPU's share, as the official code).",
+    "bf16": "bf16 autocast (default: on for CUDA).",
+    "device": "auto, cpu, cuda, cuda:N.",
+    "seed": "Seed of every random choice.",
+    "num_workers": "DataLoader worker processes.",
+    "checkpoint_every": "Optimizer steps between checkpoints (last.ckpt).",
+    "log_every": "Optimizer steps between metric rows.",
+    "max_steps": "Stop after this many optimizer steps (smoke runs).",
+    "init_mae": "ImageNet MAE ViT-B checkpoint to start from.",
+    "tensorboard": "Also log to TensorBoard (needs the tensorboard package).",
+    "objective.mask_ratio_audio": "Share of the audio patches masked.",
+    "objective.mask_ratio_visual": "Share of the visual patches masked.",
+    "objective.norm_pix_loss": "Reconstruction targets normalised per patch.",
+    "objective.temperature": "InfoNCE temperature.",
+    "objective.symmetric_contrastive": "InfoNCE in both directions.",
+    "objective.lambda_c": "Weight of the contrastive loss.",
+    "objective.lambda_r": "Weight of the reconstruction loss.",
+}
+
+
+def flag_fields() -> list[tuple[str, dataclasses.Field[object], object]]:
+    """Every flag of `cavsync train`: (name, field, default), objective fields as `objective.<name>` with the
+    recipe's defaults."""
+    recipe = _recipe_objective()
+    flags: list[tuple[str, dataclasses.Field[object], object]] = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "objective":
+            flags += [(f"objective.{o.name}", o, getattr(recipe, o.name)) for o in dataclasses.fields(ObjectiveConfig)]
+        else:
+            flags.append((f.name, f, None if f.default is dataclasses.MISSING else f.default))
+    return flags
+
+
+def from_flags(given: dict[str, object]) -> TrainConfig:
+    """A TrainConfig from flag values by name (`objective.<name>` for the objective); None keeps the default."""
+    given = {k: v for k, v in given.items() if v is not None}
+    objective = {k.split(".", 1)[1]: given.pop(k) for k in list(given) if k.startswith("objective.")}
+    if "betas" in given:
+        given["betas"] = tuple(given["betas"])  # type: ignore[arg-type]  # a 2-sequence of floats from the flag
+    return TrainConfig(**given, objective=dataclasses.replace(_recipe_objective(), **objective))  # type: ignore[arg-type]  # values typed by their flags
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Command-line flags for every TrainConfig field (`--batch-size 64`, `--objective.lambda-c 0.01`).
 
     A flag that is not given keeps the field's default (the recipe's, for the objective).
     """
-    parser = argparse.ArgumentParser(prog="cavsync train", description="Pretrain CAV-MAE Sync.")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "objective":
-            for o in dataclasses.fields(ObjectiveConfig):
-                _add(parser, f"objective.{o.name}", str(o.type))
-        else:
-            _add(parser, f.name, str(f.type))
+    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description="Pretrain CAV-MAE Sync.")
+    for name, f, default in flag_fields():
+        _add(parser, name, str(f.type), f"{FIELD_HELP[name]} (default: {default})")
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    objective = {k.split(".", 1)[1]: given.pop(k) for k in list(given) if k.startswith("objective.")}
-    if "betas" in given:
-        given["betas"] = tuple(given["betas"])
     missing = [name for name in ("data", "out_dir") if name not in given]
     if missing:
         parser.error("required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
-    return TrainConfig(**given, objective=dataclasses.replace(_recipe_objective(), **objective))
+    return from_flags(given)
 
 
-def _add(parser: argparse.ArgumentParser, name: str, kind: str) -> None:
+def _add(parser: argparse.ArgumentParser, name: str, kind: str, help: str) -> None:
     flag = "--" + name.replace("_", "-")
     if kind.startswith("bool"):
-        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
     elif kind.startswith("tuple"):
-        parser.add_argument(flag, dest=name, type=float, nargs=2, default=None)
+        parser.add_argument(flag, dest=name, type=float, nargs=2, default=None, help=help)
     else:
         caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-        parser.add_argument(flag, dest=name, type=caster, default=None)
+        parser.add_argument(flag, dest=name, type=caster, default=None, help=help)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from model import CAVMAESync, MediaError
+from model.inference import clip_tokens
 from model.similarity import STRATEGIES, clip_scores
 from training.data import MediaManifest
 from training.metrics import retrieval_metrics
@@ -52,12 +53,6 @@ def _keep(items: list) -> list:
     return [item for item in items if item is not None]
 
 
-@torch.no_grad()
-def encode_clips(model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """frames (B, T, 3, H, W), segments (B, T, L, mel) -> normalised audio, visual tokens (B, T, D)."""
-    return model.encode_clip_tokens(segments, "audio"), model.encode_clip_tokens(frames, "visual")
-
-
 def encode_corpus(model: CAVMAESync, source: MediaManifest, batch_size: int = 8, workers: int = 2) -> CorpusTokens:
     """Decode (in worker processes) and encode every clip of a manifest."""
     loader = DataLoader(_Clips(source), batch_size=batch_size, num_workers=workers, collate_fn=_keep)
@@ -65,9 +60,9 @@ def encode_corpus(model: CAVMAESync, source: MediaManifest, batch_size: int = 8,
     for items in loader:
         if not items:
             continue
-        a, v = encode_clips(model, torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items]))
-        audio.append(a)
-        visual.append(v)
+        frames, segments = torch.stack([i[1] for i in items]), torch.stack([i[2] for i in items])
+        audio.append(clip_tokens(model, "audio", segments).cpu())  # (B, T, D)
+        visual.append(clip_tokens(model, "visual", frames).cpu())
         indices += [i[0] for i in items]
     return CorpusTokens(
         torch.cat(audio),

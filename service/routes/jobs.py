@@ -66,7 +66,7 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
         uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise InvalidInput("a multipart body needs one or more `files` uploads")
-        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.settings.uploads_dir, engine.prep)
+        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.uploads_dir, engine.prep)
     finally:
         await form.close()
 
@@ -86,7 +86,7 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         paths = await _json_paths(request)
-        files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.settings.media_roots)
+        files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.config.media_roots)
     elif kind == "multipart/form-data":
         files = await _uploaded_files(request, engine)
     else:

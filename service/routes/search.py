@@ -11,11 +11,12 @@ import anyio
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
+from model import Strategy
 from service import queries
 from service.deps import EngineDep, VersionDep
 from service.engine import Engine
 from service.errors import InvalidInput, responses
-from service.schemas import MAX_ID, LocalizeResponse, SearchResponse, Strategy, TokensQuery
+from service.schemas import MAX_ID, LocalizeResponse, SearchResponse, TokensQuery
 
 router = APIRouter(tags=["search"])
 T = TypeVar("T")

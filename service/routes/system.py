@@ -56,13 +56,13 @@ def indexed_videos(sessions: sessionmaker) -> int | None:
 @router.get("/health", response_model=HealthResponse)
 async def health(engine: EngineDep, version: VersionDep) -> HealthResponse:
     """The model served, the index version loaded and its size, and whether the queue and catalog answer."""
-    queue = await anyio.to_thread.run_sync(queue_state, engine.settings.broker_url)
+    queue = await anyio.to_thread.run_sync(queue_state, engine.config.broker_url)
     videos = await anyio.to_thread.run_sync(indexed_videos, engine.sessions)
     config = engine.model.config
     model = ModelInfo(
         id=engine.model_id,
         preset=preset_name(engine.model),
-        path=str(engine.settings.model_path),
+        path=str(engine.config.model_path),
         device=str(engine.device),
         embed_dim=config.embed_dim,
         frames_per_clip=config.frames_per_clip,

@@ -58,7 +58,7 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "cavsync.cli",
         "index",
         str(media),
         "--model",

@@ -1,10 +1,9 @@
-"""Celery batch indexing against the real Redis and PostgreSQL: a worker killed mid-job, a new one
-finishes it, every video indexed exactly once; the embedded (in-process) mode; SQLite vs PostgreSQL."""
+"""Index tasks run in process against the real PostgreSQL: identical results on SQLite and PostgreSQL; the
+merge lock of several mergers (Redis). Celery workers themselves: tests/cavsync/test_worker.py."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,15 +11,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
 
 from indexer import tasks
-from indexer.catalog import Clip, IndexJob, JobState, Video, VideoStatus, open_catalog
+from indexer.catalog import Clip, IndexJob, JobState, open_catalog
 from indexer.search import search
 from indexer.store import TokenStore
+from indexer.tasks import Resources, TaskContext
 
 from ..conftest import IN_CI
-from .conftest import _pg_database
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CAVSYNC_TEST_REDIS", "redis://127.0.0.1:6379/14")
@@ -38,34 +36,6 @@ def broker() -> str:
     client.flushdb()
     yield BROKER
     client.flushdb()
-    tasks.configure(None)
-
-
-@pytest.fixture()
-def pg_url():
-    yield from _pg_database()
-
-
-def _worker(env: dict) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "indexer.tasks",
-        "worker",
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "--loglevel",
-        "info",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
-    log = open(env.get("CAVSYNC_TEST_WORKER_LOG", os.devnull), "a")  # noqa: SIM115
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
 
 
 _SESSIONS: dict = {}
@@ -82,67 +52,14 @@ def _job(url: str, job_id: str) -> IndexJob:
         return session.get(IndexJob, job_id)
 
 
-def _indexed_once(url: str, data_dir: Path) -> tuple[int, list[int], list[int]]:
-    with _session(url) as session:
-        per_sha = session.execute(
-            select(Video.sha256, func.count()).where(Video.status == VideoStatus.INDEXED).group_by(Video.sha256)
-        ).all()
-        assert all(count == 1 for _, count in per_sha), per_sha
-        clips = sorted(session.scalars(select(Clip.id)).all())
-    version = TokenStore(data_dir / "index").open()
-    return len(per_sha), clips, sorted(version.clip_ids[version.live].tolist())
-
-
-@pytest.mark.integration
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_worker_killed_mid_job_then_replaced(
-    broker: str, pg_url: str, media: Path, checkpoint: Path, tmp_path: Path
-) -> None:
-    data_dir = tmp_path / "data"
-    # the killed worker's task comes back after the visibility timeout: a short one for the test
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(REPO),
-        CAVSYNC_BROKER_URL=broker,
-        OMP_NUM_THREADS="1",
-        CAVSYNC_VISIBILITY_TIMEOUT_S="5",
-        CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"),
-    )
-    tasks.configure(broker)
-    files = sorted(str(p) for p in media.glob("*.mp4"))
-    job_id = tasks.start_job(files, str(checkpoint), str(data_dir), pg_url)
-    first = _worker(env)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and _job(pg_url, job_id).done < 2:
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=30)
-    assert _job(pg_url, job_id).state == JobState.RUNNING
-    time.sleep(6)  # past the visibility timeout: the new worker restores the dead one's task at start-up
-    second = _worker(env)
-    try:
-        while time.monotonic() < deadline + 240 and _job(pg_url, job_id).state != JobState.DONE:
-            time.sleep(0.3)
-    finally:
-        os.killpg(second.pid, signal.SIGKILL)
-        second.wait(timeout=30)
-    job = _job(pg_url, job_id)
-    assert job.state == JobState.DONE and (job.done, job.failed) == (10, 1), (job.done, job.failed, job.errors)
-    assert "broken.mp4" in next(iter(job.errors))
-    videos, catalog_clips, store_clips = _indexed_once(pg_url, data_dir)
-    assert videos == 10 and catalog_clips == store_clips and len(store_clips) == 10
-
-
 @pytest.mark.integration
 def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
     pg_url: str, media: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    tasks.configure(None)  # no broker: the tasks run in this process
     files = sorted(str(p) for p in media.glob("*.mp4") if p.name != "broken.mp4")
     results = []
     for url, folder in ((f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "lite"), (pg_url, tmp_path / "pg")):
-        job_id = tasks.start_job(files, str(checkpoint), str(folder), url)
+        job_id = tasks.start_job(files, TaskContext(str(checkpoint), str(folder), url), Resources())
         assert _job(url, job_id).state == JobState.DONE
         version = TokenStore(folder / "index").open()
         query = version.gather("audio", version.rows_of([4]))[0]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cavsync.cli import app
 from model import CAVMAESync, load_model, load_official_state_dict, preset
 from model.checkpoint import CheckpointError, infer_config, strip_prefix
-from service.cli import app
 
 OUTPUTS = ("audio_global", "visual_global", "audio_patch_tokens", "visual_patch_tokens")
 

@@ -7,14 +7,16 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 
 from service.app import create_app
-from service.settings import Settings
+from service.config import ServiceConfig
 
 from ..model.media_files import ffmpeg
 
@@ -56,22 +58,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     return Corpus(root / "media", data, clips)
 
 
-def make_settings(corpus: Corpus, data: Path | None = None, **overrides: object) -> Settings:
-    base = {
-        "model_path": DEMO_CHECKPOINT,
-        "data_dir": data or corpus.data,
-        "media_roots": [corpus.media],
-        "database_url": None,
-        "broker_url": None,
-        "api_key": None,
-    }
-    return Settings(**(base | overrides))  # type: ignore[arg-type]
+def make_config(corpus: Corpus, data: Path | None = None, **overrides: Any) -> ServiceConfig:
+    """The API's config over the corpus (overrides by field name; an api_key string becomes a secret)."""
+    if isinstance(overrides.get("api_key"), str):
+        overrides["api_key"] = SecretStr(overrides["api_key"])
+    overrides["media_roots"] = tuple(overrides.get("media_roots", [corpus.media]))
+    return ServiceConfig(model_path=DEMO_CHECKPOINT, data_dir=data or corpus.data, **overrides)
 
 
 @pytest.fixture(scope="session")
 def client(corpus: Corpus) -> Iterator[TestClient]:
     """The read-only app over the shared corpus (tests through it must not change the index)."""
-    with TestClient(create_app(make_settings(corpus)), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(make_config(corpus)), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -84,7 +82,7 @@ def private_data(corpus: Corpus, tmp_path: Path) -> Path:
 @pytest.fixture()
 def writable_client(corpus: Corpus, private_data: Path) -> Iterator[TestClient]:
     """An app with an API key over a private copy of the data dir."""
-    app = create_app(make_settings(corpus, private_data, api_key=API_KEY))
+    app = create_app(make_config(corpus, private_data, api_key=API_KEY))
     with TestClient(app, raise_server_exceptions=False, headers={"X-API-Key": API_KEY}) as test_client:
         yield test_client
 

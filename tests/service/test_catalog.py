@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 
 from ..model.media_files import ffmpeg
-from .conftest import API_KEY, CORPUS_CLIPS, REPO, Corpus, make_settings, upload
+from .conftest import API_KEY, CORPUS_CLIPS, REPO, Corpus, make_config, upload
 
 
 def test_video_pages(client: TestClient, corpus: Corpus) -> None:
@@ -93,8 +93,8 @@ def new_media(tmp_path: Path) -> Path:
 
 
 def test_index_by_path_then_search(corpus: Corpus, private_data: Path, new_media: Path) -> None:
-    settings = make_settings(corpus, private_data, media_roots=[new_media], api_key=API_KEY)
-    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as client:
+    config = make_config(corpus, private_data, media_roots=[new_media], api_key=API_KEY)
+    with TestClient(create_app(config), headers={"X-API-Key": API_KEY}) as client:
         response = client.post("/index", json={"paths": [str(new_media / "new")]})
         assert response.status_code == 202, response.text
         accepted = response.json()
@@ -122,8 +122,8 @@ def test_a_long_videos_embeddings_come_a_page_at_a_time(corpus: Corpus, private_
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"file '{clip}'\n" for clip in corpus.clips[:3]))
     ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(media / "three.mp4"))  # 30 s: 3 clips
-    settings = make_settings(corpus, private_data, media_roots=[media], api_key=API_KEY)
-    with TestClient(create_app(settings), headers={"X-API-Key": API_KEY}) as client:
+    config = make_config(corpus, private_data, media_roots=[media], api_key=API_KEY)
+    with TestClient(create_app(config), headers={"X-API-Key": API_KEY}) as client:
         job = _wait_for_job(client, client.post("/index", json={"paths": [str(media)]}).json()["job_id"])
         assert job["done"] == 1, job
         items = client.get("/videos", params={"limit": 100}).json()["items"]
@@ -158,7 +158,7 @@ def test_uploads_are_indexed_by_absolute_path(
     monkeypatch.chdir(private_data.parent)
     submitted: list[list[Path]] = []
     with TestClient(
-        create_app(make_settings(corpus, Path(private_data.name), api_key=API_KEY)), headers={"X-API-Key": API_KEY}
+        create_app(make_config(corpus, Path(private_data.name), api_key=API_KEY)), headers={"X-API-Key": API_KEY}
     ) as client:
         monkeypatch.setattr(client.app.state.jobs, "submit", lambda files, uploaded: submitted.append(files) or "job")  # type: ignore[attr-defined]
         response = client.post("/index", files={"files": ("a.mp4", b"not read here", "video/mp4")})
@@ -168,8 +168,8 @@ def test_uploads_are_indexed_by_absolute_path(
 
 
 def test_uploads_over_the_duration_limit_are_refused_and_not_kept(corpus: Corpus, private_data: Path) -> None:
-    settings = make_settings(corpus, private_data, max_media_duration_s=5.0)
-    with TestClient(create_app(settings)) as client:
+    config = make_config(corpus, private_data, max_media_duration_s=5.0)
+    with TestClient(create_app(config)) as client:
         files = [
             ("files", ("short.txt", b"not media: the job records it", "text/plain")),
             ("files", ("long.mp4", corpus.clips[0].read_bytes(), "video/mp4")),
@@ -183,7 +183,7 @@ def test_a_version_written_by_another_process_is_picked_up(writable_client: Test
     version = writable_client.get("/health").json()["index"]["version"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVSYNC_")} | {"PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "delete", "5", "--data-dir", str(private_data)],
+        [sys.executable, "-m", "cavsync.cli", "delete", "5", "--data-dir", str(private_data)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -216,7 +216,7 @@ def test_health_and_metrics(client: TestClient) -> None:
 
 
 def test_an_empty_index(corpus: Corpus, tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(corpus, tmp_path / "empty"))) as client:
+    with TestClient(create_app(make_config(corpus, tmp_path / "empty"))) as client:
         health = client.get("/health").json()
         assert health["index"] == {"version": None, "clips": 0, "videos": 0} and health["status"] == "ok"
         body = client.post("/search/tokens", json={"tokens": [[0.1] * 128], "target": "visual"}).json()

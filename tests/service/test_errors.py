@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app, tokens_body_limit
 
-from .conftest import API_KEY, Corpus, make_settings, upload
+from .conftest import API_KEY, Corpus, make_config, upload
 
 # status per endpoint: audio-to-video, video-to-audio, /localize as the image, /localize as the audio
 EXPECTED = {
@@ -75,7 +75,7 @@ def test_uploads_are_deleted(client: TestClient, corpus: Corpus, bad_files: dict
 @pytest.fixture(scope="module")
 def small_limit_client(corpus: Corpus) -> Iterator[TestClient]:
     with TestClient(
-        create_app(make_settings(corpus, max_upload_bytes=256 * 1024, max_media_duration_s=5.0)),
+        create_app(make_config(corpus, max_upload_bytes=256 * 1024, max_media_duration_s=5.0)),
         raise_server_exceptions=False,
     ) as test_client:
         yield test_client
@@ -154,7 +154,7 @@ def test_oversized_upload_through_a_client(small_limit_client: TestClient) -> No
 def test_a_tokens_body_over_the_largest_query_gives_413(client: TestClient) -> None:
     """/search/tokens parses its JSON on the event loop: no body past what 1024 rows of D floats need."""
     limit = tokens_body_limit(128)  # the demo model's D
-    assert limit < client.app.state.settings.max_upload_bytes  # type: ignore[attr-defined]
+    assert limit < client.app.state.config.max_upload_bytes  # type: ignore[attr-defined]
     kind = {"content-type": "application/json"}
     declared = kind | {"content-length": str(limit + 1)}
     assert _raw_post(client, "/search/tokens", iter([b"{}"] * 3), declared) == (413, 0)
@@ -213,7 +213,7 @@ def test_write_endpoints_need_the_api_key(writable_client: TestClient) -> None:
 
 
 def test_a_non_ascii_api_key_matches(corpus: Corpus, private_data: Path) -> None:
-    with TestClient(create_app(make_settings(corpus, private_data, api_key="clé-ü-7"))) as client:
+    with TestClient(create_app(make_config(corpus, private_data, api_key="clé-ü-7"))) as client:
         assert client.delete("/videos/1", headers={"X-API-Key": "clé-ü-7".encode()}).status_code == 200
         assert client.delete("/videos/2", headers={"X-API-Key": "cle-u-7"}).status_code == 403
 
@@ -253,7 +253,7 @@ def test_unresolvable_paths_and_bodies_are_422(writable_client: TestClient, corp
 
 
 def test_no_media_roots_means_no_indexing_by_path(corpus: Corpus, private_data: Path) -> None:
-    with TestClient(create_app(make_settings(corpus, private_data, media_roots=[]))) as no_roots:
+    with TestClient(create_app(make_config(corpus, private_data, media_roots=[]))) as no_roots:
         response = no_roots.post("/index", json={"paths": [str(corpus.clips[0])]})
     assert response.status_code == 403 and "media roots" in response.json()["detail"]
 
@@ -278,7 +278,7 @@ def test_503_with_retry_after_when_every_slot_is_taken(client: TestClient, corpu
 
 
 def test_no_slots_at_all(corpus: Corpus) -> None:
-    with TestClient(create_app(make_settings(corpus, max_concurrent_inferences=0, retry_after_s=7))) as busy:
+    with TestClient(create_app(make_config(corpus, max_concurrent_inferences=0, retry_after_s=7))) as busy:
         response = busy.post("/search/audio-to-video", data={"video_id": "1"})
         assert response.status_code == 503 and response.headers["retry-after"] == "7"
         assert busy.get("/videos/1").status_code == 200  # the catalog does not need a slot

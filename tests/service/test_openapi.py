@@ -16,8 +16,9 @@ from schemathesis.checks import (
 )
 
 from service.app import create_app
+from service.config import ServiceConfig
 
-from .conftest import API_KEY, Corpus, make_settings
+from .conftest import API_KEY, DEMO_CHECKPOINT, Corpus, make_config
 
 MAX_EXAMPLES = 30  # per operation and mode
 CHECKS = [
@@ -32,13 +33,13 @@ CHECKS = [
 @pytest.fixture(scope="session")
 def api_schema(corpus: Corpus) -> schemathesis.BaseSchema:
     """The schema of an app over the shared corpus; an API key keeps the write routes from changing it."""
-    app = create_app(make_settings(corpus, api_key=API_KEY, max_upload_bytes=4 * 2**20))
+    app = create_app(make_config(corpus, api_key=API_KEY, max_upload_bytes=4 * 2**20))
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 def _cases() -> list[tuple[GenerationMode, str, str]]:
     """(mode, method, path) of every operation; negative data only where there is input to break."""
-    paths = create_app().openapi()["paths"]  # the routes are the same whatever the settings
+    paths = create_app(ServiceConfig(model_path=DEMO_CHECKPOINT)).openapi()["paths"]  # the same whatever the config
     cases = []
     for path, item in paths.items():
         for method, operation in item.items():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cavsync.cli import app
 from model import load_clips, preset
-from service.cli import app
 from training.synth import MASK_TIMES, VOCABULARY, make_specs, render_frame
 
 

@@ -1,19 +1,44 @@
-"""The `cavsync` command line. Each command is a thin wrapper over a library function."""
+"""The `cavsync` command line. Each command is a thin wrapper over a library function; defaults come from
+`Settings` (the `CAVSYNC_*` variables), so `index` and `serve` use the same model and data dir."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="cavsync: audio-visual search with CAV-MAE Sync.", no_args_is_help=True)
+from cavsync.settings import Settings, env_name
+from model.media import use_ffmpeg
+
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(help="cavsync: audio-visual search with CAV-MAE Sync.", no_args_is_help=True, context_settings=HELP)
+
+
+def settings() -> Settings:
+    """The settings of the environment; an invalid one is a usage error naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{env_name(str(e['loc'][0]))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
+        raise typer.BadParameter(problems, param_hint="environment") from exc
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    use_ffmpeg(settings().ffmpeg)
+
+
+def require_model(path: Path, given_as: str) -> Path:
+    """The model checkpoint, or a usage error naming the setting (or option) and its value."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{given_as}={path}: no such checkpoint file", param_hint="model")
+    return path
 
 
 @app.command("convert-checkpoint")
@@ -39,15 +64,56 @@ def convert_checkpoint(
     typer.echo(f"wrote {out}: {params / 1e6:.1f} M values, config {model.config.to_json()}")
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
-def train(ctx: typer.Context) -> None:
-    """Pretrain CAV-MAE Sync (flags: `cavsync train --help`; the same as `torchrun -m training.pretrain`)."""
-    from training.pretrain import main as pretrain_main
+def _train_option(name: str, field: Any, default: object) -> inspect.Parameter:
+    """A typer option for one TrainConfig field (`objective.<name>` for the objective), with its help and default."""
+    from training.config import FIELD_HELP
 
-    pretrain_main(list(ctx.args))
+    flag = "--" + name.replace("_", "-")
+    kind = field.type if isinstance(field.type, str) else str(field.type)
+    if kind.startswith("bool"):
+        flag = f"{flag}/--no-{flag[2:]}"  # as argparse's BooleanOptionalAction
+    option = typer.Option(flag, help=FIELD_HELP[name], show_default=default is not None)
+    annotation: Any = {
+        "str": str,
+        "str | None": str | None,
+        "int": int,
+        "int | None": int | None,
+        "float": float,
+        "float | None": float | None,
+        "bool": bool,
+        "bool | None": bool | None,
+        "tuple[float, float]": tuple[float, float],
+    }[kind]
+    required = default is None and name in ("data", "out_dir")
+    return inspect.Parameter(
+        name.replace(".", "__"),
+        inspect.Parameter.KEYWORD_ONLY,
+        default=inspect.Parameter.empty if required else default,
+        annotation=Annotated[annotation, option],
+    )
+
+
+def _train(**flags: Any) -> None:
+    """Pretrain CAV-MAE Sync (defaults: the published recipe; the same flags as `python -m training.pretrain`)."""
+    from training.config import from_flags
+    from training.pretrain import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    path = train(from_flags({k.replace("__", "."): v for k, v in flags.items()}))
+    typer.echo(f"model: {path}", err=True)
+
+
+def _register_train() -> None:
+    """`cavsync train`: one option per TrainConfig field, generated from the dataclass."""
+    from training.config import flag_fields
+
+    parameters = [_train_option(name, f, default) for name, f, default in flag_fields()]
+    _train.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # typer reads the signature
+    _train.__annotations__ = {p.name: p.annotation for p in parameters}
+    app.command("train", context_settings=HELP)(_train)
+
+
+_register_train()
 
 
 @app.command()
@@ -64,14 +130,17 @@ def synth(
     typer.echo(f"wrote {n} clips to {out}")
 
 
-DATA_DIR = typer.Option(envvar="CAVSYNC_DATA_DIR", help="Where the token store and the SQLite catalog live.")
-DATABASE_URL = typer.Option(envvar="CAVSYNC_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir).")
+DATA_DIR = typer.Option(
+    help="Where the token store and the SQLite catalog live (default: $CAVSYNC_DATA_DIR, else data)."
+)
+DATABASE_URL = typer.Option(help="SQLAlchemy URL (default: $CAVSYNC_DATABASE_URL, else SQLite in the data dir).")
+MODEL = typer.Option(help="Model checkpoint (default: $CAVSYNC_MODEL_PATH, else the demo checkpoint).")
 
 
-def _catalog_url(data_dir: Path, database_url: str | None) -> str:
-    from service.settings import catalog_url
-
-    return catalog_url(data_dir, database_url)
+def _settings_with(**given: object) -> Settings:
+    """The environment's settings, with the options that were given (None: not given) put over them."""
+    base = settings()
+    return base.model_copy(update={k: v for k, v in given.items() if v is not None})
 
 
 FACTORY = typer.Option(help="FAISS factory of the per-frame indexes (default: by size) for a new store or compact.")
@@ -81,42 +150,63 @@ SKETCH_FACTORY = typer.Option(help="FAISS factory of the clip-sketch indexes (de
 @app.command()
 def index(
     target: Annotated[Path, typer.Argument(help="A media file, a folder, or a manifest (.csv/.jsonl/.txt).")],
-    model: Annotated[Path, typer.Option(envvar="CAVSYNC_MODEL_PATH", help="Model checkpoint.")],
-    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    model: Annotated[Path | None, MODEL] = None,
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
     database_url: Annotated[str | None, DATABASE_URL] = None,
     workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
     batch_clips: Annotated[int, typer.Option(min=1, help="Clips encoded and committed together.")] = 32,
     factory: Annotated[str | None, FACTORY] = None,
     sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
 ) -> None:
-    """Index media: decode, encode per-frame tokens, add them to the store and the catalog."""
-    import json
+    """Index media: decode, encode per-frame tokens, add them to the store and the catalog.
 
-    import torch
+    Exits with status 1 when any file failed (the summary lists them).
+    """
+    import json
 
     from indexer.catalog import open_catalog
     from indexer.pipeline import Indexer, list_media, model_id_of
     from indexer.store import TokenStore
     from model import load_model
+    from model.inference import default_device
 
-    net = load_model(model).to("cuda" if torch.cuda.is_available() else "cpu")
-    sessions = open_catalog(_catalog_url(data_dir, database_url))
+    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url)
+    path = require_model(config.model_path, "--model" if model else env_name("model_path"))
+    if not target.exists():
+        raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
+    net = load_model(path).to(config.device or default_device())
     indexer = Indexer(
         net,
-        model_id_of(model),
-        TokenStore(data_dir / "index", factory=factory, sketch_factory=sketch_factory),
-        sessions,
+        model_id_of(path),
+        TokenStore(config.index_dir, factory=factory, sketch_factory=sketch_factory),
+        open_catalog(config.catalog_url),
         workers=workers,
         batch_clips=batch_clips,
     )
     summary = indexer.index(list_media(target))
     typer.echo(json.dumps(vars(summary), indent=2))
+    if summary.failed:
+        typer.echo(f"error: {summary.failed} of {summary.total} file(s) failed (see errors above)", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def migrate(
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
+    database_url: Annotated[str | None, DATABASE_URL] = None,
+) -> None:
+    """Create or upgrade the catalog's schema (what every command also does before it uses the catalog)."""
+    from indexer.catalog import migrate as upgrade
+
+    config = _settings_with(data_dir=data_dir, database_url=database_url)
+    upgrade(config.catalog_url)
+    typer.echo(f"catalog schema up to date: {config.catalog_url.split('@')[-1]}")
 
 
 @app.command()
 def delete(
     video_ids: Annotated[list[int], typer.Argument(help="Catalog ids of the videos to remove.")],
-    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
     database_url: Annotated[str | None, DATABASE_URL] = None,
 ) -> None:
     """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space)."""
@@ -124,22 +214,22 @@ def delete(
     from indexer.pipeline import delete_videos
     from indexer.store import TokenStore
 
-    removed = delete_videos(
-        video_ids, TokenStore(data_dir / "index"), open_catalog(_catalog_url(data_dir, database_url))
-    )
+    config = _settings_with(data_dir=data_dir, database_url=database_url)
+    removed = delete_videos(video_ids, TokenStore(config.index_dir), open_catalog(config.catalog_url))
     typer.echo(f"deleted {removed} video(s)")
 
 
 @app.command()
 def compact(
-    data_dir: Annotated[Path, DATA_DIR] = Path("data"),
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
     factory: Annotated[str | None, FACTORY] = None,
     sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
 ) -> None:
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
     from indexer.store import TokenStore
 
-    version = TokenStore(data_dir / "index", factory=factory, sketch_factory=sketch_factory).compact()
+    index_dir = _settings_with(data_dir=data_dir).index_dir
+    version = TokenStore(index_dir, factory=factory, sketch_factory=sketch_factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 
 
@@ -147,27 +237,22 @@ def compact(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    model: Annotated[
-        Path | None, typer.Option(help="Model checkpoint (default: $CAVSYNC_MODEL_PATH, else the demo checkpoint).")
-    ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data dir (default: $CAVSYNC_DATA_DIR, else data).")] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Catalog URL (default: $CAVSYNC_DATABASE_URL, else SQLite in the data dir).")
-    ] = None,
+    model: Annotated[Path | None, MODEL] = None,
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
+    database_url: Annotated[str | None, DATABASE_URL] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the REST API with uvicorn (every other setting: CAVSYNC_* variables, see service/settings.py)."""
+    """Serve the REST API with uvicorn (every other setting: CAVSYNC_* variables, see cavsync/settings.py)."""
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from cavsync.app import build_app
 
-    given = {"model_path": model, "data_dir": data_dir, "database_url": database_url}
-    settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url)
+    require_model(config.model_path, "--model" if model else env_name("model_path"))
+    uvicorn.run(build_app(config), host=host, port=port, log_level=log_level)
 
 
-eval_app = typer.Typer(help="Evaluate a checkpoint; prints JSON.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a checkpoint; prints JSON.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(eval_app, name="eval")
 
 

@@ -26,7 +26,6 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from ..conftest import IN_CI
-from ..indexer.conftest import _pg_database
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -96,7 +95,7 @@ def test_worker_scales(compose: dict) -> None:
     worker = compose["services"]["worker"]
     # `docker compose up --scale worker=N`: no fixed name, no fixed host port, no fixed hostname
     assert "container_name" not in worker and "ports" not in worker and "hostname" not in worker
-    assert worker["command"][:4] == ["celery", "-A", "indexer.tasks", "worker"]
+    assert worker["command"][:4] == ["celery", "-A", "cavsync.worker", "worker"]
 
 
 def test_named_volumes_and_paths_agree(compose: dict) -> None:
@@ -174,7 +173,7 @@ def _native_command(command: list[str], port: int) -> list[str]:
     executable, rest = command[0], list(command[1:])
     if executable == "cavsync":
         script = Path(sys.executable).with_name("cavsync")
-        head = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+        head = [str(script)] if script.exists() else [sys.executable, "-m", "cavsync.cli"]
     elif executable == "celery":
         head = [sys.executable, "-m", "celery"]
     elif executable in {"python", "python3"}:
@@ -268,11 +267,6 @@ def broker() -> Iterator[str]:
     client.flushdb()
     yield BROKER
     client.flushdb()
-
-
-@pytest.fixture()
-def pg_url() -> Iterator[str]:
-    yield from _pg_database()
 
 
 def _wait(condition, timeout_s: float, what: str, processes: Processes, every_s: float = 0.5):  # noqa: ANN001, ANN202

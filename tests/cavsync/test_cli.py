@@ -31,7 +31,7 @@ def test_serve(corpus: Corpus, tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "cavsync.cli",
         "serve",
         "--host",
         "127.0.0.1",

@@ -1,0 +1,116 @@
+"""The one settings class: every `CAVSYNC_*` environment variable is read here and nowhere else.
+
+The composition root (`cavsync.cli`, `cavsync.worker`, `cavsync.app`) reads `Settings()` and hands the
+libraries what they need as plain values or frozen configs (`service.ServiceConfig`, `indexer.TaskContext`,
+`model.media.use_ffmpeg`). Lists (`CAVSYNC_MEDIA_ROOTS`, `CAVSYNC_CORS_ORIGINS`) are a JSON list or
+comma-separated. The default model is the demo checkpoint of this repository, found relative to the installed
+package (not the working directory).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from indexer.catalog import catalog_url
+from service.config import ServiceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = REPO / "checkpoints" / "cavsync_tiny_demo.safetensors"
+ENV_PREFIX = "CAVSYNC_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field (`media_roots` -> `CAVSYNC_MEDIA_ROOTS`)."""
+    return ENV_PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """Everything the API, the workers and the command line configure; every field is `CAVSYNC_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+
+    model_path: Path = Field(DEMO_CHECKPOINT, description="Model checkpoint (.safetensors or official .pth).")
+    data_dir: Path = Field(Path("data"), description="Token store (index/), SQLite catalog, uploads.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the catalog (default: SQLite).")
+    broker_url: str | None = Field(None, description="Celery broker; unset: index jobs run in the API process.")
+    media_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Folders whose files POST /index may index by path."
+    )
+    max_upload_bytes: int = Field(512 * 2**20, ge=0, description="Largest request body (uploads included).")
+    max_media_duration_s: float = Field(3600.0, gt=0, description="Longest media a query or an upload may be.")
+    max_query_s: float = Field(60.0, gt=0, description="Longest audio query decoded (its first clip is used).")
+    max_concurrent_inferences: int = Field(4, ge=0, description="Inferences at once; more get 503.")
+    inference_wait_s: float = Field(0.0, ge=0, description="How long a request waits for a free inference slot.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503 answer.")
+    api_key: SecretStr | None = Field(None, description="When set, write endpoints need the X-API-Key header.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins.")
+    device: str | None = Field(None, description="torch device of the model (default: cuda when available).")
+    ffmpeg: str | None = Field(None, description="ffmpeg binary (default: the system one, else imageio-ffmpeg's).")
+    # Celery: the longest a task may run, and how long the broker waits before handing the task of a worker that
+    # died to another one (above the longest task: a task still running when it expires runs twice, which
+    # idempotency makes harmless but wasteful).
+    task_time_limit_s: int = Field(1800, gt=0, description="Longest an index task may run.")
+    visibility_timeout_s: int | None = Field(
+        None, gt=0, description="Redelivery delay of a dead worker's task (default: 2 x task_time_limit_s)."
+    )
+    broker_timeout_s: float = Field(
+        5.0, gt=0, description="Connecting to the broker and each command on it (a publish) give up after this."
+    )
+    merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
+
+    @field_validator("media_roots", "cors_origins", mode="before")
+    @classmethod
+    def _list(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("api_key", "database_url", "broker_url", "ffmpeg", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _visibility_above_task_limit(self) -> Settings:
+        if self.visibility_timeout_s is None:
+            self.visibility_timeout_s = 2 * self.task_time_limit_s
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def catalog_url(self) -> str:
+        return catalog_url(self.data_dir, self.database_url)
+
+    def service_config(self) -> ServiceConfig:
+        """The API's frozen config."""
+        return ServiceConfig(
+            model_path=self.model_path,
+            data_dir=self.data_dir,
+            database_url=self.database_url,
+            broker_url=self.broker_url,
+            media_roots=tuple(self.media_roots),
+            max_upload_bytes=self.max_upload_bytes,
+            max_media_duration_s=self.max_media_duration_s,
+            max_query_s=self.max_query_s,
+            max_concurrent_inferences=self.max_concurrent_inferences,
+            inference_wait_s=self.inference_wait_s,
+            retry_after_s=self.retry_after_s,
+            api_key=self.api_key,
+            cors_origins=tuple(self.cors_origins),
+            device=self.device,
+        )

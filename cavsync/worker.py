@@ -1,0 +1,85 @@
+"""The Celery app of the indexing workers, built from `Settings` (nothing is built at import):
+
+    CAVSYNC_BROKER_URL=redis://127.0.0.1:6379/0 celery -A cavsync.worker worker --concurrency 2
+
+The task is a thin shell over `indexer.tasks.index_file`: acknowledged late with a prefetch of 1 (the task of
+a killed worker is delivered again), retried with backoff only for the transient errors that function
+reports. The API publishes through `publisher(settings)`; broker connections and publishes time out after
+`CAVSYNC_BROKER_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from celery import Celery, Task
+
+from cavsync.settings import Settings
+from indexer import tasks
+from indexer.tasks import Publish, Resources, TaskContext
+from model.media import use_ffmpeg
+
+TASK_NAME = "cavsync.index_file"
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app for `settings.broker_url` with the index task registered."""
+    use_ffmpeg(settings.ffmpeg)
+    timeout = settings.broker_timeout_s
+    celery = Celery("cavsync", broker=settings.broker_url or "memory://", backend=None)
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        broker_connection_timeout=timeout,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,  # above the workers' 1 s BRPOP
+        },
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        broker_connection_retry_on_startup=True,
+    )
+    resources = Resources()  # one model and one catalog engine per worker process
+
+    @celery.task(bind=True, name=TASK_NAME, max_retries=tasks.MAX_RETRIES, shared=False)  # this app only
+    def index_file(self: Task, job_id: str, path: str, model_path: str, data_dir: str, database_url: str) -> str:
+        """Encode one file into a shard, merge whatever is pending, settle the file in its job."""
+        ctx = TaskContext(
+            model_path,
+            data_dir,
+            database_url,
+            job_id or None,
+            lock_url=settings.broker_url,
+            merge_lock_ttl_s=settings.merge_lock_ttl_s,
+        )
+        retry = tasks.index_file(ctx, path, resources, self.request.retries)
+        if retry is not None:
+            raise self.retry(exc=retry.error, countdown=retry.delay_s)
+        return path
+
+    return celery
+
+
+def publisher(celery: Celery) -> Publish:
+    """Publishes one index task per call on the app's broker (what the API's job runner is given)."""
+    task = celery.tasks[TASK_NAME]
+
+    def publish(job_id: str, path: str, ctx: TaskContext) -> None:
+        task.delay(job_id, path, ctx.model_path, ctx.data_dir, ctx.database_url)
+
+    return publish
+
+
+@functools.cache
+def default_app() -> Celery:
+    return make_app(Settings())
+
+
+def __getattr__(name: str) -> Any:
+    """`celery -A cavsync.worker` looks up `app`: built from the environment's settings on first use."""
+    if name in ("app", "celery"):
+        return default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,126 @@
+"""Index jobs as the catalog records them: a job and its files, each file's state, the job's counters.
+
+A job is created queued (`create_job`), marked running when dispatched (`mark_running`), and each file is
+settled (indexed, skipped, or failed with its error) by the task that ran it, which recounts the job: the job
+is done once its last file is settled, whatever that file's outcome. A job that cannot run (the broker took
+no task, the process stopped) fails with its unsent files (`fail_files`, `fail_unstarted`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.catalog import SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
+
+STOPPED = "not indexed: the server stopped first; index it again (indexed files are skipped)"
+
+
+class QueueUnavailable(RuntimeError):
+    """The broker did not take a job's tasks; the job has been marked failed. `unsent`: the files not queued."""
+
+    def __init__(self, message: str, unsent: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.unsent = list(unsent)
+
+
+def create_job(sessions: sessionmaker[Session], paths: Sequence[str | os.PathLike[str]]) -> str:
+    """Record a queued job with its files; returns its id."""
+    files = list(dict.fromkeys(str(p) for p in paths))
+    job_id = str(uuid.uuid4())
+    with sessions() as session:
+        session.add(IndexJob(id=job_id, total=len(files), state=JobState.QUEUED))
+        session.add_all(JobFile(job_id=job_id, path=f) for f in files)
+        session.commit()
+    return job_id
+
+
+def set_file_state(session: Session, job_id: str, path: str, state: FileState, error: str | None = None) -> None:
+    """A file's outcome; a settled file changes only to indexed (a redelivered task never undoes a result)."""
+    row = session.get(JobFile, (job_id, path)) or JobFile(job_id=job_id, path=path)
+    if row.state in SETTLED and state != FileState.INDEXED:
+        return
+    row.state, row.error = state, error
+    session.merge(row)
+
+
+def recount(session: Session, job: IndexJob) -> None:
+    """A job's counters from its files' states; a running job with every file settled is done."""
+    rows = session.execute(
+        select(JobFile.state, func.count()).where(JobFile.job_id == job.id).group_by(JobFile.state)
+    ).all()
+    counts: dict[str, int] = {state: count for state, count in rows}
+    job.done = counts.get(FileState.INDEXED, 0)
+    job.skipped = counts.get(FileState.SKIPPED, 0)
+    job.failed = counts.get(FileState.FAILED, 0)
+    failed = select(JobFile.path, JobFile.error).where(JobFile.job_id == job.id, JobFile.state == FileState.FAILED)
+    job.errors = {p: e or "" for p, e in session.execute(failed).all()}
+    if job.state == JobState.RUNNING and job.done + job.skipped + job.failed >= job.total:
+        job.state = JobState.DONE
+
+
+def settle(session: Session, job_id: str | None, path: str, state: FileState | None, error: str | None = None) -> None:
+    """Set a file's state (None: leave it) and recount its job, under the job row's lock (concurrent tasks of a
+    job serialise here, on PostgreSQL; SQLite has one writer anyway). The caller commits."""
+    job = session.get(IndexJob, job_id, with_for_update=True) if job_id else None
+    if job is None:
+        return
+    if state is not None:
+        set_file_state(session, job.id, path, state, error)
+    recount(session, job)
+
+
+def indexed(session: Session, sha: str, model_id: str) -> bool:
+    """Whether this content is indexed with this model."""
+    query = select(Video.id).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
+    return session.scalars(query).first() is not None
+
+
+def outcome(session: Session, sha: str, model_id: str) -> tuple[FileState, str | None] | None:
+    """What the catalog holds for this content: (SKIPPED, None) when indexed, (FAILED, error), or None."""
+    if indexed(session, sha, model_id):
+        return FileState.SKIPPED, None
+    query = select(Video.error).where(
+        Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.FAILED
+    )
+    error = session.scalars(query).first()
+    return None if error is None else (FileState.FAILED, error)
+
+
+def mark_running(sessions: sessionmaker[Session], job_id: str) -> list[str]:
+    """Mark a job running; returns its files still queued (an empty job is done at once)."""
+    with sessions() as session:
+        job = session.get(IndexJob, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(f"no index job {job_id}")
+        job.state = JobState.RUNNING
+        query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == FileState.QUEUED)
+        paths = list(session.scalars(query.order_by(JobFile.path)).all())
+        recount(session, job)
+        session.commit()
+    return paths
+
+
+def fail_files(sessions: sessionmaker[Session], job_id: str, paths: Sequence[str], message: str) -> None:
+    """A job that could not be dispatched: its unsent files failed with the message, the job failed."""
+    with sessions() as session:
+        job = session.get(IndexJob, job_id, with_for_update=True)
+        if job is None:
+            return
+        for path in paths:
+            set_file_state(session, job_id, path, FileState.FAILED, message)
+        job.state = JobState.FAILED
+        recount(session, job)
+        session.commit()
+
+
+def fail_unstarted(sessions: sessionmaker[Session], job_id: str, message: str = STOPPED) -> None:
+    """A job that will not run (its process stopping): its queued files failed with `message`, the job failed."""
+    with sessions() as session:
+        query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == FileState.QUEUED)
+        paths = list(session.scalars(query).all())
+    fail_files(sessions, job_id, paths, message)

@@ -1,0 +1,49 @@
+"""What the API is built from: one frozen dataclass, filled by the composition root (`cavsync`), which reads
+the `CAVSYNC_*` settings. The service itself reads no environment.
+
+The data dir has the layout `cavsync index` uses: the token store in `<data_dir>/index`, the SQLite catalog
+in `<data_dir>/catalog.db` unless a database URL is given, and (the API's own) uploads for indexing in
+`<data_dir>/uploads`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from indexer.catalog import catalog_url
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the API needs to start. Field names are those of the settings (`CAVSYNC_<NAME>`), so an
+    error can name the setting that changes a value."""
+
+    model_path: Path  # our .safetensors or an official .pth
+    data_dir: Path = Path("data")  # token store (index/), SQLite catalog, uploads
+    database_url: str | None = None  # SQLAlchemy URL of the catalog (default: SQLite in the data dir)
+    broker_url: str | None = None  # Celery broker; None: index jobs run in the API process
+    media_roots: tuple[Path, ...] = ()  # folders whose files POST /index may index by path
+    max_upload_bytes: int = 512 * 2**20  # largest request body (uploads included)
+    max_media_duration_s: float = 3600.0  # longest media a query or an upload may be
+    max_query_s: float = 60.0  # longest audio query decoded (its first clip is used)
+    max_concurrent_inferences: int = 4  # inferences at once; more get 503
+    inference_wait_s: float = 0.0  # how long a request waits for a free inference slot
+    retry_after_s: int = 1  # Retry-After of a 503 answer
+    api_key: SecretStr | None = field(default=None, repr=False)  # when set, write endpoints need X-API-Key
+    cors_origins: tuple[str, ...] = ()
+    device: str | None = None  # torch device of the model (default: cuda when available)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def catalog_url(self) -> str:
+        return catalog_url(self.data_dir, self.database_url)
