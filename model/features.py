@@ -82,7 +82,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, mel_bins: int, prep: PreprocessCo
     min_samples = int(prep.sample_rate * 0.025)  # one 25-ms window
     if wave.shape[1] < min_samples:
         wave = torch.nn.functional.pad(wave, (0, min_samples - wave.shape[1]))
-    return torchaudio.compliance.kaldi.fbank(
+    fbank: torch.Tensor = torchaudio.compliance.kaldi.fbank(
         wave,
         htk_compat=True,
         sample_frequency=prep.sample_rate,
@@ -92,6 +92,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, mel_bins: int, prep: PreprocessCo
         dither=0.0,
         frame_shift=prep.frame_shift_ms,
     )
+    return fbank
 
 
 def pad_or_cut(spec: torch.Tensor, frames: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 import numpy as np
@@ -194,7 +195,7 @@ def _rate(text: str | None) -> float | None:
     return _number(num) / _number(den) if _number(num) and _number(den) else None  # type: ignore[operator]
 
 
-def _info_from_ffprobe(path: Path, data: dict) -> MediaInfo:
+def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
     streams = data.get("streams", [])
     fmt = data.get("format", {})
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
@@ -366,4 +367,5 @@ def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg
 
 
 def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
-    return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_binary())
+    args: list[str] = stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_binary())
+    return args

@@ -51,8 +51,7 @@ def indexed_video(session: Session, video_id: int) -> Video:
 
 def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
     """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
-    rows = version.rows_of([clip_id]) if version is not None else []
-    if version is None or len(rows) == 0:
+    if version is None or len(rows := version.rows_of([clip_id])) == 0:
         raise NotFound(f"video {video_id} is not in the loaded index version")
     if not version.present[modality][rows[0]]:
         raise InvalidInput(f"video {video_id} has no {modality} track")
@@ -118,7 +117,7 @@ def answer(
     return SearchResponse(
         target=target,
         strategy=strategy,
-        index_version=version.name if version else None,  # type: ignore[arg-type]
+        index_version=version.name if version else None,
         query=info,
         results=results,
         timings=timings,
