@@ -140,7 +140,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         max_body_size=config.max_upload_bytes,
     )
     app.state.config, app.state.metrics = config, metrics
-    app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]  # FastAPI's documented schema hook
     install_handlers(app)
     app.add_middleware(TokensBodyLimit, max_upload_bytes=config.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

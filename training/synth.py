@@ -214,9 +214,10 @@ def render_frame(spec: ClipSpec, t: float) -> tuple[np.ndarray, np.ndarray, np.n
     frame = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
     frame[:] = np.array(spec.background, dtype=np.uint8)
     distractor_mask = np.zeros((SIZE, SIZE), dtype=bool)
-    if spec.distractor is not None and t >= spec.distractor_from:
+    box = spec.distractor_box  # set exactly when there is a distractor
+    if spec.distractor is not None and box is not None and t >= spec.distractor_from:
         obj = VOCABULARY[spec.distractor]
-        distractor_mask = shape_mask(obj.shape, *spec.distractor_box)  # type: ignore[misc]
+        distractor_mask = shape_mask(obj.shape, *box)
         paint(frame, obj, distractor_mask)
     event = _event_at(spec, t)
     obj = VOCABULARY[event.object]
