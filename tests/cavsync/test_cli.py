@@ -98,6 +98,7 @@ def test_index_with_the_default_model_exits_non_zero_when_a_file_failed(corpus: 
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 1, again.stderr  # same default model
 
 
+@pytest.mark.slow
 def test_serve_from_any_folder_with_no_settings_serves_the_demo_model(corpus: Corpus, tmp_path: Path) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "cavsync.cli", "serve", "--port", str(port), "--data-dir", str(corpus.data)]

@@ -31,6 +31,7 @@ def _counts(url: str) -> tuple[int, int, int]:
     return indexed, failed, clips
 
 
+@pytest.mark.slow
 def test_index_search_skip_and_failures(media: Path, checkpoint: Path, tmp_path: Path) -> None:
     from model import load_model
 
@@ -92,6 +93,7 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
     assert sorted(version.clip_ids[version.live].tolist()) == catalog_clips  # every clip once, none lost
 
 
+@pytest.mark.slow
 def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Path) -> None:
     from indexer.search import matched_moment, search_videos
     from model import load_model

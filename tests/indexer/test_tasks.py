@@ -52,6 +52,7 @@ def _job(url: str, job_id: str) -> IndexJob:
         return session.get(IndexJob, job_id)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
     pg_url: str, media: Path, checkpoint: Path, tmp_path: Path

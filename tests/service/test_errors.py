@@ -17,6 +17,8 @@ from service.app import create_app, tokens_body_limit
 
 from .conftest import API_KEY, Corpus, make_config, upload
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 # status per endpoint: audio-to-video, video-to-audio, /localize as the image, /localize as the audio
 EXPECTED = {
     "zero_bytes": (415, 415, 415, 415),
