@@ -63,7 +63,7 @@ bench: install
 # The product on this machine: a demo corpus (40 synthetic clips + ../shared/media when present)
 # indexed with the committed checkpoint, served on 127.0.0.1:8000, with curl examples. Idempotent.
 demo: install
-	BIN=$(BIN) bash scripts/demo.sh
+	BIN=$(BIN) exec bash scripts/demo.sh  # exec: Ctrl-C reaches the script itself, which stops the server and exits 0
 
 # The committed demo checkpoint: exactly how it was made (CPU, ~35 min of training on the 2-core dev machine).
 DEMO_WORK ?= /tmp/cavsync-demo-train
