@@ -26,11 +26,11 @@ from training.evaluate import localization_report
 from training.localizer import FrozenFeatures, LocalizerConfig, encode_features, fit_head
 
 
-def load_or_encode(model, data: str, layers: tuple[int, ...], cache: Path) -> tuple[dict, torch.Tensor]:  # noqa: ANN001
+def load_or_encode(model, data: str, layers: tuple[int, ...], cache: Path, **kw) -> tuple[dict, torch.Tensor]:  # noqa: ANN001, ANN003
     if cache.exists():
         saved = torch.load(cache, weights_only=True)
         return {int(k): v for k, v in saved["visual"].items()}, saved["audio"]
-    visual, audio = encode_features(model, MediaManifest.open(data, model.config), layers)
+    visual, audio = encode_features(model, MediaManifest.open(data, model.config), layers, **kw)
     torch.save({"visual": {str(k): v for k, v in visual.items()}, "audio": audio}, cache)
     return visual, audio
 
@@ -73,13 +73,16 @@ def main() -> None:
     parser.add_argument("--aggregations", default="max,softmax")
     parser.add_argument("--steps", default="200,400,800,1600")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-clips", type=int, default=1000)
+    parser.add_argument("--frame-stride", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.05)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     model = load_model(args.checkpoint)
     layers = tuple(int(x) for x in args.layers.split(","))
-    train_v, train_a = load_or_encode(model, args.train, layers, Path(args.cache + ".train"))
-    val_v, val_a = load_or_encode(model, args.val, layers, Path(args.cache + ".val"))
+    kw = {"max_clips": args.max_clips, "frame_stride": args.frame_stride}
+    train_v, train_a = load_or_encode(model, args.train, layers, Path(args.cache + ".train"), **kw)
+    val_v, val_a = load_or_encode(model, args.val, layers, Path(args.cache + ".val"))  # every frame
     targets = val_targets(args.val)
     checkpoints = sorted(int(x) for x in args.steps.split(","))
     for layer, hidden, aggregation in itertools.product(layers, args.hidden.split(","), args.aggregations.split(",")):

@@ -53,6 +53,7 @@ class LocalizerConfig:
     weight_decay: float = 0.0
     seed: int = 0
     max_clips: int | None = None  # use only the first clips of the data
+    frame_stride: int = 2  # cache every k-th of a clip's T frames (neighbours are near-duplicates)
     checkpoint_every: int = 100
     workers: int = 2  # decoding processes for the feature cache
     encode_batch: int = 64  # frames per backbone forward while caching
@@ -60,6 +61,8 @@ class LocalizerConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.temperature <= 0 or self.pool_temperature <= 0:
             raise ValueError("steps >= 1, batch_size >= 2 and temperatures > 0 are required")
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -100,10 +103,16 @@ def _first(items: list) -> object:
 
 @torch.no_grad()
 def encode_features(
-    model: CAVMAESync, source: MediaManifest, layers: tuple[int, ...], *, max_clips: int | None = None, workers: int = 2
+    model: CAVMAESync,
+    source: MediaManifest,
+    layers: tuple[int, ...],
+    *,
+    max_clips: int | None = None,
+    frame_stride: int = 1,
+    workers: int = 2,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Decode and encode every clip once: {layer: (N, T, P, D) fp16} and audio (N, T, D) normalised.
-    Unreadable clips are skipped (logged)."""
+    """Decode and encode every clip once: {layer: (N, T', P, D) fp16} and audio (N, T', D) normalised, for
+    every `frame_stride`-th frame (T' = ceil(T / frame_stride)). Unreadable clips are skipped (logged)."""
     count = min(len(source), max_clips or len(source))
     loader = DataLoader(_Clips(source, count), batch_size=1, num_workers=workers, collate_fn=_first)
     visual: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
@@ -111,7 +120,7 @@ def encode_features(
     for item in tqdm(loader, total=count, desc="frozen features", unit="clip"):
         if item is None:
             continue
-        frames, segments = item
+        frames, segments = item[0][::frame_stride], item[1][::frame_stride]
         audio.append(F.normalize(model.encode_audio(segments).global_tokens.float(), dim=-1))
         for layer in layers:
             visual[layer].append(model.visual_layer_tokens(frames, layer).half())
@@ -122,12 +131,15 @@ def encode_features(
 
 def cached_features(model: CAVMAESync, cfg: LocalizerConfig, fingerprint: str) -> FrozenFeatures:
     """The run's frozen features, computed once and kept in out_dir (named by backbone and layer)."""
-    path = Path(cfg.out_dir) / f"features-{fingerprint[:16]}-L{cfg.layer}-n{cfg.max_clips or 'all'}.pt"
+    name = f"features-{fingerprint[:16]}-L{cfg.layer}-n{cfg.max_clips or 'all'}-s{cfg.frame_stride}.pt"
+    path = Path(cfg.out_dir) / name
     if path.exists():
         data = torch.load(path, weights_only=True)
         return FrozenFeatures(data["visual"], data["audio"])
     source = MediaManifest.open(cfg.data, model.config)
-    visual, audio = encode_features(model, source, (cfg.layer,), max_clips=cfg.max_clips, workers=cfg.workers)
+    visual, audio = encode_features(
+        model, source, (cfg.layer,), max_clips=cfg.max_clips, frame_stride=cfg.frame_stride, workers=cfg.workers
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"visual": visual[cfg.layer], "audio": audio}, tmp)
     os.replace(tmp, path)
@@ -183,10 +195,29 @@ def fit_head(
 
 
 # ------------------------------------------------------------------------------------ the run
-def _save_state(path: Path, head: LocalizationHead, optimizer: torch.optim.Optimizer, step: int) -> None:
+def _identity(cfg: LocalizerConfig, fingerprint: str) -> str:
+    """What a resumed run must share with the interrupted one: the backbone and the training choices."""
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("into", "workers", "checkpoint_every", "steps")}
+    return json.dumps(kept | {"backbone": fingerprint}, sort_keys=True)
+
+
+def _save_state(path: Path, head: LocalizationHead, optimizer: torch.optim.Optimizer, step: int, run: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    torch.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "run": run}, tmp)
     os.replace(tmp, path)
+
+
+def _resume(path: Path, head: LocalizationHead, optimizer: torch.optim.Optimizer, run: str) -> int:
+    """The step `path` holds (its head and optimizer loaded), or 0 without one; ValueError for another run."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    if state.get("run") != run:
+        raise ValueError(f"{path} holds a run of another backbone or other settings: use a fresh --out-dir")
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"])
 
 
 def train_localizer(cfg: LocalizerConfig, progress: bool = True) -> Path:
@@ -200,13 +231,8 @@ def train_localizer(cfg: LocalizerConfig, progress: bool = True) -> Path:
     features = cached_features(model, cfg, fingerprint)
     head = LocalizationHead(head_config_for(cfg, model))
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state_path, start = out_dir / "last.pt", 0
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        log.info("resumed from %s at step %d", state_path, start)
+    state_path, run = out_dir / "last.pt", _identity(cfg, fingerprint)
+    start = _resume(state_path, head, optimizer, run)
     (out_dir / "config.json").write_text(cfg.to_json())
     bar = tqdm(total=cfg.steps, initial=start, desc="localization head", unit="step", disable=not progress)
 
@@ -214,7 +240,7 @@ def train_localizer(cfg: LocalizerConfig, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_state(state_path, head, optimizer, step)
+            _save_state(state_path, head, optimizer, step, run)
 
     try:
         fit_head(head, features, cfg, optimizer, start=start, on_step=on_step)
