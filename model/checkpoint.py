@@ -365,7 +365,8 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(dict(tensors), tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -87,7 +87,8 @@ def patch_embeddings(model: CAVMAESync, frames: torch.Tensor, head: Localization
     the head's embeddings of its visual block's tokens, or (no head: the paper's) the final patch tokens."""
     if head is None:
         return model.encode_visual(frames).patch_tokens
-    return head(model.visual_layer_tokens(frames, head.config.layer))
+    embedded: torch.Tensor = head(model.visual_layer_tokens(frames, head.config.layer))
+    return embedded
 
 
 def cosine_grid(audio: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
