@@ -197,7 +197,9 @@ def fit_head(
 # ------------------------------------------------------------------------------------ the run
 def _identity(cfg: LocalizerConfig, fingerprint: str) -> str:
     """What a resumed run must share with the interrupted one: the backbone and the training choices."""
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("into", "workers", "checkpoint_every", "steps")}
+    kept = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("into", "workers", "checkpoint_every", "steps")
+    }
     return json.dumps(kept | {"backbone": fingerprint}, sort_keys=True)
 
 
