@@ -82,28 +82,25 @@ def exhaustive(version: StoreVersion, query: FloatArray, target: str, strategy: 
 
 def vote(
     version: StoreVersion, query: FloatArray, target: str, *, per_frame: int, hypotheses: int, bin_frames: int
-) -> dict[int, tuple[int, int]]:
-    """track index -> (lowest, highest) offset bin start of its best-voted hypotheses."""
+) -> dict[int, list[int]]:
+    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted."""
     table, index = version.tracks, version.index[target]
     sims, ids = index.search(query, min(per_frame, index.ntotal))  # (Q, k)
     found = ids >= 0
     track, place = table.place(np.where(found, ids, 0))
     alive = table.live[track] & version.present[target][table.first_row[track]] & (place < table.length[track])
-    keep = found & alive
     offsets = place - np.arange(len(query))[:, None]
     spare = table.length[track] - len(query)  # offsets run from min(0, spare) to max(0, spare)
-    keep &= (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
+    keep = found & alive & (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
     bins = np.floor_divide(offsets, bin_frames)[keep]
     keys = track[keep] * (1 << 32) + (bins + (1 << 31))
     unique, inverse = np.unique(keys, return_inverse=True)
     votes = np.bincount(inverse, weights=sims[keep].astype(np.float64))
-    best = unique[np.argsort(-votes, kind="stable")[:hypotheses]]
-    hull: dict[int, tuple[int, int]] = {}
+    best = np.sort(unique[np.argsort(-votes, kind="stable")[:hypotheses]])  # by track, then bin
+    voted: dict[int, list[int]] = {}
     for key in best.tolist():
-        t, b = key >> 32, (key & 0xFFFFFFFF) - (1 << 31)
-        low, high = hull.get(t, (b, b))
-        hull[t] = (min(low, b), max(high, b))
-    return hull
+        voted.setdefault(key >> 32, []).append((key & 0xFFFFFFFF) - (1 << 31))
+    return voted
 
 
 def rescore(
@@ -111,25 +108,40 @@ def rescore(
     query: FloatArray,
     target: str,
     strategy: Strategy,
-    hull: dict[int, tuple[int, int]],
+    voted: dict[int, list[int]],
     *,
     bin_frames: int,
     radius: int,
 ) -> list[Scored]:
-    """Exact scores of each voted track over its hypotheses' offsets +- radius frames."""
+    """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
+    of nearby bins; the windows' offsets joined, ascending)."""
     table, length, out = version.tracks, len(query), []
-    for track, (low_bin, high_bin) in hull.items():
+    for track, bins in voted.items():
         frames = int(table.length[track])
         if length >= frames:  # the whole track fits in the query: every offset (at most Q - L + 1)
-            start, stop = 0, frames
-        else:
-            start = max(0, low_bin * bin_frames - radius)
-            stop = min(frames, (high_bin + 1) * bin_frames - 1 + radius + length)
-            start = min(start, max(0, stop - length))
-        tokens = version.track_frames(target, track, start, stop)
-        found = score_offsets(query, tokens[None], strategy)
-        out.append(Scored(track, found.offsets + start, found.scores[0], found.aligned))
+            found = score_offsets(query, version.track_frames(target, track)[None], strategy)
+            out.append(Scored(track, found.offsets, found.scores[0], found.aligned))
+            continue
+        windows = _windows(bins, bin_frames=bin_frames, radius=radius, spare=frames - length)
+        parts = []
+        for low, high in windows:  # offsets low .. high
+            found = score_offsets(query, version.track_frames(target, track, low, high + length)[None], strategy)
+            parts.append((found.offsets + low, found.scores[0], found.aligned))
+        offsets = np.concatenate([p[0] for p in parts])
+        out.append(Scored(track, offsets, np.concatenate([p[1] for p in parts]), parts[0][2]))
     return out
+
+
+def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:
+    """Offset ranges [low, high] covering each bin +- radius inside 0 .. spare, overlapping ones merged."""
+    merged: list[tuple[int, int]] = []
+    for b in bins:
+        low, high = max(0, b * bin_frames - radius), min(spare, (b + 1) * bin_frames - 1 + radius)
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def search(
@@ -164,8 +176,8 @@ def search(
     if scheme == "exhaustive" or (scheme == "auto" and live_frames <= EXHAUSTIVE_BELOW):
         scored = exhaustive(version, q, target, strategy)
     else:
-        hull = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
-        scored = rescore(version, q, target, strategy, hull, bin_frames=bin_frames, radius=radius)
+        voted = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
+        scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius)
     if not scored:
         return []
     best = np.array([s.scores.max() for s in scored])
@@ -186,7 +198,6 @@ def _hit(
     moment_from: str | None,
 ) -> TrackHit:
     table = version.tracks
-    track_tokens = version.track_frames(target, scored.track)
     offsets, scores = scored.offsets, scored.scores
     if moment_from is not None and version.present[moment_from][table.first_row[scored.track]]:
         own = score_offsets(query, version.track_frames(moment_from, scored.track)[None])
@@ -195,14 +206,15 @@ def _hit(
     step, aligned = version.frame_s, scored.aligned
     found = []
     for offset in picked:
-        cosines = frame_cosines(query, track_tokens, offset)
         start = max(offset, 0)
+        track_tokens = version.track_frames(target, scored.track, start, start + aligned)  # the aligned frames
+        cosines = frame_cosines(query, track_tokens, min(offset, 0))
         found.append(
             Moment(
                 offset=offset,
                 start=round(start * step, 3),
                 end=round((start + aligned) * step, 3),
-                score=score_at(query, track_tokens, offset, strategy),
+                score=score_at(query, track_tokens, min(offset, 0), strategy),
                 frame_scores=cosines,
             )
         )

@@ -79,15 +79,19 @@ def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> tuple[fl
 def pick_moments(
     offsets: IntArray, scores: FloatArray, aligned: int, count: int, tolerance: float = TIE_TOLERANCE
 ) -> list[int]:
-    """Up to `count` indices into offsets/scores (W,): the centre of the best run of tied windows, then
-    the best among the windows whose aligned track frames overlap no chosen one, and so on."""
+    """Up to `count` indices into offsets/scores (W,), offsets ascending (gaps allowed: a run of tied
+    windows never crosses one): the centre of the best run of tied windows, then the best among the
+    windows whose aligned track frames overlap no chosen one, and so on."""
     open_ = np.ones(len(offsets), dtype=bool)
     chosen: list[int] = []
     starts = np.maximum(offsets, 0)
+    gap = np.r_[False, np.diff(offsets) != 1]  # offsets not scored in between: a run stops there
     while len(chosen) < count and open_.any():
         masked = np.where(open_, scores, -np.inf)
         best = int(np.argmax(masked))
         outside = ~open_ | (masked < masked[best] - tolerance)
+        outside[:best] |= gap[1 : best + 1]  # index i ends a run that cannot pass the gap after it
+        outside[best + 1 :] |= gap[best + 1 :]
         before, after = np.flatnonzero(outside[:best]), np.flatnonzero(outside[best + 1 :])
         first = int(before[-1]) + 1 if len(before) else 0
         last = best + int(after[0]) if len(after) else len(offsets) - 1

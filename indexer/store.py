@@ -133,9 +133,14 @@ class StoreVersion:
         stop = int(table.length[track]) if stop is None else stop
         frames = self.manifest.frames
         first = int(table.first_row[track]) * frames
-        rows = np.arange((first + start) // frames, (first + stop - 1) // frames + 1, dtype=np.int64)
-        flat = self.gather(modality, rows).reshape(-1, self.manifest.dim)  # (rows * T, D)
-        skip = first + start - int(rows[0]) * frames
+        low, high = (first + start) // frames, (first + stop - 1) // frames + 1  # rows [low, high)
+        shard = int(np.searchsorted(self.starts, low, side="right")) - 1
+        if high <= self.starts[shard + 1]:  # one shard (always, but for a hand-made store): a slice, no gather
+            block = self.tokens[modality][shard][low - self.starts[shard] : high - self.starts[shard]]
+        else:
+            block = self.gather(modality, np.arange(low, high, dtype=np.int64))
+        flat = np.asarray(block, dtype=np.float32).reshape(-1, self.manifest.dim)  # (rows * T, D)
+        skip = first + start - low * frames
         return flat[skip : skip + stop - start]
 
     @cached_property
@@ -190,7 +195,7 @@ class TokenStore:
         dtype: str = "float16",
         factory: str | None = None,
         keep_versions: int = 3,
-        sketch_dim: int = 128,
+        sketch_dim: int = 0,  # clip sketches (indexer.sketch): the track search does not use them; 0 builds none
         sketch_factory: str | None = None,
         rebuild_growth: float = REBUILD_GROWTH,
     ) -> None:
