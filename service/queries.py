@@ -1,7 +1,7 @@
 """Blocking work behind the search and localization routes (run in a worker thread): queries from
 uploads, stored tokens or raw tokens, the retrieval core, and the answers.
 
-Shapes: query tokens (T_q, D) L2-normalised float32, T_q <= T for media queries (the first clip).
+Shapes: query tokens (T_q, D) L2-normalised float32, one per 0.64-s frame, up to the longest query.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import torch
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from indexer.catalog import Video, VideoStatus
-from indexer.search import search_videos
+from indexer.catalog import Video, VideoStatus, indexed_videos_of_clips
+from indexer.search import Moment as CoreMoment
+from indexer.search import search
 from indexer.store import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.media import probe
+from model.network import Modality
+from model.similarity import Strategy
 from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
@@ -42,6 +45,7 @@ from service.schemas import (
 from service.uploads import saved_upload
 
 TIME_SLACK_S = 0.05  # container durations are rounded
+SPARE_HITS = 8  # tracks asked beyond top_k, for videos the catalog drops (pending, failed, deleted)
 
 
 def indexed_video(session: Session, video_id: int) -> Video:
@@ -61,38 +65,62 @@ def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, vid
     return version.gather(modality, rows[:1])[0]
 
 
-def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, modality: str) -> QueryTokens:
-    """An indexed video's first clip as query tokens of `modality`."""
+def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality) -> QueryTokens:
+    """An indexed video's track of `modality` as query tokens, cut to the longest query."""
     with engine.sessions() as session:
-        video = indexed_video(session, video_id)
-        first, more = video.clips[0].id, len(video.clips) > 1
-    return QueryTokens(stored_tokens(version, first, modality, video_id), more, 0.0, 0.0)
+        first = indexed_video(session, video_id).clips[0].id
+    stored_tokens(version, first, modality, video_id)  # 404 / 422 as for any stored token
+    assert version is not None
+    track = int(version.tracks.track_of_row[version.rows_of([first])[0]])
+    tokens = version.track_frames(modality, track)
+    longest = max(1, round(engine.prep.max_query_s / version.frame_s))
+    return QueryTokens(tokens[:longest], len(tokens) > longest, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    top_k: int
+    strategy: Strategy
+    moments: int
+
+
+def _moment(moment: CoreMoment, duration: float | None) -> Moment:
+    end = moment.end if duration is None else min(moment.end, round(duration, 3))
+    return Moment(start=moment.start, end=end, score=moment.score, frame_scores=list(moment.frame_scores))
 
 
 def _results(
     engine: Engine,
     version: StoreVersion | None,
     tokens: np.ndarray,
-    target: str,
-    top_k: int,
-    strategy: str,
-    modality: str | None,
+    *,
+    target: Modality,
+    options: SearchOptions,
+    modality: Modality | None,
 ) -> list[VideoResult]:
+    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only)."""
     if version is None:
         return []
+    hits = search(
+        version,
+        tokens,
+        target=target,
+        k=options.top_k + SPARE_HITS,
+        strategy=options.strategy,
+        moments=options.moments,
+        moment_from=modality,
+    )
     with engine.sessions() as session:
-        hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy, moment_from=modality)
+        videos = indexed_videos_of_clips(session, [h.clip_id for h in hits])
+    found = [(h, videos[h.clip_id]) for h in hits if h.clip_id in videos][: options.top_k]
     return [
         VideoResult(
-            video_id=h.video_id,
-            uri=h.uri,
-            score=h.score,
-            clip_id=h.clip_id,
-            clip_start=h.clip_start,
-            moment=Moment(start=h.moment[0], end=h.moment[1]),
-            frame_scores=list(h.frame_scores),
+            video_id=video.id,
+            uri=video.uri,
+            score=hit.score,
+            moments=[_moment(m, video.duration) for m in hit.moments],
         )
-        for h in hits
+        for hit, video in found
     ]
 
 
@@ -101,15 +129,15 @@ def answer(
     version: StoreVersion | None,
     query: QueryTokens,
     info: QueryInfo,
-    target: str,
-    top_k: int,
-    strategy: str,
+    *,
+    target: Modality,
+    options: SearchOptions,
     started: float,
-    modality: str | None,
+    modality: Modality | None,
 ) -> SearchResponse:
-    """`modality`: the query tokens' own (None: unknown), where a shorter query's moment is looked for."""
+    """`modality`: the query tokens' own (None: unknown), where the query's moments are looked for."""
     searching = time.perf_counter()
-    results = _results(engine, version, query.tokens, target, top_k, strategy, modality)
+    results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
     search_ms = ms(time.perf_counter() - searching)
     timings = Timings(
         decode_ms=query.decode_ms,
@@ -119,7 +147,7 @@ def answer(
     )
     return SearchResponse(
         target=target,
-        strategy=strategy,
+        strategy=options.strategy,
         index_version=version.name if version else None,
         query=info,
         results=results,
@@ -130,11 +158,11 @@ def answer(
 def search_media(
     engine: Engine,
     version: StoreVersion | None,
-    modality: str,
+    *,
+    modality: Modality,
     upload: UploadFile | None,
     video_id: int | None,
-    top_k: int,
-    strategy: str,
+    options: SearchOptions,
 ) -> SearchResponse:
     """Query `modality` ("audio" or "visual") from an upload or an indexed video, searched in the other one."""
     started = time.perf_counter()
@@ -144,10 +172,11 @@ def search_media(
             query = run(engine.model, path, engine.prep)
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
-        query = stored_query(engine, version, video_id, modality)  # type: ignore[arg-type]  # no file: the route required video_id
+        assert video_id is not None
+        query = stored_query(engine, version, video_id, modality)
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
-    target = "visual" if modality == "audio" else "audio"
-    return answer(engine, version, query, info, target, top_k, strategy, started, modality)
+    target: Modality = "visual" if modality == "audio" else "audio"
+    return answer(engine, version, query, info, target=target, options=options, started=started, modality=modality)
 
 
 def token_matrix(rows: list[list[float]], dim: int) -> np.ndarray:
@@ -168,7 +197,10 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
     tokens = token_matrix(body.tokens, engine.model.config.embed_dim)
     query = QueryTokens(tokens, False, 0.0, 0.0)
     info = QueryInfo(source="tokens", frames=len(tokens), truncated=False)
-    return answer(engine, version, query, info, body.target, body.top_k, body.strategy, started, body.modality)
+    options = SearchOptions(top_k=body.top_k, strategy=body.strategy, moments=body.moments)
+    return answer(
+        engine, version, query, info, target=body.target, options=options, started=started, modality=body.modality
+    )
 
 
 # ------------------------------------------------------------------------------------ localization
