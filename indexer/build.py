@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -83,7 +83,10 @@ def sample_size(clips: int, frames: int, factory: str, sketch_factory: str) -> i
     return min(clips, needed)
 
 
-class Built(NamedTuple):
+@dataclass(frozen=True)
+class Built:
+    """A modality's freshly built indexes."""
+
     index: faiss.Index  # per-frame vectors, id = row * T + frame
     projection: Projection | None  # None when the store keeps no sketches
     sketches: faiss.Index | None  # clip sketches, id = row
