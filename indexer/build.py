@@ -103,6 +103,8 @@ def build(
 ) -> Built:
     """One modality's per-frame index and (sketch_dim > 0) sketch projection and index over `rows`, whose
     tokens `gather(rows)` returns as (n, T, D) float32."""
+    if len(rows) == 0:  # no clip has this modality: empty exact indexes (nothing to train on)
+        factory = sketch_factory = "IDMap2,Flat"
     count = sample_size(len(rows), frames, factory, sketch_factory)
     picked = np.sort(np.random.default_rng(0).choice(len(rows), count, replace=False))
     sample = gather(rows[picked])  # (s, T, D)
