@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import stat
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -24,16 +25,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from indexer.catalog import Video, VideoStatus, new_video
+from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
-from model.media import configured_ffmpeg, use_ffmpeg
+from model.media import NotRegularFileError, configured_ffmpeg, use_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,12 @@ def list_media(target: str | os.PathLike[str]) -> list[Path]:
 
 
 def content_hash(path: Path) -> str:
-    with path.open("rb") as handle:
+    """The sha256 of a regular file's bytes. A FIFO or device raises NotRegularFileError (a MediaError) without
+    blocking: the file is opened non-blocking and checked before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
@@ -130,7 +136,13 @@ def store_videos(
     session.add_all(videos)
     session.commit()
     ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
-    store.add(ids, audio, visual, model_id, present)
+    try:
+        store.add(ids, audio, visual, model_id, present)
+    except OSError:  # a full disk: the rows go too (nothing of them is in the store); a kill leaves them pending
+        for video in videos:
+            session.delete(video)
+        session.commit()
+        raise
     for video in videos:
         video.status = VideoStatus.INDEXED
     session.commit()
@@ -151,7 +163,7 @@ def decode_file(
     """Worker-process side: hash and decode one file; errors come back as text, never raised."""
     try:
         sha = content_hash(path)
-    except OSError as exc:
+    except (OSError, NotRegularFileError) as exc:
         return Decoded(path, None, error=f"cannot read: {exc}")
     if sha in known:
         return Decoded(path, sha, known=True)
@@ -286,15 +298,22 @@ class Indexer:
 
 
 def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker) -> int:
-    """Mark videos deleted in the catalog and remove their clips from the live index."""
+    """Mark videos deleted in the catalog and remove their clips from the live index; returns how many this
+    call deleted. Each video is claimed by a conditional UPDATE (to deleted where it was not), so of concurrent
+    deletes of one id exactly one counts it; its clips leave the store before the claim commits (a failure
+    rolls the claim back)."""
     with sessions() as session:
-        videos = session.scalars(
-            select(Video).where(Video.id.in_(video_ids), Video.status != VideoStatus.DELETED)
-        ).all()
-        clip_ids = [c.id for v in videos for c in v.clips]
+        claimed = []
+        for video_id in dict.fromkeys(video_ids):
+            result = session.execute(
+                update(Video)
+                .where(Video.id == video_id, Video.status != VideoStatus.DELETED)
+                .values(status=VideoStatus.DELETED)
+            )
+            if result.rowcount:
+                claimed.append(video_id)
+        clip_ids = list(session.scalars(select(Clip.id).where(Clip.video_id.in_(claimed))).all()) if claimed else []
         if clip_ids:
             store.delete(clip_ids)
-        for video in videos:
-            video.status = VideoStatus.DELETED
         session.commit()
-        return len(videos)
+        return len(claimed)

@@ -89,7 +89,9 @@ def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig
 
 def _check_duration(path: Path, filename: str | None, prep: PreprocessConfig) -> None:
     try:
-        info = probe(path, prep.timeout_s)
+        info = probe(path, prep.timeout_s, prep.limits)
+    except MediaTooLongError as exc:  # over the pixel or frame limits (MediaTooLargeError)
+        raise type(exc)(str(exc).replace(path.name, safe_name(filename), 1)) from exc
     except MediaError:
         return
     try:
