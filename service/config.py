@@ -44,7 +44,7 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
-            raise ValueError("api_key (CAVSYNC_API_KEY) is blank: set a key, or leave it unset to run without one")
+            raise ValueError("api_key (CAVSYNC_API_KEY) is blank: set a real key, or None to run without one")
 
     @property
     def index_dir(self) -> Path:
