@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import jobs
@@ -43,11 +43,11 @@ class LeaseConfig:
     max_dispatches: int = 3
 
 
-def _free(now: float) -> object:
+def _free(now: float) -> ColumnElement[bool]:
     return or_(JobFile.owner.is_(None), JobFile.lease_until.is_(None), JobFile.lease_until < now)
 
 
-def _file(job_id: str, path: str) -> tuple[object, ...]:
+def _file(job_id: str, path: str) -> tuple[ColumnElement[bool], ...]:
     return (JobFile.job_id == job_id, JobFile.path == path, JobFile.state == FileState.QUEUED)
 
 

@@ -445,7 +445,7 @@ def map_array(path: Path) -> np.ndarray:
             raise OSError(errno, f"mmap of {path.name} failed: {os.strerror(errno)}")
     buffer = (ctypes.c_char * size).from_address(address)
     weakref.finalize(buffer, _libc.munmap, address, size)  # the arrays below keep `buffer` alive
-    array = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
-    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    flat: np.ndarray = np.frombuffer(memoryview(buffer).cast("B"), dtype=dtype, count=count, offset=offset)
+    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     array.flags.writeable = False
     return array
