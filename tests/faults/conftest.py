@@ -232,3 +232,57 @@ def job(api: Api, job_id: str) -> dict[str, Any]:
 
 def settled(info: dict[str, Any]) -> int:
     return int(info["done"]) + int(info["skipped"]) + int(info["failed"])
+
+
+@dataclass
+class SearchLoad:
+    """Searches by raw tokens, one after the other on ONE keep-alive connection, in a thread; records every
+    answer's status (with its Retry-After) and every transport error (a reset connection, a refused one)."""
+
+    base: str
+    dim: int
+    statuses: list[tuple[int, str | None]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: Any = None
+    _thread: Any = None
+
+    def start(self) -> SearchLoad:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self._stop.is_set():
+                body = {"tokens": rng.standard_normal((4, self.dim)).round(4).tolist(), "target": "visual"}
+                try:
+                    for response in (client.post("/search/tokens", json=body), client.get("/videos")):
+                        self.statuses.append((response.status_code, response.headers.get("retry-after")))
+                except httpx.HTTPError as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    @property
+    def failed(self) -> list[tuple[int, str | None]]:
+        """Answers that are errors of the server: any 5xx but a 503 with Retry-After."""
+        return [(s, r) for s, r in self.statuses if s >= 500 and not (s == 503 and r)]
+
+
+def record(fault: str, **figures: object) -> None:
+    """Append a measured row to $CAVSYNC_FAULT_REPORT (JSON lines; RELIABILITY.md's table), when set."""
+    import json
+
+    target = os.environ.get("CAVSYNC_FAULT_REPORT")
+    if target:
+        with open(target, "a") as handle:
+            handle.write(json.dumps({"fault": fault, **figures}) + "\n")
