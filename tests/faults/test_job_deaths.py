@@ -18,11 +18,28 @@ from sqlalchemy.orm import Session
 
 from indexer.catalog import Clip, Video, VideoStatus
 
-from .conftest import FINAL, Api, Postgres, Redis, Worker, environment, fresh_database, job, settled, wait_for
+from .conftest import (
+    FINAL,
+    Api,
+    Postgres,
+    Redis,
+    SearchLoad,
+    Worker,
+    environment,
+    fresh_database,
+    job,
+    record,
+    settled,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 FAULT_DEADLINE_S = 120  # the bound: a final state within 2 minutes of the fault
 FAST_LEASES = {"lease_s": 6, "reconcile_interval_s": 1, "queue_lease_s": 20}
+
+
+def embed_dim(api: Api) -> int:
+    return int(httpx.get(f"{api.base}/health", timeout=10).json()["model"]["embed_dim"])
 
 
 def submit(api: Api, paths: list[Path]) -> str:
@@ -39,6 +56,12 @@ def until_final(api: Api, job_id: str, since: float) -> dict[str, Any]:
     left = FAULT_DEADLINE_S - (time.monotonic() - since)
     info = wait_for(lambda: (info := job(api, job_id))["state"] in FINAL and info, left, f"job {job_id} final")
     return dict(info)
+
+
+def report(fault: str, info: dict[str, Any], since: float, load: SearchLoad | None = None) -> None:
+    searches = {"searches": len(load.statuses), "failed": len(load.failed) + len(load.errors)} if load else {}
+    states = {s: sum(f["state"] == s for f in info["files"]) for s in ("indexed", "skipped", "failed")}
+    record(fault, final_after_s=round(time.monotonic() - since, 1), job=info["state"], files=states, **searches)
 
 
 def assert_exactly_once(api: Api, catalog_url: str, media: list[Path]) -> None:
@@ -75,6 +98,7 @@ def test_api_sigkill_in_process(tmp_path: Path, media: list[Path], processes: li
     killed = time.monotonic()
     assert job(api.start(), job_id)["state"] == "running"  # what the field report saw, before the reconciler
     info = until_final(api, job_id, killed)
+    report("API SIGKILL (in-process jobs)", info, killed)
     assert (info["state"], info["failed"]) == ("done", 0), info  # its lost files were run again
     assert_exactly_once(api, url, media)
 
@@ -89,6 +113,7 @@ def test_api_sigterm_in_process(tmp_path: Path, media: list[Path], processes: li
     api.signal(signal.SIGTERM)
     api.start()
     info = job(api, job_id)  # marked before the process went: final at once
+    report("API SIGTERM (in-process jobs)", info, stopped)
     assert info["state"] == "failed" and time.monotonic() - stopped < FAULT_DEADLINE_S, info
     assert all("index it again" in e for e in info["errors"].values()) and info["failed"] > 0, info["errors"]
     assert_exactly_once(api, url, media)
@@ -113,12 +138,16 @@ def test_worker_sigkill(
     tmp_path: Path, media: list[Path], postgres: Postgres, redis_server: Redis, processes: list[Any]
 ) -> None:
     api, worker, url = celery_stack(tmp_path, media, postgres, redis_server, processes)
+    load = SearchLoad(api.base, embed_dim(api)).start()
     job_id = submit(api, media)
     until_settled(api, job_id, 2)
     worker.kill()  # main process and child, SIGKILL: its task stays unacknowledged in Redis
     killed = time.monotonic()
     worker.start()
     info = until_final(api, job_id, killed)
+    load.stop()
+    report("Celery worker SIGKILL (main and child)", info, killed, load)
+    assert load.failed == [] and load.errors == []
     assert (info["state"], info["failed"]) == ("done", 0), info
     assert_exactly_once(api, url, media)
 
@@ -127,11 +156,15 @@ def test_broker_killed_without_persistence(
     tmp_path: Path, media: list[Path], postgres: Postgres, redis_server: Redis, processes: list[Any]
 ) -> None:
     api, worker, url = celery_stack(tmp_path, media, postgres, redis_server, processes)
+    load = SearchLoad(api.base, embed_dim(api)).start()
     job_id = submit(api, media)
     until_settled(api, job_id, 2)
     redis_server.kill()  # the queued tasks are gone with it
     killed = time.monotonic()
     redis_server.start()  # an empty Redis on the same port
     info = until_final(api, job_id, killed)
+    load.stop()
+    report("Redis killed without persistence", info, killed, load)
+    assert load.failed == [] and load.errors == []
     assert (info["state"], info["failed"]) == ("done", 0), info
     assert_exactly_once(api, url, media)
