@@ -212,9 +212,9 @@ def check_header(path: str | os.PathLike[str], limits: SizeLimits) -> None:
         return
     path = Path(path)
     regular_file(path)
-    from hachoir.core import config as hachoir_config
-    from hachoir.metadata import extractMetadata
-    from hachoir.parser import createParser
+    from hachoir.core import config as hachoir_config  # type: ignore[import-untyped]  # hachoir ships no hints
+    from hachoir.metadata import extractMetadata  # type: ignore[import-untyped]  # (the same package)
+    from hachoir.parser import createParser  # type: ignore[import-untyped]  # (the same package)
 
     hachoir_config.quiet = True
     try:
