@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -27,15 +28,30 @@ def drop_upload(uploads: Path, path: str) -> None:
         file.unlink(missing_ok=True)
 
 
-def settle_orphan_rows(store: TokenStore, sessions: sessionmaker[Session], model_id: str) -> int:
-    """Pending videos of `model_id` (a merge died between its catalog rows and its tokens): indexed when all
-    their clips are live in the store, else removed (their shard or a retried task merges them again)."""
+ORPHAN_GRACE_S = 600.0  # a pending row younger than this may be a live writer's (a merge, `cavsync index`)
+
+
+def _older_than(when: datetime | None, seconds: float) -> bool:
+    if when is None:
+        return True
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return (datetime.now(UTC) - when).total_seconds() > seconds
+
+
+def settle_orphan_rows(
+    store: TokenStore, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S
+) -> int:
+    """Pending videos of `model_id` older than `grace_s` (a merge died between its catalog rows and its
+    tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task
+    merges them again; a retried merge of the same content also replaces them at once)."""
     version = store.open(gpu=False, indexes=False)
     live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
     fixed = 0
     with sessions() as session:
         query = select(Video).where(Video.status == VideoStatus.PENDING, Video.model_id == model_id)
         for video in session.scalars(query).all():
+            if not _older_than(video.updated_at, grace_s):
+                continue
             if video.clips and all(c.id in live for c in video.clips):
                 video.status = VideoStatus.INDEXED
             else:
