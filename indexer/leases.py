@@ -133,18 +133,20 @@ def hold_jobs(sessions: sessionmaker[Session], job_ids: Sequence[str], lease_s: 
 
 @dataclass(frozen=True)
 class Lost:
-    """A file whose lease expired, and how many times it has been dispatched."""
+    """A file whose lease expired, how many times it has been dispatched, and whether a task had claimed it
+    (False: it expired waiting in the queue)."""
 
     job_id: str
     path: str
     dispatches: int
+    claimed: bool = False
 
 
 def expired(sessions: sessionmaker[Session], skip_jobs: Sequence[str] = ()) -> list[Lost]:
     """Unsettled files of running jobs whose lease expired (or that never had one), but those of `skip_jobs`."""
     now = time.time()
     query = (
-        select(JobFile.job_id, JobFile.path, JobFile.dispatches)
+        select(JobFile.job_id, JobFile.path, JobFile.dispatches, JobFile.owner)
         .join(IndexJob, IndexJob.id == JobFile.job_id)
         .where(IndexJob.state == JobState.RUNNING, JobFile.state == FileState.QUEUED)
         .where(or_(JobFile.lease_until.is_(None), JobFile.lease_until < now))
@@ -153,7 +155,20 @@ def expired(sessions: sessionmaker[Session], skip_jobs: Sequence[str] = ()) -> l
     if skip_jobs:
         query = query.where(JobFile.job_id.not_in(list(skip_jobs)))
     with sessions() as session:
-        return [Lost(j, p, d or 0) for j, p, d in session.execute(query).all()]
+        return [Lost(j, p, d or 0, o is not None) for j, p, d, o in session.execute(query).all()]
+
+
+def still_queued(sessions: sessionmaker[Session], lost: Sequence[Lost], wait_s: float) -> None:
+    """Unclaimed files that may only be waiting behind others in a busy queue: their queue lease extended,
+    no dispatch counted."""
+    for item in lost:
+        with sessions() as session:
+            session.execute(
+                update(JobFile)
+                .where(*_file(item.job_id, item.path), JobFile.owner.is_(None))
+                .values(lease_until=time.time() + wait_s)
+            )
+            session.commit()
 
 
 def stale_queued_jobs(sessions: sessionmaker[Session], skip_jobs: Sequence[str] = ()) -> list[str]:

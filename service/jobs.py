@@ -181,6 +181,10 @@ class JobRunner:
             log.warning("index job %s was never started (its process stopped): starting it", job_id)
             self._dispatch_again(job_id, None)
         lost = leases.expired(self.sessions, held)
+        if self._pool is None and any(not f.claimed for f in lost) and queue_depth(self.config.broker_url):
+            waiting = [f for f in lost if not f.claimed]  # the broker still has tasks to hand out: maybe theirs
+            leases.still_queued(self.sessions, waiting, self.queue_wait_s)
+            lost = [f for f in lost if f.claimed]
         limit = self.config.leases.max_dispatches
         leases.give_up(self.sessions, [f for f in lost if f.dispatches >= limit])
         again: dict[str, list[str]] = {}
@@ -196,7 +200,7 @@ class JobRunner:
         """A job never started (`paths` None) or its lost files, sent to the workers or this process's queue."""
         if self._pool is not None:
             work = (self._run, job_id) if paths is None else (self._rerun, job_id, paths)
-            self._futures[job_id] = self._pool.submit(*work)  # type: ignore[arg-type]
+            self._futures[job_id] = self._pool.submit(*work)
             return
         ctx = self._context(job_id)
         if paths is None:
@@ -225,6 +229,25 @@ class JobRunner:
                 jobs.fail_unstarted(self.sessions, job_id)
             except Exception:
                 log.exception("index job %s: cannot mark it stopped", job_id)
+
+
+CELERY_QUEUE = "celery"  # the default queue the index tasks are published to
+
+
+def queue_depth(broker_url: str | None) -> int:
+    """Tasks waiting in the broker's queue (Redis brokers; 0 when unknown or unreachable). A file whose queue
+    lease expired while tasks still wait there may be one of them: it is not sent again until the queue
+    drains, so a long backlog is not mistaken for lost tasks."""
+    if not (broker_url or "").startswith(("redis://", "rediss://")):
+        return 0
+    import redis
+
+    try:
+        client = redis.Redis.from_url(str(broker_url), socket_connect_timeout=2, socket_timeout=2)
+        return int(client.llen(CELERY_QUEUE))
+    except redis.RedisError as exc:
+        log.warning("queue depth unknown: %s", exc)
+        return 0
 
 
 def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:

@@ -28,7 +28,12 @@ def test_claims_expiry_redispatch_and_giving_up(catalog_url: str) -> None:
         session.execute(update(JobFile).where(JobFile.job_id == job_id).values(lease_until=time.time() - 1))
         session.commit()
     lost = leases.expired(sessions)
-    assert [(f.path, f.dispatches) for f in lost] == [("/m/a.mp4", 1), ("/m/b.mp4", 1)]
+    assert [(f.path, f.dispatches, f.claimed) for f in lost] == [("/m/a.mp4", 1, True), ("/m/b.mp4", 1, False)]
+    leases.still_queued(sessions, lost, wait_s=60)  # a busy queue may still hold b's task: not lost yet
+    assert [f.path for f in leases.expired(sessions)] == ["/m/a.mp4"]
+    with sessions() as session:
+        session.execute(update(JobFile).where(JobFile.job_id == job_id).values(lease_until=time.time() - 1))
+        session.commit()
     assert leases.expired(sessions, skip_jobs=[job_id]) == []  # a job this process still holds
     assert leases.take_for_redispatch(sessions, lost[0], wait_s=60)
     assert not leases.take_for_redispatch(sessions, lost[0], wait_s=60)  # another reconciler was first
