@@ -74,6 +74,15 @@ def claim(sessions: sessionmaker[Session], job_id: str, path: str, owner: str, l
         return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
 
 
+def held_for(sessions: sessionmaker[Session], job_id: str, path: str) -> float | None:
+    """Seconds left on the lease another task holds on this unsettled file; None when settled or free."""
+    now = time.time()
+    query = select(JobFile.lease_until).where(*_file(job_id, path), JobFile.owner.is_not(None))
+    with sessions() as session:
+        until = session.scalars(query).first()
+    return until - now if until is not None and until >= now else None
+
+
 def renew(sessions: sessionmaker[Session], job_id: str, path: str, owner: str, until: float) -> bool:
     """Extend the lease its owner holds; False when the file is settled or someone else took it."""
     with sessions() as session:

@@ -260,7 +260,7 @@ def index_file(ctx: TaskContext, path: str, res: Resources, attempt: int = 0) ->
     owner = uuid.uuid4().hex
     try:
         if ctx.job_id is not None and not _claimed(ctx, path, owner, res):
-            return None
+            return _after_lease(ctx, path, res, attempt)
     except TRANSIENT as exc:  # the database away: try again later (the lease is not taken)
         return Retry(backoff_s(attempt), exc)
     retry = None
@@ -277,8 +277,22 @@ def index_file(ctx: TaskContext, path: str, res: Resources, attempt: int = 0) ->
 def _claimed(ctx: TaskContext, path: str, owner: str, res: Resources) -> bool:
     if leases.claim(res.sessions(ctx.database_url), str(ctx.job_id), path, owner, ctx.lease_s):
         return True
-    log.info("index %s: %s is settled or held by a live task; nothing to do", ctx.job_id, path)
+    log.info("index %s: %s is settled, or leased by another task", ctx.job_id, path)
     return False
+
+
+class LeaseHeld(RuntimeError):
+    """Another task holds the file's lease: this delivery runs again once that lease would have expired."""
+
+
+def _after_lease(ctx: TaskContext, path: str, res: Resources, attempt: int) -> Retry | None:
+    """A delivery that found its file leased by another task (the broker redelivered the task of a worker that
+    died, before its lease expired) waits for the lease to expire, then tries to claim it again; a settled
+    file, or one still held after the retries, is left alone."""
+    left = leases.held_for(res.sessions(ctx.database_url), str(ctx.job_id), path)
+    if left is None or attempt >= MAX_RETRIES:
+        return None
+    return Retry(left + 1.0, LeaseHeld(f"{path} is leased by another task for {left:.0f} s more"))
 
 
 def _lease(ctx: TaskContext, path: str, owner: str, res: Resources) -> contextlib.AbstractContextManager[None]:
