@@ -17,7 +17,7 @@ import pytest
 from .conftest import Api, Postgres, SearchLoad, environment, fresh_database, job, record, wait_for
 from .test_job_deaths import FAST_LEASES, submit, until_final
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(420)]
 
 
 def test_database_down_answers_503_and_recovers(

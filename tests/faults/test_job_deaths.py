@@ -33,7 +33,7 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(420)]
 FAULT_DEADLINE_S = 120  # the bound: a final state within 2 minutes of the fault
 FAST_LEASES = {"lease_s": 6, "reconcile_interval_s": 1, "queue_lease_s": 20}
 
