@@ -25,6 +25,7 @@ from service.config import ServiceConfig
 
 from .conftest import DEMO_CHECKPOINT, record
 
+pytestmark = pytest.mark.slow  # the module's fixtures index clips and mux a bomb (about half a minute)
 BOMB_SIDE = 16000  # 256 M pixels: 768 MB of RGB once decoded, from a file of under 1 MB
 
 
