@@ -167,7 +167,7 @@ class JobRunner:
             sweep.sweep_data_dir(Path(ctx.data_dir), self.sessions, model_id_of(ctx.model_path), grace)
 
         if (ctx.lock_url or "").startswith("redis"):
-            with renewed_lock(str(ctx.lock_url), "cavsync:merge", 30.0, wait_s=60.0):
+            with renewed_lock(str(ctx.lock_url), "cavsync:merge", 30.0, wait_s=5.0):  # busy: the next merge sweeps
                 run()
         else:
             run()
