@@ -54,6 +54,8 @@ def make_app(settings: Settings) -> Celery:
             job_id or None,
             lock_url=settings.broker_url,
             merge_lock_ttl_s=settings.merge_lock_ttl_s,
+            lease_s=settings.lease_s,
+            queue_lease_s=settings.queue_lease_s,
         )
         retry = tasks.index_file(ctx, path, resources, self.request.retries)
         if retry is not None:

@@ -95,6 +95,8 @@ def test_worker_killed_mid_job_then_replaced(
         CAVSYNC_BROKER_URL=broker,
         OMP_NUM_THREADS="1",
         CAVSYNC_VISIBILITY_TIMEOUT_S=str(visibility_s),
+        CAVSYNC_LEASE_S="6",  # the redelivered task claims the file once the dead worker's lease expired
+        CAVSYNC_RECONCILE_INTERVAL_S="2",
         CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"),
     )
     publish = publisher(make_app(Settings(broker_url=broker)))
