@@ -231,6 +231,7 @@ def train_localizer(cfg: LocalizerConfig, progress: bool = True) -> Path:
     model = load_model(cfg.checkpoint)
     fingerprint = backbone_fingerprint(model)
     features = cached_features(model, cfg, fingerprint)
+    torch.manual_seed(cfg.seed)  # here: computing the features (a DataLoader) draws from the global generator
     head = LocalizationHead(head_config_for(cfg, model))
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path, run = out_dir / "last.pt", _identity(cfg, fingerprint)
