@@ -87,7 +87,7 @@ def test_train_localizer_is_deterministic_resumes_and_writes_the_head(
     for name, tensor in load_model(backbone).state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name  # the backbone is untouched
     head = load_localization_head(into, model)
-    assert head is not None and head.config.layer == 1
+    assert head is not None and head.config.layer == 2
     adapter = load_localization_head(head_file, model)
     assert adapter is not None
     assert all(torch.equal(adapter.state_dict()[k], v) for k, v in head.state_dict().items())
