@@ -62,6 +62,7 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Connecting to the broker and each command on it (a publish) give up after this."
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
+    queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
 
     @field_validator("media_roots", "cors_origins", mode="before")
     @classmethod
