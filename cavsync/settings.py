@@ -63,6 +63,7 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Connecting to the broker and each command on it (a publish) give up after this."
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
+    queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
     # Leases (indexer.leases): a file being indexed is renewed every third of lease_s; a lease that expires
     # (its worker, the API or the broker died) is dispatched again by the API's reconciler, which runs at start
     # and every reconcile_interval_s, up to max_dispatches times, then the file fails with what to do.

@@ -39,6 +39,7 @@ def make_app(settings: Settings) -> Celery:
             "socket_connect_timeout": timeout,
             "socket_timeout": timeout,  # above the workers' 1 s BRPOP
         },
+        task_default_queue=settings.queue,  # deployments sharing a broker keep to their own queue
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         broker_connection_retry_on_startup=True,
     )

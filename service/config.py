@@ -26,6 +26,7 @@ class ServiceConfig:
     data_dir: Path = Path("data")  # token store (index/), SQLite catalog, uploads
     database_url: str | None = None  # SQLAlchemy URL of the catalog (default: SQLite in the data dir)
     broker_url: str | None = None  # Celery broker; None: index jobs run in the API process
+    queue: str = "cavsync"  # the broker queue the index tasks go to (the workers' task_default_queue)
     media_roots: tuple[Path, ...] = ()  # folders whose files POST /index may index by path
     max_upload_bytes: int = 512 * 2**20  # largest request body (uploads included)
     max_media_duration_s: float = 3600.0  # longest media a query or an upload may be

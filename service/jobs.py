@@ -181,7 +181,11 @@ class JobRunner:
             log.warning("index job %s was never started (its process stopped): starting it", job_id)
             self._dispatch_again(job_id, None)
         lost = leases.expired(self.sessions, held)
-        if self._pool is None and any(not f.claimed for f in lost) and queue_depth(self.config.broker_url):
+        if (
+            self._pool is None
+            and any(not f.claimed for f in lost)
+            and queue_depth(self.config.broker_url, self.config.queue)
+        ):
             waiting = [f for f in lost if not f.claimed]  # the broker still has tasks to hand out: maybe theirs
             leases.still_queued(self.sessions, waiting, self.queue_wait_s)
             lost = [f for f in lost if f.claimed]
@@ -231,11 +235,8 @@ class JobRunner:
                 log.exception("index job %s: cannot mark it stopped", job_id)
 
 
-CELERY_QUEUE = "celery"  # the default queue the index tasks are published to
-
-
-def queue_depth(broker_url: str | None) -> int:
-    """Tasks waiting in the broker's queue (Redis brokers; 0 when unknown or unreachable). A file whose queue
+def queue_depth(broker_url: str | None, queue: str) -> int:
+    """Tasks waiting in the broker's `queue` (Redis brokers; 0 when unknown or unreachable). A file whose queue
     lease expired while tasks still wait there may be one of them: it is not sent again until the queue
     drains, so a long backlog is not mistaken for lost tasks."""
     if not (broker_url or "").startswith(("redis://", "rediss://")):
@@ -244,7 +245,7 @@ def queue_depth(broker_url: str | None) -> int:
 
     try:
         client = redis.Redis.from_url(str(broker_url), socket_connect_timeout=2, socket_timeout=2)
-        return int(client.llen(CELERY_QUEUE))
+        return int(client.llen(queue))
     except redis.RedisError as exc:
         log.warning("queue depth unknown: %s", exc)
         return 0
