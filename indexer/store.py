@@ -30,6 +30,7 @@ opens CURRENT once and sees one complete version for as long as it holds it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -439,7 +440,7 @@ class TokenStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root / "versions"))
         (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=1))
         for stem, index in indexes.items():
-            faiss.write_index(index, str(staging / f"{stem}.faiss"))
+            _write_index(index, staging / f"{stem}.faiss")
         for modality, projection in projections.items():
             projection.save(staging / f"{modality}.projection.npy")
         target = self.root / "versions" / name
@@ -500,6 +501,15 @@ def _track_part(root: Path, shard: str, kind: str, clip_ids: np.ndarray) -> np.n
         part: np.ndarray = np.load(path).astype(np.int64)
         return part
     return -1 - clip_ids if kind == "tracks" else np.zeros(len(clip_ids), dtype=np.int64)
+
+
+def _write_index(index: faiss.Index, path: Path) -> None:
+    """faiss.write_index, with a failed write (a full disk) raised as the OSError it is, not faiss' RuntimeError."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        code = errno.ENOSPC if "No space left" in str(exc) else errno.EIO
+        raise OSError(code, f"{path.name}: {os.strerror(code)} (faiss: {exc})") from exc
 
 
 def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:

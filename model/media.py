@@ -460,7 +460,7 @@ def decode_picture(
 ) -> np.ndarray:
     """One RGB frame (an image, or a video's frame at `at` seconds), the whole picture scaled (bicubic)
     to exactly width x height. Returns uint8 (height, width, 3)."""
-    stream = ffmpeg.input(str(info.path), ss=at) if at > 0 else ffmpeg.input(str(info.path))
+    stream = ffmpeg.input(str(info.path), ss=seconds_arg(at)) if at > 0 else ffmpeg.input(str(info.path))
     video = stream.video.filter("scale", w=width, h=height, flags="bicubic")
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     size = width * height * 3

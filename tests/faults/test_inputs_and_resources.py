@@ -174,7 +174,10 @@ def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
     for shard in range(1000):
         tokens = rng.standard_normal((1, 2, 8)).astype(np.float32)
         tokens /= np.linalg.norm(tokens, axis=-1, keepdims=True)
-        entry = store._write_shard(np.array([shard]), {"audio": tokens, "visual": tokens}, np.ones((1, 2), bool))
+        tracks = (np.array([shard]), np.full(1, 2))  # one clip a track, both frames inside the media
+        entry = store._write_shard(
+            np.array([shard]), {"audio": tokens, "visual": tokens}, np.ones((1, 2), bool), tracks
+        )
         manifest.shards.append(entry)
     store._rebuilt(manifest)  # published as the current version, indexes built from the 1,000 shards
     before = open_fds()

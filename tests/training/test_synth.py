@@ -98,4 +98,9 @@ def test_eval_commands_print_json(synth_corpus: Path, tmp_path: Path) -> None:
         app, ["eval", "localization", "--checkpoint", str(checkpoint), "--data", str(synth_corpus)]
     )
     assert localization.exit_code == 0, localization.output
-    assert set(json.loads(localization.output)) == {"model", "centre_prior", "distractor"}
+    assert set(json.loads(localization.output)) == {
+        "paper",
+        "served",
+        "centre_prior",
+        "distractor",
+    }  # no head: the paper's map is served
