@@ -28,7 +28,7 @@ from service.engine import Engine
 from service.errors import install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import catalog, jobs, search, system
+from service.routes import catalog, jobs, search, system, web
 from service.schemas import MAX_QUERY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         description=DESCRIPTION,
         lifespan=lifespan,
         max_body_size=config.max_upload_bytes,
+        docs_url=None,  # served offline by routes/web.py, with Swagger UI's own files
+        redoc_url=None,
     )
     app.state.config, app.state.metrics = config, metrics
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
@@ -148,6 +150,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
-    for module in (search, catalog, jobs, system):
+    for module in (search, catalog, jobs, system, web):
         app.include_router(module.router)
+    web.mount_static(app)
     return app

@@ -59,12 +59,38 @@ def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, vid
     return version.gather(modality, rows[:1])[0]
 
 
-def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, modality: str) -> QueryTokens:
-    """An indexed video's first clip as query tokens of `modality`."""
+@dataclass(frozen=True)
+class TimeRange:
+    """Part of an indexed video used as a query, seconds; end None: to the end (the first clip's worth)."""
+
+    start: float = 0.0
+    end: float | None = None
+
+
+def stored_query(
+    engine: Engine, version: StoreVersion | None, video_id: int, modality: str, part: TimeRange = TimeRange()
+) -> QueryTokens:
+    """An indexed video's stored tokens of `modality` as the query: its first clip, or the frames (one per
+    0.64 s) of `part` when one is given, at most one clip's worth (T frames; `truncated` beyond)."""
     with engine.sessions() as session:
         video = indexed_video(session, video_id)
-        first, more = video.clips[0].id, len(video.clips) > 1
-    return QueryTokens(stored_tokens(version, first, modality, video_id), more, 0.0, 0.0)
+        clips = [(c.id, c.start) for c in video.clips]
+    if part == TimeRange():
+        return QueryTokens(stored_tokens(version, clips[0][0], modality, video_id), len(clips) > 1, 0.0, 0.0)
+    end = part.end if part.end is not None else part.start + engine.prep.clip_s
+    if end - part.start < engine.prep.min_query_s:
+        raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
+    frames, step = engine.model.config.frames_per_clip, engine.prep.clip_s / engine.model.config.frames_per_clip
+    chosen = []
+    for clip_id, start in clips:
+        times = start + step * np.arange(frames)  # (T,) each frame's time in the video
+        inside = np.flatnonzero((times >= part.start - 1e-6) & (times < end - 1e-6))
+        if len(inside):
+            chosen.append(stored_tokens(version, clip_id, modality, video_id)[inside])
+    if not chosen:
+        raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
+    tokens = np.concatenate(chosen)  # (frames in range, D)
+    return QueryTokens(tokens[:frames], len(tokens) > frames, 0.0, 0.0)
 
 
 def _results(
@@ -133,8 +159,10 @@ def search_media(
     video_id: int | None,
     top_k: int,
     strategy: str,
+    part: TimeRange = TimeRange(),
 ) -> SearchResponse:
-    """Query `modality` ("audio" or "visual") from an upload or an indexed video, searched in the other one."""
+    """Query `modality` ("audio" or "visual") from an upload or an indexed video (`part` of it), searched in the
+    other one."""
     started = time.perf_counter()
     if upload is not None:
         with saved_upload(upload) as path:
@@ -142,7 +170,7 @@ def search_media(
             query = run(engine.model, path, engine.prep)
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
-        query = stored_query(engine, version, video_id, modality)  # type: ignore[arg-type]
+        query = stored_query(engine, version, video_id, modality, part)  # type: ignore[arg-type]
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
     target = "visual" if modality == "audio" else "audio"
     return answer(engine, version, query, info, target, top_k, strategy, started, modality)

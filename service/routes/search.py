@@ -30,6 +30,21 @@ VideoIdForm = Annotated[
 ]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+StartForm = Annotated[
+    float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where the query starts, s.")
+]
+EndForm = Annotated[
+    float | None,
+    Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where it ends (default: one clip)."),
+]
+
+
+def time_range(video_id: int | None, start: float, end: float | None) -> queries.TimeRange:
+    if (start or end is not None) and video_id is None:
+        raise InvalidInput("`start` and `end` choose part of an indexed video: give them with `video_id`")
+    if end is not None and end <= start:
+        raise InvalidInput(f"end ({end}) must come after start ({start})")
+    return queries.TimeRange(start, end)
 
 
 async def run_inference(engine: Engine, work: Callable[[], T]) -> T:
@@ -51,6 +66,8 @@ async def audio_to_video(
     video_id: VideoIdForm = None,
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
+    start: StartForm = 0.0,
+    end: EndForm = None,
 ) -> SearchResponse:
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
@@ -58,7 +75,8 @@ async def audio_to_video(
     1 s) gives fewer frames (one per 0.64 s), slid over each clip, and the matched moment says where.
     """
     one_source(file, video_id, ("file", "video_id"))
-    work = partial(queries.search_media, engine, version, "audio", file, video_id, top_k, strategy)
+    part = time_range(video_id, start, end)
+    work = partial(queries.search_media, engine, version, "audio", file, video_id, top_k, strategy, part)
     return await run_inference(engine, work)
 
 
@@ -70,11 +88,14 @@ async def video_to_audio(
     video_id: VideoIdForm = None,
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
+    start: StartForm = 0.0,
+    end: EndForm = None,
 ) -> SearchResponse:
     """Videos whose sound fits pictures: the query's visual tokens (its first clip's T frames; fewer for
     a shorter video, slid) against the stored audio tokens."""
     one_source(file, video_id, ("file", "video_id"))
-    work = partial(queries.search_media, engine, version, "visual", file, video_id, top_k, strategy)
+    part = time_range(video_id, start, end)
+    work = partial(queries.search_media, engine, version, "visual", file, video_id, top_k, strategy, part)
     return await run_inference(engine, work)
 
 
