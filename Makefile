@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint format test bench demo demo-checkpoint clean
+.PHONY: install system-deps lint typecheck layers check test test-fast bench demo demo-checkpoint clean
 
 install: system-deps $(STAMP)
 
@@ -28,13 +28,29 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy: strict on model/ and indexer/, the rest checked (pyproject.toml [tool.mypy])
+typecheck: install
+	$(BIN)/mypy
+
+# import-linter: model <- training, model <- indexer <- service, cavsync above all (pyproject.toml)
+layers: install
+	$(BIN)/lint-imports
+
+check: lint typecheck layers
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install lint
+# CI (.ci/run): the checks, then the whole suite.
+test: install check
 	$(BIN)/python -m pytest
+
+# Local work: the checks, then every test not marked slow (under 2 minutes on the 2-core dev machine).
+test-fast: install check
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: install
 	$(BIN)/python bench/bench_encoder.py

@@ -74,7 +74,7 @@ def serve(
     if os.environ.get("CAVSYNC_API_KEY"):
         env["CAVSYNC_API_KEY"] = os.environ["CAVSYNC_API_KEY"]
     script = Path(sys.executable).with_name("cavsync")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "cavsync.cli"]
     with log.open("ab") as out:
         process = subprocess.Popen(
             [*head, "serve", "--host", "127.0.0.1", "--port", str(port)],

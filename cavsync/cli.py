@@ -170,7 +170,7 @@ def index(
     from model import load_model
     from model.inference import default_device
 
-    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url)
+    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url).service_config()
     path = require_model(config.model_path, "--model" if model else env_name("model_path"))
     if not target.exists():
         raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
@@ -198,7 +198,7 @@ def migrate(
     """Create or upgrade the catalog's schema (what every command also does before it uses the catalog)."""
     from indexer.catalog import migrate as upgrade
 
-    config = _settings_with(data_dir=data_dir, database_url=database_url)
+    config = _settings_with(data_dir=data_dir, database_url=database_url).service_config()
     upgrade(config.catalog_url)
     typer.echo(f"catalog schema up to date: {config.catalog_url.split('@')[-1]}")
 
@@ -214,7 +214,7 @@ def delete(
     from indexer.pipeline import delete_videos
     from indexer.store import TokenStore
 
-    config = _settings_with(data_dir=data_dir, database_url=database_url)
+    config = _settings_with(data_dir=data_dir, database_url=database_url).service_config()
     removed = delete_videos(video_ids, TokenStore(config.index_dir), open_catalog(config.catalog_url))
     typer.echo(f"deleted {removed} video(s)")
 
@@ -228,7 +228,7 @@ def compact(
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
     from indexer.store import TokenStore
 
-    index_dir = _settings_with(data_dir=data_dir).index_dir
+    index_dir = _settings_with(data_dir=data_dir).service_config().index_dir
     version = TokenStore(index_dir, factory=factory, sketch_factory=sketch_factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 

@@ -9,6 +9,7 @@ package (not the working directory).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,6 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from indexer.catalog import catalog_url
 from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,33 +84,9 @@ class Settings(BaseSettings):
             self.visibility_timeout_s = 2 * self.task_time_limit_s
         return self
 
-    @property
-    def index_dir(self) -> Path:
-        return self.data_dir / "index"
-
-    @property
-    def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
-
-    @property
-    def catalog_url(self) -> str:
-        return catalog_url(self.data_dir, self.database_url)
-
     def service_config(self) -> ServiceConfig:
-        """The API's frozen config."""
-        return ServiceConfig(
-            model_path=self.model_path,
-            data_dir=self.data_dir,
-            database_url=self.database_url,
-            broker_url=self.broker_url,
-            media_roots=tuple(self.media_roots),
-            max_upload_bytes=self.max_upload_bytes,
-            max_media_duration_s=self.max_media_duration_s,
-            max_query_s=self.max_query_s,
-            max_concurrent_inferences=self.max_concurrent_inferences,
-            inference_wait_s=self.inference_wait_s,
-            retry_after_s=self.retry_after_s,
-            api_key=self.api_key,
-            cors_origins=tuple(self.cors_origins),
-            device=self.device,
-        )
+        """The frozen config of the API; its `index_dir`, `uploads_dir` and `catalog_url` are the data dir's
+        layout every command uses."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServiceConfig)}  # same names
+        values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
+        return ServiceConfig(**values)

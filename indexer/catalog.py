@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 
 def _now() -> datetime:
@@ -109,7 +110,7 @@ class IndexJob(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
-    errors: Mapped[dict] = mapped_column(JSON, default=dict)  # uri -> message
+    errors: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # uri -> message
     created_at: Mapped[datetime] = mapped_column(default=_now)
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
 
@@ -140,7 +141,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection, _record) -> None:  # noqa: ANN001
+        def _sqlite_pragmas(connection: DBAPIConnection, _record: object) -> None:
             cursor = connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -173,7 +174,7 @@ def migrate(url: str) -> None:
         command.upgrade(config, "head")
 
 
-def open_catalog(url: str) -> sessionmaker:
+def open_catalog(url: str) -> sessionmaker[Session]:
     """Migrate, then return a session factory."""
     migrate(url)
     return sessionmaker(make_engine(url), expire_on_commit=False)

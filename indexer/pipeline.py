@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from indexer.catalog import Video, VideoStatus, new_video
 from indexer.store import TokenStore
-from model import CAVMAESync, MediaError, ModelConfig, PreprocessConfig, load_clips
+from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
 from model.media import configured_ffmpeg, use_ffmpeg
@@ -108,7 +108,8 @@ def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> ClipTokens:
     cfg = model.config
     out = {m: np.zeros((len(clips), cfg.frames_per_clip, cfg.embed_dim), np.float32) for m in ("audio", "visual")}
     present = np.array([[c.audio_segments is not None, c.frames is not None] for c in clips], dtype=bool)
-    for k, (modality, attr) in enumerate((("audio", "audio_segments"), ("visual", "frames"))):
+    modalities: tuple[tuple[Modality, str], ...] = (("audio", "audio_segments"), ("visual", "frames"))
+    for k, (modality, attr) in enumerate(modalities):
         rows = np.flatnonzero(present[:, k])
         if len(rows):
             batch = torch.stack([getattr(clips[r], attr) for r in rows])  # (n, T, ...)
@@ -179,7 +180,7 @@ class Indexer:
         model: CAVMAESync,
         model_id: str,
         store: TokenStore,
-        sessions: sessionmaker,
+        sessions: sessionmaker[Session],
         prep: PreprocessConfig | None = None,
         workers: int = 2,
         batch_clips: int = 32,
@@ -223,7 +224,7 @@ class Indexer:
         videos = [
             new_video(
                 str(item.path.resolve()),
-                item.sha256,
+                item.sha256 or "",  # decoded items always have their hash
                 self.model_id,
                 [(c.start, c.duration, ",".join(c.modalities)) for c in item.clips],
             )
@@ -256,7 +257,9 @@ class Indexer:
     def index(self, paths: list[Path], show_progress: bool = True) -> IndexSummary:
         summary = IndexSummary(total=len(paths))
         self.recover()
-        config, batch, pending, known = self.model.config, [], deque(), self.indexed_hashes()
+        config, known = self.model.config, self.indexed_hashes()
+        batch: list[Decoded] = []
+        pending: deque[Future[Decoded]] = deque()
         bar = tqdm(total=len(paths), disable=not show_progress, desc="index", unit="file")
         # spawn, not fork: a forked child of a process that has run torch ops can crash in its own
         # the spawned workers start with the ffmpeg this process was configured with
@@ -285,7 +288,7 @@ class Indexer:
         return summary
 
 
-def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker) -> int:
+def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker[Session]) -> int:
     """Mark videos deleted in the catalog and remove their clips from the live index."""
     with sessions() as session:
         videos = session.scalars(

@@ -130,21 +130,20 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     item = decode_file(Path(path), model.config, PreprocessConfig())
     ctx.pending.mkdir(parents=True, exist_ok=True)
     tmp = ctx.pending / f".{sha}.{uuid.uuid4().hex}.tmp.npz"
-    fields = {"uri": np.array(str(Path(path).resolve())), "path": np.array(path), "job": np.array(ctx.job_id or "")}
+    arrays = {"uri": np.array(str(Path(path).resolve())), "path": np.array(path), "job": np.array(ctx.job_id or "")}
     if item.error is not None:
-        np.savez(tmp, error=np.array(item.error), **fields)
+        arrays["error"] = np.array(item.error)
     else:
         tokens = encode_clips(model, item.clips)
-        np.savez(
-            tmp,
-            audio=tokens.audio,
-            visual=tokens.visual,
-            present=tokens.present,
-            starts=np.array([c.start for c in item.clips]),
-            durations=np.array([c.duration for c in item.clips]),
-            modalities=np.array([",".join(c.modalities) for c in item.clips]),
-            **fields,
-        )
+        arrays |= {
+            "audio": tokens.audio,  # (n, T, D)
+            "visual": tokens.visual,
+            "present": tokens.present,  # (n, 2)
+            "starts": np.array([c.start for c in item.clips]),
+            "durations": np.array([c.duration for c in item.clips]),
+            "modalities": np.array([",".join(c.modalities) for c in item.clips]),
+        }
+    np.savez(tmp, allow_pickle=False, **arrays)
     os.replace(tmp, target)
     return sha
 

@@ -82,7 +82,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, mel_bins: int, prep: PreprocessCo
     min_samples = int(prep.sample_rate * 0.025)  # one 25-ms window
     if wave.shape[1] < min_samples:
         wave = torch.nn.functional.pad(wave, (0, min_samples - wave.shape[1]))
-    return torchaudio.compliance.kaldi.fbank(
+    fbank: torch.Tensor = torchaudio.compliance.kaldi.fbank(
         wave,
         htk_compat=True,
         sample_frequency=prep.sample_rate,
@@ -92,6 +92,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, mel_bins: int, prep: PreprocessCo
         dither=0.0,
         frame_shift=prep.frame_shift_ms,
     )
+    return fbank
 
 
 def pad_or_cut(spec: torch.Tensor, frames: int) -> torch.Tensor:
@@ -216,17 +217,18 @@ def _result_or_none(job: Future[DecodedWindow]) -> DecodedWindow | None:
 def _clip_from_window(
     window: DecodedWindow, start: float, media_s: float | None, config: ModelConfig, prep: PreprocessConfig
 ) -> Clip | None:
-    has_audio = window.audio is not None and window.audio.size > 0
-    has_frames = window.frames is not None and len(window.frames) > 0
-    if not (has_audio or has_frames):
+    audio = window.audio if window.audio is not None and window.audio.size > 0 else None  # (samples,)
+    decoded = window.frames if window.frames is not None and len(window.frames) > 0 else None  # (n, S, S, 3)
+    if audio is None and decoded is None:
         return None
-    segments = clip_segments(window.audio, config, prep) if has_audio else None  # type: ignore[arg-type]
-    frames = normalize_frames(hold_last(window.frames, config.frames_per_clip), prep) if has_frames else None  # type: ignore[arg-type]
+    segments = clip_segments(audio, config, prep) if audio is not None else None
+    frames = normalize_frames(hold_last(decoded, config.frames_per_clip), prep) if decoded is not None else None
     if media_s is not None:
         covered = media_s - start
     else:  # what was decoded tells
-        audio_s = window.audio.size / prep.sample_rate if has_audio else 0.0  # type: ignore[union-attr]
-        covered = max(audio_s, len(window.frames) * prep.frame_span_s / config.frames_per_clip if has_frames else 0.0)  # type: ignore[arg-type]
+        audio_s = audio.size / prep.sample_rate if audio is not None else 0.0
+        frames_s = len(decoded) * prep.frame_span_s / config.frames_per_clip if decoded is not None else 0.0
+        covered = max(audio_s, frames_s)
     return Clip(frames, segments, start, max(0.0, min(prep.clip_s, covered)))
 
 

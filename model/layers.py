@@ -43,7 +43,8 @@ class Block(nn.Module):
         """x: (B, N, D) -> (B, N, D)."""
         pre_attn, pre_mlp = self._norms(norms)
         x = x + self.attn(pre_attn(x))
-        return x + self.mlp(pre_mlp(x))
+        out: torch.Tensor = x + self.mlp(pre_mlp(x))
+        return out
 
 
 def make_blocks(

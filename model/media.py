@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 import numpy as np
@@ -126,14 +127,16 @@ def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> byt
     UnreadableMediaError on a non-zero exit, with the last lines ffmpeg wrote to stderr.
     """
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both are pipes (PIPE above)
     stderr_tail: deque[bytes] = deque(maxlen=20)
-    drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    drain = threading.Thread(target=stderr_tail.extend, args=(stderr,), daemon=True)
     drain.start()
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     chunks, size, overflow = [], 0, False
     try:
-        while chunk := proc.stdout.read(1 << 20):  # type: ignore[union-attr]
+        while chunk := stdout.read(1 << 20):
             size += len(chunk)
             if size > max_output:
                 overflow = True
@@ -179,10 +182,12 @@ def probe(path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S) -> M
     return info
 
 
-def _number(value: object) -> float | None:
+def _number(value: str | float | None) -> float | None:
+    if value is None:
+        return None
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError):  # ffprobe's JSON may hold anything there
         return None
     return number if np.isfinite(number) and number > 0 else None
 
@@ -190,11 +195,11 @@ def _number(value: object) -> float | None:
 def _rate(text: str | None) -> float | None:
     if not text or "/" not in text:
         return _number(text)
-    num, den = text.split("/", 1)
-    return _number(num) / _number(den) if _number(num) and _number(den) else None  # type: ignore[operator]
+    num, den = (_number(part) for part in text.split("/", 1))
+    return num / den if num and den else None
 
 
-def _info_from_ffprobe(path: Path, data: dict) -> MediaInfo:
+def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
     streams = data.get("streams", [])
     fmt = data.get("format", {})
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
@@ -292,18 +297,19 @@ def decode_window(
     official int(i * N / T) frame index does), then the short side is resized to `size`
     (bicubic) and the centre cropped; only the chosen frames are scaled.
     """
-    want_audio, want_frames = audio and info.has_audio, frames is not None and info.has_video
-    if not (want_audio or want_frames):
+    want_audio = audio and info.has_audio
+    frames = frames if info.has_video else None  # the frames wanted, when there are any
+    if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
     seek = {"ss": start} if start > 0 else {}
     with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
-        if want_frames:  # its own input: video decoding stops just past the last chosen frame
-            read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)  # type: ignore[union-attr]
-            fast = {"skip_loop_filter": "all"} if frames.fast else {}  # type: ignore[union-attr]
+        if frames is not None:  # its own input: video decoding stops just past the last chosen frame
+            read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)
+            fast = {"skip_loop_filter": "all"} if frames.fast else {}
             video_input = ffmpeg.input(str(info.path), t=read, **seek, **fast)
-            outputs.append(_frames_output(video_input, frames))  # type: ignore[arg-type]
+            outputs.append(_frames_output(video_input, frames))
         if want_audio:
             audio_bytes = int((seconds + 1) * sample_rate * 2)
             outputs.append(
@@ -311,14 +317,14 @@ def decode_window(
                 .filter("channelmap", map="0", channel_layout="mono")
                 .output(str(audio_path), format="s16le", acodec="pcm_s16le", ar=sample_rate, fs=audio_bytes)
             )
-        frame_bytes = frames.size * frames.size * 3 if want_frames else 0  # type: ignore[union-attr]
-        max_stdout = frame_bytes * frames.count if want_frames else 0  # type: ignore[union-attr]
+        frame_bytes = frames.size * frames.size * 3 if frames is not None else 0
+        max_stdout = frame_bytes * frames.count if frames is not None else 0
         raw = run_tool(_compile(ffmpeg.merge_outputs(*outputs)), timeout, max_stdout, f"{info.path.name}: decode")
         samples = np.fromfile(audio_path, dtype="<i2") if want_audio and audio_path.exists() else None
     decoded_frames = None
-    if want_frames:
+    if frames is not None:
         usable = len(raw) - len(raw) % frame_bytes
-        decoded_frames = np.frombuffer(raw[:usable], dtype=np.uint8).reshape(-1, frames.size, frames.size, 3)  # type: ignore[union-attr]
+        decoded_frames = np.frombuffer(raw[:usable], dtype=np.uint8).reshape(-1, frames.size, frames.size, 3)
     decoded_audio = samples.astype(np.float32) / 32768.0 if samples is not None else None
     return DecodedWindow(decoded_audio, decoded_frames)
 
@@ -366,4 +372,5 @@ def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg
 
 
 def _compile(stream: ffmpeg.nodes.OutputStream) -> list[str]:
-    return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_binary())
+    args: list[str] = stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_binary())
+    return args

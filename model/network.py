@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from timm.layers import Attention, PatchEmbed
@@ -47,6 +47,12 @@ class PretrainOutput:
 
 class CAVMAESync(nn.Module):
     """CAV-MAE Sync. `encode_audio` / `encode_visual` are the retrieval path; `forward` pretrains."""
+
+    # buffers (register_buffer): typed here, as nn.Module's attribute lookup does not say what they are
+    pos_embed_a: torch.Tensor  # (1, P_a, D)
+    pos_embed_v: torch.Tensor  # (1, P_v, D)
+    decoder_pos_embed_a: torch.Tensor  # (1, P_a, D_dec)
+    decoder_pos_embed_v: torch.Tensor  # (1, P_v, D_dec)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -112,7 +118,7 @@ class CAVMAESync(nn.Module):
         """Switch timm's attention between fused SDPA and the plain matmul-softmax path (same math)."""
         for module in self.modules():
             if isinstance(module, Attention):
-                module.fused_attn = enabled
+                module.fused_attn = enabled  # type: ignore[misc]  # timm marks it Final; it is a plain switch
 
     # ----------------------------------------------------------------------------- shared pieces
     @property
@@ -123,8 +129,10 @@ class CAVMAESync(nn.Module):
         """audio (B, L, mel) or frames (B, C, H, W) -> patch tokens + position + modality, (B, P, D)."""
         if modality == "audio":
             image = inputs.unsqueeze(1).transpose(2, 3)  # (B, 1, mel, L)
-            return self.patch_embed_a(image) + self.pos_embed_a + self.modality_a
-        return self.patch_embed_v(inputs) + self.pos_embed_v + self.modality_v
+            patches: torch.Tensor = self.patch_embed_a(image)  # (B, P_a, D)
+            return patches + self.pos_embed_a + self.modality_a
+        patches = self.patch_embed_v(inputs)  # (B, P_v, D)
+        return patches + self.pos_embed_v + self.modality_v
 
     def _encode_unimodal(self, tokens: torch.Tensor, modality: Modality) -> torch.Tensor:
         """Modality blocks over [global, patches, registers]; returns [global, patches], (B, G + P, D)."""
@@ -143,7 +151,8 @@ class CAVMAESync(nn.Module):
     def _joint_unimodal(self, x: torch.Tensor, modality: Modality) -> torch.Tensor:
         """The joint blocks on one modality with its own LayerNorm pairs, then norm_a / norm_v."""
         x = run_blocks(self.blocks_u, x, modality)
-        return self.norm_a(x) if modality == "audio" else self.norm_v(x)
+        normed: torch.Tensor = self.norm_a(x) if modality == "audio" else self.norm_v(x)
+        return normed
 
     def _split(self, x: torch.Tensor) -> Encoded:
         if self.config.global_token:
@@ -219,7 +228,7 @@ class CAVMAESync(nn.Module):
 
         global_a = self._split(self._joint_unimodal(enc_a, "audio")).global_tokens
         global_v = self._split(self._joint_unimodal(enc_v, "visual")).global_tokens
-        banks: dict = {}
+        banks: dict[str, Any] = {}
         if gather is not None:
             (banks["all_audio"], banks["offset"]), (banks["all_visual"], _) = gather(global_a), gather(global_v)
         nce = info_nce(global_a, global_v, objective.temperature, objective.symmetric_contrastive, **banks)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
-STRATEGIES: tuple[str, ...] = ("diagonal_mean", "diagonal_max", "mean", "max")
+STRATEGIES: tuple[Strategy, ...] = ("diagonal_mean", "diagonal_max", "mean", "max")
 TIE_TOLERANCE = 0.002  # cosine: windows this close to the best fit equally (video coding noise on still frames)
 
 

@@ -58,14 +58,15 @@ fi
 
 # 3. Index (already-indexed files are skipped by content hash).
 step "indexing $MEDIA with $(basename "$MODEL")"
-"$BIN/cavsync" index "$MEDIA" --model "$MODEL" --data-dir "$DATA" --workers 2
+"$BIN/cavsync" index "$MEDIA" --workers 2 # the model and data dir of CAVSYNC_MODEL_PATH / CAVSYNC_DATA_DIR
 
 # 4. Serve, and print examples once it answers.
 step "starting the API on $URL"
 "$BIN/cavsync" serve --host "$HOST" --port "$PORT" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C (or a TERM) is how the demo stops: a clean exit (status 0), the server stopped by the EXIT trap
+trap 'echo; echo "demo stopped"; exit 0' INT TERM
 for _ in $(seq 240); do
   healthy && break
   kill -0 "$server" 2>/dev/null || { echo "error: the server exited" >&2; exit 1; }

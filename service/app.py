@@ -142,7 +142,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         redoc_url=None,
     )
     app.state.config, app.state.metrics = config, metrics
-    app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]  # FastAPI's documented schema hook
     install_handlers(app)
     app.add_middleware(TokensBodyLimit, max_upload_bytes=config.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

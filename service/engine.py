@@ -63,10 +63,11 @@ class InferenceSlots:
         """Hold a slot for the body of the `async with`; Busy (503) when none frees up in time."""
         if not await self._acquire():
             raise self._busy()
+        assert self._semaphore is not None  # acquired: there is one
         try:
             yield
         finally:
-            self._semaphore.release()  # type: ignore[union-attr]
+            self._semaphore.release()
 
 
 def preset_name(model: CAVMAESync) -> str:
@@ -131,8 +132,9 @@ class Engine:
         if manifest.model_id != self.model_id or manifest.dim != self.model.config.embed_dim:
             raise RuntimeError(
                 f"the index in {self.config.index_dir} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
-                f"the API runs {self.model.config.embed_dim}-d model {self.model_id} ({self.config.model_path}): "
-                "serve the model the index was built with, or point CAVSYNC_DATA_DIR at another index"
+                f"the API runs {self.model.config.embed_dim}-d model {self.model_id}: set CAVSYNC_MODEL_PATH "
+                f"(now {self.config.model_path}) to the model the index was built with, or CAVSYNC_DATA_DIR "
+                f"(now {self.config.data_dir}) to another index"
             )
 
     def stale(self) -> bool:

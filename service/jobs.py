@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -92,7 +92,8 @@ class JobRunner:
         self.config, self.sessions, self.publish = config, sessions, publish
         self.mode = "broker" if publish is not None else "in-process"
         self._pool = None if publish is not None else ThreadPoolExecutor(1, thread_name_prefix="cavsync-index")
-        self._stop, self._waiting = threading.Event(), {}  # in-process jobs: stop flag, futures by job id
+        self._stop = threading.Event()  # in-process jobs stop after their current file once it is set
+        self._waiting: dict[str, Future[None]] = {}  # in-process jobs not started yet, by id
         self._resources = Resources(catalogs={config.catalog_url: sessions})  # in-process: the model loaded once
 
     def _context(self, job_id: str) -> TaskContext:

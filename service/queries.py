@@ -51,8 +51,7 @@ def indexed_video(session: Session, video_id: int) -> Video:
 
 def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
     """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
-    rows = version.rows_of([clip_id]) if version is not None else []
-    if version is None or len(rows) == 0:
+    if version is None or len(rows := version.rows_of([clip_id])) == 0:
         raise NotFound(f"video {video_id} is not in the loaded index version")
     if not version.present[modality][rows[0]]:
         raise InvalidInput(f"video {video_id} has no {modality} track")
@@ -144,7 +143,7 @@ def answer(
     return SearchResponse(
         target=target,
         strategy=strategy,
-        index_version=version.name if version else None,  # type: ignore[arg-type]
+        index_version=version.name if version else None,
         query=info,
         results=results,
         timings=timings,
@@ -170,7 +169,7 @@ def search_media(
             query = run(engine.model, path, engine.prep)
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
-        query = stored_query(engine, version, video_id, modality, part)  # type: ignore[arg-type]
+        query = stored_query(engine, version, video_id, modality, part)  # type: ignore[arg-type]  # no file: the route required video_id
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
     target = "visual" if modality == "audio" else "audio"
     return answer(engine, version, query, info, target, top_k, strategy, started, modality)
@@ -273,12 +272,12 @@ def localize(
         with saved_upload(inputs.image) as path:
             frame, frame_time = frame_of(engine, path, inputs.time, uploaded=True)
     else:
-        frame, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]
+        frame, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]  # no image: LocalizeInputs required video_id
     encode_ms = 0.0
     if inputs.audio is not None:
         token, audio_time, encode_ms = uploaded_audio_token(engine, inputs.audio, inputs.audio_time)
     else:
-        token, audio_time = stored_audio_token(engine, version, inputs.audio_video_id, inputs.audio_time)  # type: ignore[arg-type]
+        token, audio_time = stored_audio_token(engine, version, inputs.audio_video_id, inputs.audio_time)  # type: ignore[arg-type]  # no audio: audio_video_id required
     mapping = time.perf_counter()
     found = inference.localize(engine.model, frame, token)
     if png:

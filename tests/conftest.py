@@ -64,6 +64,22 @@ def pg_database() -> Iterator[str]:
         admin.close()
 
 
+def redis_db(url: str) -> Iterator[str]:
+    """A Redis database of the machine's server (emptied before and after); fails in CI when unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and is not reachable: {exc}")
+        pytest.skip(f"Redis not reachable: {exc}")
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped after the test."""

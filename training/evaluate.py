@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model import CAVMAESync, MediaError
 from model.inference import clip_tokens
-from model.similarity import STRATEGIES, clip_scores
+from model.similarity import STRATEGIES, Strategy, clip_scores
 from training.data import MediaManifest
 from training.metrics import retrieval_metrics
 
@@ -72,7 +72,7 @@ def encode_corpus(model: CAVMAESync, source: MediaManifest, batch_size: int = 8,
     )
 
 
-def retrieval_report(tokens: CorpusTokens, strategies: tuple[str, ...] = STRATEGIES) -> dict[str, Any]:
+def retrieval_report(tokens: CorpusTokens, strategies: tuple[Strategy, ...] = STRATEGIES) -> dict[str, Any]:
     """R@1/5/10 and ranks for audio->visual and visual->audio under each strategy, over the whole corpus
     and over the queries that have an order-shuffled hard negative in the corpus."""
     group_sizes: dict[str, int] = {}
@@ -85,8 +85,8 @@ def retrieval_report(tokens: CorpusTokens, strategies: tuple[str, ...] = STRATEG
             ("audio_to_visual", tokens.audio, tokens.visual),
             ("visual_to_audio", tokens.visual, tokens.audio),
         ):
-            scores = clip_scores(query, target, strategy)  # type: ignore[arg-type]
-            entry = retrieval_metrics(scores)
+            scores = clip_scores(query, target, strategy)
+            entry: dict[str, Any] = dict(retrieval_metrics(scores))
             if hard.any():
                 correct = torch.arange(len(scores))[hard]
                 entry["hard_negatives"] = retrieval_metrics(scores[hard], correct)

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ def train_step(
     totals: dict[str, float] = {}
     for k, batch in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
         with sync:
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(
@@ -184,7 +184,7 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
-    def write(self, row: dict[str, float]) -> None:
+    def write(self, row: Mapping[str, float | torch.Tensor]) -> None:
         new = not self.path.exists()
         with self.path.open("a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))

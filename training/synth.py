@@ -154,17 +154,17 @@ def _random_events(objects: list[int], rng: np.random.Generator) -> list[Event]:
     """Consecutive events filling 10 s, one per object, with random boundaries."""
     cuts = np.sort(rng.uniform(1.5, SECONDS - 1.5, size=len(objects) - 1))
     bounds = [0.0, *cuts.tolist(), SECONDS]
-    return [
-        Event(
-            obj,
-            bounds[i],
-            bounds[i + 1],
-            *rng.uniform(0.25, 0.75, size=2).tolist(),
-            float(rng.uniform(0.12, 0.22)),
-            float(rng.uniform(0.4, 1.0)),
-        )
-        for i, obj in enumerate(objects)
-    ]
+    events = []
+    for i, obj in enumerate(objects):
+        x, y = rng.uniform(0.25, 0.75, size=2).tolist()
+        radius, loudness = float(rng.uniform(0.12, 0.22)), float(rng.uniform(0.4, 1.0))
+        events.append(Event(obj, bounds[i], bounds[i + 1], x=x, y=y, radius=radius, loudness=loudness))
+    return events
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in values)
+    return red, green, blue
 
 
 def make_specs(n: int, seed: int, hard_negative_rate: float = 0.25, distractor_rate: float = 0.5) -> list[ClipSpec]:
@@ -193,7 +193,7 @@ def make_specs(n: int, seed: int, hard_negative_rate: float = 0.25, distractor_r
             ClipSpec(
                 clip_id=f"synth_{seed}_{index:06d}",
                 events=events,
-                background=tuple(int(v) for v in rng.integers(0, 90, size=3)),
+                background=_rgb(rng.integers(0, 90, size=3)),
                 noise_level=float(rng.uniform(0.01, 0.08)),
                 distractor=distractor,
                 distractor_box=box,
@@ -214,9 +214,10 @@ def render_frame(spec: ClipSpec, t: float) -> tuple[np.ndarray, np.ndarray, np.n
     frame = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
     frame[:] = np.array(spec.background, dtype=np.uint8)
     distractor_mask = np.zeros((SIZE, SIZE), dtype=bool)
-    if spec.distractor is not None and t >= spec.distractor_from:
+    box = spec.distractor_box  # set exactly when there is a distractor
+    if spec.distractor is not None and box is not None and t >= spec.distractor_from:
         obj = VOCABULARY[spec.distractor]
-        distractor_mask = shape_mask(obj.shape, *spec.distractor_box)  # type: ignore[misc]
+        distractor_mask = shape_mask(obj.shape, *box)
         paint(frame, obj, distractor_mask)
     event = _event_at(spec, t)
     obj = VOCABULARY[event.object]
@@ -301,7 +302,7 @@ def write_clip(spec: ClipSpec, out_dir: Path, seed: int, ffmpeg: str, timeout: f
 
 def _save_masks(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, allow_pickle=False, **arrays)
     os.replace(tmp, path)
 
 

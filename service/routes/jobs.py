@@ -93,7 +93,7 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
     else:
         raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
     job_id = await anyio.to_thread.run_sync(jobs.submit, files, kind == "multipart/form-data")
-    return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)  # type: ignore[arg-type]
+    return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)
 
 
 @router.get("/index/roots", response_model=IndexRoots)

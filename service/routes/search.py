@@ -111,7 +111,7 @@ PNG = {
 }
 
 
-@router.post("/localize", response_model=LocalizeResponse, responses={200: PNG} | MEDIA_ERRORS)
+@router.post("/localize", response_model=LocalizeResponse, responses={200: PNG, **MEDIA_ERRORS})
 async def localize(
     engine: EngineDep,
     version: VersionDep,

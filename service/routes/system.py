@@ -77,7 +77,7 @@ async def health(engine: EngineDep, version: VersionDep) -> HealthResponse:
         status="ok" if healthy else "degraded",
         model=model,
         index=index,
-        queue=queue,  # type: ignore[arg-type]
+        queue=queue,
         database="ok" if videos is not None else "unreachable",
     )
 

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import yaml
 from sqlalchemy.engine import make_url
 
-from ..conftest import IN_CI
+from ..conftest import redis_db
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -257,16 +256,7 @@ class Processes:
 
 @pytest.fixture()
 def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(BROKER, socket_connect_timeout=3, socket_timeout=10)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and is not reachable: {exc}")
-        pytest.skip(f"Redis not reachable: {exc}")
-    client.flushdb()
-    yield BROKER
-    client.flushdb()
+    yield from redis_db(BROKER)
 
 
 def _wait(condition, timeout_s: float, what: str, processes: Processes, every_s: float = 0.5):  # noqa: ANN001, ANN202

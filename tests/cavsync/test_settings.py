@@ -14,11 +14,11 @@ from indexer.catalog import catalog_url
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in [n for n in os.environ if n.startswith("CAVSYNC_")]:
         monkeypatch.delenv(name)
-    defaults = Settings()
+    defaults, paths = Settings(), Settings().service_config()
     assert defaults.model_path == DEMO_CHECKPOINT and DEMO_CHECKPOINT.is_file()  # found wherever we run
     assert defaults.task_time_limit_s == 1800 and defaults.visibility_timeout_s == 3600  # twice the task limit
-    assert defaults.index_dir == Path("data/index") and defaults.catalog_url == catalog_url(Path("data"), None)
-    assert defaults.catalog_url == f"sqlite:///{(Path('data') / 'catalog.db').resolve()}"  # what `cavsync index` uses
+    assert paths.index_dir == Path("data/index") and paths.catalog_url == catalog_url(Path("data"), None)
+    assert paths.catalog_url == f"sqlite:///{(Path('data') / 'catalog.db').resolve()}"  # what `cavsync index` uses
     assert defaults.api_key is None and defaults.media_roots == [] and defaults.broker_url is None
     monkeypatch.setenv("CAVSYNC_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CAVSYNC_MEDIA_ROOTS", '["/media/a", "/media/b"]')
@@ -27,18 +27,18 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("CAVSYNC_BROKER_URL", "redis://redis:6379/0")
     monkeypatch.setenv("CAVSYNC_MAX_UPLOAD_BYTES", "1000")
     settings = Settings()
-    assert settings.index_dir == tmp_path / "index" and settings.uploads_dir == tmp_path / "uploads"
+    config = settings.service_config()  # what the API is built from: the same values, frozen
+    assert config.index_dir == tmp_path / "index" and config.uploads_dir == tmp_path / "uploads"
     assert settings.media_roots == [Path("/media/a"), Path("/media/b")]
     assert settings.cors_origins == ["http://a.example", "http://b.example"]
     assert settings.api_key is None and settings.broker_url == "redis://redis:6379/0"
     assert settings.max_upload_bytes == 1000
-    config = settings.service_config()  # what the API is built from: the same values, frozen
     assert config.media_roots == (Path("/media/a"), Path("/media/b")) and config.max_upload_bytes == 1000
-    assert config.catalog_url == settings.catalog_url and config.broker_url == settings.broker_url
+    assert config.broker_url == settings.broker_url
     monkeypatch.setenv("CAVSYNC_MEDIA_ROOTS", "/media/a,/media/c")
     monkeypatch.setenv("CAVSYNC_API_KEY", "secret")
     monkeypatch.setenv("CAVSYNC_DATABASE_URL", "postgresql+psycopg://u@db/cavsync")
     settings = Settings()
     assert settings.media_roots == [Path("/media/a"), Path("/media/c")]
     assert settings.api_key.get_secret_value() == "secret" and "secret" not in repr(settings)
-    assert settings.catalog_url == "postgresql+psycopg://u@db/cavsync"
+    assert settings.service_config().catalog_url == "postgresql+psycopg://u@db/cavsync"

@@ -27,7 +27,7 @@ from indexer.catalog import Clip, IndexJob, JobState, Video, VideoStatus, open_c
 from indexer.store import TokenStore
 from indexer.tasks import Resources, TaskContext
 
-from ..conftest import IN_CI
+from ..conftest import redis_db
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CAVSYNC_TEST_REDIS", "redis://127.0.0.1:6379/14")
@@ -36,16 +36,7 @@ CLOSED_BROKER = "redis://127.0.0.1:1/0"
 
 @pytest.fixture()
 def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(BROKER, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and is not reachable: {exc}")
-        pytest.skip(f"Redis not reachable: {exc}")
-    client.flushdb()
-    yield BROKER
-    client.flushdb()
+    yield from redis_db(BROKER)
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:

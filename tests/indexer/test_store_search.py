@@ -248,6 +248,7 @@ def _writer(root: str, rounds: int) -> None:
         store.add(np.arange(1000 + 20 * r, 1020 + 20 * r), audio, visual, "m")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_searches_during_commits_never_fail_or_see_partial_versions(tmp_path: Path) -> None:
     root = tmp_path / "live"

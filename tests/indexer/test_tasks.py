@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from indexer import tasks
 from indexer.catalog import Clip, IndexJob, JobState, open_catalog
@@ -18,24 +18,15 @@ from indexer.search import search
 from indexer.store import TokenStore
 from indexer.tasks import Resources, TaskContext
 
-from ..conftest import IN_CI
+from ..conftest import redis_db
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CAVSYNC_TEST_REDIS", "redis://127.0.0.1:6379/14")
 
 
 @pytest.fixture()
-def broker() -> str:
-    client = redis.Redis.from_url(BROKER, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and is not reachable: {exc}")
-        pytest.skip(f"Redis not reachable: {exc}")
-    client.flushdb()
-    yield BROKER
-    client.flushdb()
+def broker() -> Iterator[str]:
+    yield from redis_db(BROKER)
 
 
 _SESSIONS: dict = {}
@@ -52,6 +43,7 @@ def _job(url: str, job_id: str) -> IndexJob:
         return session.get(IndexJob, job_id)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
     pg_url: str, media: Path, checkpoint: Path, tmp_path: Path

@@ -18,6 +18,8 @@ from service.app import create_app
 from ..model.media_files import ffmpeg
 from .conftest import API_KEY, CORPUS_CLIPS, REPO, Corpus, make_config, upload
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 
 def test_video_pages(client: TestClient, corpus: Corpus) -> None:
     first = client.get("/videos", params={"limit": 10}).json()

@@ -17,6 +17,8 @@ from service.app import create_app, tokens_body_limit
 
 from .conftest import API_KEY, Corpus, make_config, upload
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 # status per endpoint: audio-to-video, video-to-audio, /localize as the image, /localize as the audio
 EXPECTED = {
     "zero_bytes": (415, 415, 415, 415),
@@ -255,7 +257,18 @@ def test_unresolvable_paths_and_bodies_are_422(writable_client: TestClient, corp
 def test_no_media_roots_means_no_indexing_by_path(corpus: Corpus, private_data: Path) -> None:
     with TestClient(create_app(make_config(corpus, private_data, media_roots=[]))) as no_roots:
         response = no_roots.post("/index", json={"paths": [str(corpus.clips[0])]})
-    assert response.status_code == 403 and "media roots" in response.json()["detail"]
+    assert response.status_code == 403 and "CAVSYNC_MEDIA_ROOTS is empty" in response.json()["detail"]
+
+
+def test_a_path_outside_the_media_roots_names_the_setting_and_its_value(
+    writable_client: TestClient, corpus: Corpus, tmp_path: Path
+) -> None:
+    outside = tmp_path / "x.mp4"
+    outside.write_bytes(corpus.clips[0].read_bytes())
+    response = writable_client.post("/index", json={"paths": [str(outside)]})
+    detail = response.json()["detail"]
+    assert response.status_code == 403 and detail.startswith(f"{outside}: outside the media roots"), detail
+    assert f'CAVSYNC_MEDIA_ROOTS=["{corpus.media}"]' in detail
 
 
 # ------------------------------------------------------------------------------------ busy

@@ -15,6 +15,8 @@ from PIL import Image
 
 from .conftest import DEMO_CHECKPOINT, Corpus, upload
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 
 def _localize(client: TestClient, files: dict | None = None, params: dict | None = None, **fields: object):  # noqa: ANN202
     return client.post("/localize", files=files, data={k: str(v) for k, v in fields.items()}, params=params)

@@ -20,6 +20,8 @@ from service.config import ServiceConfig
 
 from .conftest import API_KEY, DEMO_CHECKPOINT, Corpus, make_config
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 MAX_EXAMPLES = 30  # per operation and mode
 CHECKS = [
     not_a_server_error,

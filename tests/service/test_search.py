@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from ..model.media_files import ffmpeg
 from .conftest import Corpus, upload
 
+pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
+
 
 def _search(client: TestClient, endpoint: str, files: dict | None = None, **fields: object) -> dict:
     response = client.post(f"/search/{endpoint}", files=files, data={k: str(v) for k, v in fields.items()})

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model import CAVMAESync, preset
@@ -83,6 +84,7 @@ def test_unreadable_items_are_counted_and_skipped(tmp_path: Path) -> None:
     assert batch["skipped"] == 2 and "audio" not in batch
 
 
+@pytest.mark.slow  # builds the 24-clip synthetic corpus (about 15 s)
 def test_pairs_are_seeded_by_epoch_and_item(synth_corpus: Path, tmp_path: Path) -> None:
     dataset = PairDataset(MediaManifest.open(synth_corpus, TINY), seed=3, config=TINY, cache_dir=tmp_path)
     first = dataset[2]

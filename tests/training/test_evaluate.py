@@ -47,6 +47,7 @@ def test_localization_report_perfect_wrong_and_baselines() -> None:
     assert 0.0 < centre["mIoU"] < 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multi_label", [True, False])
 def test_classification_head_learns_planted_labels(multi_label: bool) -> None:
     torch.manual_seed(0)

@@ -62,6 +62,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_two_process_ddp_equals_one_process_on_the_concatenated_batch(tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
