@@ -82,8 +82,13 @@ EXCERPT=$DATA/excerpt_4s_to_7s.wav # 3 s of the first clip's audio: which video,
   -nostdin -loglevel error -ss 4 -t 3 -i "$A2V" -vn -ac 1 -ar 16000 "$EXCERPT"
 KEY=""
 [ -n "${CAVSYNC_API_KEY:-}" ] && KEY=" -H 'X-API-Key: $CAVSYNC_API_KEY'" # write routes only
-step "ready in $((SECONDS - started)) s; try (in another terminal):"
+step "ready in $((SECONDS - started)) s"
 cat <<EOF
+
+  The web page: open $URL/ in a browser (search by a file, a recording or an indexed video; the catalog; jobs).
+  Try dropping $EXCERPT on it.
+
+  Or from another terminal:
 
   curl -s $URL/health
   # which videos sound like this clip (audio -> video), best first, with the matched moment
@@ -102,6 +107,6 @@ cat <<EOF
   curl -s$KEY -H 'content-type: application/json' -d '{"paths": ["$SYNTH"]}' $URL/index
   curl -s $URL/jobs/JOB_ID
 
-Interactive API docs: $URL/docs    Stop: Ctrl-C
+Web page: $URL/    Interactive API docs (offline): $URL/docs    Stop: Ctrl-C
 EOF
 wait "$server"

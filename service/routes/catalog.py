@@ -5,7 +5,7 @@ Plain `def` endpoints: FastAPI runs them in a worker thread (catalog, store and 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
@@ -59,19 +59,22 @@ def get_video(engine: EngineDep, video_id: VideoId) -> VideoDetail:
         return VideoDetail.model_validate(video)
 
 
-MEDIA = {
+MEDIA: dict[str, Any] = {
     "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}},
     "description": "The whole file (200) or, for a `Range: bytes=a-b` request, those bytes (206).",
     "headers": {"Accept-Ranges": {"schema": {"type": "string"}, "description": "bytes"}},
 }
-PARTIAL = {"description": "The requested byte range (Content-Range says which)."}
-JPEG = {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "A JPEG frame"}
+PARTIAL: dict[str, Any] = {"description": "The requested byte range (Content-Range says which)."}
+JPEG: dict[str, Any] = {
+    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "A JPEG frame",
+}
 
 
 @router.get(
     "/videos/{video_id}/media",
     response_class=FileResponse,
-    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}} | responses(404),
+    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}, **responses(404)},
 )
 def video_media(engine: EngineDep, video_id: VideoId) -> FileResponse:
     """The video's original file, as indexed (any state but deleted), with its Content-Type by extension.
@@ -81,7 +84,7 @@ def video_media(engine: EngineDep, video_id: VideoId) -> FileResponse:
     return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG} | responses(404))
+@router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG, **responses(404)})
 def video_poster(
     engine: EngineDep,
     video_id: VideoId,
