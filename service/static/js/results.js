@@ -71,8 +71,9 @@ class Card {
       onclick: () => this.play(m.start, m.end),
     }, `${clock(m.start)}–${clock(m.end)}`));
     this.strip = h("canvas", { class: "strip", width: 600, height: 36, tabindex: "0", role: "img",
-      "aria-label": "Similarity of each frame over the video's time; click to play from there",
-      onclick: (event) => this.stripClick(event) });
+      "aria-label": "Similarity of each frame over the video's time; click to play from there (Enter: the best moment)",
+      onclick: (event) => this.stripClick(event),
+      onkeydown: (event) => { if (event.key === "Enter") this.play(this.moments[0].start, this.moments[0].end); } });
     this.error = h("p", { class: "card-error", role: "alert", hidden: true });
     this.overlayControls = h("div", { class: "overlay-controls", hidden: true });
     this.node = h("li", { class: "card", "data-video-id": r.video_id },

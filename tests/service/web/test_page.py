@@ -104,6 +104,40 @@ def test_microphone_recording_searches(app_page: Page) -> None:
     assert len(cards(page)) == 10 and "videos ranked" in page.locator("#results-summary").text_content()
 
 
+def test_video_search_shows_the_query_frames(app_page: Page, corpus: Corpus) -> None:
+    page = app_page
+    open_search(page)
+    page.get_by_role("radio", name=re.compile(r"^Video")).check()
+    page.locator("#file-input").set_input_files(str(corpus.clips[2]))
+    expect(page.locator("#frames canvas")).to_have_count(8)
+    frame = page.locator("#frames canvas").first.evaluate(
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let lit = 0; for (let i = 0; i < d.length; i += 4) lit += d[i] + d[i + 1] + d[i + 2] > 30; return lit; }"
+    )
+    assert frame > 100  # a decoded picture, not an empty canvas
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#results-summary")).to_contain_text("pictures with their sound")
+    assert cards(page)[0]["id"] == 3  # its own soundtrack fits its pictures best
+
+
+def test_every_control_is_labelled(app_page: Page) -> None:
+    page = app_page
+    for view in ("search", "catalog", "jobs"):
+        page.goto(f"/ui/?view={view}")
+        expect(page.locator(f"#view-{view}")).to_be_visible()
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea, button')]
+                .filter(e => e.offsetParent !== null)
+                .filter(e => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))
+                .map(e => e.outerHTML)"""
+        )
+        assert unnamed == [], unnamed
+        assert page.locator("[aria-live]").count() >= 2
+    page.goto("/ui/")
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip-link")).to_be_focused()
+
+
 def test_a_shared_url_reproduces_the_search(app_page: Page, live_server: Server) -> None:
     page = app_page
     query = "?view=search&mode=sound&source=video&video=4&start=2&end=5.2&k=6&strategy=diagonal_max"
