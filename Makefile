@@ -72,11 +72,15 @@ bench: install
 # The product on this machine: a demo corpus (40 synthetic clips + ../shared/media when present)
 # indexed with the committed checkpoint, served on 127.0.0.1:8000, with curl examples. Idempotent.
 demo: install
-	BIN=$(BIN) bash scripts/demo.sh
+	BIN=$(BIN) exec bash scripts/demo.sh  # exec: Ctrl-C reaches the script itself, which stops the server and exits 0
 
-# The committed demo checkpoint: exactly how it was made (CPU, ~35 min of training on the 2-core dev machine).
+# The committed demo checkpoint: exactly how it was made (CPU, ~35 min of training on the 2-core dev machine,
+# then a few minutes for the localization head).
 DEMO_WORK ?= /tmp/cavsync-demo-train
 DEMO_EPOCHS ?= 50
+# The localization head of the demo (frozen backbone; its own synth seed): chosen by the sweep in checkpoints/README.md.
+DEMO_LOC_CLIPS ?= 600
+DEMO_LOC_ARGS ?= --layer 2 --hidden-dim 256 --aggregation max --steps 300
 demo-checkpoint: install
 	$(BIN)/cavsync synth --out $(DEMO_WORK)/train --n 6500 --seed 1000 --workers 2
 	$(BIN)/cavsync synth --out $(DEMO_WORK)/heldout --n 240 --seed 2000 --workers 2
@@ -84,6 +88,10 @@ demo-checkpoint: install
 	  --epochs $(DEMO_EPOCHS) --batch-size 64 --lr 5e-4 --objective.lambda-c 1.0 --objective.symmetric-contrastive \
 	  --num-workers 2 --cache-dir $(DEMO_WORK)/cache --checkpoint-every 200 --seed 0
 	cp $(DEMO_WORK)/run/model.safetensors checkpoints/cavsync_tiny_demo.safetensors
+	$(BIN)/cavsync synth --out $(DEMO_WORK)/loc_train --n $(DEMO_LOC_CLIPS) --seed 3000 --workers 2
+	OMP_NUM_THREADS=1 $(BIN)/cavsync train-localizer --checkpoint checkpoints/cavsync_tiny_demo.safetensors \
+	  --data $(DEMO_WORK)/loc_train --out-dir $(DEMO_WORK)/loc_run --into checkpoints/cavsync_tiny_demo.safetensors \
+	  $(DEMO_LOC_ARGS) --seed 0
 	$(BIN)/cavsync eval retrieval --checkpoint checkpoints/cavsync_tiny_demo.safetensors \
 	  --data $(DEMO_WORK)/heldout > checkpoints/eval_retrieval.json
 	$(BIN)/cavsync eval localization --checkpoint checkpoints/cavsync_tiny_demo.safetensors \

@@ -301,20 +301,77 @@ def eval_classification(
 
 @eval_app.command("localization")
 def eval_localization(
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint (its localization head, if any, is scored too).")],
     data: Annotated[Path, typer.Option(help="A `cavsync synth` folder (it has the masks).")],
+    head: Annotated[Path | None, typer.Option(help="A head adapter file (train-localizer's head.safetensors).")] = None,
     all_frames: Annotated[bool, typer.Option(help="Score every frame, not only those with a distractor.")] = False,
 ) -> None:
-    """Sound-prompted localization (DenseAV-style mAP / mIoU) next to a centre prior and the distractor."""
+    """Sound-prompted localization (DenseAV-style mAP / mIoU, peak in the object / on the distractor) of
+    each method (paper; head when there is one) next to a centre prior and the distractor."""
     import json
 
-    from model import load_model
+    from model import CheckpointError, load_localization_head, load_model
     from training.data import MediaManifest
     from training.evaluate import evaluate_localization
 
     model = load_model(checkpoint)
-    report = evaluate_localization(model, MediaManifest.open(data, model.config), not all_frames)
+    try:
+        loc_head = load_localization_head(head or checkpoint, model)
+    except CheckpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    report = evaluate_localization(model, MediaManifest.open(data, model.config), not all_frames, loc_head)
     typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("train-localizer")
+def train_localizer(
+    checkpoint: Annotated[Path, typer.Option(help="The frozen backbone (.safetensors or official .pth).")],
+    data: Annotated[Path, typer.Option(help="A media manifest (CSV/JSONL) or a `cavsync synth` folder.")],
+    out_dir: Annotated[Path, typer.Option(help="Run folder: feature cache, last.pt (resume), head.safetensors.")],
+    into: Annotated[
+        Path | None, typer.Option(help="Also write the checkpoint with the head here (may be --checkpoint).")
+    ] = None,
+    layer: Annotated[int, typer.Option(min=0, help="Visual block whose patch tokens feed the head.")] = 1,
+    hidden_dim: Annotated[int, typer.Option(min=1, help="Hidden width of the head's MLP.")] = 256,
+    aggregation: Annotated[str, typer.Option(help="Frame score over patches: max or softmax.")] = "max",
+    steps: Annotated[int, typer.Option(min=1)] = 600,
+    batch_size: Annotated[int, typer.Option(min=2, help="Clips per batch (one frame each).")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    temperature: Annotated[float, typer.Option(min=1e-4, help="InfoNCE temperature.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the head's init and of every batch.")] = 0,
+    max_clips: Annotated[int | None, typer.Option(min=1, help="Use only the first clips of the data.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding processes for the feature cache.")] = 2,
+) -> None:
+    """Train a localization head on a frozen backbone (resumes from --out-dir); retrieval is unchanged."""
+    from model import CheckpointError
+    from training.localizer import LocalizerConfig
+    from training.localizer import train_localizer as run
+
+    if aggregation not in {"max", "softmax"}:
+        raise typer.BadParameter("aggregation must be max or softmax")
+    cfg = LocalizerConfig(
+        str(checkpoint),
+        str(data),
+        str(out_dir),
+        into=str(into) if into else None,
+        layer=layer,
+        hidden_dim=hidden_dim,
+        aggregation=aggregation,  # type: ignore[arg-type]
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        temperature=temperature,
+        seed=seed,
+        max_clips=max_clips,
+        workers=workers,
+    )
+    try:
+        path = run(cfg)
+    except (CheckpointError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"wrote {path}" + (f" and {into}" if into else ""))
 
 
 if __name__ == "__main__":

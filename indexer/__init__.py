@@ -1,1 +1,1 @@
-"""cavsync.indexer: corpora -> per-frame global tokens in FAISS, the SQL catalog, Celery tasks."""
+"""cavsync.indexer: corpora -> per-frame tokens in FAISS, the SQL catalog, index jobs and the work of their tasks."""

@@ -5,6 +5,7 @@ This package imports nothing from `training`, `indexer` or `service`.
 
 from model.checkpoint import (
     CheckpointError,
+    load_localization_head,
     load_model,
     load_official_state_dict,
     save_checkpoint,
@@ -47,6 +48,7 @@ __all__ = [
     "ObjectiveConfig",
     "PRESETS",
     "PretrainOutput",
+    "load_localization_head",
     "load_model",
     "load_official_state_dict",
     "preset",

@@ -23,12 +23,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.config import ModelConfig
+from model.localization import LocalizationHead, LocalizationHeadConfig, backbone_fingerprint
 from model.network import CAVMAESync
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "cavsync"
 FORMAT_VERSION = "1"
+# A localization head travels inside a checkpoint (tensors under HEAD_PREFIX) or as an adapter file
+# (format HEAD_FORMAT); either way its metadata names the backbone it was trained on.
+HEAD_PREFIX = "localization_head."
+HEAD_FORMAT = "cavsync-localization-head"
+HEAD_CONFIG_KEY = "localization_head"
+HEAD_BACKBONE_KEY = "localization_backbone"
 # The official constructor's argument names, for callers that pass them as they are.
 OFFICIAL_ALIASES = {
     "audio_length": "audio_frames",
@@ -235,11 +242,26 @@ def load_model(path: str | os.PathLike[str], **overrides: Any) -> CAVMAESync:
         raise CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch file)")
     if kind == "safetensors":
         tensors, metadata = _read_safetensors(path)
+        if metadata.get("format") == HEAD_FORMAT:
+            raise CheckpointError(f"{path}: a localization head adapter, not a model checkpoint")
         if metadata.get("format") == FORMAT_NAME:
             config = config_from_metadata(metadata, path).replace(**normalize_sizes(overrides))
-            return build_model(config, tensors)
+            backbone = {k: v for k, v in tensors.items() if not k.startswith(HEAD_PREFIX)}
+            return build_model(config, backbone)
         return load_official_state_dict(tensors, **overrides)
     return load_official_state_dict(read_torch_file(path), **overrides)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A safetensors file's metadata ({} for a PyTorch file)."""
+    path = Path(path)
+    if _sniff(path) != "safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file: {_first_line(exc)}") from exc
 
 
 def config_from_metadata(metadata: Mapping[str, str], path: Path) -> ModelConfig:
@@ -253,21 +275,100 @@ def config_from_metadata(metadata: Mapping[str, str], path: Path) -> ModelConfig
 
 # --------------------------------------------------------------------------------------------- saving
 def save_checkpoint(
-    model: CAVMAESync, path: str | os.PathLike[str], extra_metadata: Mapping[str, str] | None = None
+    model: CAVMAESync,
+    path: str | os.PathLike[str],
+    extra_metadata: Mapping[str, str] | None = None,
+    head: LocalizationHead | None = None,
 ) -> Path:
-    """Write weights + config as safetensors, atomically (temp file in the same folder, then rename)."""
+    """Write weights + config as safetensors, atomically (temp file in the same folder, then rename).
+
+    With `head`, the localization head's tensors (under HEAD_PREFIX), its config and the backbone's
+    fingerprint go into the same file; the backbone's tensors are written exactly as without it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = dict(extra_metadata or {})
+    metadata = {k: v for k, v in (extra_metadata or {}).items() if k not in (HEAD_CONFIG_KEY, HEAD_BACKBONE_KEY)}
     metadata.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, config=model.config.to_json())
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if head is not None:
+        head.config.check_backbone(model.config)
+        metadata.update(_head_metadata(head, model))
+        tensors.update({HEAD_PREFIX + k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
+    _write_safetensors(tensors, metadata, path)
+    return path
+
+
+def save_head(
+    head: LocalizationHead,
+    model: CAVMAESync,
+    path: str | os.PathLike[str],
+    extra_metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a localization head alone (an adapter file naming the backbone it was trained on)."""
+    path = Path(path)
+    metadata = dict(extra_metadata or {})
+    metadata.update(format=HEAD_FORMAT, format_version=FORMAT_VERSION, backbone_config=model.config.to_json())
+    metadata.update(_head_metadata(head, model))
+    _write_safetensors({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, metadata, path)
+    return path
+
+
+def _head_metadata(head: LocalizationHead, model: CAVMAESync) -> dict[str, str]:
+    return {HEAD_CONFIG_KEY: head.config.to_json(), HEAD_BACKBONE_KEY: backbone_fingerprint(model)}
+
+
+def load_localization_head(path: str | os.PathLike[str], model: CAVMAESync) -> LocalizationHead | None:
+    """The localization head in a checkpoint or an adapter file, checked against `model` (eval mode).
+
+    None for a checkpoint without one (an official `.pth`, or ours without a head). CheckpointError for
+    an adapter or a head trained on another backbone (the fingerprints of the weights differ)."""
+    path = Path(path)
+    if not path.is_file() or _sniff(path) != "safetensors":
+        if path.is_file() and _sniff(path) == "torch":
+            return None
+        raise CheckpointError(f"{path}: no such safetensors checkpoint or head file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            keys = [k for k in handle.keys() if metadata.get("format") == HEAD_FORMAT or k.startswith(HEAD_PREFIX)]  # noqa: SIM118
+            tensors = {k.removeprefix(HEAD_PREFIX): handle.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file: {_first_line(exc)}") from exc
+    if HEAD_CONFIG_KEY not in metadata:
+        if metadata.get("format") == HEAD_FORMAT:
+            raise CheckpointError(f"{path}: a head adapter without its {HEAD_CONFIG_KEY!r} metadata")
+        return None
+    return _build_head(path, metadata, tensors, model)
+
+
+def _build_head(
+    path: Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor], model: CAVMAESync
+) -> LocalizationHead:
+    trained_on, loaded = metadata.get(HEAD_BACKBONE_KEY, "?"), backbone_fingerprint(model)
+    if trained_on != loaded:
+        raise CheckpointError(
+            f"{path}: this localization head was trained on another backbone (weights {trained_on[:16]}), "
+            f"not on the loaded model (weights {loaded[:16]}); train a head for this checkpoint with "
+            "`cavsync train-localizer`, or localize with method=paper"
+        )
+    try:
+        config = LocalizationHeadConfig.from_json(metadata[HEAD_CONFIG_KEY])
+        config.check_backbone(model.config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the localization head's config is unusable: {exc}") from exc
+    head = LocalizationHead(config)
+    check_state_dict({k: tuple(v.shape) for k, v in head.state_dict().items()}, tensors)
+    head.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return head.to(next(model.parameters()).device).eval()
+
+
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(dict(tensors), tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("saved checkpoint %s (%d tensors)", path, len(tensors))
-    return path
+    log.info("saved %s (%d tensors)", path, len(tensors))

@@ -28,6 +28,7 @@ from model.media import (
     NoUsableStreamError,
     UnsupportedMediaError,
     decode_audio,
+    decode_picture,
     decode_still,
     decode_window,
     probe,
@@ -310,3 +311,36 @@ def load_image(
         raise UnsupportedMediaError(f"{info.path.name}: time {at:.2f} s is past the end ({info.duration:.2f} s)")
     rgb = decode_still(info, config.image_size, at, prep.timeout_s)
     return normalize_frames(rgb[None], prep)[0]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A whole picture (no crop) for localization: the model's input and what a person sees."""
+
+    frame: torch.Tensor  # (3, h, w) normalised, short side = the model's image size, aspect kept
+    display: np.ndarray  # uint8 (H', W', 3): the source's resolution, at most `max_display_height` high
+    source_size: tuple[int, int]  # the source's (width, height) in pixels
+
+
+def load_picture(
+    path: str | os.PathLike[str],
+    config: ModelConfig,
+    prep: PreprocessConfig | None = None,
+    at: float = 0.0,
+    max_display_height: int = 720,
+) -> Picture:
+    """An image (or the frame of a video at `at` seconds) as a whole `Picture` (two scalings of one frame)."""
+    prep = prep or PreprocessConfig()
+    info = probe(path, prep.timeout_s)
+    if info.video_codec is None or not info.width or not info.height:
+        raise NoUsableStreamError(f"{info.path.name}: no image or video stream with a known size")
+    if info.duration is not None and not info.still_image and at > info.duration:
+        raise UnsupportedMediaError(f"{info.path.name}: time {at:.2f} s is past the end ({info.duration:.2f} s)")
+    width, height, size = info.width, info.height, config.image_size
+    scale = size / min(width, height)
+    model_w, model_h = max(size, round(width * scale)), max(size, round(height * scale))
+    shown_h = min(height, max_display_height)
+    shown_w = max(1, round(width * shown_h / height))
+    rgb = decode_picture(info, model_w, model_h, at, prep.timeout_s)
+    display = decode_picture(info, shown_w, shown_h, at, prep.timeout_s)
+    return Picture(normalize_frames(rgb[None], prep)[0], display, (width, height))

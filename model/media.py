@@ -365,6 +365,21 @@ def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = D
     return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
 
 
+def decode_picture(
+    info: MediaInfo, width: int, height: int, at: float = 0.0, timeout: float = DEFAULT_TIMEOUT_S
+) -> np.ndarray:
+    """One RGB frame (an image, or a video's frame at `at` seconds), the whole picture scaled (bicubic)
+    to exactly width x height. Returns uint8 (height, width, 3)."""
+    stream = ffmpeg.input(str(info.path), ss=at) if at > 0 else ffmpeg.input(str(info.path))
+    video = stream.video.filter("scale", w=width, h=height, flags="bicubic")
+    out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
+    size = width * height * 3
+    raw = run_tool(_compile(out), timeout, size, f"{info.path.name}: image")
+    if len(raw) < size:
+        raise UnreadableMediaError(f"{info.path.name}: no frame could be decoded at {at:.2f} s")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
 def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg.nodes.FilterableStream:
     """Short side to `size` (bicubic, aspect kept), then the centre `size` x `size` square."""
     scaled = stream.filter("scale", w=f"if(gt(iw,ih),-2,{size})", h=f"if(gt(iw,ih),{size},-2)", flags="bicubic")

@@ -134,9 +134,9 @@ class CAVMAESync(nn.Module):
         patches = self.patch_embed_v(inputs)  # (B, P_v, D)
         return patches + self.pos_embed_v + self.modality_v
 
-    def _encode_unimodal(self, tokens: torch.Tensor, modality: Modality) -> torch.Tensor:
-        """Modality blocks over [global, patches, registers]; returns [global, patches], (B, G + P, D)."""
-        batch, num_patches = tokens.shape[:2]
+    def _with_extra_tokens(self, tokens: torch.Tensor, modality: Modality) -> torch.Tensor:
+        """(B, P, D) patch tokens -> [global, patches, registers], (B, G + P + R, D)."""
+        batch = tokens.shape[0]
         audio = modality == "audio"
         parts = [tokens]
         if self.config.global_token:
@@ -144,8 +144,13 @@ class CAVMAESync(nn.Module):
         r = self.config.num_registers
         registers = self.register_tokens[:r] if audio else self.register_tokens[r:]
         parts.append(registers.unsqueeze(0).expand(batch, -1, -1))
-        x = torch.cat(parts, dim=1)  # (B, G + P + R, D)
-        x = run_blocks(self.blocks_a if audio else self.blocks_v, x)
+        return torch.cat(parts, dim=1)  # (B, G + P + R, D)
+
+    def _encode_unimodal(self, tokens: torch.Tensor, modality: Modality) -> torch.Tensor:
+        """Modality blocks over [global, patches, registers]; returns [global, patches], (B, G + P, D)."""
+        num_patches = tokens.shape[1]
+        x = self._with_extra_tokens(tokens, modality)  # (B, G + P + R, D)
+        x = run_blocks(self.blocks_a if modality == "audio" else self.blocks_v, x)
         return x[:, : self.num_global + num_patches]  # registers are dropped before the joint block
 
     def _joint_unimodal(self, x: torch.Tensor, modality: Modality) -> torch.Tensor:
@@ -171,6 +176,16 @@ class CAVMAESync(nn.Module):
         self._check_visual(frames)
         x = self._encode_unimodal(self._embed(frames, "visual"), "visual")
         return self._split(self._joint_unimodal(x, "visual"))
+
+    def visual_layer_tokens(self, frames: torch.Tensor, layer: int) -> torch.Tensor:
+        """frames: (N, C, H, W) normalised -> the patch tokens after the first `layer` visual blocks,
+        (N, P_v, D) (layer 0: the patch embedding with position and modality; the localization head's input)."""
+        self._check_visual(frames)
+        if not 0 <= layer <= self.config.modality_depth:
+            raise ValueError(f"layer must be in [0, {self.config.modality_depth}], got {layer}")
+        tokens = self._embed(frames, "visual")  # (N, P, D)
+        x = run_blocks(self.blocks_v[:layer], self._with_extra_tokens(tokens, "visual"))
+        return x[:, self.num_global : self.num_global + tokens.shape[1]]  # (N, P, D)
 
     def encode_clip_tokens(self, inputs: torch.Tensor, modality: Modality) -> torch.Tensor:
         """Clips -> their per-frame global tokens, L2-normalised: what retrieval compares (`model.inference`

@@ -64,7 +64,7 @@ step "indexing $MEDIA with $(basename "$MODEL")"
 step "starting the API on $URL"
 "$BIN/cavsync" serve --host "$HOST" --port "$PORT" &
 server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null' EXIT
+trap 'status=$?; kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit $status' EXIT # the script's own status, not the server's
 # Ctrl-C (or a TERM) is how the demo stops: a clean exit (status 0), the server stopped by the EXIT trap
 trap 'echo; echo "demo stopped"; exit 0' INT TERM
 for _ in $(seq 240); do

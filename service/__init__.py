@@ -1,1 +1,1 @@
-"""cavsync.service: the REST API and the `cavsync` command line."""
+"""cavsync.service: the REST API (`create_app(ServiceConfig)`); built by the `cavsync` composition root."""

@@ -21,9 +21,10 @@ from sqlalchemy.orm import sessionmaker
 from indexer.catalog import open_catalog
 from indexer.pipeline import model_id_of
 from indexer.store import StoreVersion, TokenStore
-from model import CAVMAESync, PreprocessConfig, load_model
+from model import CAVMAESync, PreprocessConfig, load_localization_head, load_model
 from model.config import PRESETS
 from model.inference import default_device, model_device
+from model.localization import LocalizationHead
 from service.config import ServiceConfig
 from service.errors import Busy
 
@@ -84,6 +85,7 @@ class Engine:
     slots: InferenceSlots
     prep: PreprocessConfig
     version: StoreVersion | None = None
+    head: LocalizationHead | None = None  # the checkpoint's localization head: POST /localize's default method
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -104,15 +106,17 @@ class Engine:
             open_catalog(config.catalog_url),
             slots,
             prep,
+            head=load_localization_head(config.model_path, model),
         )
         engine.reload()
         engine.check_index_model()
         log.info(
-            "serving model %s (%s) on %s, index version %s",
+            "serving model %s (%s) on %s, index version %s, localization by %s",
             engine.model_id,
             preset_name(model),
             device,
             engine.version_name,
+            "its head" if engine.head is not None else "the paper's map",
         )
         return engine
 

@@ -1,5 +1,5 @@
 """Blocking model work for the API (run off the event loop): query media -> L2-normalised per-frame
-tokens, and the audio-to-patch similarity map of a frame (JSON arrays or a PNG heat map).
+tokens, and the localization map over a whole picture (model.localization; JSON or a PNG heat map).
 
 A query longer than one clip (10.24 s) is searched with its first clip: the first T audio segments,
 or the T frames of the first 10 s. A shorter query gives fewer frames (an audio query: one segment
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from model import CAVMAESync, PreprocessConfig, load_query_audio, load_query_frames
-from model.inference import frame_tokens
+from model.inference import autocast, frame_tokens, model_device
+from model.localization import LocalizationHead, PictureMap, picture_map
 from model.network import Modality
-from model.similarity import normalize
 
 
 @dataclass(frozen=True)
@@ -73,22 +73,21 @@ def audio_segment(model: CAVMAESync, path: Path, at: float, prep: PreprocessConf
 
 @dataclass(frozen=True)
 class Localization:
-    grid: torch.Tensor  # (G, G) cosine of the audio token with each patch token
-    upsampled: torch.Tensor  # (S, S) bilinear, the preprocessed frame's size
-    peak_xy: tuple[int, int]  # pixel (x, y) of the maximum of `upsampled`
-    peak_cell: tuple[int, int]  # (row, col) of the patch holding the peak
+    found: PictureMap  # the map over the whole picture (model.localization), its crops and their grids
+    peak_xy: tuple[int, int]  # pixel (x, y) of the maximum of the map, in the resized picture
 
 
-def localize(model: CAVMAESync, frame: torch.Tensor, audio_token: np.ndarray) -> Localization:
-    """frame (3, S, S) preprocessed, audio_token (D,) normalised -> the similarity map and its peak."""
-    patches = frame_tokens(model, "visual", frame[None]).patch_tokens
-    side = model.config.visual_grid[0]
-    audio = torch.from_numpy(np.ascontiguousarray(audio_token, dtype=np.float32)).to(patches.device)
-    grid = (normalize(patches[0]) @ audio).view(side, side).cpu()
-    size = frame.shape[-1]
-    upsampled = F.interpolate(grid[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    y, x = divmod(int(torch.argmax(upsampled)), size)
-    return Localization(grid, upsampled, (x, y), (y * side // size, x * side // size))
+def localize(
+    model: CAVMAESync, picture: torch.Tensor, audio_token: np.ndarray, head: LocalizationHead | None = None
+) -> Localization:
+    """picture (3, h, w) preprocessed (short side = image size), audio_token (D,) normalised -> the map
+    over the whole picture (the head's with a head, else the paper's) and its peak."""
+    device = model_device(model)
+    audio = torch.from_numpy(np.ascontiguousarray(audio_token, dtype=np.float32)).to(device)
+    with autocast(device):
+        found = picture_map(model, picture.to(device), audio, head)
+    y, x = divmod(int(torch.argmax(found.values)), found.values.shape[1])
+    return Localization(found, (x, y))
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
@@ -97,14 +96,35 @@ def _jet(values: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
 
 
-def heatmap_png(frame: torch.Tensor, upsampled: torch.Tensor, prep: PreprocessConfig, alpha: float = 0.5) -> bytes:
-    """The preprocessed frame (3, S, S) with the map overlaid in jet colours, as PNG bytes."""
-    mean, std = torch.tensor(prep.image_mean).view(3, 1, 1), torch.tensor(prep.image_std).view(3, 1, 1)
-    rgb = (frame.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-    values = upsampled.numpy()
-    span = float(values.max() - values.min())
-    scaled = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    blended = (1 - alpha) * rgb + alpha * _jet(scaled)
+def heatmap_png(display: np.ndarray, values: torch.Tensor, alpha: float = 0.5) -> bytes:
+    """The picture at display size (H, W, 3) uint8 with the map (h, w) resized to it (bilinear) and overlaid
+    in jet colours (min-max scaled), and a colour legend (the map's min and max cosine), as PNG bytes."""
+    height, width = display.shape[:2]
+    shown = F.interpolate(values[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    low, high = float(values.min()), float(values.max())
+    scaled = ((shown[0, 0] - low) / (high - low) if high > low else torch.zeros_like(shown[0, 0])).clamp(0, 1)
+    blended = (1 - alpha) * display / 255.0 + alpha * _jet(scaled.numpy())
+    image = Image.fromarray((blended * 255).round().astype(np.uint8))
+    _draw_legend(image, low, high)
     buffer = io.BytesIO()
-    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _draw_legend(image: Image.Image, low: float, high: float) -> None:
+    """A jet colour bar from `low` to `high` along the bottom of the image, with its two values."""
+    width, height = image.size
+    font = ImageFont.load_default(size=max(8, height // 28))
+    bar_h, margin = max(4, height // 40), max(2, height // 80)
+    labels = (f"{low:.2f}", f"cos {high:.2f}")
+    text_w = [int(font.getlength(t)) for t in labels]
+    bar_w = max(8, width - sum(text_w) - 6 * margin)
+    top = height - bar_h - 2 * margin
+    draw = ImageDraw.Draw(image)
+    text_h = int(font.size) if isinstance(font, ImageFont.FreeTypeFont) else bar_h
+    draw.rectangle((0, min(top, height - text_h - 2 * margin) - margin, width, height), fill=(0, 0, 0))
+    gradient = (_jet(np.linspace(0, 1, bar_w))[None] * 255).astype(np.uint8).repeat(bar_h, axis=0)
+    image.paste(Image.fromarray(gradient), (text_w[0] + 3 * margin, top + margin))
+    baseline = height - margin
+    draw.text((margin, baseline), labels[0], fill=(255, 255, 255), font=font, anchor="ls")
+    draw.text((width - margin, baseline), labels[1], fill=(255, 255, 255), font=font, anchor="rs")

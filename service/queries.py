@@ -18,14 +18,16 @@ from starlette.datastructures import UploadFile
 from indexer.catalog import Video, VideoStatus
 from indexer.search import search_videos
 from indexer.store import StoreVersion
-from model import load_image
-from model.features import checked_duration
+from model.features import Picture, checked_duration, load_picture
+from model.localization import VALUE_RANGE, LocalizationHead
 from model.media import probe
 from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
 from service.inference import QueryTokens, ms
 from service.schemas import (
+    Crop,
+    LocalizeMethod,
     LocalizeResponse,
     LocalizeTimings,
     Moment,
@@ -34,6 +36,7 @@ from service.schemas import (
     SearchResponse,
     Timings,
     TokensQuery,
+    ValueRange,
     VideoResult,
 )
 from service.uploads import saved_upload
@@ -197,9 +200,9 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
 
 
 # ------------------------------------------------------------------------------------ localization
-def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> tuple[torch.Tensor, float]:
-    """The preprocessed frame (3, S, S) of an image (time ignored) or of a video at `at` s, and its time.
-    An `uploaded` video longer than the duration limit is refused, as for every other upload."""
+def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> tuple[Picture, float]:
+    """The whole picture of an image (time ignored) or of a video at `at` s, and its time. An `uploaded`
+    video longer than the duration limit is refused, as for every other upload."""
     info = probe(path, engine.prep.timeout_s)
     if uploaded:
         checked_duration(info, engine.prep)
@@ -209,10 +212,10 @@ def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> t
         raise InvalidInput(f"time {at:.2f} s is past the end of the video ({info.duration:.2f} s)")
     if info.duration is not None and not info.still_image:
         at = max(0.0, min(at, info.duration - 0.1))  # the last frame starts before the container's end
-    return load_image(path, engine.model.config, engine.prep, at=at), at
+    return load_picture(path, engine.model.config, engine.prep, at=at), at
 
 
-def indexed_frame(engine: Engine, video_id: int, at: float) -> tuple[torch.Tensor, float]:
+def indexed_frame(engine: Engine, video_id: int, at: float) -> tuple[Picture, float]:
     with engine.sessions() as session:
         uri = indexed_video(session, video_id).uri
     if not Path(uri).is_file():
@@ -257,44 +260,80 @@ class LocalizeInputs:
     audio: UploadFile | None
     audio_video_id: int | None
     audio_time: float
+    method: LocalizeMethod | None = None  # None: the head when the checkpoint has one, else the paper's
 
 
 def _rounded(values: torch.Tensor) -> list[list[float]]:
     return torch.round(values, decimals=5).tolist()
 
 
+def localization_head(engine: Engine, method: LocalizeMethod | None) -> LocalizationHead | None:
+    """The head a request asks for (the checkpoint's by default), or None for the paper's map."""
+    if method == "head" and engine.head is None:
+        raise InvalidInput(
+            "this checkpoint has no localization head: ask for method=paper, or give it one with "
+            "`cavsync train-localizer --into`"
+        )
+    return None if method == "paper" else engine.head
+
+
 def localize(
     engine: Engine, version: StoreVersion | None, inputs: LocalizeInputs, png: bool
 ) -> LocalizeResponse | bytes:
-    """The audio-to-patch similarity map of a frame: JSON (grid, upsampled map, peak) or a PNG heat map."""
+    """The localization map over a whole frame: JSON (map, crops with their grids, peak) or a PNG heat map."""
     started = time.perf_counter()
+    head = localization_head(engine, inputs.method)
     if inputs.image is not None:
         with saved_upload(inputs.image) as path:
-            frame, frame_time = frame_of(engine, path, inputs.time, uploaded=True)
+            picture, frame_time = frame_of(engine, path, inputs.time, uploaded=True)
     else:
-        frame, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]  # no image: LocalizeInputs required video_id
+        picture, frame_time = indexed_frame(engine, inputs.video_id, inputs.time)  # type: ignore[arg-type]  # no image: LocalizeInputs required video_id
     encode_ms = 0.0
     if inputs.audio is not None:
         token, audio_time, encode_ms = uploaded_audio_token(engine, inputs.audio, inputs.audio_time)
     else:
         token, audio_time = stored_audio_token(engine, version, inputs.audio_video_id, inputs.audio_time)  # type: ignore[arg-type]  # no audio: audio_video_id required
     mapping = time.perf_counter()
-    found = inference.localize(engine.model, frame, token)
+    found = inference.localize(engine.model, picture.frame, token, head)
     if png:
-        return inference.heatmap_png(frame, found.upsampled, engine.prep)
+        return inference.heatmap_png(picture.display, found.found.values)
     done = time.perf_counter()
-    (x, y), (row, col) = found.peak_xy, found.peak_cell
     timings = LocalizeTimings(
         decode_ms=ms(mapping - started) - encode_ms,
         encode_ms=encode_ms + ms(done - mapping),
         total_ms=ms(done - started),
     )
+    return _localize_response(found, picture, frame_time, audio_time, timings)
+
+
+def _localize_response(
+    found: inference.Localization, picture: Picture, frame_time: float, audio_time: float, timings: LocalizeTimings
+) -> LocalizeResponse:
+    values, (x, y) = found.found.values, found.peak_xy
+    map_h, map_w = values.shape
+    width, height = picture.source_size
+    crops = [
+        Crop(x=c.x, y=c.y, size=c.size, grid=_rounded(g))
+        for c, g in zip(found.found.crops, found.found.grids, strict=True)
+    ]
     return LocalizeResponse(
-        grid=_rounded(found.grid),
-        map=_rounded(found.upsampled),
-        grid_size=found.grid.shape[0],
-        image_size=found.upsampled.shape[0],
-        peak=Peak(x=x, y=y, row=row, col=col, value=float(found.upsampled[y, x])),
+        method=found.found.method,
+        map=_rounded(values),
+        map_width=map_w,
+        map_height=map_h,
+        frame_width=width,
+        frame_height=height,
+        value_range=ValueRange(min=float(values.min()), max=float(values.max()), scale=VALUE_RANGE),
+        crops=crops,
+        grid_size=found.found.grids.shape[-1],
+        image_size=found.found.crops[0].size,
+        peak=Peak(
+            x=x,
+            y=y,
+            source_x=min(width - 1, int((x + 0.5) * width / map_w)),
+            source_y=min(height - 1, int((y + 0.5) * height / map_h)),
+            value=float(values[y, x]),
+        ),
         frame_time=frame_time,
         audio_time=audio_time,
         timings=timings,

@@ -100,25 +100,54 @@ class TokensQuery(Model):
 
 
 # ------------------------------------------------------------------------------------ localization
+LocalizeMethod = Literal["head", "paper"]
+
+
 class Peak(Model):
-    x: int = Field(description="Column of the peak pixel in the preprocessed square frame.")
-    y: int = Field(description="Row of the peak pixel.")
-    row: int = Field(description="Patch row of the peak.")
-    col: int = Field(description="Patch column of the peak.")
+    x: int = Field(description="Column of the peak in `map` (the resized whole picture).")
+    y: int = Field(description="Row of the peak in `map`.")
+    source_x: int = Field(description="Column of the peak in the source picture's pixels.")
+    source_y: int = Field(description="Row of the peak in the source picture's pixels.")
     value: float
+
+
+class Crop(Model):
+    x: int = Field(description="Left of this model input in `map` pixels.")
+    y: int = Field(description="Top, in `map` pixels.")
+    size: int = Field(description="Side of the square crop, in `map` pixels (the model's image size).")
+    grid: list[list[float]] = Field(description="(G, G) the crop's map on the model's patch grid.")
+
+
+class ValueRange(Model):
+    min: float = Field(description="The smallest value of `map`.")
+    max: float = Field(description="The largest value of `map`.")
+    scale: tuple[float, float] = Field(description="Every map value lies in this range (a cosine: [-1, 1]).")
 
 
 class LocalizeTimings(Model):
     decode_ms: float = Field(description="Decoding and preprocessing the frame and the audio.")
-    encode_ms: float = Field(description="Encoding (audio segment, frame) and the similarity map.")
+    encode_ms: float = Field(description="Encoding (audio segment, frame crops) and the similarity map.")
     total_ms: float
 
 
 class LocalizeResponse(Model):
-    grid: list[list[float]] = Field(description="(G, G) cosine of the audio global token with each visual patch token.")
-    map: list[list[float]] = Field(description="(S, S) the grid upsampled (bilinear) to the preprocessed frame.")
+    method: LocalizeMethod = Field(
+        description="head: the checkpoint's learned localization head (the default when it has one); "
+        "paper: the cosine of the audio global token with each final visual patch token (CAV-MAE Sync)."
+    )
+    map: list[list[float]] = Field(
+        description="(map_height, map_width) the map over the WHOLE picture, resized so that its short side is "
+        "the model's image size: square crops of that size cover it (`crops`), each crop's patch grid is "
+        "upsampled (bilinear) and overlapping crops are averaged."
+    )
+    map_width: int
+    map_height: int
+    frame_width: int = Field(description="The source picture's width in pixels (the PNG has its aspect ratio).")
+    frame_height: int = Field(description="The source picture's height in pixels.")
+    value_range: ValueRange
+    crops: list[Crop]
     grid_size: int = Field(description="G: 7 for the tiny preset, 14 for base.")
-    image_size: int = Field(description="S: the model's square input frame (short side resized, centre crop).")
+    image_size: int = Field(description="The model's square input (112 for tiny, 224 for base).")
     peak: Peak
     frame_time: Seconds = Field(description="Seconds into the video of the frame used (0 for an image).")
     audio_time: Seconds = Field(description="Centre of the audio segment used, seconds into the audio.")

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+from model.inference import default_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -27,7 +29,7 @@ def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = default_device(device).type == "cuda"  # each rank then takes the GPU of its local rank
     if use_cuda:
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)

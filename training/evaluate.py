@@ -1,7 +1,8 @@
 """Evaluation: zero-shot retrieval (both directions, every strategy) and sound-prompted localization.
 
 cavsync eval retrieval --checkpoint CKPT --data DIR
-cavsync eval localization --checkpoint CKPT --data DIR     (a `cavsync synth` folder: it has masks)
+cavsync eval localization --checkpoint CKPT --data DIR     (a `cavsync synth` folder: it has masks;
+                                                           the paper's map and the checkpoint's head)
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from model import CAVMAESync, MediaError
 from model.inference import clip_tokens
+from model.localization import LocalizationHead, localization_grid, upsample
 from model.similarity import STRATEGIES, Strategy, clip_scores
 from training.data import MediaManifest
 from training.metrics import retrieval_metrics
@@ -105,14 +106,14 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((precision * hits).sum() / hits.sum())
 
 
-def localization_maps(model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor, size: int) -> torch.Tensor:
-    """Cosine of each frame's audio global token with its visual patch tokens, upsampled: (T, size, size)."""
+def localization_maps(
+    model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor, size: int, head: LocalizationHead | None = None
+) -> torch.Tensor:
+    """Each frame's map for its own audio segment (model.localization: the head's, or the paper's without
+    one), upsampled to (T, size, size). frames (T, 3, S, S), segments (T, L, mel)."""
     with torch.no_grad():
-        audio = F.normalize(model.encode_audio(segments).global_tokens, dim=-1)  # (T, D)
-        patches = F.normalize(model.encode_visual(frames).patch_tokens, dim=-1)  # (T, P, D)
-    side = model.config.visual_grid[0]
-    grid = torch.einsum("td,tpd->tp", audio, patches).view(-1, 1, side, side)
-    return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        audio = model.encode_audio(segments).global_tokens  # (T, D)
+    return upsample(localization_grid(model, frames, audio, head), size, size)
 
 
 def localization_report(
@@ -166,26 +167,33 @@ def baseline_maps(masks: list[np.ndarray], distractors: list[np.ndarray]) -> dic
 
 
 def evaluate_localization(
-    model: CAVMAESync, source: MediaManifest, only_with_distractor: bool = True
+    model: CAVMAESync, source: MediaManifest, only_with_distractor: bool = True, head: LocalizationHead | None = None
 ) -> dict[str, Any]:
-    """Localization on a synth corpus: frames where the distractor is visible (by default)."""
-    maps, masks, distractors, classes = [], [], [], []
+    """Localization on a synth corpus (frames where the distractor is visible, by default): the paper's
+    map, the head's when there is one, a centre prior and the distractor. `served` names the method that
+    POST /localize uses by default for this model."""
+    methods: dict[str, LocalizationHead | None] = {"paper": None} | ({"head": head} if head is not None else {})
+    maps: dict[str, list[torch.Tensor]] = {name: [] for name in methods}
+    masks, distractors, classes = [], [], []
     for index, row in enumerate(source.rows):
         data = np.load(source.base / row["masks"])
         frames, segments = source.load(index)
         size = data["sounding"].shape[-1]
-        clip_maps = localization_maps(model, frames, segments, size)
-        for t in range(len(clip_maps)):
-            if only_with_distractor and not data["distractor"][t].any():
-                continue
+        keep = [t for t in range(len(frames)) if not only_with_distractor or data["distractor"][t].any()]
+        if not keep:
+            continue
+        for name, method_head in methods.items():
+            maps[name] += list(localization_maps(model, frames[keep], segments[keep], size, method_head))
+        for t in keep:
             event = next((e for e in row["events"] if e["start"] <= data["times"][t] < e["end"]), row["events"][-1])
-            maps.append(clip_maps[t])
             masks.append(data["sounding"][t])
             distractors.append(data["distractor"][t])
             classes.append(event["name"])
-    if not maps:
+    if not masks:
         raise ValueError("no frame to score (no masks, or no distractor visible)")
-    report = {"model": localization_report(maps, masks, distractors, classes)}
+    report: dict[str, Any] = {"served": "head" if head is not None else "paper"}
+    for name, method_maps in maps.items():
+        report[name] = localization_report(method_maps, masks, distractors, classes)
     for name, base in baseline_maps(masks, distractors).items():
         report[name] = localization_report(base, masks, distractors, classes)
     return report

@@ -16,7 +16,7 @@ from service import queries
 from service.deps import EngineDep, VersionDep
 from service.engine import Engine
 from service.errors import InvalidInput, responses
-from service.schemas import MAX_ID, LocalizeResponse, SearchResponse, TokensQuery
+from service.schemas import MAX_ID, LocalizeMethod, LocalizeResponse, SearchResponse, TokensQuery
 
 router = APIRouter(tags=["search"])
 T = TypeVar("T")
@@ -107,8 +107,13 @@ async def search_tokens(engine: EngineDep, version: VersionDep, body: TokensQuer
 
 PNG = {
     "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-    "description": "JSON map, or with ?format=png the heat map over the frame",
+    "description": "JSON map, or with ?format=png the heat map over the whole frame at the source's resolution "
+    "(at most 720 px high), with a colour legend (the map's min and max cosine)",
 }
+METHOD = (
+    "head: the checkpoint's learned localization head (the default when it has one); paper: the cosine of the "
+    "audio global token with each final visual patch token (the default without a head)."
+)
 
 
 @router.post("/localize", response_model=LocalizeResponse, responses={200: PNG, **MEDIA_ERRORS})
@@ -121,13 +126,17 @@ async def localize(
     audio: Annotated[UploadFile | None, File(description="The sound: any file with an audio track.")] = None,
     audio_video_id: Annotated[int | None, Form(ge=1, le=MAX_ID, description="An indexed video's stored audio.")] = None,
     audio_time: Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description=AUDIO_TIME)] = 0.0,
+    method: Annotated[LocalizeMethod | None, Form(description=METHOD)] = None,
     output_format: Annotated[Literal["json", "png"], Query(alias="format")] = "json",
 ) -> LocalizeResponse | Response:
-    """Where in a frame a sound comes from: the cosine of the audio global token with every visual patch
-    token (a G x G grid: 7 x 7 for tiny, 14 x 14 for base), upsampled (bilinear) to the preprocessed
-    square frame (short side resized to the model's image size, centre crop), and its peak."""
+    """Where in a frame a sound comes from, over the whole frame. The map is a cosine in [-1, 1] of the
+    frame's audio global token with one embedding per visual patch: the checkpoint's localization head's
+    (`method=head`, the default when it has one) or the final patch tokens (`method=paper`). The frame is
+    resized so its short side is the model's image size; square crops cover it (`crops`, each with its
+    G x G grid), their maps are upsampled (bilinear) and averaged where they overlap (`map`). The answer
+    says which method ran, the value range and the peak (in `map` and in source pixels)."""
     one_source(image, video_id, ("image", "video_id"))
     one_source(audio, audio_video_id, ("audio", "audio_video_id"))
-    inputs = queries.LocalizeInputs(image, video_id, time, audio, audio_video_id, audio_time)
+    inputs = queries.LocalizeInputs(image, video_id, time, audio, audio_video_id, audio_time, method)
     found = await run_inference(engine, partial(queries.localize, engine, version, inputs, output_format == "png"))
     return Response(found, media_type="image/png") if isinstance(found, bytes) else found
