@@ -55,11 +55,12 @@ export function drawOverlay(canvas, video, found) {
   ctx.imageSmoothingEnabled = true;
   ctx.drawImage(source, rect.x, rect.y, rect.width, rect.height);
   canvas.dataset.rect = JSON.stringify(rect);
-  return { rect, lo, hi };
+  return { rect, lo, hi, method: found.method || "paper" };
 }
 
 /** A colour legend: the gradient with the smallest and largest values. */
-export function legend(lo, hi) {
+export function legend(lo, hi, method) {
+  const what = method === "head" ? "localization head score" : "audio–patch cosine";
   const bar = h("canvas", { width: 160, height: 10, class: "legend-bar", "aria-hidden": "true" });
   const ctx = bar.getContext("2d");
   for (let x = 0; x < bar.width; x++) {
@@ -68,7 +69,7 @@ export function legend(lo, hi) {
     ctx.fillRect(x, 0, 1, bar.height);
   }
   return h("div", { class: "legend", role: "img", "aria-label": `colour scale from ${lo.toFixed(2)} (low) to ${hi.toFixed(2)} (high)` },
-    h("span", { text: lo.toFixed(2) }), bar, h("span", { text: hi.toFixed(2) }), h("small", { text: " audio-patch similarity" }));
+    h("span", { text: lo.toFixed(2) }), bar, h("span", { text: hi.toFixed(2) }), h("small", { text: ` ${what}` }));
 }
 
 /** Ask /localize for the frame at `time` of video `videoId`, with the query's sound (an upload) or the video's own. */

@@ -166,7 +166,7 @@ class Card {
     try {
       const found = await localize(this.result.video_id, time, this.context.audio);
       this.overlayOn = true;
-      const { lo, hi } = drawOverlay(this.overlay, video, found);
+      const { lo, hi, method } = drawOverlay(this.overlay, video, found);
       this.overlay.classList.remove("faded");
       this.overlay.dataset.time = found.frame_time;
       const slider = h("input", { type: "range", min: "0", max: "100", value: "60", class: "opacity",
@@ -175,7 +175,7 @@ class Card {
       const whose = this.context.audio ? "your query's sound" : "the video's own sound";
       this.overlayControls.replaceChildren(
         h("label", {}, "Overlay opacity ", slider),
-        legend(lo, hi),
+        legend(lo, hi, method),
         h("button", { type: "button", onclick: () => this.hideOverlay() }, "Hide"),
         h("p", { class: "hint", text: `Where ${whose} comes from in the frame at ${found.frame_time.toFixed(2)} s (bright: likely). Pause elsewhere to update.` }));
     } catch (problem) {
