@@ -212,7 +212,7 @@ export function renderResults(answer, context, handlers) {
   $("results-summary").textContent = answer.results.length
     ? `${answer.results.length} videos ranked by ${answer.strategy.replace("_", " ")} similarity of ${what}'s ` +
       `${context.mode === "sound" ? "sound with their pictures" : "pictures with their sound"} ` +
-      `(${q.frames} query frames${q.truncated ? ", the first 10.24 s" : ""}; index ${answer.index_version}; ` +
+      `(${q.frames} query frames${q.truncated ? ": only the query's beginning was used" : ""}; index ${answer.index_version}; ` +
       `${t.total_ms.toFixed(0)} ms on the server).`
     : "No video matched: the index is empty (index some media in Indexing jobs).";
   showPage(context.page || 0);

@@ -46,7 +46,7 @@ async function preview() {
       if (!id) return;
       const start = Number($("range-start").value || 0);
       const endText = $("range-end").value;
-      const end = endText ? Number(endText) : start + 10.24;
+      const end = endText ? Number(endText) : Infinity;
       figure.hidden = false;
       if (mode() === "sound") {
         waveform.hidden = false;
@@ -54,23 +54,25 @@ async function preview() {
         caption.textContent = `Sound of video ${id}, ${start.toFixed(1)}–${Math.min(end, duration).toFixed(1)} s (highlighted) of ${duration.toFixed(1)} s`;
       } else {
         frames.hidden = false;
-        drawPosters(frames, id, { start, end });
-        caption.textContent = `Pictures of video ${id}, ${start.toFixed(1)}–${end.toFixed(1)} s`;
+        const video = await api(`/videos/${id}`);
+        const last = Math.min(end, video.duration || start + 10.24);
+        drawPosters(frames, id, { start, end: last });
+        caption.textContent = `Pictures of video ${id}, ${start.toFixed(1)}–${last.toFixed(1)} s`;
       }
     } else if (query.upload) {
       figure.hidden = false;
       const isVideo = (query.upload.type || "").startsWith("video/");
       if (mode() === "sound") {
         waveform.hidden = false;
-        const duration = await drawWaveform(waveform, query.upload, [0, 10.24]);
+        const duration = await drawWaveform(waveform, query.upload);
         query.duration = duration;
-        caption.textContent = `${query.name}: ${duration.toFixed(1)} s of sound${duration > 10.24 ? " (the first 10.24 s, highlighted, are searched)" : ""}`;
+        caption.textContent = `${query.name}: ${duration.toFixed(1)} s of sound`;
       } else if (isVideo || query.upload instanceof File) {
         frames.hidden = false;
         const url = URL.createObjectURL(query.upload);
-        const duration = await drawFrames(frames, url, { end: 10.24 });
+        const duration = await drawFrames(frames, url);
         URL.revokeObjectURL(url);
-        caption.textContent = `${query.name}: frames of the first ${Math.min(duration, 10.24).toFixed(1)} s (the query)`;
+        caption.textContent = `${query.name}: ${duration.toFixed(1)} s of pictures`;
       }
     }
   } catch (error) {
