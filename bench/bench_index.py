@@ -6,7 +6,9 @@ A corpus is n clips x T=16 frames x D=768 L2-normalised tokens built like real e
 centres drawn from an anisotropic Gaussian (power-law spectrum, as learned embeddings have), each
 clip a sequence of 1-4 events with a clip-level offset and per-frame noise, and a tenth of the clips
 replaying another clip's events in another order (the hard negatives diagonal_mean separates).
-Queries are noisy copies of corpus clips. For each candidate scheme the bench reports search +
+Queries are noisy copies of corpus clips. (Since issue 12 the search is over tracks: each clip here
+is a track of one clip; sketches are built when --sketch-dim > 0 but no longer searched; see
+bench_tracks.py for long videos.) For each candidate scheme the bench reports search +
 re-rank latency (query encoding excluded; one query at a time, as the API issues them) and
 recall@10 against the exact brute-force diagonal_mean ranking over every clip; plus build time and
 bytes per clip. The same tokens serve as both modalities (the store indexes both).
@@ -78,10 +80,10 @@ def exact_top(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def measure(version, queries: np.ndarray, truth: np.ndarray, **options) -> dict:  # noqa: ANN001
     times, recalls = [], []
-    search(version, queries[0], "visual", k=10, **options)  # warm-up
+    search(version, queries[0], target="visual", k=10, **options)  # warm-up
     for query, expected in zip(queries, truth, strict=True):
         start = time.perf_counter()
-        hits = search(version, query, "visual", k=10, **options)
+        hits = search(version, query, target="visual", k=10, **options)
         times.append(time.perf_counter() - start)
         recalls.append(len({h.clip_id for h in hits} & set(expected.tolist())) / 10)
     ms = np.array(times) * 1000
@@ -100,7 +102,7 @@ def bench_size(
     work: Path,
     sketch_factory: str | None = None,
     factory: str | None = None,
-    schemes: tuple[str, ...] = ("sketch", "frames"),
+    schemes: tuple[str, ...] = ("votes",),
 ) -> dict:
     t0 = time.perf_counter()
     corpus = make_corpus(n, seed=n)
@@ -118,10 +120,8 @@ def bench_size(
         "sketch_index": folder_bytes(root / "versions", "visual.sketch.faiss"),
     }
     runs = []
-    if "sketch" in schemes:
-        runs += [measure(version, q, truth, scheme="sketch", sketch_candidates=c) for c in (128, 256, 512, 1024)]
-    if "frames" in schemes:
-        runs += [measure(version, q, truth, scheme="frames", per_frame=c) for c in (64, 256, 1024)]
+    if "votes" in schemes:  # clips as one-clip tracks: per-frame votes for (clip, offset 0), exact re-rank
+        runs += [measure(version, q, truth, scheme="votes", per_frame=c, hypotheses=c) for c in (64, 256, 1024)]
     if n <= 20_000:
         runs.append(measure(version, q, truth, scheme="exhaustive"))
     return {
@@ -144,10 +144,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--sketch-dim", type=int, default=128)
+    parser.add_argument("--sketch-dim", type=int, default=0)
     parser.add_argument("--sketch-factory", default=None, help="FAISS factory of the sketch index (default: by size)")
     parser.add_argument("--factory", default=None, help="FAISS factory of the per-frame index (default: by size)")
-    parser.add_argument("--schemes", nargs="+", default=["sketch", "frames"], choices=["sketch", "frames"])
+    parser.add_argument("--schemes", nargs="+", default=["votes"], choices=["votes"])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.work) as work:

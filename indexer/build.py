@@ -21,6 +21,9 @@ from indexer.sketch import Projection
 
 log = logging.getLogger(__name__)
 
+# Flat indexes compare a batch of query vectors with BLAS from this many queries on; below, faiss scans
+# the whole index once per query vector. A query is many frames: one scan (one GEMM) is ~Q times faster.
+faiss.cvar.distance_compute_blas_threshold = 1
 NPROBE = 32  # inverted lists visited per query vector in IVF indexes
 SAMPLE_CLIPS = 4096  # clips sampled to fit projections and train indexes (more when IVF lists need more)
 VECTORS_PER_LIST = 100  # training vectors per IVF list (faiss warns below 39 and uses at most 256)

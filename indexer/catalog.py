@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 import fcntl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -99,6 +101,26 @@ def new_video(uri: str, sha256: str, model_id: str, clips: list[tuple[float, flo
     )
     video.clips = [Clip(start=float(start), duration=float(length), modalities=ms) for start, length, ms in clips]
     return video
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """What a search answer needs of a video."""
+
+    id: int
+    uri: str
+    duration: float | None
+
+
+def indexed_videos_of_clips(session: Session, clip_ids: Sequence[int]) -> dict[int, VideoRef]:
+    """clip id -> its video, for the given clips whose video is indexed (one query); the retrieval
+    core's hits name a track by its first clip, and pending, failed or deleted videos drop out here."""
+    query = (
+        select(Clip.id, Video.id, Video.uri, Video.duration)
+        .join(Video, Clip.video_id == Video.id)
+        .where(Clip.id.in_(list(clip_ids)), Video.status == VideoStatus.INDEXED)
+    )
+    return {clip: VideoRef(video, uri, duration) for clip, video, uri, duration in session.execute(query)}
 
 
 class IndexJob(Base):

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 from collections import deque
@@ -125,16 +126,32 @@ def store_videos(
     audio: np.ndarray,
     visual: np.ndarray,
     present: np.ndarray,
+    *,
+    frame_s: float | None = None,
 ) -> None:
     """Catalog rows first (pending, which allots the clip ids), then the tokens, then `indexed`: a run
-    killed in between leaves pending rows that `Indexer.recover` settles. Tokens are in clip order."""
+    killed in between leaves pending rows that `Indexer.recover` settles. Tokens are in clip order;
+    each video is one track (its clips back to back, frame_s apart: the store's default, clip_s / T)."""
     session.add_all(videos)
     session.commit()
     ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
-    store.add(ids, audio, visual, model_id, present)
+    tracks = np.array([v.id for v in videos for _ in v.clips], dtype=np.int64)
+    frames = audio.shape[1]
+    step = PreprocessConfig().frame_s(frames) if frame_s is None else frame_s
+    valid = np.concatenate([track_valid_frames([c.duration for c in v.clips], frames, step) for v in videos])
+    store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=frame_s)
     for video in videos:
         video.status = VideoStatus.INDEXED
     session.commit()
+
+
+def track_valid_frames(durations: list[float], frames: int, frame_s: float) -> np.ndarray:
+    """Frames of each clip of a video that lie inside the media: all T for a video of one clip (kept as
+    the official preprocessing pads it), else those of each clip starting before its real end."""
+    if len(durations) <= 1:
+        return np.full(len(durations), frames, dtype=np.int16)
+    inside = [min(frames, max(1, math.ceil(d / frame_s - 1e-3))) for d in durations]
+    return np.array(inside, dtype=np.int16)
 
 
 @dataclass
@@ -231,7 +248,8 @@ class Indexer:
             for item in batch
         ]
         with self.sessions() as session:
-            store_videos(session, self.store, self.model_id, videos, *tokens)
+            step = self.prep.frame_s(self.model.config.frames_per_clip)
+            store_videos(session, self.store, self.model_id, videos, *tokens, frame_s=step)
         return len(clips)
 
     def _record_failure(self, item: Decoded) -> None:

@@ -1,223 +1,229 @@
-"""The retrieval core: query tokens (T_q, D) -> the top-k clips of a store version.
+"""The retrieval core: query tokens (Q, D) -> the top-k tracks (videos) of a store version, each with
+its best moments. Arrays in, dataclasses out; the catalog is looked up a layer above.
 
-Candidates come from every live clip when the store is small; otherwise, for a full-length query
-ranked by diagonal_mean, from the clip-sketch index (`indexer.sketch`: nearest clips on an
-approximation of the metric itself), and for other queries from the per-frame FAISS index (each
-query frame's nearest frames; their clips). Then the exact similarity of the chosen strategy is
-computed on the stored tokens (`model.similarity`), sliding a shorter query over each clip and a
-longer query over itself. Deleted clips never come back.
+A video is one track of per-frame tokens per modality (`indexer.tracks`). A query of any length is
+scored at every frame offset of a track by the exact strategy of `indexer.sliding` (diagonal_mean:
+the mean cosine of the aligned frame pairs). Which tracks and offsets get scored:
+- "exhaustive" (automatic up to EXHAUSTIVE_BELOW live frames): every offset of every live track;
+- "votes": each query frame's `per_frame` nearest frames in the FAISS index vote, with their cosine,
+  for the (track, offset) hypothesis they imply (offset = frame's place in its track - query frame),
+  offsets pooled in bins of `bin_frames`; the `hypotheses` best-voted bins are scored exactly over
+  their offsets +- `radius` frames (the Shazam / audfprint offset histogram, on our exact score).
+Tracks are ranked by their best offset's score; each gives up to `moments` non-overlapping moments.
+Deleted videos never come back: their rows are dead in the version.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-import torch
 
-from indexer import sketch
+from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
 from indexer.store import StoreVersion
-from model.similarity import STRATEGIES, TIE_TOLERANCE, centre_of_best_run, clip_scores, sliding_scores
+from model.network import Modality
+from model.similarity import STRATEGIES, Strategy
 
-EXHAUSTIVE_BELOW = 2000  # live clips up to which every clip is re-ranked (a few ms)
+Scheme = Literal["auto", "exhaustive", "votes"]
+SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes")
+EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
 
 
 @dataclass(frozen=True)
-class ClipHit:
-    clip_id: int
-    row: int
+class Moment:
+    """Where in a track the query matched: the offset of the query's first frame in the track (negative:
+    the track starts inside a longer query), the seconds the aligned frames cover, the score there and
+    the cosine of each aligned (query frame, track frame) pair."""
+
+    offset: int
+    start: float
+    end: float
     score: float
-    offset: int  # where the query's first frame lands in the clip (negative: the clip starts inside the query)
-    frame_scores: tuple[float, ...]  # cosine of each aligned (query, clip) frame pair
+    frame_scores: tuple[float, ...]
 
 
-def candidate_rows(version: StoreVersion, query: np.ndarray, target: str, per_frame: int) -> np.ndarray:
-    """Live rows whose frames are among the `per_frame` nearest of some query frame."""
-    vectors = np.ascontiguousarray(query, dtype=np.float32)
-    _, ids = version.index[target].search(vectors, min(per_frame, version.index[target].ntotal))
-    rows = np.unique(ids[ids >= 0] // version.frames)
-    return rows[version.live[rows] & version.present[target][rows]]
+@dataclass(frozen=True)
+class TrackHit:
+    track_id: int  # the id the track was stored under (the catalog's video id)
+    clip_id: int  # the catalog clip id of the track's first row
+    score: float  # the best score over every offset scored
+    moments: tuple[Moment, ...]  # best first, non-overlapping
 
 
-def sketch_rows(version: StoreVersion, query: np.ndarray, target: str, count: int) -> np.ndarray:
-    """Live rows of the `count` clips whose sketches are nearest a full-length query (T, D)."""
-    projection, index = version.sketch[target]
-    rows = np.unique(sketch.candidates(index, projection, np.asarray(query, dtype=np.float32), count))
-    return rows[version.live[rows] & version.present[target][rows]]
+@dataclass(frozen=True)
+class Scored:
+    """Exact scores of one track at a contiguous run of offsets."""
+
+    track: int  # index into the version's TrackTable
+    offsets: IntArray  # (W,)
+    scores: FloatArray  # (W,)
+    aligned: int
 
 
-def choose_rows(
+def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
+    """Indices of the live tracks that have `modality`."""
+    table = version.tracks
+    return np.flatnonzero(table.live & version.present[modality][table.first_row]).astype(np.int64)
+
+
+def exhaustive(version: StoreVersion, query: FloatArray, target: str, strategy: Strategy) -> list[Scored]:
+    """Every offset of every live track, tracks of one length scored in one batch."""
+    table, out = version.tracks, []
+    tracks = searchable_tracks(version, target)
+    for length in np.unique(table.length[tracks]):
+        group = tracks[table.length[tracks] == length]
+        rows = np.concatenate([table.row_range(int(t)) for t in group])
+        tokens = version.gather(target, rows).reshape(len(group), -1, version.manifest.dim)  # (n, rows*T, D)
+        found = score_offsets(query, tokens[:, : int(length)], strategy)
+        out += [Scored(int(t), found.offsets, found.scores[i], found.aligned) for i, t in enumerate(group)]
+    return out
+
+
+def vote(
+    version: StoreVersion, query: FloatArray, target: str, *, per_frame: int, hypotheses: int, bin_frames: int
+) -> dict[int, list[int]]:
+    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted."""
+    table, index = version.tracks, version.index[target]
+    sims, ids = index.search(query, min(per_frame, index.ntotal))  # (Q, k)
+    found = ids >= 0
+    track, place = table.place(np.where(found, ids, 0))
+    alive = table.live[track] & version.present[target][table.first_row[track]] & (place < table.length[track])
+    offsets = place - np.arange(len(query))[:, None]
+    spare = table.length[track] - len(query)  # offsets run from min(0, spare) to max(0, spare)
+    keep = found & alive & (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
+    bins = np.floor_divide(offsets, bin_frames)[keep]
+    keys = track[keep] * (1 << 32) + (bins + (1 << 31))
+    unique, inverse = np.unique(keys, return_inverse=True)
+    votes = np.bincount(inverse, weights=sims[keep].astype(np.float64))
+    best = np.sort(unique[np.argsort(-votes, kind="stable")[:hypotheses]])  # by track, then bin
+    voted: dict[int, list[int]] = {}
+    for key in best.tolist():
+        voted.setdefault(key >> 32, []).append((key & 0xFFFFFFFF) - (1 << 31))
+    return voted
+
+
+def rescore(
     version: StoreVersion,
-    query: np.ndarray,
+    query: FloatArray,
     target: str,
-    strategy: str,
-    scheme: str,
-    per_frame: int,
-    sketch_candidates: int,
-) -> np.ndarray:
-    """The rows to re-rank. scheme: "auto" (exhaustive when small, sketches when they apply, else
-    frames), "exhaustive", "frames" or "sketch"."""
-    if scheme == "auto":
-        if len(version) <= EXHAUSTIVE_BELOW:
-            scheme = "exhaustive"
-        elif query.shape[0] == version.frames and strategy == "diagonal_mean" and version.sketch:
-            scheme = "sketch"
+    strategy: Strategy,
+    voted: dict[int, list[int]],
+    *,
+    bin_frames: int,
+    radius: int,
+) -> list[Scored]:
+    """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
+    of nearby bins; the windows' offsets joined, ascending)."""
+    table, length, out = version.tracks, len(query), []
+    for track, bins in voted.items():
+        frames = int(table.length[track])
+        if length >= frames:  # the whole track fits in the query: every offset (at most Q - L + 1)
+            found = score_offsets(query, version.track_frames(target, track)[None], strategy)
+            out.append(Scored(track, found.offsets, found.scores[0], found.aligned))
+            continue
+        windows = _windows(bins, bin_frames=bin_frames, radius=radius, spare=frames - length)
+        parts = []
+        for low, high in windows:  # offsets low .. high
+            found = score_offsets(query, version.track_frames(target, track, low, high + length)[None], strategy)
+            parts.append((found.offsets + low, found.scores[0], found.aligned))
+        offsets = np.concatenate([p[0] for p in parts])
+        out.append(Scored(track, offsets, np.concatenate([p[1] for p in parts]), parts[0][2]))
+    return out
+
+
+def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:
+    """Offset ranges [low, high] covering each bin +- radius inside 0 .. spare, overlapping ones merged."""
+    merged: list[tuple[int, int]] = []
+    for b in bins:
+        low, high = max(0, b * bin_frames - radius), min(spare, (b + 1) * bin_frames - 1 + radius)
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:
-            scheme = "frames"
-    if scheme == "exhaustive":
-        return version.searchable(target)
-    if scheme == "frames":
-        return candidate_rows(version, query, target, per_frame)
-    if scheme == "sketch" and version.sketch and query.shape[0] == version.frames:
-        return sketch_rows(version, query, target, sketch_candidates)
-    raise ValueError(f"candidate scheme {scheme!r} does not apply here (sketches need a full-length query)")
-
-
-def score_rows(query: torch.Tensor, tokens: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """query (T_q, D), tokens (N, T, D) -> (scores (N,), offsets (N,)) of the best alignment."""
-    length, frames = query.shape[0], tokens.shape[1]
-    if length == frames:
-        return clip_scores(query[None], tokens, strategy)[0], torch.zeros(len(tokens), dtype=torch.long)  # type: ignore[arg-type]
-    if length < frames:
-        match = sliding_scores(query, tokens, strategy)  # type: ignore[arg-type]
-        return match.scores, match.offsets
-    windows = query.unfold(0, frames, 1).permute(0, 2, 1)  # (W, T, D): every clip-long window of the query
-    per_window = clip_scores(windows, tokens, strategy)  # type: ignore[arg-type]  # (W, N)
-    best, where = centre_of_best_run(per_window.t(), TIE_TOLERANCE)  # ties: the middle of the equal windows
-    return best, -where
-
-
-def frame_scores(query: torch.Tensor, clip: torch.Tensor, offset: int) -> tuple[float, ...]:
-    """Cosines of the aligned frame pairs for a clip matched at `offset`."""
-    if query.shape[0] <= clip.shape[0]:
-        aligned_q, aligned_c = query, clip[offset : offset + query.shape[0]]
-    else:  # a query longer than the clip: offset <= 0 says where the clip starts inside the query
-        aligned_q, aligned_c = query[-offset : -offset + clip.shape[0]], clip
-    return tuple((aligned_q * aligned_c).sum(dim=-1).tolist())
+            merged.append((low, high))
+    return merged
 
 
 def search(
     version: StoreVersion,
     query: np.ndarray,
-    target: str,
+    *,
+    target: Modality,
     k: int = 10,
-    strategy: str = "diagonal_mean",
-    scheme: str = "auto",
-    per_frame: int = 256,
-    sketch_candidates: int = 256,
-) -> list[ClipHit]:
-    """Top-k clips of the `target` modality ("audio" | "visual") for L2-normalised query tokens (T_q, D)."""
+    strategy: Strategy = "diagonal_mean",
+    scheme: Scheme = "auto",
+    moments: int = 3,
+    moment_from: Modality | None = None,
+    per_frame: int = 64,
+    hypotheses: int = 64,
+    bin_frames: int = 4,
+    radius: int = 4,
+) -> list[TrackHit]:
+    """Top-k tracks of the `target` modality for L2-normalised query tokens (Q, D), best first.
+
+    `moment_from`: the query's own modality; when given, each hit's moments are the query's best
+    placements on the track of that modality (an audio excerpt on the video's soundtrack: where it
+    sounds like the excerpt), scored there against the target; else the target's best offsets.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if query.ndim != 2 or query.shape[1] != version.manifest.dim:
-        raise ValueError(f"query tokens must be (T_q, {version.manifest.dim}), got {tuple(query.shape)}")
-    rows = choose_rows(version, query, target, strategy, scheme, per_frame, sketch_candidates)
-    if len(rows) == 0:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown candidate scheme {scheme!r}; choose one of {SCHEMES}")
+    if query.ndim != 2 or query.shape[1] != version.manifest.dim or len(query) == 0:
+        raise ValueError(f"query tokens must be (Q >= 1, {version.manifest.dim}), got {tuple(query.shape)}")
+    q = np.ascontiguousarray(query, dtype=np.float32)
+    live_frames = int(version.tracks.length[searchable_tracks(version, target)].sum())
+    if scheme == "exhaustive" or (scheme == "auto" and live_frames <= EXHAUSTIVE_BELOW):
+        scored = exhaustive(version, q, target, strategy)
+    else:
+        voted = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
+        scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius)
+    if not scored:
         return []
-    tokens = torch.from_numpy(version.gather(target, rows))
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    scores, offsets = score_rows(q, tokens, strategy)
-    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    best = np.array([s.scores.max() for s in scored])
+    top = [scored[i] for i in np.argsort(-best, kind="stable")[:k]]
     return [
-        ClipHit(
-            int(version.clip_ids[rows[i]]),
-            int(rows[i]),
-            float(scores[i]),
-            int(offsets[i]),
-            frame_scores(q, tokens[i], int(offsets[i])),
-        )
-        for i in order.tolist()
+        _hit(version, q, s, target=target, strategy=strategy, moments=moments, moment_from=moment_from) for s in top
     ]
 
 
-@dataclass(frozen=True)
-class VideoHit:
-    """A video's best clip for a query, and the moment of the video that matched."""
-
-    video_id: int
-    uri: str
-    score: float
-    clip_id: int
-    clip_start: float
-    moment: tuple[float, float]  # seconds in the video
-    frame_scores: tuple[float, ...]
-
-
-def matched_moment(
-    clip_start: float, clip_duration: float, offset: int, query_frames: int, frames: int, clip_seconds: float = 10.24
-) -> tuple[float, float]:
-    """Seconds of the video covered by the aligned frames: a shorter query covers its window of the clip."""
-    if query_frames >= frames:
-        return clip_start, clip_start + clip_duration
-    step = clip_seconds / frames
-    start = clip_start + offset * step
-    return start, min(clip_start + clip_duration, start + query_frames * step)
-
-
-def search_videos(
+def _hit(
     version: StoreVersion,
-    session,
-    query: np.ndarray,
+    query: FloatArray,
+    scored: Scored,
+    *,
     target: str,
-    k: int = 10,  # noqa: ANN001
-    strategy: str = "diagonal_mean",
-    clip_pool: int = 8,
-    moment_from: str | None = None,
-) -> list[VideoHit]:
-    """Top-k videos (each by its best clip) for query tokens; `session` is a catalog session.
-
-    `moment_from`: the modality of the query's own tokens. When given, a query shorter than a clip is
-    placed in each hit's clip where it best matches that clip's tokens of the same modality (an audio
-    excerpt on the video's own soundtrack: which moment sounds like it), when the clip has them; else,
-    and for the ranking always, where it best matches the `target` tokens.
-    """
-    from sqlalchemy import select
-    from sqlalchemy.orm import joinedload
-
-    from indexer.catalog import Clip, VideoStatus
-
-    clip_hits = search(version, query, target, k=k * clip_pool, strategy=strategy)
-    wanted = [hit.clip_id for hit in clip_hits]
-    clips = {c.id: c for c in session.scalars(select(Clip).where(Clip.id.in_(wanted)).options(joinedload(Clip.video)))}
-    best: dict[int, tuple[ClipHit, Clip]] = {}
-    for hit in clip_hits:
-        clip = clips.get(hit.clip_id)
-        if clip is None or clip.video.status != VideoStatus.INDEXED or clip.video_id in best:
-            continue  # clips of deleted videos, and any clip after a video's best one
-        best[clip.video_id] = (hit, clip)
-        if len(best) == k:
-            break
-    hits, chosen = [hit for hit, _ in best.values()], [clip for _, clip in best.values()]
-    if moment_from is not None and query.shape[0] < version.frames:
-        hits = _placed(version, query, target, moment_from, hits)
-    moment = partial(matched_moment, query_frames=query.shape[0], frames=version.frames)
-    return [
-        VideoHit(
-            clip.video_id,
-            clip.video.uri,
-            hit.score,
-            hit.clip_id,
-            clip.start,
-            moment(clip.start, clip.duration, hit.offset),
-            hit.frame_scores,
+    strategy: Strategy,
+    moments: int,
+    moment_from: str | None,
+) -> TrackHit:
+    table = version.tracks
+    offsets, scores = scored.offsets, scored.scores
+    if moment_from is not None and version.present[moment_from][table.first_row[scored.track]]:
+        own = score_offsets(query, version.track_frames(moment_from, scored.track)[None])
+        offsets, scores = own.offsets, own.scores[0]
+    picked = [int(offsets[i]) for i in pick_moments(offsets, scores, scored.aligned, moments)]
+    step, aligned = version.frame_s, scored.aligned
+    found = []
+    for offset in picked:
+        start = max(offset, 0)
+        track_tokens = version.track_frames(target, scored.track, start, start + aligned)  # the aligned frames
+        cosines = frame_cosines(query, track_tokens, min(offset, 0))
+        found.append(
+            Moment(
+                offset=offset,
+                start=round(start * step, 3),
+                end=round((start + aligned) * step, 3),
+                score=score_at(query, track_tokens, min(offset, 0), strategy),
+                frame_scores=cosines,
+            )
         )
-        for hit, clip in zip(hits, chosen, strict=True)
-    ]
+    row = int(table.first_row[scored.track])
+    return TrackHit(int(table.ids[scored.track]), int(version.clip_ids[row]), float(scored.scores.max()), tuple(found))
 
 
-def _placed(version: StoreVersion, query: np.ndarray, target: str, modality: str, hits: list[ClipHit]) -> list[ClipHit]:
-    """The hits with their offsets where the shorter query best matches each clip's `modality` tokens (ties:
-    the middle), and the per-frame `target` cosines there; a hit whose clip lacks that modality is kept."""
-    movable = [hit for hit in hits if version.present[modality][hit.row]]
-    if not movable:
-        return hits
-    rows = np.array([hit.row for hit in movable], dtype=np.int64)
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    offsets = sliding_scores(q, torch.from_numpy(version.gather(modality, rows))).offsets.tolist()  # one pass
-    targets = torch.from_numpy(version.gather(target, rows))  # (n, T, D)
-    placed = {
-        hit.row: replace(hit, offset=offset, frame_scores=frame_scores(q, clip, offset))
-        for hit, offset, clip in zip(movable, offsets, targets, strict=True)
-    }
-    return [placed.get(hit.row, hit) for hit in hits]
+def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
+    """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored."""
+    if len(query) <= len(track):
+        return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
+    return float(score_offsets(query[-offset : -offset + len(track)], track[None], strategy).scores[0, 0])

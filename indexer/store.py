@@ -4,10 +4,18 @@ FAISS index per modality for candidates, in versioned directories swapped in ato
 Layout under `root`:
     shards/<name>.{audio,visual}.npy  (rows, T, D) tokens, L2-normalised, fp16 by default; immutable
     shards/<name>.ids.npy             (rows,) int64 clip ids (the catalog's)
+    shards/<name>.tracks.npy          (rows,) int64 track of each row (the catalog's video id); consecutive
+                                      rows of one track are its clips in time order
+    shards/<name>.valid.npy           (rows,) int16 frames of the row inside the media (T but in a last clip)
     versions/v000007/manifest.json    the shards in row order, deleted clip ids, FAISS factory, sizes
     versions/v000007/<modality>.faiss per-frame index, id = row * T + frame
     versions/v000007/<modality>.sketch.faiss, .projection.npy   clip sketches, id = row (indexer.sketch)
     CURRENT                           the name of the live version (replaced with os.replace)
+
+A track is a video's frames of one modality on one grid: frame k at k x frame_s seconds (frame_s,
+the clip length / T, is in the manifest), the rows of its clips back to back, so the FAISS id
+row * T + frame of a frame is also its place in the track (row - the track's first row) * T + frame.
+Shards written before tracks existed read as one track per row.
 
 A version is never modified: adding writes a new shard and a new version whose FAISS indexes are
 the previous ones plus the new vectors (no retraining; the sketch projection is kept) until the
@@ -40,6 +48,8 @@ import numpy as np
 from indexer import build, sketch
 from indexer.build import default_factory, default_sketch_factory, read_index
 from indexer.sketch import Projection
+from indexer.tracks import TrackTable
+from model.features import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,7 @@ class StoreError(RuntimeError):
     """The token store is missing, inconsistent, or was given tokens of the wrong shape."""
 
 
+OPEN_ATTEMPTS = 10  # a reader that lost the race with that many publishes in a row gives up
 REBUILD_GROWTH = 4.0  # an add bringing the live clips to this multiple of the indexes' build size rebuilds them
 
 
@@ -66,6 +77,7 @@ class Manifest:
     sketch_dim: int = 0  # per-frame width of the clip sketches; 0: the version has none
     sketch_factory: str = "IDMap2,Flat"
     built_rows: int = 0  # live clips when the indexes were built (fitted, types chosen); 0: the first shard's
+    frame_s: float = 0.0  # seconds between consecutive frames of a track; 0: a store from before tracks
 
     @property
     def build_size(self) -> int:
@@ -98,6 +110,38 @@ class StoreVersion:
         self.folder, self.gpu = folder, gpu
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
+        self.track_ids = _concat(
+            [_track_part(root, s["name"], "tracks", ids) for s, ids in zip(shards, ids, strict=True)]
+        )
+        self.valid = _concat([_track_part(root, s["name"], "valid", ids) for s, ids in zip(shards, ids, strict=True)])
+
+    @cached_property
+    def tracks(self) -> TrackTable:
+        """The tracks of this version: runs of consecutive rows of one video (`indexer.tracks`)."""
+        frames = self.manifest.frames
+        valid = np.where(self.valid > 0, self.valid, frames)  # rows from before tracks: all T frames
+        return TrackTable.from_rows(self.track_ids, valid, self.live, frames)
+
+    @property
+    def frame_s(self) -> float:
+        """Seconds between consecutive frames of a track (the preprocessing's clip length / T)."""
+        return self.manifest.frame_s or PreprocessConfig().clip_s / self.manifest.frames
+
+    def track_frames(self, modality: str, track: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames [start, stop) of track `track` (an index into `tracks`), (n, D) float32."""
+        table = self.tracks
+        stop = int(table.length[track]) if stop is None else stop
+        frames = self.manifest.frames
+        first = int(table.first_row[track]) * frames
+        low, high = (first + start) // frames, (first + stop - 1) // frames + 1  # rows [low, high)
+        shard = int(np.searchsorted(self.starts, low, side="right")) - 1
+        if high <= self.starts[shard + 1]:  # one shard (always, but for a hand-made store): a slice, no gather
+            block = self.tokens[modality][shard][low - self.starts[shard] : high - self.starts[shard]]
+        else:
+            block = self.gather(modality, np.arange(low, high, dtype=np.int64))
+        flat = np.asarray(block, dtype=np.float32).reshape(-1, self.manifest.dim)  # (rows * T, D)
+        skip = first + start - low * frames
+        return flat[skip : skip + stop - start]
 
     @cached_property
     def index(self) -> dict[str, faiss.Index]:
@@ -151,7 +195,7 @@ class TokenStore:
         dtype: str = "float16",
         factory: str | None = None,
         keep_versions: int = 3,
-        sketch_dim: int = 128,
+        sketch_dim: int = 0,  # clip sketches (indexer.sketch): the track search does not use them; 0 builds none
         sketch_factory: str | None = None,
         rebuild_growth: float = REBUILD_GROWTH,
     ) -> None:
@@ -171,13 +215,20 @@ class TokenStore:
         """The live version, or None for an empty store. Its FAISS indexes are read now (on the GPUs when
         faiss-gpu sees any), so that pruning the version later cannot take them from a reader; a caller
         that reads only ids and tokens passes indexes=False."""
-        name = self.current_name()
-        if not name:
-            return None
-        version = StoreVersion(self.root, name, gpu)
-        if indexes:
-            version.index, version.sketch  # noqa: B018  (cached on first access)
-        return version
+        for _ in range(OPEN_ATTEMPTS):
+            name = self.current_name()
+            if not name:
+                return None
+            try:
+                version = StoreVersion(self.root, name, gpu)
+                if indexes:
+                    version.index, version.sketch  # noqa: B018  (cached on first access)
+                return version
+            except (OSError, RuntimeError):  # faiss reports a missing file as RuntimeError
+                if self.current_name() == name:
+                    raise
+                # a writer published and pruned this version while we read it: open the new one
+        raise StoreError(f"{self.root}: the live version changed {OPEN_ATTEMPTS} times while being opened")
 
     # ------------------------------------------------------------------------------------ writing
     @contextmanager
@@ -196,12 +247,20 @@ class TokenStore:
         visual: np.ndarray,
         model_id: str,
         present: np.ndarray | None = None,
+        *,
+        tracks: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+        frame_s: float | None = None,
     ) -> str | None:
         """Append clips: clip_ids (n,), audio/visual (n, T, D) L2-normalised tokens; returns the new version.
 
         `present` (n, 2) bool says which of (audio, visual) each clip has (default: both); a missing
-        modality's tokens are stored (zeros) but never indexed or searched. Idempotent: clip ids that
-        are already live are left as they are (None when nothing is new).
+        modality's tokens are stored (zeros) but never indexed or searched. `tracks` (n,) int: the
+        track (video) of each clip, a video's clips consecutive and in time order (default: each clip
+        its own track); `valid` (n,) int: frames of each clip inside the media (default: all T);
+        `frame_s`: seconds between frames (default: the preprocessing's clip length / T), fixed by the
+        store's first add. Idempotent: clip ids that are already live are left as they are (None when
+        nothing is new).
         """
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
         present = np.ones((len(clip_ids), 2), dtype=bool) if present is None else np.asarray(present, dtype=bool)
@@ -210,17 +269,22 @@ class TokenStore:
                 f"tokens must be (n, T, D) for both modalities and n ids; got {audio.shape}, "
                 f"{visual.shape}, {len(clip_ids)} ids"
             )
+        track_ids = clip_ids if tracks is None else np.asarray(tracks, dtype=np.int64)
+        valid = np.full(len(clip_ids), audio.shape[1], dtype=np.int16) if valid is None else np.asarray(valid)
+        if track_ids.shape != clip_ids.shape or valid.shape != clip_ids.shape:
+            raise StoreError(f"tracks and valid must be ({len(clip_ids)},); got {track_ids.shape}, {valid.shape}")
         with self._writer():
             current = self.open(gpu=False)  # the writer clones CPU indexes
-            manifest = self._next_manifest(current, audio, model_id)
+            manifest = self._next_manifest(current, audio, model_id, frame_s)
             if current is not None:
                 fresh = ~np.isin(clip_ids, current.clip_ids[current.live])
                 if not fresh.any():
                     return None
                 clip_ids, audio, visual, present = clip_ids[fresh], audio[fresh], visual[fresh], present[fresh]
+                track_ids, valid = track_ids[fresh], valid[fresh]
             tokens = {"audio": audio, "visual": visual}
             rows = np.arange(manifest.rows, manifest.rows + len(clip_ids))
-            manifest.shards.append(self._write_shard(clip_ids, tokens, present))
+            manifest.shards.append(self._write_shard(clip_ids, tokens, present, (track_ids, valid)))
             if current is None or len(current) + len(clip_ids) >= self.rebuild_growth * current.manifest.build_size:
                 return self._rebuilt(manifest)
             return self._publish(manifest, *self._grown_indexes(current, manifest, tokens, rows, present))
@@ -300,24 +364,39 @@ class TokenStore:
             del out
             os.replace(tmp, path)
         _atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
+        _atomic_save(self.root / "shards" / f"{name}.tracks.npy", current.track_ids[rows])
+        _atomic_save(self.root / "shards" / f"{name}.valid.npy", current.valid[rows].astype(np.int16))
         present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
         _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
         return {"name": name, "rows": len(rows)}
 
-    def _write_shard(self, clip_ids: np.ndarray, tokens: dict[str, np.ndarray], present: np.ndarray) -> dict:
-        """An immutable shard of clips (tokens in the store's dtype); returns its manifest entry."""
+    def _write_shard(
+        self,
+        clip_ids: np.ndarray,
+        tokens: dict[str, np.ndarray],
+        present: np.ndarray,
+        tracks: tuple[np.ndarray, np.ndarray],
+    ) -> dict:
+        """An immutable shard of clips (tokens in the store's dtype) and their (track ids, valid frames);
+        returns its manifest entry. Every file is written before the manifest that lists the shard, so
+        a reader never sees a partial shard."""
         name = f"s{uuid.uuid4().hex[:12]}"
         for modality in MODALITIES:
             _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
         _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
+        _atomic_save(self.root / "shards" / f"{name}.tracks.npy", tracks[0].astype(np.int64))
+        _atomic_save(self.root / "shards" / f"{name}.valid.npy", tracks[1].astype(np.int16))
         _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
         return {"name": name, "rows": len(clip_ids)}
 
-    def _next_manifest(self, current: StoreVersion | None, tokens: np.ndarray, model_id: str) -> Manifest:
+    def _next_manifest(
+        self, current: StoreVersion | None, tokens: np.ndarray, model_id: str, frame_s: float | None
+    ) -> Manifest:
         """The next version's manifest (a new store's index types are chosen when its indexes are built)."""
         _, frames, dim = tokens.shape
         if current is None:
-            return Manifest(1, frames, dim, self.dtype, model_id, factory="")
+            step = frame_s or PreprocessConfig().clip_s / frames
+            return Manifest(1, frames, dim, self.dtype, model_id, factory="", frame_s=step)
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:
             raise StoreError(
@@ -388,6 +467,19 @@ class TokenStore:
             if path.name.startswith(".") or path.name.split(".", 1)[0] not in used:
                 path.unlink(missing_ok=True)
                 log.info("deleted unused shard file %s", path.name)
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _track_part(root: Path, shard: str, kind: str, clip_ids: np.ndarray) -> np.ndarray:
+    """A shard's per-row track ids or valid frames; a shard from before tracks: one track per row (its
+    clip id, marked negative so no catalog video id can equal it) and 0 valid (read: all T)."""
+    path = root / "shards" / f"{shard}.{kind}.npy"
+    if path.exists():
+        return np.load(path).astype(np.int64)
+    return -1 - clip_ids if kind == "tracks" else np.zeros(len(clip_ids), dtype=np.int64)
 
 
 def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:

@@ -60,6 +60,10 @@ class PreprocessConfig:
     def clip_s(self) -> float:
         return self.clip_fbank_frames * self.frame_shift_ms / 1000.0
 
+    def frame_s(self, frames_per_clip: int) -> float:
+        """Seconds between consecutive frames of a track (or a long query): clip_s / T."""
+        return self.clip_s / frames_per_clip
+
 
 @dataclass(frozen=True)
 class Clip:
@@ -169,10 +173,13 @@ def checked_duration(info: MediaInfo, prep: PreprocessConfig) -> float | None:
 def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None) -> list[Clip]:
     """Decode a media file into consecutive clips of T frames and T aligned audio segments.
 
-    A video longer than one clip gives one clip per stride (default 10.24 s), the tail zero-padded; a
-    shorter file gives one padded clip. A file without audio (or without video) gives clips of the
-    other modality only. Frames past the end of the video repeat its last frame. Raises a `MediaError`
-    subclass for anything unusable.
+    A file of one clip or less gives one clip exactly as the official preprocessing does (frames over
+    its first 10 s, padded). A longer one is a track (`track_clip`): one clip per stride (10.24 s),
+    frame k of the file at k x clip_s / T seconds, each audio segment centred on its frame with the
+    real audio on both sides (zero padding only at the ends of the media), so consecutive clips join
+    without a seam. A file without audio (or without video) gives clips of the other modality only.
+    Frames past the end of the video repeat its last frame. Raises a `MediaError` subclass for
+    anything unusable.
     """
     prep = prep or PreprocessConfig()
     request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
@@ -189,8 +196,12 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
             )
         duration = checked_duration(info, prep)
         first = _result_or_none(speculative) if info.has_audio and info.has_video else None
+    starts = clip_starts(duration if duration is not None else prep.clip_s, prep)
+    if duration is not None and len(starts) > 1:
+        tracked = [track_clip(info, start, duration, config, prep) for start in starts]
+        return [clip for clip in tracked if clip is not None]
     clips = []
-    for start in clip_starts(duration if duration is not None else prep.clip_s, prep):
+    for start in starts:
         window = (
             first
             if start == 0.0 and first is not None
@@ -231,6 +242,45 @@ def _clip_from_window(
         frames_s = len(decoded) * prep.frame_span_s / config.frames_per_clip if decoded is not None else 0.0
         covered = max(audio_s, frames_s)
     return Clip(frames, segments, start, max(0.0, min(prep.clip_s, covered)))
+
+
+def track_clip(
+    info: MediaInfo, start: float, media_s: float, config: ModelConfig, prep: PreprocessConfig
+) -> Clip | None:
+    """The clip at `start` of a track: T frames at start + k x clip_s / T and the audio segments centred
+    on them, cut from audio decoded with half a segment of context on both sides."""
+    frames_per_clip, step = config.frames_per_clip, prep.frame_s(config.frames_per_clip)
+    frames = None
+    if info.has_video:
+        request = FrameRequest(frames_per_clip, prep.clip_s, config.image_size, prep.fast_video_decode)
+        window = decode_window(info, start, prep.clip_s, request, False, prep.sample_rate, prep.timeout_s)
+        if window.frames is not None and len(window.frames) > 0:
+            frames = normalize_frames(hold_last(window.frames, frames_per_clip), prep)
+    segments = None
+    if info.has_audio:
+        context = (config.audio_frames // 2 + 4) * prep.frame_shift_ms / 1000.0
+        begin = max(0.0, start - context)
+        wave = decode_audio(info, prep.sample_rate, begin, start - begin + prep.clip_s + context, prep.timeout_s)
+        if wave.size > 0:
+            centres = [start - begin + k * step for k in range(frames_per_clip)]
+            segments = centred_segments(wave, centres, config, prep)
+    if frames is None and segments is None:
+        return None
+    return Clip(frames, segments, start, max(0.0, min(prep.clip_s, media_s - start)))
+
+
+def centred_segments(
+    waveform: np.ndarray, centres: list[float], config: ModelConfig, prep: PreprocessConfig
+) -> torch.Tensor:
+    """(count, L, mel) normalised segments of the waveform's fbank, segment i centred at centres[i]
+    seconds (fbank row round(centre / shift)), zero rows where it reaches past the waveform."""
+    spec = fbank(waveform, config.mel_bins, prep)
+    length = config.audio_frames
+    rows = [round(c * 1000.0 / prep.frame_shift_ms) - length // 2 + length for c in centres]
+    tail = max(length, max(rows) + length - (spec.shape[0] + length))
+    padded = torch.nn.functional.pad(spec, (0, 0, length, tail))  # row r of spec is row r + L here
+    segments = torch.stack([padded[r : r + length] for r in rows])  # (count, L, mel)
+    return (segments - prep.fbank_mean) / prep.fbank_std
 
 
 # ------------------------------------------------------------------------------------ queries
@@ -281,22 +331,30 @@ def load_query_audio(
 
 def load_query_frames(
     path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
-) -> tuple[torch.Tensor, bool]:
-    """A video query's first clip as frames (n <= T, 3, H, W), taken as a clip's are (n < T for a shorter
-    video), and whether the video is longer than one clip. Raises a MediaError."""
+) -> torch.Tensor:
+    """A video query's frames (n, 3, H, W): a video of one clip or less as a clip's are (n < T for a
+    shorter one), a longer one (up to `prep.max_query_s`) every clip_s / T seconds, as a track's.
+    Raises a MediaError."""
     prep = prep or PreprocessConfig()
     info = probe(path, prep.timeout_s)
     if info.still_image:
         raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video")
     if not info.has_video:
         raise NoUsableStreamError(f"{info.path.name}: no video track to search with")
-    checked_duration(info, prep)
-    request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
-    window = decode_window(info, 0.0, prep.clip_s, request, audio=False, timeout=prep.timeout_s)
+    duration = checked_duration(info, prep)
+    if duration is not None and duration > prep.max_query_s + 0.05:
+        raise MediaTooLongError(
+            f"{info.path.name}: lasts {duration:.1f} s; a video query may last {prep.max_query_s:.0f} s at most"
+        )
+    count, span, seconds = config.frames_per_clip, prep.frame_span_s, prep.clip_s
+    if duration is not None and duration > prep.clip_s + 0.05:
+        count = max(1, round(duration / prep.frame_s(config.frames_per_clip)))
+        span = seconds = count * prep.frame_s(config.frames_per_clip)
+    request = FrameRequest(count, span, config.image_size, prep.fast_video_decode)
+    window = decode_window(info, 0.0, seconds, request, audio=False, timeout=prep.timeout_s)
     if window.frames is None or len(window.frames) == 0:
         raise NoUsableStreamError(f"{info.path.name}: no video frame could be decoded")
-    longer = info.duration is not None and info.duration > prep.clip_s + 0.05
-    return normalize_frames(window.frames[: config.frames_per_clip], prep), longer
+    return normalize_frames(window.frames[:count], prep)
 
 
 def load_image(

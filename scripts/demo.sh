@@ -44,6 +44,27 @@ else
   "$BIN/cavsync" synth --out "$SYNTH" --n "$CLIPS" --seed "$SEED" --workers 2
 fi
 
+# 1b. Longer videos (1-3 min): demo clips of another seed back to back, one track each once indexed.
+PARTS=$DATA/long_parts # outside the media root: only the long videos are indexed
+LONG=$MEDIA/long
+FFMPEG=$("$BIN/python" -c 'from model.media import ffmpeg_binary; print(ffmpeg_binary())')
+if [ -f "$LONG/long_3.mp4" ]; then
+  step "long videos already in $LONG"
+else
+  step "making 3 long videos (6, 9 and 12 clips of seed $((SEED + 1))) into $LONG"
+  "$BIN/cavsync" synth --out "$PARTS" --n 27 --seed "$((SEED + 1))" --workers 2
+  mkdir -p "$LONG"
+  parts=("$PARTS"/*.mp4)
+  first=0
+  for k in 1 2 3; do
+    count=$((3 * k + 3))
+    printf "file '%s'\n" "${parts[@]:first:count}" >"$PARTS/long_$k.txt"
+    "$FFMPEG" -nostdin -loglevel error -y -f concat -safe 0 -i "$PARTS/long_$k.txt" -c copy "$LONG/.long_$k.mp4"
+    mv "$LONG/.long_$k.mp4" "$LONG/long_$k.mp4"
+    first=$((first + count))
+  done
+fi
+
 # 2. The real clips of the shared folder, when there is one.
 REAL=$MEDIA/real
 if compgen -G "$SHARED/media/*.mp4" >/dev/null; then
@@ -80,6 +101,18 @@ V2A=${V2A:-$(ls "$SYNTH"/*.mp4 | sed -n 2p)}
 EXCERPT=$DATA/excerpt_4s_to_7s.wav # 3 s of the first clip's audio: which video, and which moment?
 [ -f "$EXCERPT" ] || "$("$BIN/python" -c 'from model.media import ffmpeg_binary; print(ffmpeg_binary())')" \
   -nostdin -loglevel error -ss 4 -t 3 -i "$A2V" -vn -ac 1 -ar 16000 "$EXCERPT"
+# An off-grid excerpt of a long video: 10 s from 23.3 s of long_2 (clips start every 10.24 s, frames every 0.64 s).
+OFFGRID=$DATA/excerpt_long2_23.3s_to_33.3s.wav
+[ -f "$OFFGRID" ] || "$FFMPEG" -nostdin -loglevel error -ss 23.3 -t 10 -i "$LONG/long_2.mp4" -vn -ac 1 -ar 16000 "$OFFGRID"
+step "an off-grid excerpt (10 s from 23.3 s of $LONG/long_2.mp4), searched now:"
+curl -s -m 60 -F file=@"$OFFGRID" -F top_k=3 -F moments=2 "$URL/search/audio-to-video" | "$BIN/python" -c '
+import json, sys
+body = json.load(sys.stdin)
+print("  query:", body["query"]["frames"], "frames (one per 0.64 s); search", body["timings"]["search_ms"], "ms")
+for r in body["results"]:
+    spans = ", ".join("%.2f-%.2f s (%.3f)" % (m["start"], m["end"], m["score"]) for m in r["moments"])
+    print("  %.3f  %s  moments: %s" % (r["score"], r["uri"].split("/")[-1], spans))
+'
 KEY=""
 [ -n "${CAVSYNC_API_KEY:-}" ] && KEY=" -H 'X-API-Key: $CAVSYNC_API_KEY'" # write routes only
 step "ready in $((SECONDS - started)) s"
@@ -91,10 +124,12 @@ cat <<EOF
   Or from another terminal:
 
   curl -s $URL/health
-  # which videos sound like this clip (audio -> video), best first, with the matched moment
+  # which videos sound like this clip (audio -> video), best first, with the matched moments
   curl -s -F file=@$A2V -F top_k=5 -F strategy=diagonal_mean $URL/search/audio-to-video
-  # which video, and which moment, sounds like this 3-s excerpt (4-7 s of that clip): see "moment"
+  # which video, and which moment, sounds like this 3-s excerpt (4-7 s of that clip): see "moments"
   curl -s -F file=@$EXCERPT -F top_k=3 $URL/search/audio-to-video
+  # a 10-s excerpt of a long video cut off the clip grid (23.3-33.3 s of long_2): up to 3 moments per video
+  curl -s -F file=@$OFFGRID -F top_k=3 -F moments=3 $URL/search/audio-to-video
   # which soundtracks fit these pictures (video -> audio)
   curl -s -F file=@$V2A -F top_k=5 $URL/search/video-to-audio
   # where in the clip's frame at 3 s its sound (the segment around 3 s) comes from, as a PNG heat map

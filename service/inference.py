@@ -1,9 +1,9 @@
 """Blocking model work for the API (run off the event loop): query media -> L2-normalised per-frame
 tokens, and the localization map over a whole picture (model.localization; JSON or a PNG heat map).
 
-A query longer than one clip (10.24 s) is searched with its first clip: the first T audio segments,
-or the T frames of the first 10 s. A shorter query gives fewer frames (an audio query: one segment
-per 0.64 s, from `load_query_audio`; a video: the frames it has), which the search slides over clips.
+A query gives one token per frame, every one of them (an audio query: one segment per 0.64 s, from
+`load_query_audio`; a video: its frames, one per 0.64 s past one clip), up to the longest query
+(`PreprocessConfig.max_query_s`); the search slides them over every video's track.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from model.network import Modality
 @dataclass(frozen=True)
 class QueryTokens:
     tokens: np.ndarray  # (T_q, D) float32, L2-normalised
-    truncated: bool  # longer than a clip: only the first clip is used
+    truncated: bool  # an indexed video longer than the longest query: only its first part is used
     decode_ms: float
     encode_ms: float
 
@@ -42,22 +42,21 @@ def global_tokens(model: CAVMAESync, modality: Modality, batch: torch.Tensor) ->
 
 
 def audio_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
-    """Any file with an audio track -> (T_q <= T, D) tokens of its first clip."""
+    """Any file with an audio track -> (T_q, D) tokens, one per 0.64 s."""
     start = time.perf_counter()
     segments = load_query_audio(path, model.config, prep)  # (n, L, mel)
     decoded = time.perf_counter()
-    frames = model.config.frames_per_clip
-    tokens = global_tokens(model, "audio", segments[:frames])
-    return QueryTokens(tokens, len(segments) > frames, ms(decoded - start), ms(time.perf_counter() - decoded))
+    tokens = global_tokens(model, "audio", segments)
+    return QueryTokens(tokens, False, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
 def video_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
-    """A video -> (T_q <= T, D) visual tokens of its first clip."""
+    """A video -> (T_q, D) visual tokens of its frames."""
     start = time.perf_counter()
-    frames, longer = load_query_frames(path, model.config, prep)
+    frames = load_query_frames(path, model.config, prep)
     decoded = time.perf_counter()
     tokens = global_tokens(model, "visual", frames)
-    return QueryTokens(tokens, longer, ms(decoded - start), ms(time.perf_counter() - decoded))
+    return QueryTokens(tokens, False, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
 def audio_segment(model: CAVMAESync, path: Path, at: float, prep: PreprocessConfig) -> tuple[torch.Tensor, float]:

@@ -1,7 +1,7 @@
 """Blocking work behind the search and localization routes (run in a worker thread): queries from
 uploads, stored tokens or raw tokens, the retrieval core, and the answers.
 
-Shapes: query tokens (T_q, D) L2-normalised float32, T_q <= T for media queries (the first clip).
+Shapes: query tokens (T_q, D) L2-normalised float32, one per 0.64-s frame, up to the longest query.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import torch
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from indexer.catalog import Video, VideoStatus
-from indexer.search import search_videos
+from indexer.catalog import Video, VideoStatus, indexed_videos_of_clips
+from indexer.search import Moment as CoreMoment
+from indexer.search import search
 from indexer.store import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.media import probe
+from model.network import Modality
+from model.similarity import Strategy
 from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
@@ -42,6 +45,7 @@ from service.schemas import (
 from service.uploads import saved_upload
 
 TIME_SLACK_S = 0.05  # container durations are rounded
+SPARE_HITS = 8  # tracks asked beyond top_k, for videos the catalog drops (pending, failed, deleted)
 
 
 def indexed_video(session: Session, video_id: int) -> Video:
@@ -63,62 +67,79 @@ def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, vid
 
 @dataclass(frozen=True)
 class TimeRange:
-    """Part of an indexed video used as a query, seconds; end None: to the end (the first clip's worth)."""
+    """Part of an indexed video used as a query, seconds; end None: to the end of its track."""
 
     start: float = 0.0
     end: float | None = None
 
 
 def stored_query(
-    engine: Engine, version: StoreVersion | None, video_id: int, modality: str, part: TimeRange = TimeRange()
+    engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
 ) -> QueryTokens:
-    """An indexed video's stored tokens of `modality` as the query: its first clip, or the frames (one per
-    0.64 s) of `part` when one is given, at most one clip's worth (T frames; `truncated` beyond)."""
+    """An indexed video's track of `modality` (the frames of `part` of it: one per 0.64 s, from the first at or
+    after `start` to the last before `end`) as query tokens, cut to the longest query."""
     with engine.sessions() as session:
-        video = indexed_video(session, video_id)
-        clips = [(c.id, c.start) for c in video.clips]
-    if part == TimeRange():
-        return QueryTokens(stored_tokens(version, clips[0][0], modality, video_id), len(clips) > 1, 0.0, 0.0)
-    end = part.end if part.end is not None else part.start + engine.prep.clip_s
-    if end - part.start < engine.prep.min_query_s:
-        raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
-    frames, step = engine.model.config.frames_per_clip, engine.prep.clip_s / engine.model.config.frames_per_clip
-    chosen = []
-    for clip_id, start in clips:
-        times = start + step * np.arange(frames)  # (T,) each frame's time in the video
-        inside = np.flatnonzero((times >= part.start - 1e-6) & (times < end - 1e-6))
-        if len(inside):
-            chosen.append(stored_tokens(version, clip_id, modality, video_id)[inside])
-    if not chosen:
-        raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
-    tokens = np.concatenate(chosen)  # (frames in range, D)
-    return QueryTokens(tokens[:frames], len(tokens) > frames, 0.0, 0.0)
+        first = indexed_video(session, video_id).clips[0].id
+    stored_tokens(version, first, modality, video_id)  # 404 / 422 as for any stored token
+    assert version is not None
+    track = int(version.tracks.track_of_row[version.rows_of([first])[0]])
+    tokens = version.track_frames(modality, track)  # (frames of the track, D)
+    if part != TimeRange():
+        end = part.end if part.end is not None else len(tokens) * version.frame_s
+        if end - part.start < engine.prep.min_query_s:
+            raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
+        times = version.frame_s * np.arange(len(tokens))  # each frame's time in the video
+        tokens = tokens[(times >= part.start - 1e-6) & (times < end - 1e-6)]
+        if len(tokens) == 0:
+            raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
+    longest = max(1, round(engine.prep.max_query_s / version.frame_s))
+    return QueryTokens(tokens[:longest], len(tokens) > longest, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    top_k: int
+    strategy: Strategy
+    moments: int
+
+
+def _moment(moment: CoreMoment, duration: float | None) -> Moment:
+    end = moment.end if duration is None else min(moment.end, round(duration, 3))
+    return Moment(start=moment.start, end=end, score=moment.score, frame_scores=list(moment.frame_scores))
 
 
 def _results(
     engine: Engine,
     version: StoreVersion | None,
     tokens: np.ndarray,
-    target: str,
-    top_k: int,
-    strategy: str,
-    modality: str | None,
+    *,
+    target: Modality,
+    options: SearchOptions,
+    modality: Modality | None,
 ) -> list[VideoResult]:
+    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only)."""
     if version is None:
         return []
+    hits = search(
+        version,
+        tokens,
+        target=target,
+        k=options.top_k + SPARE_HITS,
+        strategy=options.strategy,
+        moments=options.moments,
+        moment_from=modality,
+    )
     with engine.sessions() as session:
-        hits = search_videos(version, session, tokens, target, k=top_k, strategy=strategy, moment_from=modality)
+        videos = indexed_videos_of_clips(session, [h.clip_id for h in hits])
+    found = [(h, videos[h.clip_id]) for h in hits if h.clip_id in videos][: options.top_k]
     return [
         VideoResult(
-            video_id=h.video_id,
-            uri=h.uri,
-            score=h.score,
-            clip_id=h.clip_id,
-            clip_start=h.clip_start,
-            moment=Moment(start=h.moment[0], end=h.moment[1]),
-            frame_scores=list(h.frame_scores),
+            video_id=video.id,
+            uri=video.uri,
+            score=hit.score,
+            moments=[_moment(m, video.duration) for m in hit.moments],
         )
-        for h in hits
+        for hit, video in found
     ]
 
 
@@ -127,15 +148,15 @@ def answer(
     version: StoreVersion | None,
     query: QueryTokens,
     info: QueryInfo,
-    target: str,
-    top_k: int,
-    strategy: str,
+    *,
+    target: Modality,
+    options: SearchOptions,
     started: float,
-    modality: str | None,
+    modality: Modality | None,
 ) -> SearchResponse:
-    """`modality`: the query tokens' own (None: unknown), where a shorter query's moment is looked for."""
+    """`modality`: the query tokens' own (None: unknown), where the query's moments are looked for."""
     searching = time.perf_counter()
-    results = _results(engine, version, query.tokens, target, top_k, strategy, modality)
+    results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
     search_ms = ms(time.perf_counter() - searching)
     timings = Timings(
         decode_ms=query.decode_ms,
@@ -145,7 +166,7 @@ def answer(
     )
     return SearchResponse(
         target=target,
-        strategy=strategy,
+        strategy=options.strategy,
         index_version=version.name if version else None,
         query=info,
         results=results,
@@ -156,11 +177,11 @@ def answer(
 def search_media(
     engine: Engine,
     version: StoreVersion | None,
-    modality: str,
+    *,
+    modality: Modality,
     upload: UploadFile | None,
     video_id: int | None,
-    top_k: int,
-    strategy: str,
+    options: SearchOptions,
     part: TimeRange = TimeRange(),
 ) -> SearchResponse:
     """Query `modality` ("audio" or "visual") from an upload or an indexed video (`part` of it), searched in the
@@ -172,10 +193,11 @@ def search_media(
             query = run(engine.model, path, engine.prep)
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
-        query = stored_query(engine, version, video_id, modality, part)  # type: ignore[arg-type]  # no file: the route required video_id
+        assert video_id is not None
+        query = stored_query(engine, version, video_id, modality, part)
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
-    target = "visual" if modality == "audio" else "audio"
-    return answer(engine, version, query, info, target, top_k, strategy, started, modality)
+    target: Modality = "visual" if modality == "audio" else "audio"
+    return answer(engine, version, query, info, target=target, options=options, started=started, modality=modality)
 
 
 def token_matrix(rows: list[list[float]], dim: int) -> np.ndarray:
@@ -196,7 +218,10 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
     tokens = token_matrix(body.tokens, engine.model.config.embed_dim)
     query = QueryTokens(tokens, False, 0.0, 0.0)
     info = QueryInfo(source="tokens", frames=len(tokens), truncated=False)
-    return answer(engine, version, query, info, body.target, body.top_k, body.strategy, started, body.modality)
+    options = SearchOptions(top_k=body.top_k, strategy=body.strategy, moments=body.moments)
+    return answer(
+        engine, version, query, info, target=body.target, options=options, started=started, modality=body.modality
+    )
 
 
 # ------------------------------------------------------------------------------------ localization

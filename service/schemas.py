@@ -12,6 +12,7 @@ from model import Modality, Strategy
 
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
 MAX_QUERY_TOKENS = 1024  # rows of a raw-token query
+MAX_MOMENTS = 10  # moments per video in a search answer
 
 
 def _utc(value: datetime) -> datetime:
@@ -36,23 +37,23 @@ class Model(BaseModel):
 # ------------------------------------------------------------------------------------ search
 class Moment(Model):
     start: Seconds = Field(description="Seconds from the start of the video (rounded to the ms).")
-    end: Seconds
+    end: Seconds = Field(description="End of the aligned frames, seconds (at most the video's duration).")
+    score: float = Field(description="The query's score at this placement (the chosen strategy, against the target).")
+    frame_scores: list[float] = Field(
+        description="Cosine of each aligned (query frame, video frame) pair of the target modality; their "
+        "mean is the diagonal_mean score."
+    )
 
 
 class VideoResult(Model):
     video_id: int
     uri: str
-    score: float = Field(description="Similarity of the query with the video's best clip (the chosen strategy).")
-    clip_id: int
-    clip_start: Seconds = Field(description="Start of the best clip in the video, seconds.")
-    moment: Moment = Field(
-        description="The part of the video the aligned query frames cover. A query shorter "
-        "than a clip is placed where it matches the clip's own track of the query's modality "
-        "best (an audio excerpt: where the video sounds like it), when the clip has one."
-    )
-    frame_scores: list[float] = Field(
-        description="Cosine of each aligned (query frame, clip frame) pair, at the "
-        "moment (their mean is the score for a full-length query)."
+    score: float = Field(description="Similarity of the query with the video at its best offset (the chosen strategy).")
+    moments: list[Moment] = Field(
+        description="Up to `moments` non-overlapping placements of the query in the video, best first. The "
+        "query is slid over the video's whole track, one frame (0.64 s) at a time; a query with its own "
+        "modality known (media uploads, indexed videos) is placed where it matches the video's track of "
+        "that modality best (an audio excerpt: where the video sounds like it), when the video has one."
     )
 
 
@@ -69,8 +70,10 @@ class Timings(Model):
 class QueryInfo(Model):
     source: Literal["upload", "video", "tokens"]
     video_id: int | None = None
-    frames: int = Field(description="Query frames T_q used: T for a full clip, fewer for a shorter query (slid).")
-    truncated: bool = Field(description="The query was longer than one clip; only its first clip was used.")
+    frames: int = Field(description="Query frames used: one per 0.64 s (16 for a 10-s query), every one of them.")
+    truncated: bool = Field(
+        description="An indexed video longer than the longest query (60 s by default): its first 60 s were used."
+    )
 
 
 class SearchResponse(Model):
@@ -91,11 +94,11 @@ class TokensQuery(Model):
     target: Modality = Field(description="Which stored tokens to search: audio or visual.")
     modality: Modality | None = Field(
         None,
-        description="The tokens' own modality, if known: a query shorter than a "
-        "clip is then placed in each hit where it matches the hit's tokens of that "
-        "modality (as file queries are).",
+        description="The tokens' own modality, if known: the query is then placed in each hit "
+        "where it matches the hit's track of that modality (as file queries are).",
     )
     top_k: int = Field(10, ge=1, le=100)
+    moments: int = Field(3, ge=1, le=MAX_MOMENTS, description="Moments per video, at most.")
     strategy: Strategy = "diagonal_mean"
 
 

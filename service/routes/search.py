@@ -16,7 +16,7 @@ from service import queries
 from service.deps import EngineDep, VersionDep
 from service.engine import Engine
 from service.errors import InvalidInput, responses
-from service.schemas import MAX_ID, LocalizeMethod, LocalizeResponse, SearchResponse, TokensQuery
+from service.schemas import MAX_ID, MAX_MOMENTS, LocalizeMethod, LocalizeResponse, SearchResponse, TokensQuery
 
 router = APIRouter(tags=["search"])
 T = TypeVar("T")
@@ -24,9 +24,11 @@ MAX_SECONDS = 1e6
 
 MEDIA_ERRORS = responses(400, 404, 413, 415, 503)
 TopK = Annotated[int, Form(ge=1, le=100, description="How many videos to return.")]
-StrategyForm = Annotated[Strategy, Form(description="How clips are scored from per-frame tokens.")]
+StrategyForm = Annotated[Strategy, Form(description="How aligned frames are scored from per-frame tokens.")]
+MomentsForm = Annotated[int, Form(ge=1, le=MAX_MOMENTS, description="Non-overlapping moments per video, at most.")]
 VideoIdForm = Annotated[
-    int | None, Form(ge=1, le=MAX_ID, description="An indexed video: its stored tokens are the query (its first clip).")
+    int | None,
+    Form(ge=1, le=MAX_ID, description="An indexed video: its stored track is the query (its first 60 s at most)."),
 ]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
@@ -66,17 +68,28 @@ async def audio_to_video(
     video_id: VideoIdForm = None,
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
+    moments: MomentsForm = 3,
     start: StartForm = 0.0,
     end: EndForm = None,
 ) -> SearchResponse:
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
-    A query longer than one clip (10.24 s) is searched with its first clip; a shorter one (at least
-    1 s) gives fewer frames (one per 0.64 s), slid over each clip, and the matched moment says where.
+    A query of 1 to 60 s gives one token per 0.64 s, every one used; it is slid over each video's
+    whole track, one frame at a time. Videos are ranked by their best placement; each comes with up
+    to `moments` non-overlapping moments, placed where the video's own soundtrack sounds like the query.
     """
     one_source(file, video_id, ("file", "video_id"))
-    part = time_range(video_id, start, end)
-    work = partial(queries.search_media, engine, version, "audio", file, video_id, top_k, strategy, part)
+    options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
+    work = partial(
+        queries.search_media,
+        engine,
+        version,
+        modality="audio",
+        upload=file,
+        video_id=video_id,
+        options=options,
+        part=time_range(video_id, start, end),
+    )
     return await run_inference(engine, work)
 
 
@@ -88,14 +101,25 @@ async def video_to_audio(
     video_id: VideoIdForm = None,
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
+    moments: MomentsForm = 3,
     start: StartForm = 0.0,
     end: EndForm = None,
 ) -> SearchResponse:
-    """Videos whose sound fits pictures: the query's visual tokens (its first clip's T frames; fewer for
-    a shorter video, slid) against the stored audio tokens."""
+    """Videos whose sound fits pictures: the query's visual tokens (every frame: one per 0.64 s past
+    10 s, up to 60 s) slid over every video's stored audio track; moments as for audio-to-video,
+    placed on the videos' pictures."""
     one_source(file, video_id, ("file", "video_id"))
-    part = time_range(video_id, start, end)
-    work = partial(queries.search_media, engine, version, "visual", file, video_id, top_k, strategy, part)
+    options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
+    work = partial(
+        queries.search_media,
+        engine,
+        version,
+        modality="visual",
+        upload=file,
+        video_id=video_id,
+        options=options,
+        part=time_range(video_id, start, end),
+    )
     return await run_inference(engine, work)
 
 

@@ -45,3 +45,26 @@ def test_processes_starting_together_migrate_once(catalog_url: str) -> None:
 def _open_and_count(url: str) -> int:
     with open_catalog(url)() as session:
         return len(session.scalars(select(Video)).all())
+
+
+@pytest.mark.integration
+def test_videos_of_clips_answer_indexed_videos_only(catalog_url: str) -> None:
+    """The search's one catalog query (track hits name their first clip) gives the same on both databases."""
+    from indexer.catalog import VideoRef, indexed_videos_of_clips
+
+    sessions = open_catalog(catalog_url)
+    with sessions() as session:
+        for n, status in enumerate(
+            (VideoStatus.INDEXED, VideoStatus.PENDING, VideoStatus.DELETED, VideoStatus.INDEXED)
+        ):
+            video = Video(uri=f"/m/{n}.mp4", sha256=f"{n:064d}", model_id="m", duration=30.0 + n, status=status)
+            video.clips = [Clip(id=10 * n + k, start=10.24 * k, duration=10.24, modalities="audio") for k in range(3)]
+            session.add(video)
+        session.commit()
+        found = indexed_videos_of_clips(session, [0, 10, 20, 30, 31, 99])
+        ids = {v.uri: v.id for v in session.scalars(select(Video))}
+    assert found == {
+        0: VideoRef(ids["/m/0.mp4"], "/m/0.mp4", 30.0),
+        30: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0),
+        31: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0),
+    }

@@ -17,7 +17,7 @@ from indexer.store import StoreError, TokenStore
 from model.similarity import STRATEGIES
 
 T, D = 8, 16
-SCHEMES = ("exhaustive", "frames", "sketch")
+SCHEMES = ("exhaustive", "votes")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def _brute(query: np.ndarray, tokens: np.ndarray, strategy: str) -> np.ndarray:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> TokenStore:
-    return TokenStore(tmp_path / "index", dtype="float32")
+    return TokenStore(tmp_path / "index", dtype="float32", sketch_dim=12)  # sketches kept working, unused by search
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -69,7 +69,7 @@ def test_search_equals_brute_force(store: TokenStore, strategy: str, length: int
     audio, visual = _corpus(60)
     store.add(np.arange(100, 160), audio, visual, "m")
     query = _unit(np.random.default_rng(1).standard_normal((length, D)))
-    hits = search(store.open(), query, "visual", k=10, strategy=strategy)
+    hits = search(store.open(), query, target="visual", k=10, strategy=strategy)
     expected = _brute(query, visual, strategy)
     order = np.argsort(-expected, kind="stable")[:10]
     assert [h.clip_id for h in hits] == (order + 100).tolist()
@@ -79,26 +79,28 @@ def test_search_equals_brute_force(store: TokenStore, strategy: str, length: int
 def test_sliding_query_finds_the_moment(store: TokenStore) -> None:
     audio, visual = _corpus(40)
     store.add(np.arange(40), audio, visual, "m")
-    hits = search(store.open(), audio[17, 2:5], "audio", k=1)
-    assert hits[0].clip_id == 17 and hits[0].offset == 2 and np.allclose(hits[0].frame_scores, 1.0, atol=1e-5)
+    hits = search(store.open(), audio[17, 2:5], target="audio", k=1)
+    assert (
+        hits[0].clip_id == 17
+        and hits[0].moments[0].offset == 2
+        and np.allclose(hits[0].moments[0].frame_scores, 1.0, atol=1e-5)
+    )
 
 
-@pytest.mark.parametrize("scheme", ["frames", "sketch"])
-def test_faiss_candidates_reach_exact_ranking(tmp_path: Path, scheme: str) -> None:
-    """With enough candidates (per-frame: about one cluster's worth of frames; sketches: a tenth of the
-    corpus at 3/4 of the width) both FAISS paths rank exactly as the exhaustive one. How many a real
-    corpus needs is the benchmark's question."""
-    store = TokenStore(tmp_path / "big", dtype="float16", sketch_dim=12)
+def test_faiss_candidates_reach_exact_ranking(tmp_path: Path) -> None:
+    """With enough votes (per-frame: about one cluster's worth of frames) the voted (track, offset)
+    hypotheses rank as the exhaustive search. How many a real corpus needs is the benchmark's question."""
+    store = TokenStore(tmp_path / "big", dtype="float16")
     audio, visual = _corpus(3000, seed=2, clusters=200)
     store.add(np.arange(3000), audio, visual, "m")
     version = store.open()
-    assert search(version, audio[0], "visual", k=1)[0].clip_id == 0  # "auto": sketches at this size
+    assert search(version, audio[0], target="visual", k=1)[0].clip_id == 0  # "auto": votes at this size
     rng = np.random.default_rng(3)
     agree = 0
     for q in rng.integers(3000, size=20):
         query = _unit(audio[q] + 0.2 * rng.standard_normal((T, D)))
-        exact = [h.clip_id for h in search(version, query, "visual", k=10, scheme="exhaustive")]
-        fast = search(version, query, "visual", k=10, scheme=scheme, per_frame=1024, sketch_candidates=300)
+        exact = [h.clip_id for h in search(version, query, target="visual", k=10, scheme="exhaustive")]
+        fast = search(version, query, target="visual", k=10, scheme="votes", per_frame=4096, hypotheses=1000)
         agree += len(set(exact) & {h.clip_id for h in fast})
     assert agree / 200 >= 0.99
 
@@ -126,7 +128,7 @@ def test_unused_shards_are_deleted(tmp_path: Path) -> None:
     store.add(np.array([3]), audio[3:4], visual[3:4], "m")  # v6: only v5 and v6 are kept, both after compact
     shards = {p.name.split(".", 1)[0] for p in (tmp_path / "gc" / "shards").iterdir()}
     assert shards == {s["name"] for s in store.open().manifest.shards} and len(shards) == 2
-    assert [h.clip_id for h in search(store.open(), audio[7], "audio", k=1)] == [7]
+    assert [h.clip_id for h in search(store.open(), audio[7], target="audio", k=1)] == [7]
 
 
 def test_add_delete_compact(store: TokenStore) -> None:
@@ -136,23 +138,23 @@ def test_add_delete_compact(store: TokenStore) -> None:
     store.add(np.arange(10, 30), audio[10:], visual[10:], "m")  # no rebuild: a second shard
     version = store.open()
     assert len(version) == 30 and len(version.manifest.shards) == 2 and version.index["audio"].ntotal == 30 * T
-    assert search(version, audio[12], "audio", k=1)[0].clip_id == 12
+    assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12
     store.delete([12, 3])
     after = store.open()
     assert len(after) == 28 and after.index["audio"].ntotal == 28 * T and after.sketch["audio"][1].ntotal == 28
     for scheme in SCHEMES:
-        ids = [h.clip_id for h in search(after, audio[12], "audio", k=30, scheme=scheme)]
+        ids = [h.clip_id for h in search(after, audio[12], target="audio", k=30, scheme=scheme)]
         assert 12 not in ids and 3 not in ids
-    assert search(version, audio[12], "audio", k=1)[0].clip_id == 12  # the old version a reader holds is intact
+    assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12  # the old version a reader holds is intact
     store.compact()
     compacted = store.open()
     assert len(compacted.manifest.shards) == 1 and compacted.manifest.deleted == [] and len(compacted) == 28
-    assert [h.clip_id for h in search(compacted, audio[5], "audio", k=5)] == [
-        h.clip_id for h in search(after, audio[5], "audio", k=5)
+    assert [h.clip_id for h in search(compacted, audio[5], target="audio", k=5)] == [
+        h.clip_id for h in search(after, audio[5], target="audio", k=5)
     ]
     store.delete([5])
     store.add(np.array([5]), audio[5:6], visual[5:6], "m")  # re-indexing a deleted clip brings it back, once
-    ids = [h.clip_id for h in search(store.open(), audio[5], "audio", k=30)]
+    ids = [h.clip_id for h in search(store.open(), audio[5], target="audio", k=30)]
     assert ids[0] == 5 and ids.count(5) == 1
     assert store.add(np.array([5]), audio[5:6], visual[5:6], "m") is None  # already live: nothing to do
 
@@ -178,8 +180,8 @@ def test_a_store_grown_from_a_small_batch_rebuilds_its_indexes(tmp_path: Path) -
         assert index.ntotal == 38 and rebuilt.index[modality].ntotal == 38 * T
     for clip in (0, 25, 39):
         for scheme in SCHEMES:
-            assert search(rebuilt, visual[clip], "visual", k=1, scheme=scheme)[0].clip_id == clip
-    assert 20 not in [h.clip_id for h in search(rebuilt, audio[20], "audio", k=38, scheme="sketch")]
+            assert search(rebuilt, visual[clip], target="visual", k=1, scheme=scheme)[0].clip_id == clip
+    assert 20 not in [h.clip_id for h in search(rebuilt, audio[20], target="audio", k=38, scheme="votes")]
     store.add(np.arange(40, 60), audio[40:60], visual[40:60], "m")  # 58 < 4 x 38: grown again
     assert store.open().manifest.built_rows == 38
 
@@ -211,11 +213,9 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
     assert np.array_equal(version.clip_ids, np.delete(np.arange(50), [10, 11]))
     assert np.array_equal(version.gather("visual", np.arange(48)), np.delete(visual, [10, 11], axis=0))
     for clip in (0, 12, 49):
-        exhaustive = [h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme="exhaustive")]
-        for scheme in ("frames", "sketch"):
-            assert [
-                h.clip_id for h in search(version, visual[clip], "visual", k=5, scheme=scheme, per_frame=48 * T)
-            ] == exhaustive
+        exhaustive = [h.clip_id for h in search(version, visual[clip], target="visual", k=5, scheme="exhaustive")]
+        voted = search(version, visual[clip], target="visual", k=5, scheme="votes", per_frame=48 * T, hypotheses=999)
+        assert [h.clip_id for h in voted] == exhaustive
 
 
 def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_wrong_shapes_and_models_are_refused(store: TokenStore) -> None:
     with pytest.raises(StoreError, match="another index directory"):
         store.add(np.arange(4), audio, visual, "other-model")
     with pytest.raises(ValueError, match="query tokens must be"):
-        search(store.open(), np.zeros((T, D + 1), np.float32), "audio")
+        search(store.open(), np.zeros((T, D + 1), np.float32), target="audio")
 
 
 def _writer(root: str, rounds: int) -> None:
@@ -262,7 +262,7 @@ def test_searches_during_commits_never_fail_or_see_partial_versions(tmp_path: Pa
     while (writer.is_alive() or searches == 0) and time.monotonic() < deadline:
         version = store.open()
         assert len(version.clip_ids) == version.manifest.rows == version.index["visual"].ntotal // T
-        hits = search(version, audio[3], "audio", k=3)
+        hits = search(version, audio[3], target="audio", k=3)
         assert hits[0].clip_id == 3
         searches += 1
         seen.add(version.name)
@@ -280,8 +280,8 @@ def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> N
     assert version.index["visual"].ntotal == 9 * T and version.index["audio"].ntotal == 10 * T
     assert version.sketch["visual"][1].ntotal == 9 and version.sketch["audio"][1].ntotal == 10
     for scheme in SCHEMES:
-        assert 4 not in [h.clip_id for h in search(version, visual[4], "visual", k=10, scheme=scheme)]
-        assert search(version, audio[4], "audio", k=1, scheme=scheme)[0].clip_id == 4
+        assert 4 not in [h.clip_id for h in search(version, visual[4], target="visual", k=10, scheme=scheme)]
+        assert search(version, audio[4], target="audio", k=1, scheme=scheme)[0].clip_id == 4
 
 
 @pytest.mark.gpu
@@ -295,10 +295,10 @@ def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
     audio, visual = _corpus(3000, seed=5, clusters=200)
     store.add(np.arange(3000), audio, visual, "m")
     on_gpu, on_cpu = store.open(), store.open(gpu=False)
-    for scheme in ("frames", "sketch"):
+    for scheme in ("exhaustive", "votes"):
         for q in range(0, 3000, 300):
-            fast = [h.clip_id for h in search(on_gpu, audio[q], "visual", k=10, scheme=scheme)]
-            slow = [h.clip_id for h in search(on_cpu, audio[q], "visual", k=10, scheme=scheme)]
+            fast = [h.clip_id for h in search(on_gpu, audio[q], target="visual", k=10, scheme=scheme)]
+            slow = [h.clip_id for h in search(on_cpu, audio[q], target="visual", k=10, scheme=scheme)]
             assert fast == slow
     store.add(np.array([5000]), audio[:1], visual[:1], "m")  # the writer works beside GPU readers
     assert len(store.open()) == 3001

@@ -56,7 +56,7 @@ def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
         version = TokenStore(folder / "index").open()
         query = version.gather("audio", version.rows_of([4]))[0]
         with _session(url) as session:
-            hits = search(version, query, "visual", k=5)
+            hits = search(version, query, target="visual", k=5)
             results.append([(Path(session.get(Clip, h.clip_id).video.uri).name, round(h.score, 5)) for h in hits])
     assert results[0] == results[1]
 

@@ -23,7 +23,7 @@ from model import (
     load_query_frames,
     preset,
 )
-from model.features import clip_segments, fbank, pad_or_cut, query_segments, segment_starts
+from model.features import centred_segments, clip_segments, fbank, pad_or_cut, query_segments, segment_starts
 from model.media import decode_audio, ffmpeg_binary, probe
 
 from ..conftest import IN_CI, REFERENCE, SHARED, require_file
@@ -93,6 +93,27 @@ def test_frame_times_are_within_one_source_frame(tmp_path: Path, fps: float) -> 
         wanted = i * 10 / 16 * fps  # in source frames
         off_by = (level - wanted + 128) % 256 - 128
         assert -1 <= off_by <= 1e-6, (i, level, wanted)  # the frame on screen at that time (official floor)
+
+
+def test_a_long_file_is_one_track_without_seams(tmp_path: Path) -> None:
+    """Past one clip, frame k of the file is at k x 0.64 s in every clip, and a segment near a clip
+    boundary holds the real audio on both sides: it equals the one cut from the whole file's fbank."""
+    path = mf.counting_video(tmp_path / "count.mkv", 25.0, d=22.0)
+    clips = load_clips(path, BASE)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for c, clip in enumerate(clips[:2]):
+        levels = ((clip.frames * std + mean) * 255).round().mean(dim=(1, 2, 3))
+        for i, level in enumerate(levels.tolist()):
+            wanted = (c * 16 + i) * 0.64 * 25.0
+            assert -1 <= (level - wanted + 128) % 256 - 128 <= 1e-6, (c, i, level, wanted)
+    wav = mf.audio_only(tmp_path / "noise.wav", ["-c:a", "pcm_s16le"], d=25.0)
+    clips = load_clips(wav, TINY)
+    whole = decode_audio(probe(wav), 16000)
+    reference = centred_segments(whole, [10.24 + k * 0.64 for k in range(-2, 3)], TINY, PreprocessConfig())
+    joined = torch.cat([clips[0].audio_segments[-2:], clips[1].audio_segments[:3]])
+    assert torch.allclose(joined, reference, atol=0.02)
+    assert not torch.allclose(clips[1].audio_segments[0, :8], torch.full((8, 64), 5.081 / 4.4849))  # no padding
 
 
 def test_segment_windows_follow_the_official_centering() -> None:
@@ -245,14 +266,16 @@ def test_query_audio_limits(tmp_path: Path) -> None:
 
 
 def test_video_query_frames(tmp_path: Path) -> None:
-    """A shorter video gives the frames it has (10 s hold 16), a longer one its first clip's 16; what
-    cannot be a video query raises the typed errors."""
-    frames, longer = load_query_frames(mf.video_only(tmp_path / "short.mp4", d=3.0), TINY)
-    assert frames.shape[1:] == (3, 112, 112) and 1 <= len(frames) < 16 and not longer
-    frames, longer = load_query_frames(mf.video_only(tmp_path / "long.mp4", d=12.0), TINY)
-    assert frames.shape == (16, 3, 112, 112) and longer
+    """A shorter video gives the frames it has (10 s hold 16), a longer one all its frames, one per
+    0.64 s (up to the query limit); what cannot be a video query raises the typed errors."""
+    frames = load_query_frames(mf.video_only(tmp_path / "short.mp4", d=3.0), TINY)
+    assert frames.shape[1:] == (3, 112, 112) and 1 <= len(frames) < 16
+    frames = load_query_frames(mf.video_only(tmp_path / "long.mp4", d=12.0), TINY)
+    assert frames.shape == (round(12.0 / 0.64), 3, 112, 112)
     with pytest.raises(MediaTooLongError, match="longer than the 5 s allowed"):
         load_query_frames(tmp_path / "long.mp4", TINY, PreprocessConfig(max_duration_s=5.0))
+    with pytest.raises(MediaTooLongError, match="a video query may last 10 s at most"):
+        load_query_frames(tmp_path / "long.mp4", TINY, PreprocessConfig(max_query_s=10.0))
     with pytest.raises(NoUsableStreamError, match="no video track"):
         load_query_frames(mf.audio_only(tmp_path / "tone.wav", ["-c:a", "pcm_s16le"]), TINY)
     png = tmp_path / "still.png"

@@ -44,10 +44,12 @@ def test_each_clip_finds_its_own_video_at_rank_1(client: TestClient, corpus: Cor
 def test_result_fields_and_timings(client: TestClient, corpus: Corpus) -> None:
     body = _search(client, "audio-to-video", upload(corpus.clips[2]), top_k=3, strategy="diagonal_mean")
     best = body["results"][0]
-    assert best["uri"] == str(corpus.clips[2].resolve()) and best["clip_start"] == 0.0
-    assert best["moment"]["start"] == 0.0 and best["moment"]["end"] == pytest.approx(10.0, abs=0.1)
-    assert len(best["frame_scores"]) == 16 and all(-1.0 <= s <= 1.0 for s in best["frame_scores"])
-    assert best["score"] == pytest.approx(sum(best["frame_scores"]) / 16, abs=1e-4)  # the diagonal mean
+    assert best["uri"] == str(corpus.clips[2].resolve())
+    (moment,) = best["moments"]  # a full-length query over a one-clip video: one placement, the whole video
+    assert moment["start"] == 0.0 and moment["end"] == pytest.approx(10.0, abs=0.1)
+    assert len(moment["frame_scores"]) == 16 and all(-1.0 <= s <= 1.0 for s in moment["frame_scores"])
+    assert moment["score"] == pytest.approx(sum(moment["frame_scores"]) / 16, abs=1e-4)  # the diagonal mean
+    assert best["score"] == pytest.approx(moment["score"], abs=1e-6)
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
     timings = body["timings"]
@@ -70,8 +72,9 @@ def test_a_3s_excerpt_finds_its_video_and_moment(client: TestClient, corpus: Cor
         uris = [r["uri"] for r in body["results"]]
         assert str(clip.resolve()) in uris, f"{clip.name} not in the top 10"
         hit = body["results"][uris.index(str(clip.resolve()))]
-        moment = hit["moment"]
-        assert len(hit["frame_scores"]) == 5 and 0 < moment["end"] - moment["start"] <= 5 * 0.64 + 1e-6
+        moment = hit["moments"][0]
+        assert len(moment["frame_scores"]) == 5 and 0 < moment["end"] - moment["start"] <= 5 * 0.64 + 1e-6
+        assert 1 <= len(hit["moments"]) <= 3
         ranks.append(uris.index(str(clip.resolve())) + 1)
         overlaps += moment["start"] < 7.0 and moment["end"] > 4.0
     print(
@@ -96,17 +99,22 @@ def test_short_video_query_slides(client: TestClient, corpus: Corpus, tmp_path: 
     ffmpeg("-i", str(corpus.clips[1]), "-t", "3", "-an", "-c:v", "libx264", str(short))
     body = _search(client, "video-to-audio", upload(short), top_k=2)
     assert 1 <= body["query"]["frames"] < 16
-    assert len(body["results"][0]["frame_scores"]) == body["query"]["frames"]
+    assert len(body["results"][0]["moments"][0]["frame_scores"]) == body["query"]["frames"]
 
 
-def test_a_long_query_uses_its_first_clip(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
-    long = tmp_path / "long.mp4"  # clip 4 then clip 5: the first 10.24 s are clip 4
+def test_a_long_query_uses_all_its_frames(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:
+    """Two clips back to back (20 s): every frame is used; each one-clip video then lies inside the
+    query, and clips 4 and 5 are placed where they start in it (0 s and 10 s: offsets 0 and -16)."""
+    long = tmp_path / "long.mp4"
     listing = tmp_path / "list.txt"
     listing.write_text(f"file '{corpus.clips[3]}'\nfile '{corpus.clips[4]}'\n")
     ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(long))
-    body = _search(client, "audio-to-video", upload(long), top_k=1)
-    assert body["query"] == {"source": "upload", "video_id": None, "frames": 16, "truncated": True}
-    assert body["results"][0]["video_id"] == 4
+    body = _search(client, "audio-to-video", upload(long), top_k=3)
+    assert body["query"]["frames"] in (31, 32) and not body["query"]["truncated"]  # 20.0 .. 20.5 s of audio
+    assert {r["video_id"] for r in body["results"][:2]} == {4, 5}
+    for result in body["results"][:2]:
+        (moment,) = result["moments"]  # the whole one-clip video, covered once
+        assert moment["start"] == 0.0 and len(moment["frame_scores"]) == 16
 
 
 @pytest.mark.parametrize("endpoint,target", [("audio-to-video", "visual"), ("video-to-audio", "audio")])
@@ -135,14 +143,14 @@ def test_search_by_raw_tokens(client: TestClient) -> None:
             assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     short = client.post("/search/tokens", json={"tokens": clip["audio"][5:9], "target": "audio", "top_k": 1}).json()
     best = short["results"][0]
-    assert best["video_id"] == 6 and len(best["frame_scores"]) == 4
-    assert best["moment"]["start"] == pytest.approx(5 * 0.64, abs=1e-3)  # the window found where it was cut
+    assert best["video_id"] == 6 and len(best["moments"][0]["frame_scores"]) == 4
+    assert best["moments"][0]["start"] == pytest.approx(5 * 0.64, abs=1e-3)  # the window found where it was cut
     across = {"tokens": clip["audio"][5:9], "target": "visual", "top_k": 24, "modality": "audio"}
     hit = next(r for r in client.post("/search/tokens", json=across).json()["results"] if r["video_id"] == 6)
-    assert hit["moment"] == best["moment"]  # placed on the video's audio tokens, as the audio search placed it
+    assert hit["moments"][0]["start"] == best["moments"][0]["start"]  # placed on the video's audio, as the audio search
     query, visual = np.array(clip["audio"][5:9]), np.array(clip["visual"][5:9])
     cosines = (query * visual).sum(axis=1) / np.linalg.norm(query, axis=1)
-    assert hit["frame_scores"] == pytest.approx(cosines, abs=1e-3)  # the cross-modal cosines at that moment
+    assert hit["moments"][0]["frame_scores"] == pytest.approx(cosines, abs=1e-3)  # the cross-modal cosines there
 
 
 @pytest.mark.parametrize(
@@ -155,6 +163,7 @@ def test_search_by_raw_tokens(client: TestClient) -> None:
         ({"tokens": [], "target": "audio"}, "at least 1"),
         ({"tokens": [[0.1] * 128], "target": "sideways"}, "target"),
         ({"tokens": [[0.1] * 128], "target": "audio", "top_k": 101}, "top_k"),
+        ({"tokens": [[0.1] * 128], "target": "audio", "moments": 0}, "moments"),
         ({"tokens": [[0.1] * 128], "target": "audio", "strategy": "best"}, "strategy"),
         ({"tokens": "nope", "target": "audio"}, "tokens"),
     ],
@@ -170,6 +179,7 @@ def test_form_validation(client: TestClient, corpus: Corpus) -> None:
         ({"top_k": "0", "video_id": "1"}, None),
         ({"top_k": "101", "video_id": "1"}, None),
         ({"strategy": "best", "video_id": "1"}, None),
+        ({"moments": "11", "video_id": "1"}, None),
         ({}, None),
         ({"video_id": "1"}, upload(corpus.clips[0])),
     ):

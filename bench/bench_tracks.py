@@ -1,0 +1,240 @@
+"""Track search at scale: synthetic token tracks, off-grid queries of 2 to 60 s, against the exact
+brute-force sliding search over every track.
+
+    python bench/bench_tracks.py --frames 1600000 --queries 40
+
+A corpus is videos of 10 s to 2 h (lengths log-uniform, frame k at k x 0.64 s) totalling `--frames`
+per-frame tokens (1.6M = 100k clip-equivalents of T=16), D=768, built like bench_index.py's: event
+centres from an anisotropic Gaussian (power-law spectrum), each video a sequence of events of 2 to 12
+frames with a video-level offset and per-frame noise, and a tenth of the videos replaying another
+video's events in another order (reordered twins). A query of n seconds is round(n / 0.64) frames cut
+at a uniformly random off-grid offset: each query frame interpolates two consecutive track frames
+(the query's grid falls between the track's), plus noise. Truth: the exact diagonal_mean of every
+query at every frame offset of every track (a batched brute force, independent of the retrieval
+core), its top-10 videos, and the best offset of its first video (moments picked as the core does).
+Reported per query length: recall@1 and @10 of videos against the truth, the first moment's start
+error against the truth's offset, p50/p99 latency (one query at a time, encoding excluded); build
+time and bytes per frame. The tokens are stored as the visual modality only (the audio index is not
+built: the same code path, half the build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from indexer.search import search
+from indexer.sliding import pick_moments, score_offsets
+from indexer.store import TokenStore
+
+T, D, FRAME_S = 16, 768, 0.64
+QUERY_SECONDS = (2, 5, 10, 30, 60)
+
+
+def video_lengths(total: int, rng: np.random.Generator) -> list[int]:
+    """Frames per video, log-uniform between 10 s (16 frames) and 2 h (11,250), summing to `total`."""
+    lengths: list[int] = []
+    while sum(lengths) < total:
+        lengths.append(int(np.exp(rng.uniform(np.log(16), np.log(11_250)))))
+    lengths[-1] -= sum(lengths) - total
+    if lengths[-1] < 16:
+        lengths[-2] += lengths.pop()
+    return lengths
+
+
+def make_tracks(lengths: list[int], seed: int, events: int = 4096, decay: float = 1.0) -> list[np.ndarray]:
+    """One (L, D) float16 track per video (see the module)."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 + np.arange(D)) ** (-decay / 2)
+    basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
+    centres = ((rng.standard_normal((events, D)) * scale) @ basis.T).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    tracks, previous = [], None
+    for length in lengths:
+        if previous is not None and rng.random() < 0.1:  # a reordered twin of the previous video's events
+            names, runs = previous
+            order = rng.permutation(len(names))
+            names, runs = names[order], runs[order]
+        else:
+            runs = rng.integers(2, 13, size=length // 2 + 1)
+            names = rng.integers(events, size=len(runs))
+        plan = np.repeat(names, runs)
+        plan = np.resize(plan, length)  # a twin of another length wraps its plan
+        previous = (names, runs)
+        offset = (rng.standard_normal(D) * scale) @ basis.T
+        offset /= np.linalg.norm(offset)
+        noise = rng.standard_normal((length, D)).astype(np.float32) / np.sqrt(D)
+        tokens = centres[plan] + 0.5 * offset.astype(np.float32) + 0.6 * noise
+        tracks.append((tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)).astype(np.float16))
+    return tracks
+
+
+def make_queries(tracks: list[np.ndarray], frames: int, count: int, seed: int, noise: float = 0.5) -> list[dict]:
+    """Off-grid excerpts of `frames` frames: frame k = (1 - a) x track[o + k] + a x track[o + k + 1] + noise."""
+    rng = np.random.default_rng(seed)
+    long_enough = [v for v, t in enumerate(tracks) if len(t) > frames + 1]
+    out = []
+    for _ in range(count):
+        video = int(rng.choice(long_enough))
+        track = tracks[video].astype(np.float32)
+        start, shift = int(rng.integers(0, len(track) - frames - 1)), float(rng.uniform(0, 1))
+        q = (1 - shift) * track[start : start + frames] + shift * track[start + 1 : start + frames + 1]
+        q += noise * rng.standard_normal(q.shape).astype(np.float32) / np.sqrt(D)
+        out.append({"video": video, "start": start + shift, "tokens": q / np.linalg.norm(q, axis=1, keepdims=True)})
+    return out
+
+
+def exact_scores(tracks: list[np.ndarray], queries: np.ndarray, chunk_frames: int = 32_768) -> np.ndarray:
+    """Brute force: (n, V) best diagonal_mean over every offset of every track; queries (n, Q, D)."""
+    count, length, _ = queries.shape
+    flat_q = queries.reshape(-1, D).T  # (D, n * Q)
+    best = np.full((count, len(tracks)), -np.inf, dtype=np.float32)
+    group: list[int] = []
+    for v in range(len(tracks) + 1):
+        if v < len(tracks) and (not group or sum(len(tracks[g]) for g in group) + len(tracks[v]) <= chunk_frames):
+            group.append(v)
+            continue
+        frames = np.concatenate([tracks[g] for g in group]).astype(np.float32)
+        pairs = (frames @ flat_q).reshape(len(frames), count, length)  # (F, n, Q) cosines
+        start = 0
+        for g in group:
+            best[:, g] = _track_best(pairs[start : start + len(tracks[g])], length)
+            start += len(tracks[g])
+        group = [v] if v < len(tracks) else []
+    return best
+
+
+def _track_best(pairs: np.ndarray, length: int) -> np.ndarray:
+    """pairs (L, n, Q) of one track -> (n,) best mean over the aligned diagonal at any offset."""
+    frames = len(pairs)
+    aligned = min(length, frames)
+    total = np.zeros((abs(frames - length) + 1, pairs.shape[1]), dtype=np.float32)
+    for j in range(aligned):
+        if length <= frames:  # query frame j on track frame o + j, o = 0 .. L - Q
+            total += pairs[j : j + frames - length + 1, :, j]
+        else:  # track frame j on query frame s + j, s = 0 .. Q - L
+            total += pairs[j, :, j : j + length - frames + 1].T
+    return total.max(axis=0) / aligned
+
+
+def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:
+    rows = [-(-len(t) // T) for t in tracks]
+    tokens = np.zeros((sum(rows), T, D), dtype=np.float16)
+    ids, owners, valid = np.arange(sum(rows)), np.repeat(np.arange(len(tracks)), rows), np.empty(sum(rows), np.int16)
+    at = 0
+    for track, count in zip(tracks, rows, strict=True):
+        tokens[at : at + count].reshape(-1, D)[: len(track)] = track
+        valid[at : at + count] = T
+        valid[at + count - 1] = len(track) - (count - 1) * T
+        at += count
+    present = np.zeros((len(ids), 2), dtype=bool)
+    present[:, 1] = True  # the visual modality only
+    store = TokenStore(root, dtype="float16")
+    started = time.perf_counter()
+    store.add(ids, tokens, tokens, "bench", present, tracks=owners, valid=valid, frame_s=FRAME_S)
+    return store, time.perf_counter() - started
+
+
+def measure(version, queries: list[dict], truth: dict, **options: int) -> dict:  # noqa: ANN001
+    times, at1, at10, errors = [], [], [], []
+    search(version, queries[0]["tokens"], target="visual", k=10, moments=1, **options)  # warm-up
+    for i, query in enumerate(queries):
+        started = time.perf_counter()
+        hits = search(version, query["tokens"], target="visual", k=10, moments=1, **options)
+        times.append(time.perf_counter() - started)
+        if i in truth["top10"]:
+            expected = truth["top10"][i]
+            found = [h.track_id for h in hits]
+            at1.append(bool(found) and found[0] == expected[0])
+            at10.append(len(set(found) & set(expected)) / len(expected))
+            if found and found[0] == expected[0]:
+                errors.append(abs(hits[0].moments[0].offset - truth["offset"][i]) * FRAME_S)
+    ms = np.array(times) * 1000
+    p50, p99 = np.percentile(ms, [50, 99]).round(2).tolist()
+    errors_s = np.array(errors) if errors else np.zeros(1)
+    return {
+        **options,
+        "recall_at_1": round(float(np.mean(at1)), 4),
+        "recall_at_10": round(float(np.mean(at10)), 4),
+        "moment_within_0.64s": round(float(np.mean(errors_s <= FRAME_S + 1e-9)), 4),
+        "moment_error_p50_s": round(float(np.median(errors_s)), 3),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "queries_timed": len(queries),
+        "queries_with_truth": len(at1),
+        "load": os.getloadavg()[0],
+    }
+
+
+def truth_for(tracks: list[np.ndarray], queries: list[dict], count: int) -> dict:
+    """Exact top-10 videos and the first video's best offset for the first `count` queries."""
+    block = np.stack([q["tokens"] for q in queries[:count]])
+    best = exact_scores(tracks, block)
+    top10 = {i: np.argsort(-best[i], kind="stable")[:10].tolist() for i in range(count)}
+    offsets = {}
+    for i in range(count):
+        track = tracks[top10[i][0]].astype(np.float32)
+        found = score_offsets(block[i], track[None])
+        offsets[i] = int(found.offsets[pick_moments(found.offsets, found.scores[0], found.aligned, 1)[0]])
+    return {"top10": top10, "offset": offsets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=1_600_000)
+    parser.add_argument("--queries", type=int, default=40, help="queries per length checked against the truth")
+    parser.add_argument("--timed", type=int, default=100, help="queries per length timed (>= --queries)")
+    parser.add_argument("--seconds", type=int, nargs="+", default=list(QUERY_SECONDS))
+    parser.add_argument("--settings", default="64:64,32:32,128:128", help="per_frame:hypotheses pairs to run")
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.frames)
+    started = time.perf_counter()
+    tracks = make_tracks(video_lengths(args.frames, rng), seed=1)
+    print(
+        json.dumps(
+            {
+                "videos": len(tracks),
+                "frames": sum(map(len, tracks)),
+                "corpus_s": round(time.perf_counter() - started, 1),
+            }
+        ),
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        store, build_s = build_store(tracks, Path(work) / "store")
+        version = store.open()
+        shards = sum(p.stat().st_size for p in (Path(work) / "store" / "shards").glob("*.visual.npy"))
+        index = sum(p.stat().st_size for p in (Path(work) / "store" / "versions").rglob("visual.faiss"))
+        frames = sum(map(len, tracks))
+        print(
+            json.dumps(
+                {
+                    "build_s_visual": round(build_s, 1),
+                    "factory": version.manifest.factory,
+                    "bytes_per_frame": {"tokens_fp16": round(shards / frames), "frame_index": round(index / frames)},
+                    "load": os.getloadavg()[0],
+                }
+            ),
+            flush=True,
+        )
+        settings = [tuple(int(x) for x in pair.split(":")) for pair in args.settings.split(",")]
+        for seconds in args.seconds:
+            length = round(seconds / FRAME_S)
+            queries = make_queries(tracks, length, max(args.timed, args.queries), seed=seconds)
+            t0 = time.perf_counter()
+            truth = truth_for(tracks, queries, args.queries)
+            truth_s = round(time.perf_counter() - t0, 1)
+            for per_frame, hypotheses in settings:
+                run = measure(version, queries, truth, per_frame=per_frame, hypotheses=hypotheses)
+                print(json.dumps({"seconds": seconds, "frames": length, "truth_s": truth_s, **run}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
