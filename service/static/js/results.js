@@ -35,7 +35,8 @@ function drawStrip(canvas, moments, duration) {
   ctx.fillStyle = "#eef1f5";
   ctx.fillRect(0, 0, width, height);
   const x = (t) => (t / duration) * width;
-  for (const moment of moments) {
+  moments.forEach((moment, rank) => {
+    ctx.globalAlpha = rank === 0 ? 1 : 0.55; // the best moment stands out
     ctx.fillStyle = "rgba(255, 209, 102, 0.45)";
     ctx.fillRect(x(moment.start), 0, Math.max(2, x(moment.end) - x(moment.start)), height);
     moment.frames.forEach((score, i) => {
@@ -45,7 +46,12 @@ function drawStrip(canvas, moments, duration) {
       const barHeight = Math.max(2, Math.max(0, score) * (height - 2));
       ctx.fillRect(x(t), height - barHeight, Math.max(1, x(FRAME_S) - 1), barHeight);
     });
-  }
+  });
+  ctx.globalAlpha = 1;
+  const best = moments[0];
+  ctx.strokeStyle = "#1f4e79";
+  ctx.lineWidth = 2;
+  ctx.strokeRect(x(best.start) + 1, 1, Math.max(2, x(best.end) - x(best.start)) - 2, height - 2);
 }
 
 class Card {
@@ -66,7 +72,7 @@ class Card {
       h("img", { class: "poster", loading: "lazy", width: 320, alt: `${name} at ${clock(best.start)}`,
         src: `/videos/${r.video_id}/poster?time=${best.start.toFixed(2)}&width=320` }));
     this.chips = this.moments.map((m, i) => h("button", {
-      type: "button", class: "chip", "data-start": m.start, "data-end": m.end,
+      type: "button", class: i === 0 ? "chip best" : "chip", "data-start": m.start, "data-end": m.end,
       "aria-label": `Play moment ${i + 1}: ${clock(m.start)} to ${clock(m.end)}, score ${m.score.toFixed(2)}`,
       onclick: () => this.play(m.start, m.end),
     }, `${clock(m.start)}–${clock(m.end)}`));
