@@ -70,7 +70,9 @@ class Card {
     const name = fileName(r.uri);
     this.stage = h("div", { class: "stage" },
       h("img", { class: "poster", loading: "lazy", width: 320, alt: `${name} at ${clock(best.start)}`,
-        src: `/videos/${r.video_id}/poster?time=${best.start.toFixed(2)}&width=320` }));
+        src: `/videos/${r.video_id}/poster?time=${best.start.toFixed(2)}&width=320`,
+        onerror: (event) => event.target.replaceWith(h("p", { class: "no-poster",
+          text: "No picture: the file has no video track, or it is no longer on the server." })) }));
     this.chips = this.moments.map((m, i) => h("button", {
       type: "button", class: i === 0 ? "chip best" : "chip", "data-start": m.start, "data-end": m.end,
       "aria-label": `Play moment ${i + 1}: ${clock(m.start)} to ${clock(m.end)}, score ${m.score.toFixed(2)}`,
