@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--aggregations", default="max,softmax")
     parser.add_argument("--steps", default="200,400,800,1600")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-clips", type=int, default=1000)
+    parser.add_argument("--max-clips", type=int, default=600)
+    parser.add_argument("--seeds", default="0")
     parser.add_argument("--frame-stride", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=0.05)
     args = parser.parse_args()
@@ -85,7 +86,8 @@ def main() -> None:
     val_v, val_a = load_or_encode(model, args.val, layers, Path(args.cache + ".val"))  # every frame
     targets = val_targets(args.val)
     checkpoints = sorted(int(x) for x in args.steps.split(","))
-    for layer, hidden, aggregation in itertools.product(layers, args.hidden.split(","), args.aggregations.split(",")):
+    grid = itertools.product(layers, args.hidden.split(","), args.aggregations.split(","), args.seeds.split(","))
+    for layer, hidden, aggregation, seed in grid:
         cfg = LocalizerConfig(
             "-",
             "-",
@@ -94,6 +96,7 @@ def main() -> None:
             hidden_dim=int(hidden),
             aggregation=aggregation,  # type: ignore[arg-type]
             steps=checkpoints[-1],
+            seed=int(seed),
             lr=args.lr,
             temperature=args.temperature,
         )
@@ -111,6 +114,7 @@ def main() -> None:
                 "layer": layer,
                 "hidden": int(hidden),
                 "aggregation": aggregation,
+                "seed": cfg.seed,
                 "steps": target,
                 "lr": cfg.lr,
                 "temperature": cfg.temperature,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -83,7 +83,10 @@ def sample_size(clips: int, frames: int, factory: str, sketch_factory: str) -> i
     return min(clips, needed)
 
 
-class Built(NamedTuple):
+@dataclass(frozen=True)
+class Built:
+    """A modality's freshly built indexes."""
+
     index: faiss.Index  # per-frame vectors, id = row * T + frame
     projection: Projection | None  # None when the store keeps no sketches
     sketches: faiss.Index | None  # clip sketches, id = row
@@ -100,6 +103,8 @@ def build(
 ) -> Built:
     """One modality's per-frame index and (sketch_dim > 0) sketch projection and index over `rows`, whose
     tokens `gather(rows)` returns as (n, T, D) float32."""
+    if len(rows) == 0:  # no clip has this modality: empty exact indexes (nothing to train on)
+        factory = sketch_factory = "IDMap2,Flat"
     count = sample_size(len(rows), frames, factory, sketch_factory)
     picked = np.sort(np.random.default_rng(0).choice(len(rows), count, replace=False))
     sample = gather(rows[picked])  # (s, T, D)

@@ -29,7 +29,7 @@ class Projection:
 
     @property
     def dim(self) -> int:
-        return self.matrix.shape[1]
+        return int(self.matrix.shape[1])
 
     @classmethod
     def fit(cls, tokens: np.ndarray, dim: int, seed: int = 0) -> Projection:
@@ -82,4 +82,5 @@ def candidates(index: faiss.Index, projection: Projection, query: np.ndarray, co
     """Rows of the `count` clips whose sketches are nearest a full-length query (T, D)."""
     sketch = projection.apply(query[None])
     _, ids = index.search(sketch, min(count, index.ntotal))
-    return ids[0][ids[0] >= 0]
+    found: np.ndarray = ids[0][ids[0] >= 0]
+    return found

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -72,7 +73,7 @@ class Manifest:
     dtype: str
     model_id: str
     factory: str
-    shards: list[dict] = field(default_factory=list)  # {"name": str, "rows": int}
+    shards: list[dict[str, Any]] = field(default_factory=list)  # {"name": str, "rows": int}
     deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
     sketch_dim: int = 0  # per-frame width of the clip sketches; 0: the version has none
     sketch_factory: str = "IDMap2,Flat"
@@ -345,10 +346,11 @@ class TokenStore:
             )
             indexes[modality] = built.index
             if built.projection is not None:
+                assert built.sketches is not None  # built with a projection: its sketches too
                 indexes[f"{modality}.sketch"], projections[modality] = built.sketches, built.projection
         return self._publish(manifest, indexes, projections)
 
-    def _copy_shard(self, current: StoreVersion, rows: np.ndarray) -> dict:
+    def _copy_shard(self, current: StoreVersion, rows: np.ndarray) -> dict[str, Any]:
         """A new shard holding `rows` of `current`, copied a chunk at a time; returns its manifest entry."""
         name = f"s{uuid.uuid4().hex[:12]}"
         shape = (len(rows), current.frames, current.manifest.dim)
@@ -376,7 +378,7 @@ class TokenStore:
         tokens: dict[str, np.ndarray],
         present: np.ndarray,
         tracks: tuple[np.ndarray, np.ndarray],
-    ) -> dict:
+    ) -> dict[str, Any]:
         """An immutable shard of clips (tokens in the store's dtype) and their (track ids, valid frames);
         returns its manifest entry. Every file is written before the manifest that lists the shard, so
         a reader never sees a partial shard."""
@@ -412,7 +414,7 @@ class TokenStore:
         tokens: dict[str, np.ndarray],
         rows: np.ndarray,
         present: np.ndarray,
-    ) -> tuple[dict[str, faiss.Index], dict]:
+    ) -> tuple[dict[str, faiss.Index], dict[str, Projection]]:
         """The per-frame and sketch indexes of `current` plus the given rows' tokens (no retraining)."""
         indexes, projections = {}, {}
         for k, modality in enumerate(MODALITIES):
@@ -478,13 +480,14 @@ def _track_part(root: Path, shard: str, kind: str, clip_ids: np.ndarray) -> np.n
     clip id, marked negative so no catalog video id can equal it) and 0 valid (read: all T)."""
     path = root / "shards" / f"{shard}.{kind}.npy"
     if path.exists():
-        return np.load(path).astype(np.int64)
+        part: np.ndarray = np.load(path).astype(np.int64)
+        return part
     return -1 - clip_ids if kind == "tracks" else np.zeros(len(clip_ids), dtype=np.int64)
 
 
 def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:
     smaller = faiss.clone_index(index)
-    smaller.remove_ids(ids)
+    smaller.remove_ids(ids)  # type: ignore[arg-type]  # faiss' SWIG wrapper takes an int64 array too
     return smaller
 
 

@@ -302,3 +302,17 @@ def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
             assert fast == slow
     store.add(np.array([5000]), audio[:1], visual[:1], "m")  # the writer works beside GPU readers
     assert len(store.open()) == 3001
+
+
+def test_a_modality_no_clip_has_gets_an_empty_index(tmp_path: Path) -> None:
+    """Rebuilding with an IVF factory when no clip has audio: the audio index is empty and exact, the
+    visual one trained as asked."""
+    store = TokenStore(tmp_path / "visual-only", dtype="float32", factory="IVF2,Flat")
+    audio, visual = _corpus(40, seed=8)
+    present = np.zeros((40, 2), dtype=bool)
+    present[:, 1] = True
+    store.add(np.arange(40), audio, visual, "m", present)
+    version = store.open()
+    assert version.index["audio"].ntotal == 0 and version.index["visual"].ntotal == 40 * T
+    assert search(version, visual[3], target="visual", k=1)[0].clip_id == 3
+    assert search(version, audio[3], target="audio", k=1) == []

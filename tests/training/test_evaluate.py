@@ -65,3 +65,25 @@ def test_classification_head_learns_planted_labels(multi_label: bool) -> None:
         metrics = classification_metrics(head(frames, segments), targets, multi_label)
     assert metrics["mAP" if multi_label else "accuracy"] > 0.9
     assert all(torch.equal(p, before[n]) for n, p in encoder.named_parameters())  # linear probe: frozen
+
+
+def test_evaluate_localization_reports_each_method_next_to_the_baselines(synth_corpus) -> None:  # noqa: ANN001
+    import json
+
+    from model.localization import LocalizationHead, LocalizationHeadConfig
+    from training.data import MediaManifest
+    from training.evaluate import evaluate_localization
+
+    torch.manual_seed(0)
+    model = CAVMAESync(preset("tiny", modality_depth=2)).eval()
+    head = LocalizationHead(LocalizationHeadConfig(model.config.embed_dim, layer=1, hidden_dim=32)).eval()
+    source = MediaManifest.open(synth_corpus, model.config)
+    source.rows = source.rows[:6]
+    expected = sum(int(np.load(synth_corpus / r["masks"])["distractor"].any(axis=(1, 2)).sum()) for r in source.rows)
+    report = evaluate_localization(model, source, head=head)
+    assert report["served"] == "head" and set(report) == {"served", "paper", "head", "centre_prior", "distractor"}
+    assert all(report[k]["frames"] == expected for k in ("paper", "head", "centre_prior", "distractor"))
+    assert report["distractor"]["peak_on_distractor"] == 1.0
+    assert report["paper"]["mIoU"] != report["head"]["mIoU"]  # two different maps were scored
+    assert evaluate_localization(model, source)["served"] == "paper"
+    json.dumps(report)  # what `cavsync eval localization` prints
