@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint typecheck layers check test test-fast bench demo demo-checkpoint clean
+.PHONY: screenshots install system-deps lint typecheck layers check test test-fast bench demo demo-checkpoint clean
 
 install: system-deps $(STAMP)
 
@@ -60,6 +60,10 @@ test: install check
 # Local work: the checks, then every test not marked slow (under 2 minutes on the 2-core dev machine).
 test-fast: install check
 	$(BIN)/python -m pytest -m "not slow"
+
+# The README's screenshots of the web page, taken by its browser tests.
+screenshots: install
+	CAVSYNC_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/service/web -q
 
 bench: install
 	$(BIN)/python bench/bench_encoder.py

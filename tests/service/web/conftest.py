@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,9 @@ from ...conftest import IN_CI, SHARED
 from ..conftest import Corpus, make_config
 
 CHROMIUM = os.environ.get("CAVSYNC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+# `make screenshots` sets CAVSYNC_SCREENSHOTS=docs/screenshots (the README's); otherwise they go to a temp folder,
+# so that a test run leaves the checkout as it was.
+SCREENSHOTS = Path(os.environ.get("CAVSYNC_SCREENSHOTS") or Path(tempfile.gettempdir()) / "cavsync-screenshots")
 LOCAL_HOSTS = {"127.0.0.1"}
 
 
@@ -135,7 +138,7 @@ def outside_requests(page: Page) -> Iterator[list[str]]:
 
 
 def shot(page: Page, name: str) -> Path:
-    """A screenshot for the README (docs/screenshots/<name>.png)."""
+    """A screenshot (`<name>.png` in SCREENSHOTS: the README's with `make screenshots`)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
