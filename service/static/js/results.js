@@ -139,7 +139,13 @@ class Card {
   async play(start, end) {
     const video = this.player(start, end);
     this.fail("");
-    if (video.readyState < 1) await new Promise((resolve) => video.addEventListener("loadedmetadata", resolve, { once: true }));
+    if (video.readyState < 1 && !video.error) {
+      await new Promise((resolve) => {
+        video.addEventListener("loadedmetadata", resolve, { once: true });
+        video.addEventListener("error", resolve, { once: true });
+      });
+    }
+    if (video.error) return; // the card says why
     this.stopAt = end + CONTEXT_S;
     video.currentTime = start;
     video.play().catch(() => { /* autoplay refused: the controls stay */ });

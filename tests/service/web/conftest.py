@@ -83,7 +83,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def web_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The media root the page indexes from: a real clip (the shared samples' smallest) and a broken file."""
+    """The folder the page indexes (under the media root, its parent): a real clip (the shared samples'
+    smallest) and a broken file."""
     folder = tmp_path_factory.mktemp("web_media") / "incoming"
     folder.mkdir()
     real = sorted((SHARED / "media").glob("*.mp4"), key=lambda p: p.stat().st_size)
@@ -103,7 +104,7 @@ def web_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def live_server(corpus: Corpus, web_media: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The app over a private copy of the indexed corpus (the page deletes and indexes)."""
     data = Path(shutil.copytree(corpus.data, tmp_path_factory.mktemp("web") / "data"))
-    server = Server(create_app(make_config(corpus, data, media_roots=[web_media]))).start()
+    server = Server(create_app(make_config(corpus, data, media_roots=[web_media.parent]))).start()
     yield server
     server.stop()
 

@@ -6,6 +6,7 @@ the machine. Assertions are on what a person sees (text, pixels, the player's po
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,7 +238,7 @@ def test_delete_from_the_catalog(app_page: Page, live_server: Server) -> None:
 def test_an_index_job_from_the_page(app_page: Page, web_media: Path) -> None:
     page = app_page
     page.goto("/ui/?view=jobs")
-    expect(page.locator("#media-roots")).to_contain_text(str(web_media))
+    expect(page.locator("#media-roots")).to_contain_text(str(web_media.parent))
     page.get_by_label("Paths, one per line").fill(str(web_media))
     page.get_by_role("button", name="Index these paths").click()
     job = page.locator("#job-list .job").first
@@ -246,6 +247,30 @@ def test_an_index_job_from_the_page(app_page: Page, web_media: Path) -> None:
     expect(job.locator(".file-errors")).to_contain_text("broken_upload.mp4")
     assert job.locator("progress").evaluate("p => p.value") == 100
     shot(page, "jobs")
+
+
+def test_a_video_the_browser_cannot_play_is_explained(
+    app_page: Page, live_server: Server, web_media: Path, corpus: Corpus
+) -> None:
+    """An AVI (MPEG-4 part 2 + MP3) indexes and searches like any file; Chromium cannot play it: the card says so."""
+    avi = web_media.parent / "other" / "old_camera.avi"
+    avi.parent.mkdir(exist_ok=True)
+    ffmpeg("-i", str(corpus.clips[9]), "-c:v", "mpeg4", "-c:a", "libmp3lame", str(avi))
+    api = httpx.Client(base_url=live_server.url, timeout=60)
+    job = api.post("/index", json={"paths": [str(avi)]}).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while api.get(f"/jobs/{job}").json()["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, "the index job did not finish"
+        time.sleep(0.3)
+    [video] = [v for v in api.get("/videos", params={"limit": 100}).json()["items"] if v["uri"] == str(avi.resolve())]
+    assert video["status"] == "indexed", video
+    page = app_page
+    open_search(page, f"?view=search&mode=sound&source=video&video={video['id']}&k=2")
+    card = page.locator(f"#result-list .card[data-video-id='{video['id']}']")
+    expect(card.locator("img.poster")).to_have_js_property("complete", True)
+    assert card.locator("img.poster").evaluate("img => img.naturalWidth") == 320  # the server decodes it
+    card.get_by_role("button", name="▶ Play the moment").click()
+    expect(card.locator(".card-error")).to_contain_text("This browser cannot play old_camera.avi")
 
 
 def test_the_banner_says_when_the_api_is_down(page: Page, outside_requests: list[str], corpus: Corpus) -> None:
