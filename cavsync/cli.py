@@ -332,15 +332,16 @@ def train_localizer(
     into: Annotated[
         Path | None, typer.Option(help="Also write the checkpoint with the head here (may be --checkpoint).")
     ] = None,
-    layer: Annotated[int, typer.Option(min=0, help="Visual block whose patch tokens feed the head.")] = 1,
+    layer: Annotated[int, typer.Option(min=0, help="Visual block whose patch tokens feed the head.")] = 2,
     hidden_dim: Annotated[int, typer.Option(min=1, help="Hidden width of the head's MLP.")] = 256,
     aggregation: Annotated[str, typer.Option(help="Frame score over patches: max or softmax.")] = "max",
-    steps: Annotated[int, typer.Option(min=1)] = 600,
+    steps: Annotated[int, typer.Option(min=1)] = 300,
     batch_size: Annotated[int, typer.Option(min=2, help="Clips per batch (one frame each).")] = 64,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
     temperature: Annotated[float, typer.Option(min=1e-4, help="InfoNCE temperature.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of the head's init and of every batch.")] = 0,
     max_clips: Annotated[int | None, typer.Option(min=1, help="Use only the first clips of the data.")] = None,
+    frame_stride: Annotated[int, typer.Option(min=1, help="Cache every k-th frame of each clip.")] = 2,
     workers: Annotated[int, typer.Option(min=0, help="Decoding processes for the feature cache.")] = 2,
 ) -> None:
     """Train a localization head on a frozen backbone (resumes from --out-dir); retrieval is unchanged."""
@@ -364,6 +365,7 @@ def train_localizer(
         temperature=temperature,
         seed=seed,
         max_clips=max_clips,
+        frame_stride=frame_stride,
         workers=workers,
     )
     try:

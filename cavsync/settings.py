@@ -17,6 +17,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from indexer.leases import LeaseConfig
 from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,19 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Connecting to the broker and each command on it (a publish) give up after this."
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
+    queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
+    # Leases (indexer.leases): a file being indexed is renewed every third of lease_s; a lease that expires
+    # (its worker, the API or the broker died) is dispatched again by the API's reconciler, which runs at start
+    # and every reconcile_interval_s, up to max_dispatches times, then the file fails with what to do.
+    lease_s: float = Field(60.0, gt=0, description="Lease of a file being indexed; lost this long after its worker.")
+    queue_lease_s: float = Field(
+        900.0, gt=0, description="How long a file may wait in the broker's queue before it is sent again."
+    )
+    reconcile_interval_s: float = Field(15.0, gt=0, description="How often the API looks for lost files.")
+    max_dispatches: int = Field(3, ge=1, description="Times a lost file is sent again before it fails.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="How long stopping waits for the file being indexed.")
+    max_pixels: int = Field(36_000_000, gt=0, description="Largest frame (width x height) decoded; more: 413.")
+    max_frames: int = Field(1_000_000, gt=0, description="Most frames of a video decoded; more: 413.")
 
     @field_validator("media_roots", "cors_origins", mode="before")
     @classmethod
@@ -73,10 +87,33 @@ class Settings(BaseSettings):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
 
-    @field_validator("api_key", "database_url", "broker_url", "ffmpeg", mode="before")
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_blank_key(cls, value: object) -> object:
+        """Empty is unset (what compose's `${CAVSYNC_API_KEY:-}` passes when the shell has none); a key of only
+        whitespace is a mistake that would look like a key and protect nothing: refused at start."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        if not text:
+            return None
+        if not text.strip():
+            raise ValueError("is only whitespace: set a real key, or unset CAVSYNC_API_KEY to run without one")
+        return value
+
+    @field_validator("database_url", "broker_url", "ffmpeg", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _renewed_within_lease(self) -> Settings:
+        if self.reconcile_interval_s >= self.lease_s:
+            raise ValueError(
+                f"CAVSYNC_RECONCILE_INTERVAL_S={self.reconcile_interval_s} must be under CAVSYNC_LEASE_S="
+                f"{self.lease_s} (the API renews the leases of the jobs it runs at that pace)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _visibility_above_task_limit(self) -> Settings:
@@ -87,6 +124,10 @@ class Settings(BaseSettings):
     def service_config(self) -> ServiceConfig:
         """The frozen config of the API; its `index_dir`, `uploads_dir` and `catalog_url` are the data dir's
         layout every command uses."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServiceConfig)}  # same names
+        names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name != "leases"]
+        values = {name: getattr(self, name) for name in names}  # the same names
         values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
-        return ServiceConfig(**values)
+        return ServiceConfig(**values, leases=self.leases())
+
+    def leases(self) -> LeaseConfig:
+        return LeaseConfig(self.lease_s, self.queue_lease_s, self.max_dispatches)

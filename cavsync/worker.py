@@ -39,6 +39,7 @@ def make_app(settings: Settings) -> Celery:
             "socket_connect_timeout": timeout,
             "socket_timeout": timeout,  # above the workers' 1 s BRPOP
         },
+        task_default_queue=settings.queue,  # deployments sharing a broker keep to their own queue
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         broker_connection_retry_on_startup=True,
     )
@@ -54,6 +55,8 @@ def make_app(settings: Settings) -> Celery:
             job_id or None,
             lock_url=settings.broker_url,
             merge_lock_ttl_s=settings.merge_lock_ttl_s,
+            lease_s=settings.lease_s,
+            queue_lease_s=settings.queue_lease_s,
         )
         retry = tasks.index_file(ctx, path, resources, self.request.retries)
         if retry is not None:

@@ -146,6 +146,9 @@ class JobFile(Base):
     path: Mapped[str] = mapped_column(String(2048), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), default=FileState.QUEUED)  # a FileState value
     error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the task working on it (indexer.leases)
+    lease_until: Mapped[float | None] = mapped_column(Float)  # epoch seconds; past it the file counts as lost
+    dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times sent to run
 
 
 class IndexVersion(Base):
@@ -170,8 +173,11 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)  # a dropped connection is replaced
 
+
+CONNECT_TIMEOUT_S = 5  # a database that does not answer fails a request in seconds (a 503), never hangs it
 
 MIGRATION_LOCK_ID = 0x6361_7673  # PostgreSQL advisory lock held while migrating ("cavs")
 

@@ -97,6 +97,8 @@ def mark_running(sessions: sessionmaker[Session], job_id: str) -> list[str]:
         job = session.get(IndexJob, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"no index job {job_id}")
+        if job.state in (JobState.DONE, JobState.FAILED):  # stopped (or finished) before it was dispatched
+            return []
         job.state = JobState.RUNNING
         query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == FileState.QUEUED)
         paths = list(session.scalars(query.order_by(JobFile.path)).all())

@@ -17,24 +17,25 @@ import logging
 import math
 import multiprocessing
 import os
+import stat
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from indexer.catalog import Video, VideoStatus, new_video
+from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
-from model.media import configured_ffmpeg, use_ffmpeg
+from model.media import NotRegularFileError, configured_ffmpeg, use_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,12 @@ def list_media(target: str | os.PathLike[str]) -> list[Path]:
 
 
 def content_hash(path: Path) -> str:
-    with path.open("rb") as handle:
+    """The sha256 of a regular file's bytes. A FIFO or device raises NotRegularFileError (a MediaError) without
+    blocking: the file is opened non-blocking and checked before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
@@ -139,7 +145,13 @@ def store_videos(
     frames = audio.shape[1]
     step = PreprocessConfig().frame_s(frames) if frame_s is None else frame_s
     valid = np.concatenate([track_valid_frames([c.duration for c in v.clips], frames, step) for v in videos])
-    store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=frame_s)
+    try:
+        store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=frame_s)
+    except OSError:  # a full disk: the rows go too (nothing of them is in the store); a kill leaves them pending
+        for video in videos:
+            session.delete(video)
+        session.commit()
+        raise
     for video in videos:
         video.status = VideoStatus.INDEXED
     session.commit()
@@ -169,7 +181,7 @@ def decode_file(
     """Worker-process side: hash and decode one file; errors come back as text, never raised."""
     try:
         sha = content_hash(path)
-    except OSError as exc:
+    except (OSError, NotRegularFileError) as exc:
         return Decoded(path, None, error=f"cannot read: {exc}")
     if sha in known:
         return Decoded(path, sha, known=True)
@@ -307,15 +319,22 @@ class Indexer:
 
 
 def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker[Session]) -> int:
-    """Mark videos deleted in the catalog and remove their clips from the live index."""
+    """Mark videos deleted in the catalog and remove their clips from the live index; returns how many this
+    call deleted. Each video is claimed by a conditional UPDATE (to deleted where it was not), so of concurrent
+    deletes of one id exactly one counts it; its clips leave the store before the claim commits (a failure
+    rolls the claim back)."""
     with sessions() as session:
-        videos = session.scalars(
-            select(Video).where(Video.id.in_(video_ids), Video.status != VideoStatus.DELETED)
-        ).all()
-        clip_ids = [c.id for v in videos for c in v.clips]
+        claimed = []
+        for video_id in dict.fromkeys(video_ids):
+            result = session.execute(
+                update(Video)
+                .where(Video.id == video_id, Video.status != VideoStatus.DELETED)
+                .values(status=VideoStatus.DELETED)
+            )
+            if cast(CursorResult[Any], result).rowcount:  # an UPDATE's result is a CursorResult
+                claimed.append(video_id)
+        clip_ids = list(session.scalars(select(Clip.id).where(Clip.video_id.in_(claimed))).all()) if claimed else []
         if clip_ids:
             store.delete(clip_ids)
-        for video in videos:
-            video.status = VideoStatus.DELETED
         session.commit()
-        return len(videos)
+        return len(claimed)

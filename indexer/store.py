@@ -29,13 +29,16 @@ opens CURRENT once and sees one complete version for as long as it holds it.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -99,9 +102,7 @@ class StoreVersion:
         folder = root / "versions" / name
         self.manifest = manifest or Manifest(**json.loads((folder / "manifest.json").read_text()))
         shards = self.manifest.shards
-        self.tokens = {
-            m: [np.load(root / "shards" / f"{s['name']}.{m}.npy", mmap_mode="r") for s in shards] for m in MODALITIES
-        }
+        self.tokens = {m: [map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in shards] for m in MODALITIES}
         ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in shards]
         self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in shards]
@@ -457,7 +458,23 @@ class TokenStore:
         for folder in (self.root / "versions").glob("v*"):
             if folder.name[1:].isdigit() and int(folder.name[1:]) <= live - self.keep_versions:
                 shutil.rmtree(folder, ignore_errors=True)
+        self._drop_staging()
         self._collect_shards()
+
+    def sweep_partial(self) -> int:
+        """Delete what writers that died (a full disk, a kill) left: staging folders of versions never
+        published, temp shard files, temp CURRENT pointers; returns how many. Takes the writer's lock."""
+        with self._writer():
+            return self._drop_staging()
+
+    def _drop_staging(self) -> int:
+        """(Lock held.) No writer is running, so every staging folder and temp file is a dead one's."""
+        leftovers = [*(self.root / "versions").glob(".v*"), *self.root.glob(".CURRENT.*.tmp")]
+        leftovers += [p for p in (self.root / "shards").glob(".*") if p.is_file()]
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            log.info("deleted %s, left by a writer that died", path.name)
+        return len(leftovers)
 
     def _collect_shards(self) -> None:
         """Delete shard files that no kept version lists, and temp files of writers that died (we hold the
@@ -496,3 +513,34 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as handle:
         np.save(handle, array)
     os.replace(tmp, path)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_array(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped read-only, holding no file descriptor (numpy's memmap keeps one per file, as
+    Python's mmap dups it: a store of many shards would run out of descriptors). Unmapped when the array and
+    every view of it are gone."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+        offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        if address in (None, MAP_FAILED):
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"mmap of {path.name} failed: {os.strerror(errno)}")
+    buffer = (ctypes.c_char * size).from_address(address)
+    weakref.finalize(buffer, _libc.munmap, address, size)  # the arrays below keep `buffer` alive
+    flat: np.ndarray = np.frombuffer(memoryview(buffer).cast("B"), dtype=dtype, count=count, offset=offset)
+    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    array.flags.writeable = False
+    return array

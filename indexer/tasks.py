@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -35,11 +36,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import jobs
+from indexer import jobs, leases, sweep
 from indexer.catalog import FileState, Video, VideoStatus, new_video, open_catalog
 from indexer.jobs import QueueUnavailable
 from indexer.locks import renewed_lock
-from indexer.pipeline import content_hash, decode_file, encode_clips, model_id_of, store_videos
+from indexer.pipeline import Decoded, content_hash, decode_file, encode_clips, model_id_of, store_videos
 from indexer.store import TokenStore
 from model import CAVMAESync, PreprocessConfig, load_model
 
@@ -72,6 +73,8 @@ class TaskContext:
     job_id: str | None = None
     lock_url: str | None = None  # a Redis URL: merges take a lock there (one merger across machines)
     merge_lock_ttl_s: float = 30.0  # a dead merger's lock frees this soon
+    lease_s: float = 60.0  # a worked-on file's lease (indexer.leases), renewed every third of it
+    queue_lease_s: float = 900.0  # how long a dispatched file may wait for a task before it counts as lost
 
     @property
     def pending(self) -> Path:
@@ -80,6 +83,10 @@ class TaskContext:
     @property
     def store(self) -> TokenStore:
         return TokenStore(Path(self.data_dir) / "index")
+
+    @property
+    def uploads(self) -> Path:
+        return Path(self.data_dir) / "uploads"
 
 
 @dataclass
@@ -130,7 +137,21 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     item = decode_file(Path(path), model.config, PreprocessConfig())
     ctx.pending.mkdir(parents=True, exist_ok=True)
     tmp = ctx.pending / f".{sha}.{uuid.uuid4().hex}.tmp.npz"
-    arrays = {"uri": np.array(str(Path(path).resolve())), "path": np.array(path), "job": np.array(ctx.job_id or "")}
+    try:
+        _save_shard(tmp, ctx, path, model, item)
+    except BaseException:  # a full disk: no partial temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return sha
+
+
+def _save_shard(tmp: Path, ctx: TaskContext, path: str, model: CAVMAESync, item: Decoded) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "uri": np.array(str(Path(path).resolve())),
+        "path": np.array(path),
+        "job": np.array(ctx.job_id or ""),
+    }
     if item.error is not None:
         arrays["error"] = np.array(item.error)
     else:
@@ -144,8 +165,6 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
             "modalities": np.array([",".join(c.modalities) for c in item.clips]),
         }
     np.savez(tmp, allow_pickle=False, **arrays)
-    os.replace(tmp, target)
-    return sha
 
 
 def merge_shards(ctx: TaskContext, res: Resources) -> int:
@@ -155,6 +174,16 @@ def merge_shards(ctx: TaskContext, res: Resources) -> int:
     a shard whose content is already indexed is just removed, so merging twice changes nothing.
     """
     model_id, merged = model_id_of(ctx.model_path), 0
+    try:
+        merged = _merge_all(ctx, res, model_id)
+    finally:  # under the merge lock: no other merger has rows or a version half-written
+        if merged or sys.exc_info()[0] is not None:
+            sweep.after_merge(ctx.store, res.sessions(ctx.database_url), model_id)
+    return merged
+
+
+def _merge_all(ctx: TaskContext, res: Resources, model_id: str) -> int:
+    merged = 0
     for shard in sorted(ctx.pending.glob(f"*.{model_id}.npz")):
         data = dict(np.load(shard))
         sha = shard.name.split(".", 1)[0]
@@ -224,11 +253,58 @@ def backoff_s(attempt: int) -> float:
 
 
 def index_file(ctx: TaskContext, path: str, res: Resources, attempt: int = 0) -> Retry | None:
-    """One task: encode the file into a shard, merge whatever is pending, settle the file in its job.
+    """One task: claim the file's lease, encode the file into a shard, merge whatever is pending, settle the
+    file in its job (an upload of the API is then deleted), renewing the lease meanwhile.
 
-    A transient error before the last attempt returns a `Retry` (the caller runs the task again after its
-    delay); past the retries, and at once for any other error, the file is recorded failed with the error.
+    A file that is settled, or leased by another live task, is left alone (a duplicate delivery). A transient
+    error before the last attempt returns a `Retry` (the caller runs the task again after its delay; the lease
+    is let go until then); past the retries, and at once for any other error, the file is recorded failed.
     """
+    owner = uuid.uuid4().hex
+    try:
+        if ctx.job_id is not None and not _claimed(ctx, path, owner, res):
+            return _after_lease(ctx, path, res, attempt)
+    except TRANSIENT as exc:  # the database away: try again later (the lease is not taken)
+        return Retry(backoff_s(attempt), exc)
+    retry = None
+    with _lease(ctx, path, owner, res):
+        retry = _attempt(ctx, path, res, attempt)
+    if retry is not None and ctx.job_id is not None:
+        with contextlib.suppress(Exception):  # not let go: the lease expires, and the reconciler sends it again
+            leases.release(res.sessions(ctx.database_url), ctx.job_id, path, owner, retry.delay_s + ctx.lease_s)
+    elif retry is None:
+        sweep.drop_upload(ctx.uploads, path)
+    return retry
+
+
+def _claimed(ctx: TaskContext, path: str, owner: str, res: Resources) -> bool:
+    if leases.claim(res.sessions(ctx.database_url), str(ctx.job_id), path, owner, ctx.lease_s):
+        return True
+    log.info("index %s: %s is settled, or leased by another task", ctx.job_id, path)
+    return False
+
+
+class LeaseHeld(RuntimeError):
+    """Another task holds the file's lease: this delivery runs again once that lease would have expired."""
+
+
+def _after_lease(ctx: TaskContext, path: str, res: Resources, attempt: int) -> Retry | None:
+    """A delivery that found its file leased by another task (the broker redelivered the task of a worker that
+    died, before its lease expired) waits for the lease to expire, then tries to claim it again; a settled
+    file, or one still held after the retries, is left alone."""
+    left = leases.held_for(res.sessions(ctx.database_url), str(ctx.job_id), path)
+    if left is None or attempt >= MAX_RETRIES:
+        return None
+    return Retry(left + 1.0, LeaseHeld(f"{path} is leased by another task for {left:.0f} s more"))
+
+
+def _lease(ctx: TaskContext, path: str, owner: str, res: Resources) -> contextlib.AbstractContextManager[None]:
+    if ctx.job_id is None:
+        return contextlib.nullcontext()
+    return leases.renewing(res.sessions(ctx.database_url), ctx.job_id, path, owner, ctx.lease_s)
+
+
+def _attempt(ctx: TaskContext, path: str, res: Resources, attempt: int) -> Retry | None:
     try:
         sha = encode_to_shard(ctx, path, res)
         merge_pending(ctx, res)
@@ -294,6 +370,9 @@ def dispatch_job(
     broker takes no task."""
     sessions = res.sessions(ctx.database_url)
     paths = jobs.mark_running(sessions, str(ctx.job_id))
+    with sessions() as session:  # lost from here on (a dead API, a broker that forgot them): sent again
+        leases.dispatched(session, str(ctx.job_id), paths, ctx.queue_lease_s)
+        session.commit()
     if publish is None:
         run_here(ctx, paths, res, stop)
     else:

@@ -26,7 +26,9 @@ from model.media import (
     MediaTooLongError,
     MediaTooShortError,
     NoUsableStreamError,
+    SizeLimits,
     UnsupportedMediaError,
+    check_header,
     decode_audio,
     decode_picture,
     decode_still,
@@ -55,6 +57,12 @@ class PreprocessConfig:
     min_query_s: float = 1.0
     max_query_s: float = 60.0
     timeout_s: float = 120.0
+    max_pixels: int | None = 36_000_000  # width x height of a frame (8K UHD is 33.2 M); more: refused at probe
+    max_frames: int | None = 1_000_000  # frames of a video stream (an hour at 240 fps is 864 k)
+
+    @property
+    def limits(self) -> SizeLimits:
+        return SizeLimits(self.max_pixels, self.max_frames)
 
     @property
     def clip_s(self) -> float:
@@ -183,13 +191,14 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     """
     prep = prep or PreprocessConfig()
     request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
+    check_header(path, prep.limits)  # a decompression bomb is refused before any ffmpeg starts
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Most files have both streams: decode the first window while probing, keep it if the probe agrees.
         guess = MediaInfo(Path(path), "", None, audio_codec="?", video_codec="?")
         speculative = pool.submit(
             decode_window, guess, 0.0, prep.clip_s, request, True, prep.sample_rate, prep.timeout_s
         )
-        info = probe(path, prep.timeout_s)
+        info = probe(path, prep.timeout_s, prep.limits)
         if info.still_image and not info.has_audio:
             raise UnsupportedMediaError(
                 f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file"
@@ -311,7 +320,7 @@ def load_query_audio(
 ) -> torch.Tensor:
     """An audio query (any file with an audio track, a video's included) -> (n, L, mel) segments."""
     prep = prep or PreprocessConfig()
-    info = probe(path, prep.timeout_s)
+    info = probe(path, prep.timeout_s, prep.limits)
     if info.still_image and not info.has_audio:
         raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not audio")
     if not info.has_audio:
@@ -336,7 +345,7 @@ def load_query_frames(
     shorter one), a longer one (up to `prep.max_query_s`) every clip_s / T seconds, as a track's.
     Raises a MediaError."""
     prep = prep or PreprocessConfig()
-    info = probe(path, prep.timeout_s)
+    info = probe(path, prep.timeout_s, prep.limits)
     if info.still_image:
         raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video")
     if not info.has_video:
@@ -362,7 +371,7 @@ def load_image(
 ) -> torch.Tensor:
     """An image (or the frame of a video at `at` seconds) -> (3, H, W), preprocessed like clip frames."""
     prep = prep or PreprocessConfig()
-    info = probe(path, prep.timeout_s)
+    info = probe(path, prep.timeout_s, prep.limits)
     if info.video_codec is None:
         raise NoUsableStreamError(f"{info.path.name}: no image or video stream")
     if info.duration is not None and not info.still_image and at > info.duration:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import ffmpeg
@@ -58,6 +59,14 @@ class MediaTimeoutError(MediaError):
     """ffmpeg did not finish in time."""
 
 
+class MediaTooLargeError(MediaTooLongError):
+    """More pixels per frame, or more frames, than allowed (a decompression bomb): refused before decoding."""
+
+
+class NotRegularFileError(MediaError):
+    """A FIFO, a device or a socket: never opened (reading one could block forever)."""
+
+
 @dataclass(frozen=True)
 class MediaInfo:
     """What a probe found. Durations in seconds; None where the container does not say."""
@@ -73,6 +82,7 @@ class MediaInfo:
     height: int | None = None
     frame_rate: float | None = None
     still_image: bool = False
+    frames: int | None = None  # frames of the video stream, when the container says
 
     @property
     def has_audio(self) -> bool:
@@ -164,13 +174,87 @@ def _last_line(message: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ probing
-def probe(path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S) -> MediaInfo:
-    """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media."""
+def regular_file(path: Path) -> os.stat_result:
+    """The stat of a regular file; NotRegularFileError for a FIFO, device or socket, Unreadable if missing."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise UnreadableMediaError(f"{path}: no such file") from exc
+    if not S_ISREG(stat.st_mode):
+        raise NotRegularFileError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
+    return stat
+
+
+def seconds_arg(value: float) -> str:
+    """A time as ffmpeg parses it: fixed-point, never exponent notation (`1e-05` is no valid duration)."""
+    return f"{max(0.0, float(value)):.6f}"
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """The largest frame (width x height) and the most frames a decode may meet; None: no limit."""
+
+    max_pixels: int | None = None
+    max_frames: int | None = None
+
+
+def _too_large(name: str, width: float, height: float, frames: float | None, limits: SizeLimits) -> None:
+    if limits.max_pixels is not None and width * height > limits.max_pixels:
+        raise MediaTooLargeError(
+            f"{name}: {int(width)}x{int(height)} pixels per frame; at most {limits.max_pixels} are allowed"
+        )
+    if limits.max_frames is not None and frames is not None and frames > limits.max_frames:
+        raise MediaTooLargeError(f"{name}: {int(frames)} frames; at most {limits.max_frames} are allowed")
+
+
+def check_header(path: str | os.PathLike[str], limits: SizeLimits) -> None:
+    """Refuse a file whose header declares too many pixels or frames, reading the header only (hachoir, in
+    Python, no ffmpeg started: a decompression bomb costs milliseconds). Headers it cannot read pass; the probe
+    checks the sizes ffprobe reports before anything is decoded."""
+    if limits.max_pixels is None and limits.max_frames is None:
+        return
     path = Path(path)
-    if not path.is_file():
-        raise UnreadableMediaError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    regular_file(path)
+    from hachoir.core import config as hachoir_config  # type: ignore[import-untyped]  # hachoir ships no hints
+    from hachoir.metadata import extractMetadata  # type: ignore[import-untyped]  # (the same package)
+    from hachoir.parser import createParser  # type: ignore[import-untyped]  # (the same package)
+
+    hachoir_config.quiet = True
+    try:
+        parser = createParser(str(path))  # None: a format hachoir does not know
+        if parser is None:
+            return
+        with parser:
+            metadata = extractMetadata(parser)
+    except Exception as exc:  # any parser failure: the header says nothing, ffprobe decides
+        log.debug("%s: no header sizes (%s)", path.name, exc)
+        return
+    if metadata is None or not (metadata.has("width") and metadata.has("height")):
+        return
+    rate = metadata.get("frame_rate") if metadata.has("frame_rate") else None
+    duration = metadata.get("duration").total_seconds() if metadata.has("duration") else None
+    frames = rate * duration if rate and duration else None
+    _too_large(path.name, metadata.get("width"), metadata.get("height"), frames, limits)
+
+
+def check_sizes(info: MediaInfo, limits: SizeLimits) -> None:
+    """Refuse what the probe found too large (pixels per frame, frames), before anything is decoded."""
+    if info.width is None or info.height is None:
+        return
+    frames = info.frames or (info.duration * info.frame_rate if info.duration and info.frame_rate else None)
+    _too_large(info.path.name, info.width, info.height, None if info.still_image else frames, limits)
+
+
+def probe(
+    path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S, limits: SizeLimits | None = None
+) -> MediaInfo:
+    """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media,
+    NotRegularFileError for a FIFO or device, MediaTooLargeError past `limits` (header first, then the probe)."""
+    path = Path(path)
+    if regular_file(path).st_size == 0:
         raise UnreadableMediaError(f"{path}: empty file")
+    if limits is not None:
+        check_header(path, limits)
     prober = ffprobe_binary()
     if prober:
         args = [prober, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
@@ -179,6 +263,8 @@ def probe(path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S) -> M
         info = _probe_with_ffmpeg(path, timeout)
     if not info.has_audio and info.video_codec is None:
         raise NoUsableStreamError(f"{path.name}: no audio or video stream in this file")
+    if limits is not None:
+        check_sizes(info, limits)
     return info
 
 
@@ -224,6 +310,7 @@ def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
         height=video.get("height") if video else None,
         frame_rate=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) if video else None,
         still_image=still,
+        frames=int(_number(video.get("nb_frames")) or 0) or None if video else None,
     )
 
 
@@ -237,7 +324,10 @@ _FPS = re.compile(r"Stream #0:\d+.*?: Video: [^\n]*?, ([\d.]+) fps")
 def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
     """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report."""
     args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
-    proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaTimeoutError(f"{path.name}: probe: ffmpeg did not finish within {timeout:.0f} s") from exc
     report = proc.stderr.decode("utf-8", "replace")[-65536:]
     fmt = _INPUT.search(report)
     if fmt is None:
@@ -301,19 +391,19 @@ def decode_window(
     frames = frames if info.has_video else None  # the frames wanted, when there are any
     if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
-    seek = {"ss": start} if start > 0 else {}
+    seek = {"ss": seconds_arg(start)} if start > 0 else {}
     with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
         if frames is not None:  # its own input: video decoding stops just past the last chosen frame
             read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)
             fast = {"skip_loop_filter": "all"} if frames.fast else {}
-            video_input = ffmpeg.input(str(info.path), t=read, **seek, **fast)
+            video_input = ffmpeg.input(str(info.path), t=seconds_arg(read), **seek, **fast)
             outputs.append(_frames_output(video_input, frames))
         if want_audio:
             audio_bytes = int((seconds + 1) * sample_rate * 2)
             outputs.append(
-                ffmpeg.input(str(info.path), t=seconds, **seek)["a:0"]
+                ffmpeg.input(str(info.path), t=seconds_arg(seconds), **seek)["a:0"]
                 .filter("channelmap", map="0", channel_layout="mono")
                 .output(str(audio_path), format="s16le", acodec="pcm_s16le", ar=sample_rate, fs=audio_bytes)
             )
@@ -356,7 +446,7 @@ def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = D
 
     Returns uint8 (size, size, 3).
     """
-    stream = ffmpeg.input(str(info.path), ss=at) if at > 0 else ffmpeg.input(str(info.path))
+    stream = ffmpeg.input(str(info.path), ss=seconds_arg(at)) if at > 0 else ffmpeg.input(str(info.path))
     video = _resize_and_crop(stream.video, size)
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     raw = run_tool(_compile(out), timeout, size * size * 3, f"{info.path.name}: image")

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.tasks import Publish
 from service.config import ServiceConfig
 from service.engine import Engine
-from service.errors import install_handlers
+from service.errors import CatchAll, install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, system, web
@@ -127,6 +127,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         engine = await anyio.to_thread.run_sync(Engine.start, config)
         app.state.engine = engine
         app.state.jobs = JobRunner(config, engine.sessions, publish)
+        await anyio.to_thread.run_sync(app.state.jobs.start)  # sweep, reconcile once, then every interval
         try:
             yield
         finally:
@@ -150,6 +151,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(CatchAll)  # outermost of ours: an unhandled error is a JSON 500, the connection kept
     for module in (search, catalog, jobs, system, web):
         app.include_router(module.router)
     web.mount_static(app)

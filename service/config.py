@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from indexer.catalog import catalog_url
+from indexer.leases import LeaseConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ServiceConfig:
     data_dir: Path = Path("data")  # token store (index/), SQLite catalog, uploads
     database_url: str | None = None  # SQLAlchemy URL of the catalog (default: SQLite in the data dir)
     broker_url: str | None = None  # Celery broker; None: index jobs run in the API process
+    queue: str = "cavsync"  # the broker queue the index tasks go to (the workers' task_default_queue)
     media_roots: tuple[Path, ...] = ()  # folders whose files POST /index may index by path
     max_upload_bytes: int = 512 * 2**20  # largest request body (uploads included)
     max_media_duration_s: float = 3600.0  # longest media a query or an upload may be
@@ -35,6 +37,15 @@ class ServiceConfig:
     api_key: SecretStr | None = field(default=None, repr=False)  # when set, write endpoints need X-API-Key
     cors_origins: tuple[str, ...] = ()
     device: str | None = None  # torch device of the model (default: cuda when available)
+    leases: LeaseConfig = LeaseConfig()  # index job files: lease, queue wait, dispatches before failing
+    reconcile_interval_s: float = 15.0  # how often lost files of index jobs are looked for (and at start)
+    shutdown_grace_s: float = 10.0  # how long stopping waits for the file being indexed in process
+    max_pixels: int | None = 36_000_000  # largest frame (width x height) decoded: a bomb gets 413 at probe
+    max_frames: int | None = 1_000_000  # most frames of a video decoded
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("api_key (CAVSYNC_API_KEY) is blank: set a real key, or None to run without one")
 
     @property
     def index_dir(self) -> Path:

@@ -96,6 +96,8 @@ class Engine:
         prep = PreprocessConfig(
             max_duration_s=config.max_media_duration_s,
             max_query_s=min(config.max_query_s, config.max_media_duration_s),
+            max_pixels=config.max_pixels,
+            max_frames=config.max_frames,
         )
         slots = InferenceSlots(config.max_concurrent_inferences, config.inference_wait_s, config.retry_after_s)
         engine = cls(

@@ -7,14 +7,26 @@ Only this module knows status codes for domain errors: the routes raise `Service
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import BaseModel
+from redis.exceptions import RedisError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.media import (
     MediaError,
@@ -147,11 +159,82 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _answer(422, summary, errors=[e.model_dump() for e in errors])
 
 
+def _retry_after(request: Request) -> dict[str, str]:
+    config = getattr(request.app.state, "config", None)
+    return {"Retry-After": str(getattr(config, "retry_after_s", 1))}
+
+
+def disk_full(exc: BaseException) -> bool:
+    """An error of a full disk (or quota): the OS's, or the database's saying so."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, DBAPIError) and "full" in str(exc.orig).lower()
+
+
+async def _infrastructure_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database, the broker or the disk failing: 507 for a full disk, else 503 with Retry-After (the
+    service recovers by itself once they are back: connections are checked before use)."""
+    if disk_full(exc):
+        log.error("%s %s: the disk is full: %s", request.method, request.url.path, exc)
+        return _answer(507, "the server's disk is full: nothing was stored; retry once space is freed")
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
+        return await _unexpected(request, exc)
+    what = "database" if isinstance(exc, SQLAlchemyError) else "queue (broker)"
+    log.warning("%s %s: the %s is unreachable: %s", request.method, request.url.path, what, exc)
+    return _answer(503, f"the {what} is unreachable; retry later", _retry_after(request))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _answer(500, f"internal error ({type(exc).__name__}); the server's log has the details")
+
+
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+    RedisError,
+    KombuOperationalError,
+    OSError,
+)
+
+
+class CatchAll:
+    """Any exception no handler took becomes a JSON 500 here, the connection kept: Starlette's own error
+    middleware re-raises after answering and uvicorn then closes the connection, so the client's next request
+    on it would meet a reset."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
+
+
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(MediaError, _media_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for kind in INFRASTRUCTURE_ERRORS:
+        app.add_exception_handler(kind, _infrastructure_error)
 
 
 DESCRIPTIONS = {
@@ -162,7 +245,8 @@ DESCRIPTIONS = {
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",
-    503: "Too many inferences at once (retry after Retry-After seconds), or the queue is unreachable",
+    503: "Too many inferences at once, or the database or queue is unreachable (retry after Retry-After seconds)",
+    507: "The server's disk is full",
 }
 
 

@@ -9,18 +9,20 @@ turn).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from indexer import jobs, tasks
+from indexer import jobs, leases, sweep, tasks
 from indexer.catalog import IndexJob, JobFile, Video, VideoStatus
-from indexer.pipeline import content_hash, list_media
+from indexer.locks import renewed_lock
+from indexer.pipeline import content_hash, list_media, model_id_of
 from indexer.tasks import Publish, Resources, TaskContext
 from service.config import ServiceConfig
 from service.errors import Forbidden, InvalidInput, NotFound, Unavailable
@@ -53,6 +55,8 @@ def resolve_media_paths(paths: list[str], media_roots: tuple[Path, ...]) -> list
                 raise Forbidden(f"{raw}: outside the media roots ({setting}); add its folder there to index it")
             if not path.exists():
                 raise NotFound(f"{raw}: no such file or folder")
+            if not (path.is_dir() or path.is_file()):  # a FIFO would block the job that opens it
+                raise InvalidInput(f"{raw}: not a regular file (a FIFO, device or socket); give media files")
             files = [f.resolve() for f in list_media(path)] if path.is_dir() else [path]
         except OSError as exc:
             raise InvalidInput(f"{raw}: {exc.strerror or exc}") from exc
@@ -78,35 +82,55 @@ def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> li
                 Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED
             )
             uri = session.scalars(query).first()
-        if uri is not None and Path(uri).is_file():
-            path.unlink(missing_ok=True)
+        if uri is not None and Path(uri).is_file() and Path(uri).parent.resolve() != path.parent:
+            path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
             path = Path(uri)
         paths[path] = None
     return list(paths)
 
 
 class JobRunner:
-    """Starts index jobs: through the publisher when one is given (a broker), else in a thread of this process."""
+    """Starts index jobs: through the publisher when one is given (a broker), else in a thread of this process;
+    and reconciles: at `start` and every `reconcile_interval_s`, files whose lease expired (their worker, an
+    earlier API process or the broker's queue lost them) are dispatched again or failed (`indexer.leases`),
+    and the data dir is swept of what dead writers left (`indexer.sweep`)."""
 
     def __init__(self, config: ServiceConfig, sessions: sessionmaker, publish: Publish | None = None) -> None:
         self.config, self.sessions, self.publish = config, sessions, publish
         self.mode = "broker" if publish is not None else "in-process"
         self._pool = None if publish is not None else ThreadPoolExecutor(1, thread_name_prefix="cavsync-index")
-        self._stop = threading.Event()  # in-process jobs stop after their current file once it is set
-        self._waiting: dict[str, Future[None]] = {}  # in-process jobs not started yet, by id
+        self._stop = threading.Event()  # set by close(): in-process jobs stop after their current file
+        self._futures: dict[str, Future[None]] = {}  # in-process jobs this runner holds (waiting or running)
         self._resources = Resources(catalogs={config.catalog_url: sessions})  # in-process: the model loaded once
+        self._reconciler: threading.Thread | None = None
 
-    def _context(self, job_id: str) -> TaskContext:
+    @property
+    def queue_wait_s(self) -> float:
+        """A dispatched file's lease until a task claims it: in process, this runner renews it every reconcile
+        interval while it holds the job; on a broker nobody can, so it covers a long wait in the queue."""
+        leases_ = self.config.leases
+        return leases_.lease_s if self._pool is not None else leases_.queue_lease_s
+
+    def _context(self, job_id: str | None) -> TaskContext:
         c = self.config
-        return TaskContext(str(c.model_path.resolve()), str(c.data_dir.resolve()), c.catalog_url, job_id)
+        return TaskContext(
+            str(c.model_path.resolve()),
+            str(c.data_dir.resolve()),
+            c.catalog_url,
+            job_id,
+            lock_url=c.broker_url,
+            lease_s=c.leases.lease_s,
+            queue_lease_s=self.queue_wait_s,
+        )
 
     def submit(self, paths: list[Path], uploaded: bool = False) -> str:
         """Record the job and start it; returns its id (blocking: a few catalog writes, and with a broker the
         publishing, which fails within the broker timeout: 503, the job marked failed, and `uploaded` files no
         task was sent for deleted)."""
         job_id = jobs.create_job(self.sessions, [str(p) for p in paths])
+        leases.hold_jobs(self.sessions, [job_id], self.queue_wait_s)  # lost with this process if it dies now
         if self._pool is not None:
-            self._waiting[job_id] = self._pool.submit(self._run, job_id)
+            self._futures[job_id] = self._pool.submit(self._run, job_id)
             return job_id
         try:
             tasks.dispatch_job(self._context(job_id), self._resources, publish=self.publish)
@@ -119,25 +143,130 @@ class JobRunner:
         return job_id
 
     def _run(self, job_id: str) -> None:
-        self._waiting.pop(job_id, None)
         try:  # the tasks run here, one file after the other, until close() sets the stop flag
             tasks.dispatch_job(self._context(job_id), self._resources, stop=self._stop)
         except Exception:  # a file's failure is recorded by its task; this is the catalog itself failing
             log.exception("index job %s stopped", job_id)
 
+    def _rerun(self, job_id: str, paths: list[str]) -> None:
+        try:
+            tasks.run_here(self._context(job_id), paths, self._resources, self._stop)
+        except Exception:
+            log.exception("index job %s stopped", job_id)
+
+    # ------------------------------------------------------------------------------------ reconciling
+    def start(self) -> None:
+        """Sweep the data dir, reconcile once, then keep reconciling in a daemon thread (blocking: run it off
+        the event loop). Failures are logged: the next round tries again."""
+        for step in (self.sweep, self.reconcile):
+            try:
+                step()
+            except Exception:
+                log.exception("index jobs: %s at start failed", step.__name__)
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="cavsync-reconcile", daemon=True)
+        self._reconciler.start()
+
+    def _reconcile_loop(self) -> None:
+        while not self._stop.wait(self.config.reconcile_interval_s):
+            try:
+                self.reconcile()
+            except Exception as exc:  # the database away for a while: the next round tries again
+                log.warning("index jobs: reconciling failed: %s", exc)
+
+    def _held(self) -> list[str]:
+        return [job_id for job_id, future in list(self._futures.items()) if not future.done()]
+
+    def sweep(self) -> None:
+        """What dead writers left in the data dir (under the merge lock with a broker: no merge runs then)."""
+        ctx = self._context(None)
+        grace = self.config.leases.lease_s
+
+        def run() -> None:
+            sweep.sweep_data_dir(Path(ctx.data_dir), self.sessions, model_id_of(ctx.model_path), grace)
+
+        if (ctx.lock_url or "").startswith("redis"):
+            with renewed_lock(str(ctx.lock_url), "cavsync:merge", 30.0, wait_s=5.0):  # busy: the next merge sweeps
+                run()
+        else:
+            run()
+
+    def reconcile(self) -> int:
+        """One round: renew the jobs this process holds, dispatch jobs an earlier process never started, send
+        lost files again (or fail them past `max_dispatches`); returns the files sent again or failed."""
+        held = self._held()
+        leases.hold_jobs(self.sessions, held, self.queue_wait_s)
+        for job_id in leases.stale_queued_jobs(self.sessions, held):
+            log.warning("index job %s was never started (its process stopped): starting it", job_id)
+            self._dispatch_again(job_id, None)
+        lost = leases.expired(self.sessions, held)
+        if (
+            self._pool is None
+            and any(not f.claimed for f in lost)
+            and queue_depth(self.config.broker_url, self.config.queue)
+        ):
+            waiting = [f for f in lost if not f.claimed]  # the broker still has tasks to hand out: maybe theirs
+            leases.still_queued(self.sessions, waiting, self.queue_wait_s)
+            lost = [f for f in lost if f.claimed]
+        limit = self.config.leases.max_dispatches
+        leases.give_up(self.sessions, [f for f in lost if f.dispatches >= limit])
+        again: dict[str, list[str]] = {}
+        for item in (f for f in lost if f.dispatches < limit):
+            if leases.take_for_redispatch(self.sessions, item, self.queue_wait_s):
+                again.setdefault(item.job_id, []).append(item.path)
+        for job_id, paths in again.items():
+            log.warning("index job %s: %d file(s) lost (lease expired): sent again", job_id, len(paths))
+            self._dispatch_again(job_id, paths)
+        return len(lost)
+
+    def _dispatch_again(self, job_id: str, paths: list[str] | None) -> None:
+        """A job never started (`paths` None) or its lost files, sent to the workers or this process's queue."""
+        if self._pool is not None:
+            work = (self._run, job_id) if paths is None else (self._rerun, job_id, paths)
+            self._futures[job_id] = self._pool.submit(*work)
+            return
+        ctx = self._context(job_id)
+        if paths is None:
+            with contextlib.suppress(tasks.QueueUnavailable):  # the job is marked failed with the reason
+                tasks.dispatch_job(ctx, self._resources, publish=self.publish)
+            return
+        for path in paths:
+            try:
+                self.publish(job_id, path, ctx)  # type: ignore[misc]  # a broker runner always has a publisher
+            except Exception as exc:  # the lease expires again: the next round retries, then gives up
+                log.warning("index job %s: %s not sent again: %s", job_id, path, exc)
+
     def close(self) -> None:
-        """In-process jobs stop after their current file; the files not begun, and jobs never started, fail
-        with jobs.STOPPED (indexing them again skips what was done). Jobs on the workers are theirs."""
+        """Stop reconciling. In-process jobs stop after their current file (waited for `shutdown_grace_s`); the
+        files not done, and jobs never started, fail with jobs.STOPPED now (indexing them again skips what was
+        done), since the process may be gone right after. Jobs on the workers are theirs."""
+        self._stop.set()
         if self._pool is None:
             return
-        self._stop.set()
+        held = self._held()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for job_id, future in list(self._waiting.items()):
-            if future.cancelled():
-                try:
-                    jobs.fail_unstarted(self.sessions, job_id)
-                except Exception:
-                    log.exception("index job %s: cannot mark it stopped", job_id)
+        running = [f for f in self._futures.values() if f.running()]
+        wait(running, timeout=self.config.shutdown_grace_s)
+        for job_id in held:
+            try:
+                jobs.fail_unstarted(self.sessions, job_id)
+            except Exception:
+                log.exception("index job %s: cannot mark it stopped", job_id)
+
+
+def queue_depth(broker_url: str | None, queue: str) -> int:
+    """Tasks waiting in the broker's `queue` (Redis brokers; 0 when unknown or unreachable). A file whose queue
+    lease expired while tasks still wait there may be one of them: it is not sent again until the queue
+    drains, so a long backlog is not mistaken for lost tasks."""
+    if not (broker_url or "").startswith(("redis://", "rediss://")):
+        return 0
+    import redis
+
+    try:
+        client = redis.Redis.from_url(str(broker_url), socket_connect_timeout=2, socket_timeout=2)
+        return int(client.llen(queue))
+    except redis.RedisError as exc:
+        log.warning("queue depth unknown: %s", exc)
+        return 0
 
 
 def _summary(job: IndexJob) -> dict:

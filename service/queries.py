@@ -228,7 +228,7 @@ def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuer
 def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> tuple[Picture, float]:
     """The whole picture of an image (time ignored) or of a video at `at` s, and its time. An `uploaded`
     video longer than the duration limit is refused, as for every other upload."""
-    info = probe(path, engine.prep.timeout_s)
+    info = probe(path, engine.prep.timeout_s, engine.prep.limits)
     if uploaded:
         checked_duration(info, engine.prep)
     if info.still_image or info.duration is None:

@@ -68,7 +68,7 @@ def kept_name(filename: str | None) -> str:
 
 
 def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig) -> list[Path]:
-    """Save uploads for indexing as `<folder>/<random>-<safe name>`; they stay (the catalog points at them).
+    """Save uploads for indexing as `<folder>/<random>-<safe name>`; the task that settles each deletes it.
     The paths are absolute: they cross the broker to workers that may run in another folder. An upload
     longer than `prep.max_duration_s` raises MediaTooLongError and none is kept; unreadable ones are kept
     for the job to record as failed."""
@@ -90,7 +90,9 @@ def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig
 
 def _check_duration(path: Path, filename: str | None, prep: PreprocessConfig) -> None:
     try:
-        info = probe(path, prep.timeout_s)
+        info = probe(path, prep.timeout_s, prep.limits)
+    except MediaTooLongError as exc:  # over the pixel or frame limits (MediaTooLargeError)
+        raise type(exc)(str(exc).replace(path.name, safe_name(filename), 1)) from exc
     except MediaError:
         return
     try:

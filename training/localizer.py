@@ -42,12 +42,12 @@ class LocalizerConfig:
     data: str  # a media manifest (CSV/JSONL) or a `cavsync synth` folder
     out_dir: str
     into: str | None = None  # also write the checkpoint with the head here (may be `checkpoint` itself)
-    layer: int = 1  # visual block whose patch tokens feed the head
+    layer: int = 2  # visual block whose patch tokens feed the head
     hidden_dim: int = 256
     aggregation: Aggregation = "max"
     pool_temperature: float = 0.1  # for aggregation=softmax
     temperature: float = 0.05  # InfoNCE
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 64  # clips per batch (one frame each)
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -231,6 +231,7 @@ def train_localizer(cfg: LocalizerConfig, progress: bool = True) -> Path:
     model = load_model(cfg.checkpoint)
     fingerprint = backbone_fingerprint(model)
     features = cached_features(model, cfg, fingerprint)
+    torch.manual_seed(cfg.seed)  # here: computing the features (a DataLoader) draws from the global generator
     head = LocalizationHead(head_config_for(cfg, model))
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path, run = out_dir / "last.pt", _identity(cfg, fingerprint)

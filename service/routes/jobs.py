@@ -77,13 +77,13 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
     response_model=JobAccepted,
     status_code=202,
     openapi_extra=INDEX_BODY,
-    responses=responses(400, 401, 403, 404, 413, 415, 503),
+    responses=responses(400, 401, 403, 404, 413, 415, 503, 507),
     dependencies=[Depends(require_api_key)],
 )
 async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
     """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
-    walked) or multipart `files` uploads (kept under the data dir's uploads/). Answers at once with the
-    job id; the job runs on the Celery workers, or in this process when no broker is configured."""
+    walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Answers at once with
+    the job id; the job runs on the Celery workers, or in this process when no broker is configured."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         paths = await _json_paths(request)

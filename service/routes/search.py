@@ -132,7 +132,7 @@ async def search_tokens(engine: EngineDep, version: VersionDep, body: TokensQuer
 PNG = {
     "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
     "description": "JSON map, or with ?format=png the heat map over the whole frame at the source's resolution "
-    "(at most 720 px high), with a colour legend (the map's min and max cosine)",
+    "(at most 720 px high), with a colour legend (the map's min and max cosine) over its bottom strip",
 }
 METHOD = (
     "head: the checkpoint's learned localization head (the default when it has one); paper: the cosine of the "

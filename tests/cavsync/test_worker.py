@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from indexer.tasks import Resources, TaskContext
 from ..conftest import redis_db
 
 REPO = Path(__file__).resolve().parents[2]
-BROKER = os.environ.get("CAVSYNC_TEST_REDIS", "redis://127.0.0.1:6379/14")
+BROKER = os.environ.get("CAVSYNC_TEST_WORKER_REDIS", "redis://127.0.0.1:6379/11")
 CLOSED_BROKER = "redis://127.0.0.1:1/0"
 
 
@@ -87,7 +88,7 @@ def _oldest_delivery_older_than(broker: str, seconds: float) -> bool:
 def test_worker_killed_mid_job_then_replaced(
     broker: str, pg_url: str, media: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    data_dir, visibility_s = tmp_path / "data", 5
+    data_dir, visibility_s, queue = tmp_path / "data", 5, f"cavsync-test-{uuid.uuid4().hex[:8]}"
     # the killed worker's task comes back after the visibility timeout: a short one for the test
     env = dict(
         os.environ,
@@ -95,9 +96,12 @@ def test_worker_killed_mid_job_then_replaced(
         CAVSYNC_BROKER_URL=broker,
         OMP_NUM_THREADS="1",
         CAVSYNC_VISIBILITY_TIMEOUT_S=str(visibility_s),
+        CAVSYNC_LEASE_S="6",  # the redelivered task claims the file once the dead worker's lease expired
+        CAVSYNC_RECONCILE_INTERVAL_S="2",
+        CAVSYNC_QUEUE=queue,  # a queue of this test's own: nothing else on the broker reaches its workers
         CAVSYNC_TEST_WORKER_LOG=str(tmp_path / "worker.log"),
     )
-    publish = publisher(make_app(Settings(broker_url=broker)))
+    publish = publisher(make_app(Settings(broker_url=broker, queue=queue)))
     sessions = open_catalog(pg_url)
     files = sorted(str(p) for p in media.glob("*.mp4"))
     job_id = tasks.start_job(files, TaskContext(str(checkpoint), str(data_dir), pg_url), Resources(), publish=publish)

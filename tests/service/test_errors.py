@@ -62,15 +62,28 @@ def test_decoder_messages_are_passed_on(client: TestClient, bad_files: dict[str,
     assert "empty" in empty
 
 
-def test_uploads_are_deleted(client: TestClient, corpus: Corpus, bad_files: dict[str, Path]) -> None:
+def test_uploads_are_deleted(
+    client: TestClient, corpus: Corpus, bad_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tempfile
 
-    leftovers = lambda: set(Path(tempfile.gettempdir()).glob("cavsync-upload-*"))  # noqa: E731
-    before = leftovers()
-    client.post("/search/audio-to-video", files=upload(corpus.clips[0]))
-    client.post("/search/audio-to-video", files=upload(bad_files["random_bytes"]))
-    client.post("/localize", files=upload(bad_files["png_named_mp4"], "image") | upload(corpus.clips[0], "audio"))
-    assert leftovers() == before
+    # uploads land in a folder of this test's own (other processes on the machine share /tmp)
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(suffix: str | None = None, prefix: str | None = None, dir: str | None = None) -> str:
+        if prefix != "cavsync-upload-":  # the decoder's own scratch folders
+            return real_mkdtemp(suffix, prefix, dir)
+        made.append(Path(real_mkdtemp(suffix, prefix, tmp_path)))
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    assert client.post("/search/audio-to-video", files=upload(corpus.clips[0])).status_code == 200
+    assert client.post("/search/audio-to-video", files=upload(bad_files["random_bytes"])).status_code == 415
+    files = upload(bad_files["png_named_mp4"], "image") | upload(corpus.clips[0], "audio")
+    client.post("/localize", files=files)  # an image upload and an audio upload
+    assert len(made) >= 3 and all(p.name.startswith("cavsync-upload-") for p in made)  # every upload went there
+    assert list(tmp_path.iterdir()) == []  # and none is left
 
 
 # ------------------------------------------------------------------------------------ sizes

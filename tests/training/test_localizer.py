@@ -4,6 +4,7 @@ carries (backbone unchanged)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,13 +76,18 @@ def test_train_localizer_is_deterministic_resumes_and_writes_the_head(
     head_file = train_localizer(_run(backbone, synth_corpus, tmp_path / "a", into=str(into)), progress=False)
     train_localizer(_run(backbone, synth_corpus, tmp_path / "b", steps=3), progress=False)  # interrupted ...
     resumed = train_localizer(_run(backbone, synth_corpus, tmp_path / "b"), progress=False)  # ... and resumed
-    uninterrupted, continued = load_file(head_file), load_file(resumed)
-    assert all(torch.equal(uninterrupted[k], continued[k]) for k in uninterrupted)  # the same head, bit for bit
+    (tmp_path / "c").mkdir()
+    for cache in (tmp_path / "a").glob("features-*.pt"):  # a run that finds the features cached
+        shutil.copy(cache, tmp_path / "c" / cache.name)
+    cached = train_localizer(_run(backbone, synth_corpus, tmp_path / "c"), progress=False)
+    uninterrupted = load_file(head_file)
+    for other in (load_file(resumed), load_file(cached)):
+        assert all(torch.equal(uninterrupted[k], other[k]) for k in uninterrupted)  # the same head, bit for bit
     model = load_model(into)
     for name, tensor in load_model(backbone).state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name  # the backbone is untouched
     head = load_localization_head(into, model)
-    assert head is not None and head.config.layer == 1
+    assert head is not None and head.config.layer == 2
     adapter = load_localization_head(head_file, model)
     assert adapter is not None
     assert all(torch.equal(adapter.state_dict()[k], v) for k, v in head.state_dict().items())

@@ -1,0 +1,107 @@
+"""Sweeping what a dead or failed writer left in the data dir: partial token-store versions and temp shard
+files (`TokenStore.sweep_partial`), temp files of pending shards, catalog rows of a merge that died half-way
+(pending videos: indexed when their clips are all in the store, else removed, to be merged again) and the
+API's uploads once their job files are settled. Run at API start and after each merge, under the merge lock
+(no other merger is writing then); temp files younger than `grace_s` may belong to a live writer and stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.catalog import FileState, JobFile, Video, VideoStatus
+from indexer.store import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+def drop_upload(uploads: Path, path: str) -> None:
+    """Delete a file of a settled job when it is one of the API's uploads (kept only to be indexed)."""
+    file = Path(path)
+    if file.parent.resolve() == uploads.resolve():
+        file.unlink(missing_ok=True)
+
+
+ORPHAN_GRACE_S = 600.0  # a pending row younger than this may be a live writer's (a merge, `cavsync index`)
+
+
+def _older_than(when: datetime | None, seconds: float) -> bool:
+    if when is None:
+        return True
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return (datetime.now(UTC) - when).total_seconds() > seconds
+
+
+def settle_orphan_rows(
+    store: TokenStore, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S
+) -> int:
+    """Pending videos of `model_id` older than `grace_s` (a merge died between its catalog rows and its
+    tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task
+    merges them again; a retried merge of the same content also replaces them at once)."""
+    version = store.open(gpu=False, indexes=False)
+    live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
+    fixed = 0
+    with sessions() as session:
+        query = select(Video).where(Video.status == VideoStatus.PENDING, Video.model_id == model_id)
+        for video in session.scalars(query).all():
+            if not _older_than(video.updated_at, grace_s):
+                continue
+            if video.clips and all(c.id in live for c in video.clips):
+                video.status = VideoStatus.INDEXED
+            else:
+                session.delete(video)
+            fixed += 1
+        session.commit()
+    if fixed:
+        log.info("settled %d catalog row(s) a dead merge left pending", fixed)
+    return fixed
+
+
+def old_files(folder: Path, pattern: str, grace_s: float) -> list[Path]:
+    """Files of `folder` matching `pattern` not modified for `grace_s` seconds."""
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    found = []
+    for path in folder.glob(pattern):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > grace_s:
+                found.append(path)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def unsettled_uploads(sessions: sessionmaker[Session], uploads: Path) -> set[str]:
+    """Paths of uploads some job still has to index."""
+    prefix = str(uploads.resolve()) + "/"
+    query = select(JobFile.path).where(JobFile.state == FileState.QUEUED, JobFile.path.startswith(prefix))
+    with sessions() as session:
+        return set(session.scalars(query).all())
+
+
+def after_merge(store: TokenStore, sessions: sessionmaker[Session], model_id: str) -> None:
+    """After a merge published (or failed to): partial versions and temp shards, then orphan rows."""
+    store.sweep_partial()
+    settle_orphan_rows(store, sessions, model_id)
+
+
+def sweep_data_dir(data_dir: Path, sessions: sessionmaker[Session], model_id: str, grace_s: float) -> int:
+    """Everything a dead writer can leave in `data_dir` (see the module); returns the files deleted."""
+    store = TokenStore(data_dir / "index")
+    after_merge(store, sessions, model_id)
+    stale = old_files(data_dir / "pending", ".*.tmp.npz", grace_s)
+    uploads = data_dir / "uploads"
+    wanted = unsettled_uploads(sessions, uploads)
+    stale += [p for p in old_files(uploads, "*", grace_s) if str(p.resolve()) not in wanted]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("deleted %d leftover file(s) of dead writers and settled uploads", len(stale))
+    return len(stale)

@@ -1,0 +1,195 @@
+"""Bounded inputs and resources (issue 13): decompression bombs refused in under a second with no ffmpeg
+started on them, FIFOs refused, any valid float as a time, exactly one of concurrent deletes reports it, a
+store of 1,000 shards opened with a bounded number of file descriptors, a whitespace API key refused."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr, ValidationError
+
+from cavsync.settings import Settings
+from service.app import create_app
+from service.config import ServiceConfig
+
+from .conftest import DEMO_CHECKPOINT, record
+
+pytestmark = pytest.mark.slow  # the module's fixtures index clips and mux a bomb (about half a minute)
+BOMB_SIDE = 16000  # 256 M pixels: 768 MB of RGB once decoded, from a file of under 1 MB
+
+
+def png_bomb(path: Path) -> Path:
+    """A valid 16000 x 16000 black PNG (the field report's 746-KB bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + BOMB_SIDE * 3)
+    pixels = b"".join(packer.compress(row) for _ in range(BOMB_SIDE)) + packer.flush()
+    header = struct.pack(">IIBBBBB", BOMB_SIDE, BOMB_SIDE, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The PNG bomb, and the same frames muxed into an mp4 (two frames, stream copy: no decoding)."""
+    from model.media import ffmpeg_binary
+
+    folder = tmp_path_factory.mktemp("bombs")
+    png = png_bomb(folder / "bomb.png")
+    mp4 = folder / "bomb.mp4"
+    args = [ffmpeg_binary(), "-v", "error", "-y", "-loop", "1", "-t", "2", "-framerate", "1", "-i", str(png)]
+    subprocess.run([*args, "-c:v", "copy", str(mp4)], check=True, timeout=120)
+    return {"png": png, "mp4": mp4}
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, media: list[Path]) -> Path:
+    """A data dir with the first three clips indexed."""
+    from indexer.catalog import open_catalog
+    from indexer.pipeline import Indexer, model_id_of
+    from indexer.store import TokenStore
+    from model import load_model
+
+    data = tmp_path_factory.mktemp("indexed")
+    sessions = open_catalog(f"sqlite:///{data / 'catalog.db'}")
+    store = TokenStore(data / "index")
+    model = load_model(DEMO_CHECKPOINT)
+    summary = Indexer(model, model_id_of(DEMO_CHECKPOINT), store, sessions, workers=1).index(media[:3], False)
+    assert summary.indexed == 3, summary
+    return data
+
+
+@pytest.fixture()
+def client(indexed: Path, media: list[Path], tmp_path: Path) -> Iterator[TestClient]:
+    import shutil
+
+    data = Path(shutil.copytree(indexed, tmp_path / "data"))
+    config = ServiceConfig(model_path=DEMO_CHECKPOINT, data_dir=data, media_roots=(tmp_path, media[0].parent))
+    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argument list of every process started meanwhile (ffprobe and ffmpeg go through Popen)."""
+    started: list[list[str]] = []
+    real = subprocess.Popen
+
+    def recording(args: Any, *rest: Any, **kwargs: Any) -> Any:
+        started.append([str(a) for a in args])
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    return started
+
+
+def test_decompression_bombs_are_refused_at_once(
+    client: TestClient, bombs: dict[str, Path], spawned: list[list[str]]
+) -> None:
+    """413 in under a second, and no ffmpeg or ffprobe ever started on the bomb."""
+    timings = {}
+    for name, route, field, extra in (
+        ("png", "/localize", "image", {"audio_video_id": "1"}),
+        ("mp4", "/search/video-to-audio", "file", {}),
+        ("mp4", "/localize", "image", {"audio_video_id": "1", "time": "1"}),
+    ):
+        started = time.perf_counter()
+        response = client.post(route, files={field: (f"bomb.{name}", bombs[name].read_bytes())}, data=extra)
+        timings[f"{name} {route}"] = time.perf_counter() - started
+        assert response.status_code == 413, response.text
+        assert "16000x16000 pixels per frame" in response.json()["detail"], response.text
+    record("decompression bombs", seconds=timings, processes_started=len(spawned))
+    assert max(timings.values()) < 1.0, timings
+    assert spawned == [], spawned  # refused from the header alone
+
+
+def test_bomb_upload_for_indexing_is_refused(
+    client: TestClient, bombs: dict[str, Path], spawned: list[list[str]]
+) -> None:
+    response = client.post("/index", files={"files": ("bomb.mp4", bombs["mp4"].read_bytes())})
+    assert response.status_code == 413 and "pixels per frame" in response.json()["detail"], response.text
+    assert spawned == []
+
+
+def test_a_fifo_is_refused(client: TestClient, tmp_path: Path) -> None:
+    fifo = tmp_path / "f.mp4"
+    os.mkfifo(fifo)
+    started = time.perf_counter()
+    response = client.post("/index", json={"paths": [str(fifo)]})
+    assert response.status_code == 422 and "not a regular file" in response.json()["detail"], response.text
+    assert time.perf_counter() - started < 5
+
+
+def test_a_fifo_met_by_a_task_fails_its_file_without_blocking(tmp_path: Path) -> None:
+    """A path that became a FIFO after the API checked it: the task fails the file, it never blocks on it."""
+    from indexer.pipeline import content_hash
+    from model.media import NotRegularFileError
+
+    fifo = tmp_path / "late.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFileError):
+        content_hash(fifo)
+
+
+def test_any_valid_float_is_a_time(client: TestClient, media: list[Path]) -> None:
+    response = client.post(
+        "/localize", files={"image": ("v.mp4", media[0].read_bytes())}, data={"time": "0.00001", "audio_video_id": "1"}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_concurrent_deletes_report_one_deletion(client: TestClient) -> None:
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: client.delete("/videos/2"), range(10)))
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    deleted = sum(a.json()["deleted"] for a in answers)
+    record("10 concurrent DELETE /videos/2", deleted_true=deleted, answers=len(answers))
+    assert deleted == 1
+    assert client.get("/videos/2").json()["status"] == "deleted"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
+    from indexer.store import Manifest, TokenStore
+
+    store, rng = TokenStore(tmp_path / "index", factory="IDMap2,Flat", sketch_dim=4), np.random.default_rng(0)
+    manifest = Manifest(1, 2, 8, "float16", "m", factory="")
+    for shard in range(1000):
+        tokens = rng.standard_normal((1, 2, 8)).astype(np.float32)
+        tokens /= np.linalg.norm(tokens, axis=-1, keepdims=True)
+        entry = store._write_shard(np.array([shard]), {"audio": tokens, "visual": tokens}, np.ones((1, 2), bool))
+        manifest.shards.append(entry)
+    store._rebuilt(manifest)  # published as the current version, indexes built from the 1,000 shards
+    before = open_fds()
+    version = store.open(gpu=False)
+    assert version is not None and len(version) == 1000 and len(version.manifest.shards) == 1000
+    held = open_fds() - before
+    rows = np.arange(1000)
+    assert np.isfinite(version.gather("audio", rows)).all()
+    record("a store of 1,000 shards opened", fds_held=held)
+    assert held <= 4, held  # numpy's memmaps held 2 per shard: 2,000
+
+
+def test_a_whitespace_api_key_is_an_error_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAVSYNC_API_KEY", "   ")
+    with pytest.raises(ValidationError, match="only whitespace"):
+        Settings()
+    with pytest.raises(ValueError, match="blank"):
+        ServiceConfig(model_path=DEMO_CHECKPOINT, api_key=SecretStr(" \t"))

@@ -1,0 +1,59 @@
+"""Sweeping a data dir (indexer.sweep): what dead writers left goes, what live ones may still be writing
+(young temp files, young pending rows) and uploads a job still needs stay."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from indexer import jobs
+from indexer.catalog import Video, VideoStatus, new_video, open_catalog
+from indexer.store import TokenStore
+from indexer.sweep import sweep_data_dir
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_sweep_removes_what_dead_writers_left(catalog_url: str, tmp_path: Path) -> None:
+    data, sessions = tmp_path / "data", open_catalog(catalog_url)
+    store = TokenStore(data / "index", factory="IDMap2,Flat", sketch_dim=2)
+    tokens = np.ones((1, 2, 4), np.float32) / 2
+    store.add(np.array([999_999]), tokens, tokens, "m")  # no clip of the rows below
+    (data / "index" / "versions" / ".v000009.abc").mkdir()  # a version never published (a full disk)
+    (data / "index" / "shards" / ".s1.audio.npy.7.tmp").write_bytes(b"partial")
+    (data / "pending").mkdir()
+    dead = data / "pending" / ".sha.1.tmp.npz"
+    dead.write_bytes(b"a dead writer's")
+    _aged(dead, 3600)
+    young = data / "pending" / ".sha.2.tmp.npz"
+    young.write_bytes(b"a live writer's")
+    (data / "uploads").mkdir()
+    settled_upload = data / "uploads" / "a-clip.mp4"
+    settled_upload.write_bytes(b"indexed already")
+    _aged(settled_upload, 3600)
+    wanted_upload = data / "uploads" / "b-clip.mp4"
+    wanted_upload.write_bytes(b"still queued")
+    _aged(wanted_upload, 3600)
+    jobs.create_job(sessions, [str(wanted_upload.resolve())])
+    with sessions() as session:
+        old = new_video("/m/old.mp4", "a" * 64, "m", [(0.0, 10.0, "audio,visual")])
+        old.updated_at = datetime.now(UTC) - timedelta(hours=2)
+        session.add_all([old, new_video("/m/new.mp4", "b" * 64, "m", [(0.0, 10.0, "audio")])])
+        session.commit()
+
+    assert sweep_data_dir(data, sessions, "m", grace_s=60) == 2
+    assert list((data / "index" / "versions").glob(".*")) == []
+    assert list((data / "index" / "shards").glob(".*.tmp")) == []
+    assert not dead.exists() and young.exists()
+    assert not settled_upload.exists() and wanted_upload.exists()
+    with sessions() as session:
+        left = {v.uri: v.status for v in session.query(Video).all()}
+    assert left == {"/m/new.mp4": VideoStatus.PENDING}  # the old orphan went; the young one may be live
