@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 
 from ..model.media_files import ffmpeg
-from .conftest import DEMO_CHECKPOINT, Corpus, make_settings, upload
+from .conftest import DEMO_CHECKPOINT, Corpus, make_config, upload
 
 SEED = 4242  # the demo checkpoint was trained on seeds 1000 and 2000; the API corpus uses 7
 GROUPS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (10, 11, 12, 13))
@@ -116,7 +116,7 @@ def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> LongCorpus:
 
 @pytest.fixture(scope="module")
 def long_client(long_corpus: LongCorpus) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(long_corpus.corpus)), raise_server_exceptions=False) as client:
+    with TestClient(create_app(make_config(long_corpus.corpus)), raise_server_exceptions=False) as client:
         yield client
 
 
