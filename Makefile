@@ -5,12 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps lint typecheck layers check test test-fast bench demo demo-checkpoint clean
+.PHONY: screenshots install system-deps lint typecheck layers check test test-fast bench demo demo-checkpoint clean
 
 install: system-deps $(STAMP)
 
 # Debian's ffmpeg reproduces the official fbank exactly; without it (no apt, not root) the binary
-# that the imageio-ffmpeg wheel ships is used instead.
+# that the imageio-ffmpeg wheel ships is used instead. Debian's chromium runs the web page's browser tests
+# (playwright drives it by its path: `playwright install` is never run).
 system-deps:
 	@if ! command -v ffmpeg >/dev/null 2>&1; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -18,6 +19,14 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
 	  else \
 	    echo "note: no system ffmpeg and no apt-get as root: falling back to imageio-ffmpeg's binary"; \
+	  fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (the web page's browser tests drive it; no browser is downloaded)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "note: no chromium and no apt-get as root: the browser tests need it (set CAVSYNC_CHROMIUM to another build)"; \
 	  fi; \
 	fi
 
@@ -51,6 +60,10 @@ test: install check
 # Local work: the checks, then every test not marked slow (under 2 minutes on the 2-core dev machine).
 test-fast: install check
 	$(BIN)/python -m pytest -m "not slow"
+
+# The README's screenshots of the web page, taken by its browser tests.
+screenshots: install
+	CAVSYNC_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/service/web -q
 
 bench: install
 	$(BIN)/python bench/bench_encoder.py

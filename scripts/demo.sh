@@ -115,8 +115,13 @@ for r in body["results"]:
 '
 KEY=""
 [ -n "${CAVSYNC_API_KEY:-}" ] && KEY=" -H 'X-API-Key: $CAVSYNC_API_KEY'" # write routes only
-step "ready in $((SECONDS - started)) s; try (in another terminal):"
+step "ready in $((SECONDS - started)) s"
 cat <<EOF
+
+  The web page: open $URL/ in a browser (search by a file, a recording or an indexed video; the catalog; jobs).
+  Try dropping $EXCERPT on it.
+
+  Or from another terminal:
 
   curl -s $URL/health
   # which videos sound like this clip (audio -> video), best first, with the matched moments
@@ -137,6 +142,6 @@ cat <<EOF
   curl -s$KEY -H 'content-type: application/json' -d '{"paths": ["$SYNTH"]}' $URL/index
   curl -s $URL/jobs/JOB_ID
 
-Interactive API docs: $URL/docs    Stop: Ctrl-C
+Web page: $URL/    Interactive API docs (offline): $URL/docs    Stop: Ctrl-C
 EOF
 wait "$server"

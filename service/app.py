@@ -28,7 +28,7 @@ from service.engine import Engine
 from service.errors import CatchAll, install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import catalog, jobs, search, system
+from service.routes import catalog, jobs, search, system, web
 from service.schemas import MAX_QUERY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,8 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
         description=DESCRIPTION,
         lifespan=lifespan,
         max_body_size=config.max_upload_bytes,
+        docs_url=None,  # served offline by routes/web.py, with Swagger UI's own files
+        redoc_url=None,
     )
     app.state.config, app.state.metrics = config, metrics
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]  # FastAPI's documented schema hook
@@ -150,6 +152,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(CatchAll)  # outermost of ours: an unhandled error is a JSON 500, the connection kept
-    for module in (search, catalog, jobs, system):
+    for module in (search, catalog, jobs, system, web):
         app.include_router(module.router)
+    web.mount_static(app)
     return app

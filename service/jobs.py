@@ -16,17 +16,17 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from indexer import jobs, leases, sweep, tasks
-from indexer.catalog import IndexJob, JobFile
+from indexer.catalog import IndexJob, JobFile, Video, VideoStatus
 from indexer.locks import renewed_lock
-from indexer.pipeline import list_media, model_id_of
+from indexer.pipeline import content_hash, list_media, model_id_of
 from indexer.tasks import Publish, Resources, TaskContext
 from service.config import ServiceConfig
 from service.errors import Forbidden, InvalidInput, NotFound, Unavailable
-from service.schemas import JobFileInfo, JobInfo
+from service.schemas import JobFileInfo, JobInfo, JobPage, JobSummary
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,24 @@ def resolve_media_paths(paths: list[str], media_roots: tuple[Path, ...]) -> list
     if not found:
         raise InvalidInput("no media file under the given paths")
     return list(found)
+
+
+def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> list[Path]:
+    """Uploads kept for indexing whose content this model has indexed already are deleted at once, and the job
+    names the indexed file instead (its task skips it by content hash): no orphan copy is left behind."""
+    paths: dict[Path, None] = {}
+    for path in kept:
+        sha = content_hash(path)
+        with sessions() as session:
+            query = select(Video.uri).where(
+                Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED
+            )
+            uri = session.scalars(query).first()
+        if uri is not None and Path(uri).is_file() and Path(uri).parent.resolve() != path.parent:
+            path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
+            path = Path(uri)
+        paths[path] = None
+    return list(paths)
 
 
 class JobRunner:
@@ -251,6 +269,11 @@ def queue_depth(broker_url: str | None, queue: str) -> int:
         return 0
 
 
+def _summary(job: IndexJob) -> dict:
+    names = ("id", "state", "total", "done", "failed", "skipped", "created_at", "updated_at")
+    return {name: getattr(job, name) for name in names} | {"errors": dict(job.errors or {})}
+
+
 def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:
     """A job as the catalog has it (each task recounts its job when its file is settled), with its files."""
     with sessions() as session:
@@ -258,15 +281,13 @@ def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:
         if job is None:
             raise NotFound(f"no index job {job_id}")
         files = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
-        return JobInfo(
-            id=job.id,
-            state=job.state,
-            total=job.total,
-            done=job.done,
-            failed=job.failed,
-            skipped=job.skipped,
-            errors=dict(job.errors or {}),
-            files=[JobFileInfo(path=f.path, state=f.state, error=f.error) for f in files],
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-        )
+        return JobInfo(**_summary(job), files=[JobFileInfo(path=f.path, state=f.state, error=f.error) for f in files])
+
+
+def job_page(sessions: sessionmaker, limit: int, offset: int) -> JobPage:
+    """Jobs newest first, `limit` at a time from `offset`, with their counts and per-file errors."""
+    with sessions() as session:
+        total = session.scalar(select(func.count()).select_from(IndexJob)) or 0
+        query = select(IndexJob).order_by(IndexJob.created_at.desc(), IndexJob.id).limit(limit).offset(offset)
+        items = [JobSummary(**_summary(job)) for job in session.scalars(query).all()]
+    return JobPage(total=total, limit=limit, offset=offset, items=items)

@@ -65,14 +65,33 @@ def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, vid
     return version.gather(modality, rows[:1])[0]
 
 
-def stored_query(engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality) -> QueryTokens:
-    """An indexed video's track of `modality` as query tokens, cut to the longest query."""
+@dataclass(frozen=True)
+class TimeRange:
+    """Part of an indexed video used as a query, seconds; end None: to the end of its track."""
+
+    start: float = 0.0
+    end: float | None = None
+
+
+def stored_query(
+    engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
+) -> QueryTokens:
+    """An indexed video's track of `modality` (the frames of `part` of it: one per 0.64 s, from the first at or
+    after `start` to the last before `end`) as query tokens, cut to the longest query."""
     with engine.sessions() as session:
         first = indexed_video(session, video_id).clips[0].id
     stored_tokens(version, first, modality, video_id)  # 404 / 422 as for any stored token
     assert version is not None
     track = int(version.tracks.track_of_row[version.rows_of([first])[0]])
-    tokens = version.track_frames(modality, track)
+    tokens = version.track_frames(modality, track)  # (frames of the track, D)
+    if part != TimeRange():
+        end = part.end if part.end is not None else len(tokens) * version.frame_s
+        if end - part.start < engine.prep.min_query_s:
+            raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
+        times = version.frame_s * np.arange(len(tokens))  # each frame's time in the video
+        tokens = tokens[(times >= part.start - 1e-6) & (times < end - 1e-6)]
+        if len(tokens) == 0:
+            raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
     longest = max(1, round(engine.prep.max_query_s / version.frame_s))
     return QueryTokens(tokens[:longest], len(tokens) > longest, 0.0, 0.0)
 
@@ -163,8 +182,10 @@ def search_media(
     upload: UploadFile | None,
     video_id: int | None,
     options: SearchOptions,
+    part: TimeRange = TimeRange(),
 ) -> SearchResponse:
-    """Query `modality` ("audio" or "visual") from an upload or an indexed video, searched in the other one."""
+    """Query `modality` ("audio" or "visual") from an upload or an indexed video (`part` of it), searched in the
+    other one."""
     started = time.perf_counter()
     if upload is not None:
         with saved_upload(upload) as path:
@@ -173,7 +194,7 @@ def search_media(
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
         assert video_id is not None
-        query = stored_query(engine, version, video_id, modality)
+        query = stored_query(engine, version, video_id, modality, part)
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
     target: Modality = "visual" if modality == "audio" else "audio"
     return answer(engine, version, query, info, target=target, options=options, started=started, modality=modality)

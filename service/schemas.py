@@ -19,6 +19,13 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _ms(value: float) -> float:
+    return round(value, 3)
+
+
+# Times in answers are rounded to the millisecond (7.68, never 7.680000000000001).
+Seconds = Annotated[float, AfterValidator(_ms)]
+
 # The catalog writes UTC; SQLite gives it back without a zone. Answers always carry the offset (RFC 3339).
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
@@ -29,8 +36,8 @@ class Model(BaseModel):
 
 # ------------------------------------------------------------------------------------ search
 class Moment(Model):
-    start: float = Field(description="Seconds from the start of the video (rounded to the ms).")
-    end: float = Field(description="End of the aligned frames, seconds (at most the video's duration).")
+    start: Seconds = Field(description="Seconds from the start of the video (rounded to the ms).")
+    end: Seconds = Field(description="End of the aligned frames, seconds (at most the video's duration).")
     score: float = Field(description="The query's score at this placement (the chosen strategy, against the target).")
     frame_scores: list[float] = Field(
         description="Cosine of each aligned (query frame, video frame) pair of the target modality; their "
@@ -145,16 +152,16 @@ class LocalizeResponse(Model):
     grid_size: int = Field(description="G: 7 for the tiny preset, 14 for base.")
     image_size: int = Field(description="The model's square input (112 for tiny, 224 for base).")
     peak: Peak
-    frame_time: float = Field(description="Seconds into the video of the frame used (0 for an image).")
-    audio_time: float = Field(description="Centre of the audio segment used, seconds into the audio.")
+    frame_time: Seconds = Field(description="Seconds into the video of the frame used (0 for an image).")
+    audio_time: Seconds = Field(description="Centre of the audio segment used, seconds into the audio.")
     timings: LocalizeTimings
 
 
 # ------------------------------------------------------------------------------------ catalog
 class ClipInfo(Model):
     id: int
-    start: float
-    duration: float
+    start: Seconds
+    duration: Seconds
     modalities: str = Field(description='Comma-separated, e.g. "audio,visual".')
 
 
@@ -163,7 +170,7 @@ class VideoInfo(Model):
     uri: str
     status: VideoStatus
     model_id: str
-    duration: float | None
+    duration: Seconds | None
     modalities: str
     error: str | None
     created_at: UtcDatetime
@@ -183,8 +190,8 @@ class VideoPage(Model):
 
 class ClipEmbeddings(Model):
     clip_id: int
-    start: float
-    duration: float
+    start: Seconds
+    duration: Seconds
     audio: list[list[float]] | None = Field(description="(T, D) L2-normalised audio global tokens; null if absent.")
     visual: list[list[float]] | None = Field(description="(T, D) L2-normalised visual global tokens; null if absent.")
 
@@ -213,6 +220,11 @@ class IndexPathsRequest(Model):
     )
 
 
+class IndexRoots(Model):
+    media_roots: list[str] = Field(description="Folders POST /index may read files from (none: uploads only).")
+    api_key_required: bool = Field(description="Whether POST /index and DELETE need the X-API-Key header.")
+
+
 class JobAccepted(Model):
     job_id: str
     files: int
@@ -225,17 +237,27 @@ class JobFileInfo(Model):
     error: str | None
 
 
-class JobInfo(Model):
+class JobSummary(Model):
     id: str
     state: JobState
     total: int
-    done: int
+    done: int = Field(description="Files indexed.")
     failed: int
-    skipped: int
-    errors: dict[str, str]
-    files: list[JobFileInfo]
+    skipped: int = Field(description="Files already indexed with this model (same content).")
+    errors: dict[str, str] = Field(description="The error of each failed file, by path.")
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+
+class JobInfo(JobSummary):
+    files: list[JobFileInfo]
+
+
+class JobPage(Model):
+    total: int
+    limit: int
+    offset: int
+    items: list[JobSummary] = Field(description="Jobs, newest first.")
 
 
 # ------------------------------------------------------------------------------------ system

@@ -47,14 +47,15 @@ def _copy(upload: UploadFile, target: Path) -> None:
 @contextmanager
 def saved_upload(upload: UploadFile) -> Iterator[Path]:
     """The upload as a file in a private temporary folder, both deleted on exit. A `MediaError` raised
-    inside names the file, not the folder."""
+    inside names the file as the client sent it (`mic recording.webm`), not the server's temporary file."""
     folder = Path(tempfile.mkdtemp(prefix="cavsync-upload-"))
     path = folder / neutral_name(upload.filename)
     try:
         _copy(upload, path)
         yield path
-    except MediaError as exc:  # the same error, without the server's temporary folder in its message
-        raise type(exc)(str(exc).replace(f"{folder}/", "")) from exc
+    except MediaError as exc:  # the same error, with the name as given instead of the temporary path
+        given = Path(upload.filename or "").name or "the upload"
+        raise type(exc)(str(exc).replace(str(path), given).replace(path.name, given)) from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -1,13 +1,15 @@
-"""Catalog routes: videos (paginated), one video, its stored per-frame tokens, deleting it.
+"""Catalog routes: videos (paginated), one video, its media file (with HTTP Range) and a poster frame, its
+stored per-frame tokens, deleting it.
 
-Plain `def` endpoints: FastAPI runs them in a worker thread (catalog and store I/O block)."""
+Plain `def` endpoints: FastAPI runs them in a worker thread (catalog, store and file I/O block)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 
 from indexer.catalog import Video, VideoStatus
@@ -15,6 +17,7 @@ from indexer.pipeline import delete_videos
 from indexer.store import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import NotFound, responses
+from service.media import catalog_file, media_type, poster_jpeg
 from service.queries import indexed_video
 from service.schemas import (
     MAX_ID,
@@ -54,6 +57,46 @@ def get_video(engine: EngineDep, video_id: VideoId) -> VideoDetail:
         if video is None:
             raise NotFound(f"no video {video_id}")
         return VideoDetail.model_validate(video)
+
+
+MEDIA: dict[str, Any] = {
+    "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "The whole file (200) or, for a `Range: bytes=a-b` request, those bytes (206).",
+    "headers": {"Accept-Ranges": {"schema": {"type": "string"}, "description": "bytes"}},
+}
+PARTIAL: dict[str, Any] = {"description": "The requested byte range (Content-Range says which)."}
+JPEG: dict[str, Any] = {
+    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "A JPEG frame",
+}
+
+
+@router.get(
+    "/videos/{video_id}/media",
+    response_class=FileResponse,
+    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}, **responses(404)},
+)
+def video_media(engine: EngineDep, video_id: VideoId) -> FileResponse:
+    """The video's original file, as indexed (any state but deleted), with its Content-Type by extension.
+    HTTP Range requests are answered 206 with the bytes asked for, so players can seek. Only files of the
+    catalog are served; 404 when the video is unknown or deleted, or its file is gone."""
+    path = catalog_file(engine.sessions, video_id)
+    return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG, **responses(404)})
+def video_poster(
+    engine: EngineDep,
+    video_id: VideoId,
+    time: Annotated[float, Query(ge=0, le=1e6, allow_inf_nan=False, description="Seconds into the video.")] = 0.0,
+    width: Annotated[int, Query(ge=16, le=1280, description="Width of the JPEG in pixels (aspect kept).")] = 320,
+) -> Response:
+    """The video's frame at `time` as a JPEG (`X-Frame-Time` says the time used: clamped to the last frame;
+    422 past the end of the video or for a file without pictures)."""
+    path = catalog_file(engine.sessions, video_id)
+    data, used = poster_jpeg(path, time, width, engine.prep.timeout_s)
+    headers = {"X-Frame-Time": f"{used:.3f}", "Cache-Control": "max-age=3600"}
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 def _clip_tokens(version: StoreVersion, clip_ids: list[int], modality: str) -> dict[int, list[list[float]] | None]:

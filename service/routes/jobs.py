@@ -7,7 +7,7 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -16,8 +16,8 @@ from starlette.formparsers import MultiPartException
 from service.deps import EngineDep, require_api_key
 from service.engine import Engine
 from service.errors import BadRequest, InvalidInput, UnsupportedMedia, responses
-from service.jobs import JobRunner, job_info, resolve_media_paths
-from service.schemas import IndexPathsRequest, JobAccepted, JobInfo
+from service.jobs import JobRunner, job_info, job_page, resolve_media_paths, reuse_indexed
+from service.schemas import MAX_ID, IndexPathsRequest, IndexRoots, JobAccepted, JobInfo, JobPage
 from service.uploads import keep_uploads
 
 router = APIRouter(tags=["indexing"])
@@ -66,7 +66,8 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
         uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise InvalidInput("a multipart body needs one or more `files` uploads")
-        return await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.uploads_dir, engine.prep)
+        kept = await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.uploads_dir, engine.prep)
+        return await anyio.to_thread.run_sync(reuse_indexed, kept, engine.sessions, engine.model_id)
     finally:
         await form.close()
 
@@ -93,6 +94,24 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
         raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
     job_id = await anyio.to_thread.run_sync(jobs.submit, files, kind == "multipart/form-data")
     return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)
+
+
+@router.get("/index/roots", response_model=IndexRoots)
+def index_roots(engine: EngineDep) -> IndexRoots:
+    """What POST /index accepts here: the media roots paths must be under, and whether it needs the API key."""
+    config = engine.config
+    return IndexRoots(media_roots=[str(r) for r in config.media_roots], api_key_required=config.api_key is not None)
+
+
+@router.get("/jobs", response_model=JobPage, responses=responses())
+def list_jobs(
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> JobPage:
+    """Index jobs, newest first, `limit` at a time from `offset`: state, counts and each failed file's error
+    (`GET /jobs/{id}` lists every file)."""
+    return job_page(engine.sessions, limit, offset)
 
 
 JobId = Annotated[uuid.UUID, Path(description="The id POST /index returned.")]

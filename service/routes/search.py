@@ -32,6 +32,21 @@ VideoIdForm = Annotated[
 ]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+StartForm = Annotated[
+    float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where the query starts, s.")
+]
+EndForm = Annotated[
+    float | None,
+    Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where it ends (default: one clip)."),
+]
+
+
+def time_range(video_id: int | None, start: float, end: float | None) -> queries.TimeRange:
+    if (start or end is not None) and video_id is None:
+        raise InvalidInput("`start` and `end` choose part of an indexed video: give them with `video_id`")
+    if end is not None and end <= start:
+        raise InvalidInput(f"end ({end}) must come after start ({start})")
+    return queries.TimeRange(start, end)
 
 
 async def run_inference(engine: Engine, work: Callable[[], T]) -> T:
@@ -54,6 +69,8 @@ async def audio_to_video(
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
     moments: MomentsForm = 3,
+    start: StartForm = 0.0,
+    end: EndForm = None,
 ) -> SearchResponse:
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
@@ -64,7 +81,14 @@ async def audio_to_video(
     one_source(file, video_id, ("file", "video_id"))
     options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
     work = partial(
-        queries.search_media, engine, version, modality="audio", upload=file, video_id=video_id, options=options
+        queries.search_media,
+        engine,
+        version,
+        modality="audio",
+        upload=file,
+        video_id=video_id,
+        options=options,
+        part=time_range(video_id, start, end),
     )
     return await run_inference(engine, work)
 
@@ -78,6 +102,8 @@ async def video_to_audio(
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
     moments: MomentsForm = 3,
+    start: StartForm = 0.0,
+    end: EndForm = None,
 ) -> SearchResponse:
     """Videos whose sound fits pictures: the query's visual tokens (every frame: one per 0.64 s past
     10 s, up to 60 s) slid over every video's stored audio track; moments as for audio-to-video,
@@ -85,7 +111,14 @@ async def video_to_audio(
     one_source(file, video_id, ("file", "video_id"))
     options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
     work = partial(
-        queries.search_media, engine, version, modality="visual", upload=file, video_id=video_id, options=options
+        queries.search_media,
+        engine,
+        version,
+        modality="visual",
+        upload=file,
+        video_id=video_id,
+        options=options,
+        part=time_range(video_id, start, end),
     )
     return await run_inference(engine, work)
 

@@ -1,0 +1,106 @@
+// Indexing jobs: index paths under the media roots (shown) or uploads; the jobs with progress and each failed
+// file's error, refreshed while any job is still running.
+import { api, explain, setApiKey } from "./api.js";
+import { writeState } from "./state.js";
+import { announce, fileName, h, showError } from "./util.js";
+
+const PAGE_SIZE = 10;
+const POLL_MS = 1000;
+const $ = (id) => document.getElementById(id);
+let offset = 0;
+let timer = null;
+
+function jobItem(job) {
+  const settled = job.done + job.skipped + job.failed;
+  const percent = job.total ? Math.round((100 * settled) / job.total) : 100;
+  const errors = Object.entries(job.errors || {});
+  return h("li", { class: `job job-${job.state}`, "data-job-id": job.id },
+    h("div", { class: "job-head" },
+      h("span", { class: `status status-${job.state}`, text: job.state }),
+      h("strong", { text: ` ${settled} of ${job.total} files` }),
+      h("span", { class: "hint", text: ` · ${job.done} indexed · ${job.skipped} already indexed · ${job.failed} failed · ` +
+        `started ${new Date(job.created_at).toLocaleTimeString()} · job ${job.id.slice(0, 8)}` })),
+    h("progress", { max: "100", value: String(percent), "aria-label": `job ${job.id.slice(0, 8)} progress` }),
+    errors.length
+      ? h("details", { open: true },
+        h("summary", { text: `${errors.length} failed file${errors.length > 1 ? "s" : ""}` }),
+        h("ul", { class: "file-errors" }, errors.map(([path, error]) => {
+          const name = fileName(path);
+          const message = error.startsWith(`${name}: `) ? error.slice(name.length + 2) : error;
+          return h("li", {}, h("span", { class: "path", title: path, text: name }), ": ", h("span", { text: message }));
+        })))
+      : null);
+}
+
+export async function loadJobs() {
+  clearTimeout(timer);
+  try {
+    const page = await api(`/jobs?limit=${PAGE_SIZE}&offset=${offset}`);
+    $("job-list").replaceChildren(...page.items.map(jobItem));
+    const last = Math.min(page.total, offset + page.items.length);
+    $("jobs-page").textContent = page.total ? `${offset + 1}–${last} of ${page.total}` : "";
+    $("jobs-summary").textContent = page.total ? "" : "No indexing job yet.";
+    $("jobs-prev").disabled = offset === 0;
+    $("jobs-next").disabled = last >= page.total;
+    const active = page.items.some((job) => job.state === "queued" || job.state === "running");
+    if (active && !$("view-jobs").hidden) timer = setTimeout(loadJobs, POLL_MS);
+  } catch (error) {
+    showError($("jobs-error"), `The jobs cannot be read: ${explain(error)}`);
+  }
+}
+
+async function submit(body, what) {
+  showError($("jobs-error"), "");
+  try {
+    const accepted = await api("/index", { method: "POST", body });
+    announce(`Indexing job started: ${accepted.files} files`);
+    $("jobs-summary").textContent = `Job ${accepted.job_id.slice(0, 8)} started: ${accepted.files} files (${accepted.mode}).`;
+    offset = 0;
+    await loadJobs();
+    return true;
+  } catch (error) {
+    showError($("jobs-error"), `Could not index ${what}: ${explain(error)}`);
+    return false;
+  }
+}
+
+async function loadRoots() {
+  try {
+    const roots = await api("/index/roots");
+    const list = roots.media_roots;
+    $("media-roots").replaceChildren(...(list.length
+      ? list.map((root, i) => h("code", { text: root + (i < list.length - 1 ? "  " : "") }))
+      : [h("em", { text: "none configured (CAVSYNC_MEDIA_ROOTS): only uploads can be indexed" })]));
+    if (list.length && !$("paths").value) $("paths").placeholder = `${list[0]}/…`;
+    const keyBox = document.querySelector(".api-key");
+    keyBox.hidden = !roots.api_key_required;
+  } catch { /* the banner says why */ }
+}
+
+export function applyJobsState(state) {
+  offset = Math.max(0, Number(state.jobs || 0));
+  loadRoots();
+  loadJobs();
+}
+
+export function initJobs() {
+  $("index-paths").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const paths = $("paths").value.split("\n").map((p) => p.trim()).filter(Boolean);
+    if (!paths.length) return showError($("jobs-error"), "Give at least one absolute path under a media root.");
+    if (await submit({ paths }, "these paths")) $("paths").value = "";
+  });
+  $("index-uploads").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const files = [...$("upload-files").files];
+    if (!files.length) return showError($("jobs-error"), "Choose one or more media files first.");
+    const body = new FormData();
+    for (const file of files) body.append("files", file, file.name);
+    if (await submit(body, "the uploads")) $("upload-files").value = "";
+  });
+  $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); writeState({ jobs: offset || null }); loadJobs(); });
+  $("jobs-next").addEventListener("click", () => { offset += PAGE_SIZE; writeState({ jobs: offset }); loadJobs(); });
+  const key = $("api-key");
+  key.value = sessionStorage.getItem("cavsync.apiKey") || "";
+  key.addEventListener("change", () => setApiKey(key.value.trim()));
+}
