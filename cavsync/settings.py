@@ -90,15 +90,11 @@ class Settings(BaseSettings):
     @field_validator("api_key", mode="before")
     @classmethod
     def _no_blank_key(cls, value: object) -> object:
-        """Empty is unset (what compose's `${CAVSYNC_API_KEY:-}` passes when the shell has none); a key of only
-        whitespace is a mistake that would look like a key and protect nothing: refused at start."""
+        """A blank key (empty, or only whitespace) looks like a key and protects nothing: refused at start. To run
+        without a key, leave CAVSYNC_API_KEY unset (compose passes it through only when the shell sets it)."""
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if not isinstance(text, str):
-            return value
-        if not text:
-            return None
-        if not text.strip():
-            raise ValueError("is only whitespace: set a real key, or unset CAVSYNC_API_KEY to run without one")
+        if isinstance(text, str) and not text.strip():
+            raise ValueError("is blank: set a real key, or unset CAVSYNC_API_KEY to run without one")
         return value
 
     @field_validator("database_url", "broker_url", "ffmpeg", mode="before")

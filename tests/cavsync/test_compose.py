@@ -49,7 +49,8 @@ def _environment(service: dict) -> dict[str, str]:
     env = service.get("environment", {})
     if isinstance(env, list):
         env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {k: _interpolate(str(v)) for k, v in env.items()}
+    # a name without a value passes the shell's variable through: unset here, so unset there
+    return {k: _interpolate(str(v)) for k, v in env.items() if v is not None}
 
 
 def _volumes(service: dict) -> dict[str, str]:

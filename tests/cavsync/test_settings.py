@@ -23,7 +23,6 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("CAVSYNC_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CAVSYNC_MEDIA_ROOTS", '["/media/a", "/media/b"]')
     monkeypatch.setenv("CAVSYNC_CORS_ORIGINS", "http://a.example, http://b.example")
-    monkeypatch.setenv("CAVSYNC_API_KEY", "")  # docker compose's `${CAVSYNC_API_KEY:-}`: no key
     monkeypatch.setenv("CAVSYNC_BROKER_URL", "redis://redis:6379/0")
     monkeypatch.setenv("CAVSYNC_MAX_UPLOAD_BYTES", "1000")
     settings = Settings()
