@@ -358,7 +358,7 @@ def train_localizer(
         into=str(into) if into else None,
         layer=layer,
         hidden_dim=hidden_dim,
-        aggregation=aggregation,  # type: ignore[arg-type]
+        aggregation=aggregation,  # type: ignore[arg-type]  # a str checked against the Literal just above
         steps=steps,
         batch_size=batch_size,
         lr=lr,

@@ -119,6 +119,6 @@ def build(
         chunk = rows[start : start + CHUNK_CLIPS]
         tokens = gather(chunk)  # (c, T, D)
         index.add_with_ids(np.ascontiguousarray(tokens.reshape(-1, dim)), frame_ids(chunk, frames))
-        if projection is not None:
-            sketches.add_with_ids(projection.apply(tokens), chunk.astype(np.int64))  # type: ignore[union-attr]
+        if projection is not None and sketches is not None:
+            sketches.add_with_ids(projection.apply(tokens), chunk.astype(np.int64))
     return Built(index, projection, sketches)
