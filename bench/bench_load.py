@@ -38,6 +38,8 @@ from pathlib import Path
 
 import httpx
 
+from cavsync.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".wav", ".flac", ".mp3", ".ogg", ".m4a"}
 REQUEST_TIMEOUT_S = 60.0
@@ -57,6 +59,12 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _api_key() -> str | None:
+    """The write routes' key of the settings (CAVSYNC_API_KEY, read by cavsync.settings like every setting)."""
+    key = Settings().api_key
+    return key.get_secret_value() if key is not None else None
+
+
 @contextlib.contextmanager
 def serve(
     data_dir: Path, model: Path, log: Path, inference_wait_s: float, startup_s: float = 240.0
@@ -71,8 +79,8 @@ def serve(
         # past the server's inference slots a request waits this long, then gets 503 (counted as rejected)
         "CAVSYNC_INFERENCE_WAIT_S": str(inference_wait_s),
     }
-    if os.environ.get("CAVSYNC_API_KEY"):
-        env["CAVSYNC_API_KEY"] = os.environ["CAVSYNC_API_KEY"]
+    if key := _api_key():
+        env["CAVSYNC_API_KEY"] = key
     script = Path(sys.executable).with_name("cavsync")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "cavsync.cli"]
     with log.open("ab") as out:
@@ -310,7 +318,7 @@ def main() -> None:
     data_dir = args.data_dir.resolve()
     queries = _queries(args.media or data_dir / "media", args.max_queries)
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    api_key = os.environ.get("CAVSYNC_API_KEY")
+    api_key = _api_key()
 
     def run(url: str, pid: int | None) -> dict:
         return asyncio.run(load(url, queries, endpoints, args.seconds, args.concurrency, args.top_k, pid, api_key))
