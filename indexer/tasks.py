@@ -167,24 +167,45 @@ def _save_shard(tmp: Path, ctx: TaskContext, path: str, model: CAVMAESync, item:
     np.savez(tmp, allow_pickle=False, **arrays)
 
 
-def merge_shards(ctx: TaskContext, res: Resources) -> int:
-    """Move every finished shard into the catalog and the token store; returns how many were merged.
+class OwnShard(NamedTuple):
+    """The file of the task that merges (its path in `ctx.job_id`) and its content hash (its shard's name)."""
+
+    path: str
+    sha: str
+
+
+class Merged(NamedTuple):
+    """What a merge did: how many shards it merged, and the outcome of the calling task's own file (its shard merged
+    last and the file left for the task to settle, once its merge is over), None when not among them."""
+
+    shards: int
+    own: tuple[FileState, str | None] | None = None
+
+
+def merge_shards(ctx: TaskContext, res: Resources, own: OwnShard | None = None) -> Merged:
+    """Move every finished shard into the catalog and the token store.
 
     Run under the merge lock. A shard is removed only after its video is marked indexed (or failed);
-    a shard whose content is already indexed is just removed, so merging twice changes nothing.
+    a shard whose content is already indexed is just removed, so merging twice changes nothing. The shard of
+    the task's own file (`own`) goes last and that file is not settled here but returned: the task settles
+    it once its merge (every other shard, the sweep) is over, so its job is never final while the task still
+    merges shards of earlier, failed tasks (which a test or a user would then see left in `pending/`).
     """
-    model_id, merged = model_id_of(ctx.model_path), 0
+    model_id, merged = model_id_of(ctx.model_path), Merged(0)
     try:
-        merged = _merge_all(ctx, res, model_id)
+        merged = _merge_all(ctx, res, model_id, own)
     finally:  # under the merge lock: no other merger has rows or a version half-written
-        if merged or sys.exc_info()[0] is not None:
+        if merged.shards or sys.exc_info()[0] is not None:
             sweep.after_merge(ctx.store, res.sessions(ctx.database_url), model_id)
     return merged
 
 
-def _merge_all(ctx: TaskContext, res: Resources, model_id: str) -> int:
-    merged = 0
-    for shard in sorted(ctx.pending.glob(f"*.{model_id}.npz")):
+def _merge_all(ctx: TaskContext, res: Resources, model_id: str, own: OwnShard | None) -> Merged:
+    shards = sorted(
+        ctx.pending.glob(f"*.{model_id}.npz"), key=lambda s: (own is not None and s.name.startswith(own.sha), s)
+    )
+    count, outcome = 0, None
+    for shard in shards:
         data = dict(np.load(shard))
         sha = shard.name.split(".", 1)[0]
         with res.sessions(ctx.database_url)() as session:
@@ -192,11 +213,20 @@ def _merge_all(ctx: TaskContext, res: Resources, model_id: str) -> int:
                 state, error = FileState.SKIPPED, None
             else:
                 state, error = _merge_one(session, ctx.store, data, sha, model_id)
-            jobs.settle(session, str(data["job"]) or None, str(data["path"]), state, error)
+            if _is_own(ctx, data, own):
+                outcome = (state, error)
+            else:
+                jobs.settle(session, str(data["job"]) or None, str(data["path"]), state, error)
             session.commit()
         shard.unlink()
-        merged += 1
-    return merged
+        count += 1
+    return Merged(count, outcome)
+
+
+def _is_own(ctx: TaskContext, data: dict[str, Any], own: OwnShard | None) -> bool:
+    return (
+        own is not None and ctx.job_id is not None and (str(data["job"]), str(data["path"])) == (ctx.job_id, own.path)
+    )
 
 
 def _merge_one(
@@ -217,22 +247,25 @@ def _merge_one(
     return FileState.INDEXED, None
 
 
-def merge_pending(ctx: TaskContext, res: Resources) -> int:
-    """Merge under a Redis lock (one merger across machines, see `indexer.locks`) when the context names one;
-    in process the store's file lock serialises."""
+def merge_pending(ctx: TaskContext, res: Resources, own: OwnShard | None = None) -> Merged:
+    """`merge_shards` under a Redis lock (one merger across machines, see `indexer.locks`) when the context
+    names one; in process the store's file lock serialises."""
     if not (ctx.lock_url or "").startswith("redis"):
-        return merge_shards(ctx, res)
+        return merge_shards(ctx, res, own)
     with renewed_lock(str(ctx.lock_url), "cavsync:merge", ctx.merge_lock_ttl_s, wait_s=MERGE_LOCK_WAIT_S):
-        return merge_shards(ctx, res)
+        return merge_shards(ctx, res, own)
 
 
-def settle_file(ctx: TaskContext, path: str, sha: str, res: Resources) -> None:
-    """After the merge: a file whose own shard was not merged (its content was indexed, or failed, from another
-    path or job) takes the catalog's outcome for its content; then the job is recounted."""
+def settle_file(
+    ctx: TaskContext, path: str, sha: str, res: Resources, merged: tuple[FileState, str | None] | None = None
+) -> None:
+    """After the merge: the file takes its own shard's outcome (`merged`), or when that shard was not merged
+    here (its content was indexed, or failed, from another path or job) the catalog's outcome for its
+    content; then the job is recounted."""
     if ctx.job_id is None:
         return
     with res.sessions(ctx.database_url)() as session:
-        found = jobs.outcome(session, sha, model_id_of(ctx.model_path))  # never overrides a settled file
+        found = merged or jobs.outcome(session, sha, model_id_of(ctx.model_path))  # never overrides a settled file
         state, error = found or (None, None)
         jobs.settle(session, ctx.job_id, path, state, error)
         session.commit()
@@ -307,8 +340,8 @@ def _lease(ctx: TaskContext, path: str, owner: str, res: Resources) -> contextli
 def _attempt(ctx: TaskContext, path: str, res: Resources, attempt: int) -> Retry | None:
     try:
         sha = encode_to_shard(ctx, path, res)
-        merge_pending(ctx, res)
-        settle_file(ctx, path, sha, res)
+        merged = merge_pending(ctx, res, OwnShard(path, sha))
+        settle_file(ctx, path, sha, res, merged.own)
     except TRANSIENT as exc:
         if attempt < MAX_RETRIES:
             delay = backoff_s(attempt)
