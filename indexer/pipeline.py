@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.store import TokenStore
+from indexer.sweep import settle_orphan_rows
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
@@ -226,21 +227,7 @@ class Indexer:
     def recover(self) -> int:
         """Finish what a killed run left: pending videos whose clips are all in the store become indexed,
         the others are removed from the catalog (and indexed again by this run)."""
-        version = self.store.open(gpu=False, indexes=False)  # only its clip ids are read
-        live = set(version.clip_ids[version.live].tolist()) if version else set()
-        fixed = 0
-        with self.sessions() as session:
-            pending = session.scalars(
-                select(Video).where(Video.status == VideoStatus.PENDING, Video.model_id == self.model_id)
-            )
-            for video in pending.all():
-                if video.clips and all(c.id in live for c in video.clips):
-                    video.status = VideoStatus.INDEXED
-                else:
-                    session.delete(video)
-                fixed += 1
-            session.commit()
-        return fixed
+        return settle_orphan_rows(self.store, self.sessions, self.model_id, grace_s=0.0)
 
     # ------------------------------------------------------------------------------------ encoding
     def encode(self, clips: list[MediaClip]) -> ClipTokens:

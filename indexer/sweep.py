@@ -32,7 +32,7 @@ ORPHAN_GRACE_S = 600.0  # a pending row younger than this may be a live writer's
 
 
 def _older_than(when: datetime | None, seconds: float) -> bool:
-    if when is None:
+    if when is None or seconds <= 0:
         return True
     when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite hands back naive UTC
     return (datetime.now(UTC) - when).total_seconds() > seconds
@@ -43,7 +43,8 @@ def settle_orphan_rows(
 ) -> int:
     """Pending videos of `model_id` older than `grace_s` (a merge died between its catalog rows and its
     tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task
-    merges them again; a retried merge of the same content also replaces them at once)."""
+    merges them again; a retried merge of the same content also replaces them at once). `Indexer.recover`
+    passes grace_s=0: the killed run it finishes is the only writer. Returns how many rows it settled."""
     version = store.open(gpu=False, indexes=False)
     live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
     fixed = 0
