@@ -134,37 +134,27 @@ def celery_stack(
     return api, worker, url
 
 
-def test_worker_sigkill(
-    tmp_path: Path, media: list[Path], postgres: Postgres, redis_server: Redis, processes: list[Any]
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "Celery worker SIGKILL (main and child)",  # its task stays unacknowledged in Redis
+        "Redis killed without persistence",  # the queued tasks are gone with it; an empty Redis on the same port
+    ],
+)
+def test_celery_stack_part_killed(
+    tmp_path: Path, media: list[Path], postgres: Postgres, redis_server: Redis, processes: list[Any], fault: str
 ) -> None:
     api, worker, url = celery_stack(tmp_path, media, postgres, redis_server, processes)
+    victim = worker if fault.startswith("Celery worker") else redis_server
     load = SearchLoad(api.base, embed_dim(api)).start()
     job_id = submit(api, media)
     until_settled(api, job_id, 2)
-    worker.kill()  # main process and child, SIGKILL: its task stays unacknowledged in Redis
+    victim.kill()
     killed = time.monotonic()
-    worker.start()
+    victim.start()
     info = until_final(api, job_id, killed)
     load.stop()
-    report("Celery worker SIGKILL (main and child)", info, killed, load)
-    assert load.failed == [] and load.errors == []
-    assert (info["state"], info["failed"]) == ("done", 0), info
-    assert_exactly_once(api, url, media)
-
-
-def test_broker_killed_without_persistence(
-    tmp_path: Path, media: list[Path], postgres: Postgres, redis_server: Redis, processes: list[Any]
-) -> None:
-    api, worker, url = celery_stack(tmp_path, media, postgres, redis_server, processes)
-    load = SearchLoad(api.base, embed_dim(api)).start()
-    job_id = submit(api, media)
-    until_settled(api, job_id, 2)
-    redis_server.kill()  # the queued tasks are gone with it
-    killed = time.monotonic()
-    redis_server.start()  # an empty Redis on the same port
-    info = until_final(api, job_id, killed)
-    load.stop()
-    report("Redis killed without persistence", info, killed, load)
+    report(fault, info, killed, load)
     assert load.failed == [] and load.errors == []
     assert (info["state"], info["failed"]) == ("done", 0), info
     assert_exactly_once(api, url, media)
