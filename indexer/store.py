@@ -29,17 +29,13 @@ opens CURRENT once and sees one complete version for as long as it holds it.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import json
 import logging
-import mmap
 import os
 import shutil
 import tempfile
 import uuid
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -50,7 +46,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer import build, sketch
+from indexer import build, shards, sketch
 from indexer.build import default_factory, default_sketch_factory, read_index
 from indexer.sketch import Projection
 from indexer.tracks import TrackTable
@@ -102,21 +98,25 @@ class StoreVersion:
         self.root, self.name = root, name
         folder = root / "versions" / name
         self.manifest = manifest or Manifest(**json.loads((folder / "manifest.json").read_text()))
-        shards = self.manifest.shards
-        self.tokens = {m: [map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in shards] for m in MODALITIES}
-        ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in shards]
+        entries = self.manifest.shards
+        self.tokens = {
+            m: [shards.map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in entries] for m in MODALITIES
+        }
+        ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in entries]
         self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-        present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in shards]
+        present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in entries]
         both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
-        self.starts = np.cumsum([0] + [s["rows"] for s in shards])
+        self.starts = np.cumsum([0] + [s["rows"] for s in entries])
         self.folder, self.gpu = folder, gpu
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
-        self.track_ids = _concat(
-            [_track_part(root, s["name"], "tracks", ids) for s, ids in zip(shards, ids, strict=True)]
+        self.track_ids = shards.concat(
+            [shards.track_part(root, s["name"], "tracks", ids) for s, ids in zip(entries, ids, strict=True)]
         )
-        self.valid = _concat([_track_part(root, s["name"], "valid", ids) for s, ids in zip(shards, ids, strict=True)])
+        self.valid = shards.concat(
+            [shards.track_part(root, s["name"], "valid", ids) for s, ids in zip(entries, ids, strict=True)]
+        )
 
     @cached_property
     def tracks(self) -> TrackTable:
@@ -306,10 +306,10 @@ class TokenStore:
             frame_ids = build.frame_ids(rows, current.frames)
             indexes, projections = {}, {}
             for modality in MODALITIES:
-                indexes[modality] = _without(current.index[modality], frame_ids)
+                indexes[modality] = shards.without_ids(current.index[modality], frame_ids)
                 if current.sketch:
                     projections[modality], index = current.sketch[modality]
-                    indexes[f"{modality}.sketch"] = _without(index, rows.astype(np.int64))
+                    indexes[f"{modality}.sketch"] = shards.without_ids(index, rows.astype(np.int64))
             return self._publish(manifest, indexes, projections)
 
     def compact(self) -> str | None:
@@ -367,11 +367,11 @@ class TokenStore:
             out.flush()
             del out
             os.replace(tmp, path)
-        _atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
-        _atomic_save(self.root / "shards" / f"{name}.tracks.npy", current.track_ids[rows])
-        _atomic_save(self.root / "shards" / f"{name}.valid.npy", current.valid[rows].astype(np.int16))
+        shards.atomic_save(self.root / "shards" / f"{name}.ids.npy", current.clip_ids[rows])
+        shards.atomic_save(self.root / "shards" / f"{name}.tracks.npy", current.track_ids[rows])
+        shards.atomic_save(self.root / "shards" / f"{name}.valid.npy", current.valid[rows].astype(np.int16))
         present = np.stack([current.present[m][rows] for m in MODALITIES], axis=1)
-        _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
+        shards.atomic_save(self.root / "shards" / f"{name}.present.npy", present)
         return {"name": name, "rows": len(rows)}
 
     def _write_shard(
@@ -386,11 +386,11 @@ class TokenStore:
         a reader never sees a partial shard."""
         name = f"s{uuid.uuid4().hex[:12]}"
         for modality in MODALITIES:
-            _atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
-        _atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
-        _atomic_save(self.root / "shards" / f"{name}.tracks.npy", tracks[0].astype(np.int64))
-        _atomic_save(self.root / "shards" / f"{name}.valid.npy", tracks[1].astype(np.int16))
-        _atomic_save(self.root / "shards" / f"{name}.present.npy", present)
+            shards.atomic_save(self.root / "shards" / f"{name}.{modality}.npy", tokens[modality].astype(self.dtype))
+        shards.atomic_save(self.root / "shards" / f"{name}.ids.npy", clip_ids)
+        shards.atomic_save(self.root / "shards" / f"{name}.tracks.npy", tracks[0].astype(np.int64))
+        shards.atomic_save(self.root / "shards" / f"{name}.valid.npy", tracks[1].astype(np.int16))
+        shards.atomic_save(self.root / "shards" / f"{name}.present.npy", present)
         return {"name": name, "rows": len(clip_ids)}
 
     def _next_manifest(
@@ -440,7 +440,7 @@ class TokenStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root / "versions"))
         (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=1))
         for stem, index in indexes.items():
-            _write_index(index, staging / f"{stem}.faiss")
+            shards.write_index(index, staging / f"{stem}.faiss")
         for modality, projection in projections.items():
             projection.save(staging / f"{modality}.projection.npy")
         target = self.root / "versions" / name
@@ -487,70 +487,3 @@ class TokenStore:
             if path.name.startswith(".") or path.name.split(".", 1)[0] not in used:
                 path.unlink(missing_ok=True)
                 log.info("deleted unused shard file %s", path.name)
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _track_part(root: Path, shard: str, kind: str, clip_ids: np.ndarray) -> np.ndarray:
-    """A shard's per-row track ids or valid frames; a shard from before tracks: one track per row (its
-    clip id, marked negative so no catalog video id can equal it) and 0 valid (read: all T)."""
-    path = root / "shards" / f"{shard}.{kind}.npy"
-    if path.exists():
-        part: np.ndarray = np.load(path).astype(np.int64)
-        return part
-    return -1 - clip_ids if kind == "tracks" else np.zeros(len(clip_ids), dtype=np.int64)
-
-
-def _write_index(index: faiss.Index, path: Path) -> None:
-    """faiss.write_index, with a failed write (a full disk) raised as the OSError it is, not faiss' RuntimeError."""
-    try:
-        faiss.write_index(index, str(path))
-    except RuntimeError as exc:
-        code = errno.ENOSPC if "No space left" in str(exc) else errno.EIO
-        raise OSError(code, f"{path.name}: {os.strerror(code)} (faiss: {exc})") from exc
-
-
-def _without(index: faiss.Index, ids: np.ndarray) -> faiss.Index:
-    smaller = faiss.clone_index(index)
-    smaller.remove_ids(ids)  # type: ignore[arg-type]  # faiss' SWIG wrapper takes an int64 array too
-    return smaller
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, path)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def map_array(path: Path) -> np.ndarray:
-    """A .npy file memory-mapped read-only, holding no file descriptor (numpy's memmap keeps one per file, as
-    Python's mmap dups it: a store of many shards would run out of descriptors). Unmapped when the array and
-    every view of it are gone."""
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(handle)
-        offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
-        count = int(np.prod(shape, dtype=np.int64))
-        if count == 0:
-            return np.empty(shape, dtype=dtype)
-        address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
-        if address in (None, MAP_FAILED):
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"mmap of {path.name} failed: {os.strerror(errno)}")
-    buffer = (ctypes.c_char * size).from_address(address)
-    weakref.finalize(buffer, _libc.munmap, address, size)  # the arrays below keep `buffer` alive
-    flat: np.ndarray = np.frombuffer(memoryview(buffer).cast("B"), dtype=dtype, count=count, offset=offset)
-    array: np.ndarray = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-    array.flags.writeable = False
-    return array
