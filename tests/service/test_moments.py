@@ -108,6 +108,17 @@ def _specs(group: tuple[int, ...], clips: int, rng: np.random.Generator, video: 
     return specs
 
 
+def _assert_unique(specs: list) -> None:
+    """What the module promises of one video's events: lengths within JITTER of 10 / 9 s, consecutive
+    objects different, no ordered triple twice."""
+    events = [e for spec in specs for e in spec.events]
+    assert all(abs(e.end - e.start - 10.0 / EVENTS_PER_CLIP) <= JITTER + 1e-6 for e in events)
+    objects = [e.object for e in events]
+    assert all(a != b for a, b in zip(objects, objects[1:], strict=False))
+    triples = list(zip(objects, objects[1:], objects[2:], strict=False))
+    assert len(set(triples)) == len(triples)
+
+
 def _long_video(specs: list, folder: Path, target: Path) -> float:
     from model.media import ffmpeg_binary, probe
     from training.synth import write_clip
@@ -136,7 +147,9 @@ def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> LongCorpus:
     videos, durations = [], []
     for v, group in enumerate(GROUPS):
         target = media / f"long_{v}.mp4"
-        durations.append(_long_video(_specs(group, CLIPS[v], rng, v), clips, target))
+        specs = _specs(group, CLIPS[v], rng, v)
+        _assert_unique(specs)
+        durations.append(_long_video(specs, clips, target))
         videos.append(target)
     data = root / "data"
     sessions = open_catalog(f"sqlite:///{data / 'catalog.db'}")
