@@ -122,23 +122,29 @@ def test_segment_windows_follow_the_official_centering() -> None:
     assert starts[-1] == 1024 - 416 and all(s + 416 <= 1024 for s in starts)
 
 
+def _mirrored(row: int, count: int) -> int:
+    """Row `row` of `count` fbank rows continued past both ends in a mirror (-1 is 0, count is count - 1)."""
+    row %= 2 * count
+    return row if row < count else 2 * count - 1 - row
+
+
 def _naive_query_segment(spec: torch.Tensor, i: int, prep: PreprocessConfig) -> torch.Tensor:
-    """Segment i of a short query, row by row: fbank rows centred on i * hop, zero rows outside the audio."""
+    """Segment i of a short query, row by row: fbank rows centred on i * hop, mirrored past the audio."""
     centre, half = round(i * prep.clip_fbank_frames / 16), TINY.audio_frames // 2
-    silence = torch.zeros(spec.shape[1])
-    rows = [spec[r] if 0 <= r < spec.shape[0] else silence for r in range(centre - half, centre + half)]
+    rows = [spec[_mirrored(r, spec.shape[0])] for r in range(centre - half, centre + half)]
     return (torch.stack(rows) - prep.fbank_mean) / prep.fbank_std
 
 
-def test_short_query_segments_stay_centred_on_their_frames() -> None:
+@pytest.mark.parametrize(("seconds", "frames"), [(3.0, 5), (1.0, 2)])  # 1 s: mirrored more than once
+def test_short_query_segments_stay_centred_on_their_frames(seconds: float, frames: int) -> None:
     prep = PreprocessConfig()
-    wave = np.random.default_rng(3).standard_normal(3 * 16000).astype(np.float32)  # 3 s: 5 frames
+    wave = np.random.default_rng(3).standard_normal(int(seconds * 16000)).astype(np.float32)
     segments = query_segments(wave, TINY, prep)
     spec = fbank(wave, TINY.mel_bins, prep)
-    assert segments.shape == (5, 416, 64)
-    for i in range(5):
+    assert segments.shape == (frames, 416, 64)
+    for i in range(frames):
         assert torch.equal(segments[i], _naive_query_segment(spec, i, prep))
-    assert all(not torch.equal(segments[i], segments[i + 1]) for i in range(4))  # not one repeated window
+    assert all(not torch.equal(segments[i], segments[i + 1]) for i in range(frames - 1))  # not one repeated window
 
 
 def test_a_clip_long_query_gives_a_clips_segments() -> None:
