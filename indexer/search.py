@@ -5,10 +5,16 @@ A video is one track of per-frame tokens per modality (`indexer.tracks`). A quer
 scored at every frame offset of a track by the exact strategy of `indexer.sliding` (diagonal_mean:
 the mean cosine of the aligned frame pairs). Which tracks and offsets get scored:
 - "exhaustive" (automatic up to EXHAUSTIVE_BELOW live frames): every offset of every live track;
-- "votes": each query frame's `per_frame` nearest frames in the FAISS index vote, with their cosine,
-  for the (track, offset) hypothesis they imply (offset = frame's place in its track - query frame),
-  offsets pooled in bins of `bin_frames`; the `hypotheses` best-voted bins are scored exactly over
-  their offsets +- `radius` frames (the Shazam / audfprint offset histogram, on our exact score).
+- "votes" (automatic for queries of up to SCAN_ABOVE frames): each query frame's `per_frame` nearest
+  frames in the FAISS index vote, with their cosine, for the (track, offset) hypothesis they imply
+  (offset = frame's place in its track - query frame), offsets pooled in bins of `bin_frames`; the
+  `hypotheses` best-voted bins are scored exactly over their offsets +- `radius` frames (the Shazam /
+  audfprint offset histogram, on our exact score). The defaults (2048 : 1024) are the cheapest that
+  reach recall@10 0.99 against the exact search at 100k clip-equivalents (BENCHMARKS.md);
+- "scan" (automatic for longer queries; diagonal strategies): `indexer.scan` scores every offset of
+  every track in float16 products and nominates the tracks near the k-th best, which are then scored
+  exactly around their best offsets. A long query's 2nd..10th videos are partial overlaps that no
+  frame's neighbours point at; the scan finds them (recall@10 1.0 at 30 and 60 s).
 Tracks are ranked by their best offset's score; each gives up to `moments` non-overlapping moments.
 Deleted videos never come back: their rows are dead in the version.
 """
@@ -20,14 +26,16 @@ from typing import Literal
 
 import numpy as np
 
+from indexer.scan import SCAN_STRATEGIES, diagonal_reduce, frames_at, nominate, scannable
 from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
 from indexer.store import StoreVersion
 from model.network import Modality
 from model.similarity import STRATEGIES, Strategy
 
-Scheme = Literal["auto", "exhaustive", "votes"]
-SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes")
+Scheme = Literal["auto", "exhaustive", "votes", "scan"]
+SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes", "scan")
 EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
+SCAN_ABOVE = 16  # query frames (one clip) above which "auto" scans rather than votes
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,12 @@ def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
     return np.flatnonzero(table.live & version.present[modality][table.first_row]).astype(np.int64)
 
 
-def exhaustive(version: StoreVersion, query: FloatArray, target: str, strategy: Strategy) -> list[Scored]:
-    """Every offset of every live track, tracks of one length scored in one batch."""
+def exhaustive(
+    version: StoreVersion, query: FloatArray, target: str, strategy: Strategy, tracks: IntArray | None = None
+) -> list[Scored]:
+    """Every offset of every live track (or of `tracks`), tracks of one length scored in one batch."""
     table, out = version.tracks, []
-    tracks = searchable_tracks(version, target)
+    tracks = searchable_tracks(version, target) if tracks is None else tracks
     for length in np.unique(table.length[tracks]):
         group = tracks[table.length[tracks] == length]
         rows = np.concatenate([table.row_range(int(t)) for t in group])
@@ -116,20 +126,46 @@ def rescore(
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
     of nearby bins; the windows' offsets joined, ascending)."""
     table, length, out = version.tracks, len(query), []
+    windows: list[tuple[int, int, int]] = []  # (track, first offset, last offset)
     for track, bins in voted.items():
         frames = int(table.length[track])
         if length >= frames:  # the whole track fits in the query: every offset (at most Q - L + 1)
             found = score_offsets(query, version.track_frames(target, track)[None], strategy)
             out.append(Scored(track, found.offsets, found.scores[0], found.aligned))
             continue
-        windows = _windows(bins, bin_frames=bin_frames, radius=radius, spare=frames - length)
-        parts = []
-        for low, high in windows:  # offsets low .. high
-            found = score_offsets(query, version.track_frames(target, track, low, high + length)[None], strategy)
-            parts.append((found.offsets + low, found.scores[0], found.aligned))
-        offsets = np.concatenate([p[0] for p in parts])
-        out.append(Scored(track, offsets, np.concatenate([p[1] for p in parts]), parts[0][2]))
+        spare = frames - length
+        windows += [(track, *w) for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=spare)]
+    scores = window_scores(version, query, target, strategy, windows)
+    by_track: dict[int, list[tuple[IntArray, FloatArray]]] = {}
+    for (track, low, high), window in zip(windows, scores, strict=True):
+        by_track.setdefault(track, []).append((np.arange(low, high + 1, dtype=np.int64), window))
+    for track, parts in by_track.items():
+        offsets, joined = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        out.append(Scored(track, offsets, joined, length))
     return out
+
+
+def window_scores(
+    version: StoreVersion, query: FloatArray, target: str, strategy: Strategy, windows: list[tuple[int, int, int]]
+) -> list[FloatArray]:
+    """Exact scores at offsets low..high of each (track, low, high) window, query inside the track: the
+    windows' frames gathered once (float32) and multiplied in one product for the diagonal strategies."""
+    if not windows:
+        return []
+    table, length = version.tracks, len(query)
+    if strategy not in SCAN_STRATEGIES:
+        return [
+            score_offsets(query, version.track_frames(target, t, low, high + length)[None], strategy).scores[0]
+            for t, low, high in windows
+        ]
+    firsts = np.array([int(table.first_row[t]) * version.frames + low for t, low, _ in windows], dtype=np.int64)
+    sizes = np.array([high - low + length for _, low, high in windows], dtype=np.int64)
+    at = np.r_[0, np.cumsum(sizes)]
+    ids = np.repeat(firsts - at[:-1], sizes) + np.arange(at[-1], dtype=np.int64)  # every window's frames
+    frames = np.asarray(frames_at(version, target, ids), dtype=np.float32)  # (n, D)
+    cosines = np.pad(query @ frames.T, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
+    placed = diagonal_reduce(cosines, int(at[-1]), strategy)  # (n,): the query's first frame on frame i
+    return [placed[at[i] : at[i] + size - length + 1] for i, size in enumerate(sizes.tolist())]
 
 
 def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:
@@ -154,8 +190,8 @@ def search(
     scheme: Scheme = "auto",
     moments: int = 3,
     moment_from: Modality | None = None,
-    per_frame: int = 64,
-    hypotheses: int = 64,
+    per_frame: int = 2048,
+    hypotheses: int = 1024,
     bin_frames: int = 4,
     radius: int = 4,
 ) -> list[TrackHit]:
@@ -173,8 +209,12 @@ def search(
         raise ValueError(f"query tokens must be (Q >= 1, {version.manifest.dim}), got {tuple(query.shape)}")
     q = np.ascontiguousarray(query, dtype=np.float32)
     live_frames = int(version.tracks.length[searchable_tracks(version, target)].sum())
-    if scheme == "exhaustive" or (scheme == "auto" and live_frames <= EXHAUSTIVE_BELOW):
+    if scheme == "auto":
+        scheme = _automatic(live_frames, len(q), strategy)
+    if scheme == "exhaustive":
         scored = exhaustive(version, q, target, strategy)
+    elif scheme == "scan":
+        scored = scan(version, q, target, strategy, k=k, moments=moments, bin_frames=bin_frames, radius=radius)
     else:
         voted = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
         scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius)
@@ -185,6 +225,36 @@ def search(
     return [
         _hit(version, q, s, target=target, strategy=strategy, moments=moments, moment_from=moment_from) for s in top
     ]
+
+
+def _automatic(live_frames: int, query_frames: int, strategy: Strategy) -> Scheme:
+    """Small stores: exhaustive; queries longer than a clip: the scan; else the votes."""
+    if live_frames <= EXHAUSTIVE_BELOW:
+        return "exhaustive"
+    return "scan" if query_frames > SCAN_ABOVE and strategy in SCAN_STRATEGIES else "votes"
+
+
+def scan(
+    version: StoreVersion,
+    query: FloatArray,
+    target: str,
+    strategy: Strategy,
+    *,
+    k: int,
+    moments: int,
+    bin_frames: int,
+    radius: int,
+) -> list[Scored]:
+    """The scan's nominees rescored exactly around their best placements, and the tracks it leaves out
+    (shorter than the query) scored exhaustively."""
+    if strategy not in SCAN_STRATEGIES:
+        raise ValueError(f"the scan scores {SCAN_STRATEGIES}, not {strategy!r}; use the votes")
+    tracks = searchable_tracks(version, target)
+    fits = scannable(version, tracks, len(query))
+    nominees = nominate(version, query, target, tracks[fits], strategy=strategy, k=k, moments=moments)
+    voted = {t: sorted({o // bin_frames for o in offsets}) for t, offsets in nominees.items()}
+    found = rescore(version, query, target, strategy, voted, bin_frames=bin_frames, radius=radius)
+    return found + exhaustive(version, query, target, strategy, tracks[~fits])
 
 
 def _hit(

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.search import search
+from indexer.scan import SCAN_STRATEGIES
+from indexer.search import Scheme, search
+from indexer.sliding import pick_moments, score_offsets
 from indexer.store import TokenStore
 from model.similarity import STRATEGIES, TIE_TOLERANCE
 
@@ -83,9 +85,13 @@ def _brute(query: np.ndarray, track: np.ndarray, strategy: str, moments: int) ->
     return max(scores), taken
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+CASES = [(strategy, "auto") for strategy in STRATEGIES] + [(s, "scan") for s in SCAN_STRATEGIES]
+
+
+@pytest.mark.parametrize(("strategy", "scheme"), CASES)
 @pytest.mark.parametrize("length", [3, T, T + 5, 3 * T + 2])
-def test_track_search_equals_brute_force(tmp_path: Path, strategy: str, length: int) -> None:
+def test_track_search_equals_brute_force(tmp_path: Path, strategy: str, scheme: Scheme, length: int) -> None:
+    """auto: a small store is scored exhaustively; scan: what large stores use for long queries."""
     store = TokenStore(tmp_path / "index", dtype="float32")
     videos = _videos(seed=length)
     _add(store, videos[:8])
@@ -93,7 +99,7 @@ def test_track_search_equals_brute_force(tmp_path: Path, strategy: str, length: 
     deleted = [videos[1][0], videos[9][0]]
     store.delete([c for v in deleted for c in range(v * 1000, v * 1000 + 6)])
     query = _unit(np.random.default_rng(7).standard_normal((length, D)))
-    hits = search(store.open(), query, target="visual", k=20, strategy=strategy, moments=3)
+    hits = search(store.open(), query, target="visual", k=20, strategy=strategy, scheme=scheme, moments=3)
     expected = {v: _brute(query, visual, strategy, 3) for v, _, visual in videos if v not in deleted}
     order = sorted(expected, key=lambda v: -expected[v][0])
     assert [h.track_id for h in hits] == order[:20]
@@ -103,6 +109,28 @@ def test_track_search_equals_brute_force(tmp_path: Path, strategy: str, length: 
         first = hit.moments[0]
         assert first.start == round(max(first.offset, 0) * 10.24 / T, 3)
         assert len(first.frame_scores) == min(length, len(dict((v, x) for v, _, x in videos)[hit.track_id]))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_scan_on_float16_tokens_ranks_as_the_exhaustive_search(tmp_path: Path, k: int) -> None:
+    """The scan's float16 products only nominate: its answer (exactly rescored) equals the exhaustive one on
+    the same stored tokens, also when few are asked for (nominees near the k-th best)."""
+    store = TokenStore(tmp_path / "index", dtype="float16")
+    videos = _videos(seed=11, count=30)
+    _add(store, videos[:20])
+    _add(store, videos[20:])
+    version = store.open()
+    rng = np.random.default_rng(5)
+    for length in (T + 1, 2 * T, 3 * T):
+        source = videos[int(rng.integers(3, 30))][2]
+        start = int(rng.integers(0, max(1, len(source) - length)))
+        query = _unit(source[start : start + length] + 0.8 * rng.standard_normal((len(source[start:][:length]), D)))
+        found, truth = (
+            search(version, query, target="visual", k=k, scheme=scheme, moments=2) for scheme in ("scan", "exhaustive")
+        )
+        assert [h.track_id for h in found] == [h.track_id for h in truth]
+        assert np.allclose([h.score for h in found], [h.score for h in truth], atol=1e-6)
+        assert [[m.offset for m in h.moments] for h in found] == [[m.offset for m in h.moments] for h in truth]
 
 
 def test_an_excerpt_is_found_at_its_offset_across_clip_boundaries(tmp_path: Path) -> None:
@@ -125,3 +153,35 @@ def test_moment_placed_by_the_query_modality(tmp_path: Path) -> None:
     hits = search(store.open(), query, target="visual", k=len(videos), moment_from="audio")
     (hit,) = [h for h in hits if h.track_id == video]
     assert hit.moments[0].offset == 2
+
+
+def _naive_centre(scores: list[float], tolerance: float) -> int:
+    at = scores.index(max(scores))
+    first = last = at
+    while first > 0 and scores[first - 1] >= scores[at] - tolerance:
+        first -= 1
+    while last < len(scores) - 1 and scores[last + 1] >= scores[at] - tolerance:
+        last += 1
+    return (first + last + 1) // 2
+
+
+def test_a_moment_is_the_centre_of_the_tie_around_the_best_window() -> None:
+    rng = np.random.default_rng(5)
+    offsets = np.arange(12, dtype=np.int64)
+    for row in range(200):
+        scores = rng.random(12).astype(np.float32)
+        if row % 3 == 0:  # a plateau of near-equal windows
+            scores[2:9] = np.minimum(scores[2:9], 0.3) + 0.9
+        elif row % 3 == 1:
+            scores[7:] = 1.0 + 0.001 * rng.random(5).astype(np.float32)
+        for tolerance in (0.0, 0.005, 0.05):
+            (first,) = pick_moments(offsets, scores, aligned=12, count=1, tolerance=tolerance)
+            assert first == _naive_centre(scores.tolist(), tolerance)
+
+
+def test_a_query_matching_a_still_scene_lands_in_its_middle() -> None:
+    scene = _unit(np.random.default_rng(6).standard_normal((3, D)))
+    track = scene[[0] * 4 + [1] * 9 + [2] * 3]  # frames 4..12 show the same still scene
+    found = score_offsets(np.repeat(scene[1:2], 3, axis=0), track[None])
+    (first,) = pick_moments(found.offsets, found.scores[0], found.aligned, 1)
+    assert found.offsets[first] == 7  # the tied windows start at 4..10: the centre, not the first or last
