@@ -1,7 +1,7 @@
 """Track search at scale: synthetic token tracks, off-grid queries of 2 to 60 s, against the exact
 brute-force sliding search over every track.
 
-    python bench/bench_tracks.py --frames 1600000 --queries 40
+    python bench/bench_tracks.py --frames 1600000 --queries 40 [--store DIR]
 
 A corpus is videos of 10 s to 2 h (lengths log-uniform, frame k at k x 0.64 s) totalling `--frames`
 per-frame tokens (1.6M = 100k clip-equivalents of T=16), D=768, built like bench_index.py's: event
@@ -12,9 +12,11 @@ at a uniformly random off-grid offset: each query frame interpolates two consecu
 (the query's grid falls between the track's), plus noise. Truth: the exact diagonal_mean of every
 query at every frame offset of every track (a batched brute force, independent of the retrieval
 core), its top-10 videos, and the best offset of its first video (moments picked as the core does).
-Reported per query length: recall@1 and @10 of videos against the truth, the first moment's start
-error against the truth's offset, p50/p99 latency (one query at a time, encoding excluded); build
-time and bytes per frame. The tokens are stored as the visual modality only (the audio index is not
+Reported per query length and candidate scheme (votes at per_frame:hypotheses, or the scan): recall@1
+and @10 of videos against the truth, the first moment's start error against the truth's offset,
+p50/p99 latency (one query at a time, encoding excluded); build time and bytes per frame. `--store`
+keeps the built store in DIR and reuses it on the next run of the same --frames (the corpus is
+seeded by it). The tokens are stored as the visual modality only (the audio index is not
 built: the same code path, half the build).
 """
 
@@ -141,7 +143,7 @@ def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float
     return store, time.perf_counter() - started
 
 
-def measure(version, queries: list[dict], truth: dict, **options: int) -> dict:  # noqa: ANN001
+def measure(version, queries: list[dict], truth: dict, **options: int | str) -> dict:  # noqa: ANN001
     times, at1, at10, errors = [], [], [], []
     search(version, queries[0]["tokens"], target="visual", k=10, moments=1, **options)  # warm-up
     for i, query in enumerate(queries):
@@ -191,8 +193,13 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40, help="queries per length checked against the truth")
     parser.add_argument("--timed", type=int, default=100, help="queries per length timed (>= --queries)")
     parser.add_argument("--seconds", type=int, nargs="+", default=list(QUERY_SECONDS))
-    parser.add_argument("--settings", default="64:64,32:32,128:128", help="per_frame:hypotheses pairs to run")
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--settings",
+        default="auto,1024:512,2048:1024,scan",
+        help="comma-separated: auto (the default scheme and settings), per_frame:hypotheses (the votes), scan",
+    )
+    parser.add_argument("--work", type=Path, default=None, help="folder for the temporary store")
+    parser.add_argument("--store", type=Path, default=None, help="build the store here once and reuse it")
     args = parser.parse_args()
     rng = np.random.default_rng(args.frames)
     started = time.perf_counter()
@@ -208,15 +215,17 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        store, build_s = build_store(tracks, Path(work) / "store")
-        version = store.open()
-        shards = sum(p.stat().st_size for p in (Path(work) / "store" / "shards").glob("*.visual.npy"))
-        index = sum(p.stat().st_size for p in (Path(work) / "store" / "versions").rglob("visual.faiss"))
+        root = args.store or Path(work) / "store"
+        reused = args.store is not None and TokenStore(root, dtype="float16").open(indexes=False) is not None
+        build_s = None if reused else build_store(tracks, root)[1]
+        version = TokenStore(root, dtype="float16").open()
+        shards = sum(p.stat().st_size for p in (root / "shards").glob("*.visual.npy"))
+        index = sum(p.stat().st_size for p in (root / "versions" / version.name).rglob("visual.faiss"))
         frames = sum(map(len, tracks))
         print(
             json.dumps(
                 {
-                    "build_s_visual": round(build_s, 1),
+                    "build_s_visual": round(build_s, 1) if build_s is not None else f"reused {root}",
                     "factory": version.manifest.factory,
                     "bytes_per_frame": {"tokens_fp16": round(shards / frames), "frame_index": round(index / frames)},
                     "load": os.getloadavg()[0],
@@ -224,16 +233,23 @@ def main() -> None:
             ),
             flush=True,
         )
-        settings = [tuple(int(x) for x in pair.split(":")) for pair in args.settings.split(",")]
         for seconds in args.seconds:
             length = round(seconds / FRAME_S)
             queries = make_queries(tracks, length, max(args.timed, args.queries), seed=seconds)
             t0 = time.perf_counter()
             truth = truth_for(tracks, queries, args.queries)
             truth_s = round(time.perf_counter() - t0, 1)
-            for per_frame, hypotheses in settings:
-                run = measure(version, queries, truth, per_frame=per_frame, hypotheses=hypotheses)
+            for setting in args.settings.split(","):
+                run = measure(version, queries, truth, **options_of(setting))
                 print(json.dumps({"seconds": seconds, "frames": length, "truth_s": truth_s, **run}), flush=True)
+
+
+def options_of(setting: str) -> dict[str, int | str]:
+    """auto -> {} (the search's defaults); scan -> the scan; per_frame:hypotheses -> the votes with them."""
+    if setting in ("auto", "scan"):
+        return {"scheme": setting}
+    per_frame, hypotheses = (int(x) for x in setting.split(":"))
+    return {"scheme": "votes", "per_frame": per_frame, "hypotheses": hypotheses}
 
 
 if __name__ == "__main__":
