@@ -13,20 +13,16 @@ install: system-deps $(STAMP)
 # that the imageio-ffmpeg wheel ships is used instead. Debian's chromium runs the web page's browser tests
 # (playwright drives it by its path: `playwright install` is never run).
 system-deps:
-	@if ! command -v ffmpeg >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's ffmpeg"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	    echo "installing Debian's$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "note: no system ffmpeg and no apt-get as root: falling back to imageio-ffmpeg's binary"; \
-	  fi; \
-	fi
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian's chromium (the web page's browser tests drive it; no browser is downloaded)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	  else \
-	    echo "note: no chromium and no apt-get as root: the browser tests need it (set CAVSYNC_CHROMIUM to another build)"; \
+	    echo "note: missing$$missing and no apt-get as root: imageio-ffmpeg's binary stands in for ffmpeg;" \
+	      "the browser tests need chromium (CAVSYNC_CHROMIUM names another build)"; \
 	  fi; \
 	fi
 
