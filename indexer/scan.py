@@ -58,11 +58,9 @@ def frame_scores(version: StoreVersion, query: FloatArray, target: str, strategy
     for shard, tokens in enumerate(version.tokens[target]):
         flat = tokens.reshape(-1, width)  # (rows * T, D), a view of the mapped shard
         first = int(version.starts[shard]) * version.frames
-        q = torch.from_numpy(np.ascontiguousarray(query, dtype=flat.dtype))
         for low in range(0, len(flat), SCAN_FRAMES):
             positions = min(SCAN_FRAMES, len(flat) - low)
-            block = as_tensor(flat[low : low + positions + length - 1])
-            cosines = (q @ block.T).float().numpy()  # (Q, <= P + Q - 1)
+            cosines = approximate_products(query, flat[low : low + positions + length - 1])  # (Q, <= P + Q - 1)
             if cosines.shape[1] < positions + length - 1:  # the shard's end: zeros past it
                 cosines = np.pad(cosines, ((0, 0), (0, positions + length - 1 - cosines.shape[1])))
             out[first + low : first + low + positions] = diagonal_reduce(cosines, positions, strategy)
@@ -99,16 +97,29 @@ def nominate(
     bounds = np.stack([starts, starts + spans], axis=1).ravel()  # [first, end) of each track's offsets
     padded = np.append(scores, np.float32(-np.inf))  # the last end may be the array's end
     best = np.maximum.reduceat(padded, bounds)[::2] if len(tracks) else np.zeros(0, np.float32)
-    order = np.argsort(-best, kind="stable")
-    if len(order) > k:
-        floor = best[order[k - 1]] - SCAN_TOLERANCE
-        order = order[: max(2 * k, int((best >= floor).sum()))]
     picked: dict[int, list[int]] = {}
-    for i in order.tolist():
+    for i in near_kth(best, k).tolist():
         offsets = np.arange(spans[i], dtype=np.int64)
         window = scores[starts[i] : starts[i] + spans[i]]
         picked[int(tracks[i])] = [int(offsets[j]) for j in pick_moments(offsets, window, length, moments)]
     return picked
+
+
+def near_kth(best: FloatArray, k: int) -> IntArray:
+    """Indices of the approximate scores `best` (n,) that may be among the exact top k, best first: every
+    one within SCAN_TOLERANCE of the k-th best, at least 2k."""
+    order = np.argsort(-best, kind="stable")
+    if len(order) <= k:
+        return order.astype(np.int64)
+    floor = best[order[k - 1]] - SCAN_TOLERANCE
+    return order[: max(2 * k, int((best >= floor).sum()))].astype(np.int64)
+
+
+def approximate_products(query: FloatArray, frames: np.ndarray) -> FloatArray:
+    """query (Q, D) x frames (n, D) in the frames' own dtype (a float16 GEMM for float16 stores) -> (Q, n)."""
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=frames.dtype))
+    products: FloatArray = (q @ as_tensor(frames).T).float().numpy()
+    return products
 
 
 def frames_at(version: StoreVersion, modality: str, frame_ids: IntArray) -> np.ndarray:

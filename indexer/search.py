@@ -26,7 +26,15 @@ from typing import Literal
 
 import numpy as np
 
-from indexer.scan import SCAN_STRATEGIES, diagonal_reduce, frames_at, nominate, scannable
+from indexer.scan import (
+    SCAN_STRATEGIES,
+    approximate_products,
+    diagonal_reduce,
+    frames_at,
+    near_kth,
+    nominate,
+    scannable,
+)
 from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
 from indexer.store import StoreVersion
 from model.network import Modality
@@ -122,9 +130,11 @@ def rescore(
     *,
     bin_frames: int,
     radius: int,
+    k: int | None = None,
 ) -> list[Scored]:
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
-    of nearby bins; the windows' offsets joined, ascending)."""
+    of nearby bins; the windows' offsets joined, ascending). With `k`, the windows are first scored in
+    the store's dtype and only the tracks that may be in the top k (`near_kth`) are scored exactly."""
     table, length, out = version.tracks, len(query), []
     windows: list[tuple[int, int, int]] = []  # (track, first offset, last offset)
     for track, bins in voted.items():
@@ -135,10 +145,19 @@ def rescore(
             continue
         spare = frames - length
         windows += [(track, *w) for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=spare)]
-    scores = window_scores(version, query, target, strategy, windows)
+    if k is not None and strategy in SCAN_STRATEGIES and windows:
+        rough = _by_track(windows, window_scores(version, query, target, strategy, windows, exact=False), length)
+        kept = {rough[i].track for i in near_kth(np.array([s.scores.max() for s in rough]), k).tolist()}
+        windows = [w for w in windows if w[0] in kept]
+    return out + _by_track(windows, window_scores(version, query, target, strategy, windows), length)
+
+
+def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:
+    """Each track's windows and their scores joined into one Scored (offsets ascending)."""
     by_track: dict[int, list[tuple[IntArray, FloatArray]]] = {}
     for (track, low, high), window in zip(windows, scores, strict=True):
         by_track.setdefault(track, []).append((np.arange(low, high + 1, dtype=np.int64), window))
+    out = []
     for track, parts in by_track.items():
         offsets, joined = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         out.append(Scored(track, offsets, joined, length))
@@ -146,10 +165,17 @@ def rescore(
 
 
 def window_scores(
-    version: StoreVersion, query: FloatArray, target: str, strategy: Strategy, windows: list[tuple[int, int, int]]
+    version: StoreVersion,
+    query: FloatArray,
+    target: str,
+    strategy: Strategy,
+    windows: list[tuple[int, int, int]],
+    *,
+    exact: bool = True,
 ) -> list[FloatArray]:
-    """Exact scores at offsets low..high of each (track, low, high) window, query inside the track: the
-    windows' frames gathered once (float32) and multiplied in one product for the diagonal strategies."""
+    """Scores at offsets low..high of each (track, low, high) window, query inside the track: the
+    windows' frames gathered once and multiplied in one product for the diagonal strategies, in float32
+    (exact) or in the store's dtype (not exact: a float16 store's rounding)."""
     if not windows:
         return []
     table, length = version.tracks, len(query)
@@ -162,8 +188,9 @@ def window_scores(
     sizes = np.array([high - low + length for _, low, high in windows], dtype=np.int64)
     at = np.r_[0, np.cumsum(sizes)]
     ids = np.repeat(firsts - at[:-1], sizes) + np.arange(at[-1], dtype=np.int64)  # every window's frames
-    frames = np.asarray(frames_at(version, target, ids), dtype=np.float32)  # (n, D)
-    cosines = np.pad(query @ frames.T, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
+    frames = frames_at(version, target, ids)  # (n, D) in the store's dtype
+    products = query @ np.asarray(frames, dtype=np.float32).T if exact else approximate_products(query, frames)
+    cosines = np.pad(products, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
     placed = diagonal_reduce(cosines, int(at[-1]), strategy)  # (n,): the query's first frame on frame i
     return [placed[at[i] : at[i] + size - length + 1] for i, size in enumerate(sizes.tolist())]
 
@@ -217,7 +244,7 @@ def search(
         scored = scan(version, q, target, strategy, k=k, moments=moments, bin_frames=bin_frames, radius=radius)
     else:
         voted = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
-        scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius)
+        scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius, k=k)
     if not scored:
         return []
     best = np.array([s.scores.max() for s in scored])
