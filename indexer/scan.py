@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 
 from indexer.sliding import FloatArray, IntArray, pick_moments
-from indexer.store import StoreVersion
+from indexer.version import StoreVersion
 from model.similarity import Strategy
 
 SCAN_FRAMES = 32_768  # stored frames per GEMM block

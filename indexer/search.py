@@ -36,7 +36,7 @@ from indexer.scan import (
     scannable,
 )
 from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
-from indexer.store import StoreVersion
+from indexer.version import StoreVersion
 from model.network import Modality
 from model.similarity import STRATEGIES, Strategy
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from indexer.store import StoreVersion
+from indexer.version import StoreVersion
 from service.engine import Engine
 from service.errors import Forbidden, Unauthorized
 

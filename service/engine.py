@@ -20,7 +20,8 @@ from sqlalchemy.orm import sessionmaker
 
 from indexer.catalog import open_catalog
 from indexer.pipeline import model_id_of
-from indexer.store import StoreVersion, TokenStore
+from indexer.store import TokenStore
+from indexer.version import StoreVersion
 from model import CAVMAESync, PreprocessConfig, load_localization_head, load_model
 from model.config import PRESETS
 from model.inference import default_device, model_device

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from indexer.catalog import Video, VideoStatus, indexed_videos_of_clips
 from indexer.search import Moment as CoreMoment
 from indexer.search import search
-from indexer.store import StoreVersion
+from indexer.version import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.media import probe

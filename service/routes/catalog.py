@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from indexer.catalog import Video, VideoStatus
 from indexer.pipeline import delete_videos
-from indexer.store import StoreVersion
+from indexer.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import NotFound, responses
 from service.media import catalog_file, media_type, poster_jpeg

@@ -167,7 +167,8 @@ def open_fds() -> int:
 
 
 def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
-    from indexer.store import Manifest, TokenStore
+    from indexer.store import TokenStore
+    from indexer.version import Manifest
 
     store, rng = TokenStore(tmp_path / "index", factory="IDMap2,Flat", sketch_dim=4), np.random.default_rng(0)
     manifest = Manifest(1, 2, 8, "float16", "m", factory="")
