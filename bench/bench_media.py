@@ -16,7 +16,8 @@ from pathlib import Path
 
 from model import load_clips, preset
 from model.features import PreprocessConfig, clip_segments, normalize_frames
-from model.media import FrameRequest, decode_window, probe
+from model.media import FrameRequest, decode_window
+from model.probe import probe
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "KlsG1EnBEjc_000361.mp4"
 

@@ -26,15 +26,13 @@ from model.media import (
     MediaTooLongError,
     MediaTooShortError,
     NoUsableStreamError,
-    SizeLimits,
     UnsupportedMediaError,
-    check_header,
     decode_audio,
     decode_picture,
     decode_still,
     decode_window,
-    probe,
 )
+from model.probe import SizeLimits, check_header, probe
 
 log = logging.getLogger(__name__)
 

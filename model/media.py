@@ -1,4 +1,5 @@
-"""Media decoding with ffmpeg: probing, audio (16 kHz, first channel) and frames at given times.
+"""Media decoding with ffmpeg: audio (16 kHz, first channel) and frames at given times, still pictures
+(probing and size limits: `model.probe`).
 
 ffmpeg is the system binary when there is one (the official fbank is reproduced exactly with Debian's
 ffmpeg), else the one the imageio-ffmpeg wheel ships; `use_ffmpeg` (given the CAVSYNC_FFMPEG setting by the
@@ -8,10 +9,8 @@ through a shell), with a timeout and a bound on how many bytes they may write. E
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
 
 import ffmpeg
 import numpy as np
@@ -164,11 +162,11 @@ def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> byt
     if timed_out:
         raise MediaTimeoutError(f"{what}: ffmpeg did not finish within {timeout:.0f} s")
     if proc.returncode != 0:
-        raise UnreadableMediaError(f"{what}: ffmpeg failed: {_last_line(message)}")
+        raise UnreadableMediaError(f"{what}: ffmpeg failed: {last_line(message)}")
     return b"".join(chunks)
 
 
-def _last_line(message: str) -> str:
+def last_line(message: str) -> str:
     lines = [ln for ln in message.splitlines() if ln.strip()]
     return lines[-1] if lines else "no error message"
 
@@ -190,167 +188,6 @@ def seconds_arg(value: float) -> str:
     return f"{max(0.0, float(value)):.6f}"
 
 
-@dataclass(frozen=True)
-class SizeLimits:
-    """The largest frame (width x height) and the most frames a decode may meet; None: no limit."""
-
-    max_pixels: int | None = None
-    max_frames: int | None = None
-
-
-def _too_large(name: str, width: float, height: float, frames: float | None, limits: SizeLimits) -> None:
-    if limits.max_pixels is not None and width * height > limits.max_pixels:
-        raise MediaTooLargeError(
-            f"{name}: {int(width)}x{int(height)} pixels per frame; at most {limits.max_pixels} are allowed"
-        )
-    if limits.max_frames is not None and frames is not None and frames > limits.max_frames:
-        raise MediaTooLargeError(f"{name}: {int(frames)} frames; at most {limits.max_frames} are allowed")
-
-
-def check_header(path: str | os.PathLike[str], limits: SizeLimits) -> None:
-    """Refuse a file whose header declares too many pixels or frames, reading the header only (hachoir, in
-    Python, no ffmpeg started: a decompression bomb costs milliseconds). Headers it cannot read pass; the probe
-    checks the sizes ffprobe reports before anything is decoded."""
-    if limits.max_pixels is None and limits.max_frames is None:
-        return
-    path = Path(path)
-    regular_file(path)
-    from hachoir.core import config as hachoir_config  # type: ignore[import-untyped]  # hachoir ships no hints
-    from hachoir.metadata import extractMetadata  # type: ignore[import-untyped]  # (the same package)
-    from hachoir.parser import createParser  # type: ignore[import-untyped]  # (the same package)
-
-    hachoir_config.quiet = True
-    try:
-        parser = createParser(str(path))  # None: a format hachoir does not know
-        if parser is None:
-            return
-        with parser:
-            metadata = extractMetadata(parser)
-    except Exception as exc:  # any parser failure: the header says nothing, ffprobe decides
-        log.debug("%s: no header sizes (%s)", path.name, exc)
-        return
-    if metadata is None or not (metadata.has("width") and metadata.has("height")):
-        return
-    rate = metadata.get("frame_rate") if metadata.has("frame_rate") else None
-    duration = metadata.get("duration").total_seconds() if metadata.has("duration") else None
-    frames = rate * duration if rate and duration else None
-    _too_large(path.name, metadata.get("width"), metadata.get("height"), frames, limits)
-
-
-def check_sizes(info: MediaInfo, limits: SizeLimits) -> None:
-    """Refuse what the probe found too large (pixels per frame, frames), before anything is decoded."""
-    if info.width is None or info.height is None:
-        return
-    frames = info.frames or (info.duration * info.frame_rate if info.duration and info.frame_rate else None)
-    _too_large(info.path.name, info.width, info.height, None if info.still_image else frames, limits)
-
-
-def probe(
-    path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S, limits: SizeLimits | None = None
-) -> MediaInfo:
-    """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media,
-    NotRegularFileError for a FIFO or device, MediaTooLargeError past `limits` (header first, then the probe)."""
-    path = Path(path)
-    if regular_file(path).st_size == 0:
-        raise UnreadableMediaError(f"{path}: empty file")
-    if limits is not None:
-        check_header(path, limits)
-    prober = ffprobe_binary()
-    if prober:
-        args = [prober, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
-        info = _info_from_ffprobe(path, json.loads(run_tool(args, timeout, 1 << 22, f"{path.name}: probe")))
-    else:
-        info = _probe_with_ffmpeg(path, timeout)
-    if not info.has_audio and info.video_codec is None:
-        raise NoUsableStreamError(f"{path.name}: no audio or video stream in this file")
-    if limits is not None:
-        check_sizes(info, limits)
-    return info
-
-
-def _number(value: str | float | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):  # ffprobe's JSON may hold anything there
-        return None
-    return number if np.isfinite(number) and number > 0 else None
-
-
-def _rate(text: str | None) -> float | None:
-    if not text or "/" not in text:
-        return _number(text)
-    num, den = (_number(part) for part in text.split("/", 1))
-    return num / den if num and den else None
-
-
-def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
-    streams = data.get("streams", [])
-    fmt = data.get("format", {})
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    video = next((s for s in streams if s.get("codec_type") == "video"), None)
-    format_name = fmt.get("format_name", "")
-    still = video is not None and (
-        video.get("disposition", {}).get("attached_pic") == 1
-        or format_name.endswith("_pipe")
-        or format_name == "image2"
-    )
-    stream_durations = [_number(s.get("duration")) for s in (audio, video) if s is not None]
-    known = [d for d in stream_durations if d is not None]
-    return MediaInfo(
-        path=path,
-        format_name=format_name,
-        duration=max(known) if known else _number(fmt.get("duration")),
-        audio_codec=audio.get("codec_name") if audio else None,
-        sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
-        channels=audio.get("channels") if audio else None,
-        video_codec=video.get("codec_name") if video else None,
-        width=video.get("width") if video else None,
-        height=video.get("height") if video else None,
-        frame_rate=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) if video else None,
-        still_image=still,
-        frames=int(_number(video.get("nb_frames")) or 0) or None if video else None,
-    )
-
-
-_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-_INPUT = re.compile(r"Input #0, ([\w,]+), from")
-_AUDIO = re.compile(r"Stream #0:\d+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
-_VIDEO = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\d+)x(\d+)")
-_FPS = re.compile(r"Stream #0:\d+.*?: Video: [^\n]*?, ([\d.]+) fps")
-
-
-def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
-    """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report."""
-    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
-    try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise MediaTimeoutError(f"{path.name}: probe: ffmpeg did not finish within {timeout:.0f} s") from exc
-    report = proc.stderr.decode("utf-8", "replace")[-65536:]
-    fmt = _INPUT.search(report)
-    if fmt is None:
-        raise UnreadableMediaError(f"{path.name}: not a readable media file: {_last_line(report)}")
-    duration = _DURATION.search(report)
-    audio, video, fps = _AUDIO.search(report), _VIDEO.search(report), _FPS.search(report)
-    channels = audio.group(3).strip() if audio else ""
-    return MediaInfo(
-        path=path,
-        format_name=fmt.group(1),
-        duration=int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else None,
-        audio_codec=audio.group(1) if audio else None,
-        sample_rate=int(audio.group(2)) if audio else None,
-        channels={"mono": 1, "stereo": 2}.get(channels, int(channels.split()[0]) if channels[:1].isdigit() else None),
-        video_codec=video.group(1) if video else None,
-        width=int(video.group(2)) if video else None,
-        height=int(video.group(3)) if video else None,
-        frame_rate=_number(fps.group(1)) if fps else None,
-        still_image=bool(video) and fmt.group(1).endswith("_pipe"),
-    )
-
-
-# ------------------------------------------------------------------------------------ decoding
 @dataclass(frozen=True)
 class FrameRequest:
     """`count` frames evenly spaced over `span` seconds (frame i at i * span / count), `size` px square.

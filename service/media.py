@@ -11,7 +11,8 @@ from pathlib import Path
 from sqlalchemy.orm import sessionmaker
 
 from indexer.catalog import Video, VideoStatus
-from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, probe, run_tool
+from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, run_tool
+from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller

@@ -21,8 +21,8 @@ from indexer.search import search
 from indexer.version import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
-from model.media import probe
 from model.network import Modality
+from model.probe import probe
 from model.similarity import Strategy
 from service import inference
 from service.engine import Engine

@@ -20,7 +20,8 @@ from starlette.datastructures import UploadFile
 from indexer.pipeline import MEDIA_SUFFIXES
 from model import PreprocessConfig
 from model.features import checked_duration
-from model.media import MediaError, MediaTooLongError, probe
+from model.media import MediaError, MediaTooLongError
+from model.probe import probe
 
 CHUNK = 1 << 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -26,7 +26,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from model import MediaError, ModelConfig, PreprocessConfig, load_clips
 from model.features import clip_segments, normalize_frames
-from model.media import decode_audio, probe
+from model.media import decode_audio
+from model.probe import probe
 
 log = logging.getLogger(__name__)
 

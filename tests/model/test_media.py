@@ -24,7 +24,8 @@ from model import (
     preset,
 )
 from model.features import centred_segments, clip_segments, fbank, pad_or_cut, query_segments, segment_starts
-from model.media import decode_audio, ffmpeg_binary, probe
+from model.media import decode_audio, ffmpeg_binary
+from model.probe import probe
 
 from ..conftest import IN_CI, REFERENCE, SHARED, require_file
 from . import media_files as mf
@@ -361,7 +362,7 @@ def test_timeout_is_a_typed_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["mp4_h264_aac.mp4", "webm_vp9_opus.webm", "tone.flac", "video_only.mp4"])
 def test_probe_without_ffprobe_agrees_with_ffprobe(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """imageio-ffmpeg ships no ffprobe: the fallback parses `ffmpeg -i` and must find the same facts."""
-    import model.media as media
+    import model.probe
 
     if name == "video_only.mp4":
         path = mf.video_only(tmp_path / name)
@@ -370,7 +371,7 @@ def test_probe_without_ffprobe_agrees_with_ffprobe(tmp_path: Path, name: str, mo
     else:
         path = mf.av_file(tmp_path / name, *CONTAINERS[name])
     with_ffprobe = probe(path)
-    monkeypatch.setattr(media, "ffprobe_binary", lambda: None)
+    monkeypatch.setattr(model.probe, "ffprobe_binary", lambda: None)
     fallback = probe(path)
     for field in ("audio_codec", "sample_rate", "channels", "video_codec", "width", "height", "still_image"):
         assert getattr(fallback, field) == getattr(with_ffprobe, field), field

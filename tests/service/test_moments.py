@@ -120,7 +120,8 @@ def _assert_unique(specs: list) -> None:
 
 
 def _long_video(specs: list, folder: Path, target: Path) -> float:
-    from model.media import ffmpeg_binary, probe
+    from model.media import ffmpeg_binary
+    from model.probe import probe
     from training.synth import write_clip
 
     paths = [folder / write_clip(spec, folder, SEED, ffmpeg_binary())["path"] for spec in specs]
