@@ -15,6 +15,7 @@ k-th best, and more, are rescored exactly on float32 tokens around their best of
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -50,30 +51,81 @@ def diagonal_reduce(cosines: FloatArray, positions: int, strategy: Strategy) -> 
     return out
 
 
-def frame_scores(version: StoreVersion, query: FloatArray, target: str, strategy: Strategy) -> FloatArray:
-    """(frames,): the score of the query with its first frame on each stored frame (global frame id); the
-    positions whose Q frames run past their shard are garbage and must not be read."""
-    width, length = version.manifest.dim, len(query)
-    out = np.empty(len(version.clip_ids) * version.frames, dtype=np.float32)
+class ScanScores(NamedTuple):
+    placed: FloatArray  # (frames,) score with the query's first frame on each stored frame (tracks >= Q)
+    short_best: FloatArray  # (S,) best score of each short track (L < Q) over its offsets L - Q .. 0
+
+
+def diagonal_prefix(cosines: FloatArray, width: int) -> FloatArray:
+    """cosines (Q, W + Q - 1) -> (Q + 1, W): row i, column d holds sum_{i' < i} cosines[i', d + i'] (the
+    first i pairs of diagonal d), so any run of a diagonal sums in one subtraction."""
+    length = len(cosines)
+    out = np.zeros((length + 1, width), dtype=np.float32)
+    for i in range(length):
+        np.add(out[i], cosines[i, i : i + width], out=out[i + 1])
+    return out
+
+
+def _short_bests(prefix: FloatArray, firsts: IntArray, lengths: IntArray, column0: int) -> FloatArray:
+    """Best mean over offsets of tracks shorter than the query: track frame j on query frame s + j,
+    s = 0 .. Q - L, from the prefix sums whose column c is diagonal (frame c + column0) - query frame."""
+    length = len(prefix) - 1
+    best = np.full(len(firsts), -np.inf, dtype=np.float32)
+    for shift in range(length):
+        fits = shift <= length - lengths
+        if not fits.any():
+            break
+        column = firsts - shift - column0
+        end = np.minimum(shift + lengths, length)
+        score = (prefix[end, column] - prefix[shift, column]) / lengths
+        np.maximum(best, np.where(fits, score, -np.inf), out=best)
+    return best
+
+
+def frame_scores(
+    version: StoreVersion, query: FloatArray, target: str, strategy: Strategy, short: IntArray
+) -> ScanScores:
+    """The scan over every shard in blocks of SCAN_FRAMES stored frames (see the module); positions whose
+    Q frames run past their shard are garbage and must not be read; `short`: tracks shorter than the
+    query, each inside one shard (diagonal_mean only)."""
+    width, length, margin = version.manifest.dim, len(query), len(query) - 1
+    placed = np.empty(len(version.clip_ids) * version.frames, dtype=np.float32)
+    short_best = np.full(len(short), -np.inf, dtype=np.float32)
+    short_first = version.tracks.first_row[short] * version.frames  # ascending: store order
     for shard, tokens in enumerate(version.tokens[target]):
         flat = tokens.reshape(-1, width)  # (rows * T, D), a view of the mapped shard
         first = int(version.starts[shard]) * version.frames
         for low in range(0, len(flat), SCAN_FRAMES):
-            positions = min(SCAN_FRAMES, len(flat) - low)
-            cosines = approximate_products(query, flat[low : low + positions + length - 1])  # (Q, <= P + Q - 1)
-            if cosines.shape[1] < positions + length - 1:  # the shard's end: zeros past it
-                cosines = np.pad(cosines, ((0, 0), (0, positions + length - 1 - cosines.shape[1])))
-            out[first + low : first + low + positions] = diagonal_reduce(cosines, positions, strategy)
-    return out
+            high = min(low + SCAN_FRAMES, len(flat))
+            cosines = _block_products(query, flat, low - margin, high + margin)  # (Q, P + 2M)
+            if strategy != "diagonal_mean":
+                placed[first + low : first + high] = diagonal_reduce(cosines[:, margin:], high - low, strategy)
+                continue
+            prefix = diagonal_prefix(cosines, high - low + margin)  # (Q + 1, P + M): diagonals from low - M
+            placed[first + low : first + high] = prefix[length, margin:] / length
+            inside = slice(*np.searchsorted(short_first, [first + low, first + high]))
+            lengths = version.tracks.length[short[inside]]
+            short_best[inside] = _short_bests(prefix, short_first[inside] - first, lengths, low - margin)
+    return ScanScores(placed, short_best)
 
 
-def scannable(version: StoreVersion, tracks: IntArray, length: int) -> npt.NDArray[np.bool_]:
-    """Which of `tracks` the scan scores: at least `length` frames, inside one shard."""
+def _block_products(query: FloatArray, flat: np.ndarray, low: int, high: int) -> FloatArray:
+    """(Q, high - low): the query's products with stored frames low..high-1 of a shard, zeros outside it."""
+    out = torch.zeros((len(query), high - low), dtype=torch.float32)
+    first, last = max(0, low), min(high, len(flat))
+    approximate_products(query, flat[first:last], into=out[:, first - low : last - low])
+    products: FloatArray = out.numpy()
+    return products
+
+
+def scannable(version: StoreVersion, tracks: IntArray, length: int, strategy: Strategy) -> npt.NDArray[np.bool_]:
+    """Which of `tracks` the scan scores: those inside one shard, of at least `length` frames unless the
+    strategy is diagonal_mean (whose prefix sums score shorter tracks too)."""
     table = version.tracks
     first, last = table.first_row[tracks], table.first_row[tracks] + table.rows[tracks] - 1
     shard_of_first = np.searchsorted(version.starts, first, side="right")
     same_shard = shard_of_first == np.searchsorted(version.starts, last, side="right")
-    fits: npt.NDArray[np.bool_] = (table.length[tracks] >= length) & same_shard
+    fits: npt.NDArray[np.bool_] = same_shard & ((table.length[tracks] >= length) | (strategy == "diagonal_mean"))
     return fits
 
 
@@ -87,21 +139,26 @@ def nominate(
     k: int,
     moments: int,
 ) -> dict[int, list[int]]:
-    """track index -> offsets of its best placements by the scan (up to `moments`, non-overlapping), for
-    the scannable `tracks` whose best scanned score is within SCAN_TOLERANCE of the k-th best's (at
-    least 2k of them)."""
-    scores = frame_scores(version, query, target, strategy)
+    """track index -> offsets of its best placements by the scan (up to `moments`, non-overlapping; a track
+    shorter than the query: [0], every offset is rescored), for the scannable `tracks` whose best scanned
+    score is within SCAN_TOLERANCE of the k-th best's (at least 2k of them)."""
     table, length = version.tracks, len(query)
-    starts = table.first_row[tracks] * version.frames
-    spans = table.length[tracks] - length + 1  # offsets 0 .. L - Q
+    short = table.length[tracks] < length
+    scanned = frame_scores(version, query, target, strategy, tracks[short])
+    long_tracks = tracks[~short]
+    starts = table.first_row[long_tracks] * version.frames
+    spans = table.length[long_tracks] - length + 1  # offsets 0 .. L - Q
     bounds = np.stack([starts, starts + spans], axis=1).ravel()  # [first, end) of each track's offsets
-    padded = np.append(scores, np.float32(-np.inf))  # the last end may be the array's end
-    best = np.maximum.reduceat(padded, bounds)[::2] if len(tracks) else np.zeros(0, np.float32)
+    padded = np.append(scanned.placed, np.float32(-np.inf))  # the last end may be the array's end
+    best = np.maximum.reduceat(padded, bounds)[::2] if len(long_tracks) else np.zeros(0, np.float32)
     picked: dict[int, list[int]] = {}
-    for i in near_kth(best, k).tolist():
+    for i in near_kth(np.concatenate([best, scanned.short_best]), k).tolist():
+        if i >= len(long_tracks):
+            picked[int(tracks[short][i - len(long_tracks)])] = [0]
+            continue
         offsets = np.arange(spans[i], dtype=np.int64)
-        window = scores[starts[i] : starts[i] + spans[i]]
-        picked[int(tracks[i])] = [int(offsets[j]) for j in pick_moments(offsets, window, length, moments)]
+        window = scanned.placed[starts[i] : starts[i] + spans[i]]
+        picked[int(long_tracks[i])] = [int(offsets[j]) for j in pick_moments(offsets, window, length, moments)]
     return picked
 
 
@@ -115,11 +172,17 @@ def near_kth(best: FloatArray, k: int) -> IntArray:
     return order[: max(2 * k, int((best >= floor).sum()))].astype(np.int64)
 
 
-def approximate_products(query: FloatArray, frames: np.ndarray) -> FloatArray:
-    """query (Q, D) x frames (n, D) in the frames' own dtype (a float16 GEMM for float16 stores) -> (Q, n)."""
+def approximate_products(query: FloatArray, frames: np.ndarray, into: torch.Tensor | None = None) -> FloatArray:
+    """query (Q, D) x frames (n, D) in the frames' own dtype (a float16 GEMM for float16 stores) -> (Q, n)
+    float32, written into `into` (a (Q, n) float32 view) when given."""
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=frames.dtype))
-    products: FloatArray = (q @ as_tensor(frames).T).float().numpy()
-    return products
+    products = q @ as_tensor(frames).T
+    if into is None:
+        into = products.float()
+    else:
+        into.copy_(products)  # the float32 conversion, in place
+    out: FloatArray = into.numpy()
+    return out
 
 
 def frames_at(version: StoreVersion, modality: str, frame_ids: IntArray) -> np.ndarray:

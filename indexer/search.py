@@ -277,7 +277,7 @@ def scan(
     if strategy not in SCAN_STRATEGIES:
         raise ValueError(f"the scan scores {SCAN_STRATEGIES}, not {strategy!r}; use the votes")
     tracks = searchable_tracks(version, target)
-    fits = scannable(version, tracks, len(query))
+    fits = scannable(version, tracks, len(query), strategy)
     nominees = nominate(version, query, target, tracks[fits], strategy=strategy, k=k, moments=moments)
     voted = {t: sorted({o // bin_frames for o in offsets}) for t, offsets in nominees.items()}
     found = rescore(version, query, target, strategy, voted, bin_frames=bin_frames, radius=radius)

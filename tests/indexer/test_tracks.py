@@ -121,10 +121,12 @@ def test_the_scan_on_float16_tokens_ranks_as_the_exhaustive_search(tmp_path: Pat
     _add(store, videos[20:])
     version = store.open()
     rng = np.random.default_rng(5)
-    for length in (T + 1, 2 * T, 3 * T):
+    for length in (T + 1, 2 * T, 3 * T, 6 * T):
         source = videos[int(rng.integers(3, 30))][2]
         start = int(rng.integers(0, max(1, len(source) - length)))
         query = _unit(source[start : start + length] + 0.8 * rng.standard_normal((len(source[start:][:length]), D)))
+        if length == 6 * T:  # longer than every track: each slides inside the query
+            query = _unit(rng.standard_normal((length, D)))
         found, truth = (
             search(version, query, target="visual", k=k, scheme=scheme, moments=2) for scheme in ("scan", "exhaustive")
         )
