@@ -4,10 +4,12 @@ Per-frame neighbours cannot rank a long query's candidates: the videos that come
 60-s query are the best partial overlaps of 47 or 94 frames with unrelated videos, decided by every
 frame of the placement (BENCHMARKS.md measures votes finding a fifth of them). The scan computes what
 the brute force does, fast: blocks of SCAN_FRAMES stored frames times the query, in the store's own
-dtype (one float16 GEMM per block, no conversion pass), then for each frame p of the block the sum
-(or max) of cos(query frame j, frame p + j) over j. A track of length L >= Q gets its offsets
-0..L-Q from its own frames; a track shorter than the query (or one split across shards, which only a
-hand-made store has) is left to the exact scorer. The float16 products are approximate (output
+dtype (one float16 GEMM per block, no conversion pass), then along each diagonal of the block's
+products (stored frame p + j with query frame j) the sum (diagonal_mean: prefix sums, so any run of a
+diagonal is one subtraction) or the max. A track of length L >= Q gets its offsets 0..L-Q from
+whole diagonals; a shorter one (diagonal_mean) slides inside the query, offsets L-Q..0, from runs of
+L. Left to the exact scorer: tracks shorter than the query under diagonal_max, and tracks split
+across shards (only a hand-made store has them). The float16 products are approximate (output
 rounding <= 2^-11 per cosine), so the scan only nominates: the tracks within SCAN_TOLERANCE of the
 k-th best, and more, are rescored exactly on float32 tokens around their best offsets.
 """
@@ -151,10 +153,10 @@ def nominate(
     bounds = np.stack([starts, starts + spans], axis=1).ravel()  # [first, end) of each track's offsets
     padded = np.append(scanned.placed, np.float32(-np.inf))  # the last end may be the array's end
     best = np.maximum.reduceat(padded, bounds)[::2] if len(long_tracks) else np.zeros(0, np.float32)
-    picked: dict[int, list[int]] = {}
+    short_tracks, picked = tracks[short], {}
     for i in near_kth(np.concatenate([best, scanned.short_best]), k).tolist():
         if i >= len(long_tracks):
-            picked[int(tracks[short][i - len(long_tracks)])] = [0]
+            picked[int(short_tracks[i - len(long_tracks)])] = [0]
             continue
         offsets = np.arange(spans[i], dtype=np.int64)
         window = scanned.placed[starts[i] : starts[i] + spans[i]]

@@ -273,7 +273,7 @@ def scan(
     radius: int,
 ) -> list[Scored]:
     """The scan's nominees rescored exactly around their best placements, and the tracks it leaves out
-    (shorter than the query) scored exhaustively."""
+    (split across shards; shorter than the query under diagonal_max) scored exhaustively."""
     if strategy not in SCAN_STRATEGIES:
         raise ValueError(f"the scan scores {SCAN_STRATEGIES}, not {strategy!r}; use the votes")
     tracks = searchable_tracks(version, target)
