@@ -22,7 +22,7 @@ Deleted videos never come back: their rows are dead in the version.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -145,11 +145,14 @@ def rescore(
             continue
         spare = frames - length
         windows += [(track, *w) for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=spare)]
-    if k is not None and strategy in SCAN_STRATEGIES and windows:
-        rough = _by_track(windows, window_scores(version, query, target, strategy, windows, exact=False), length)
-        kept = {rough[i].track for i in near_kth(np.array([s.scores.max() for s in rough]), k).tolist()}
-        windows = [w for w in windows if w[0] in kept]
-    return out + _by_track(windows, window_scores(version, query, target, strategy, windows), length)
+    if k is None or strategy not in SCAN_STRATEGIES or not windows:
+        return out + _by_track(windows, window_scores(version, query, target, strategy, windows), length)
+    gathered = gather_windows(version, target, windows, length)  # read once, scored twice
+    rough = _by_track(windows, diagonal_scores(query, gathered, strategy, exact=False), length)
+    kept = {rough[i].track for i in near_kth(np.array([s.scores.max() for s in rough]), k).tolist()}
+    picked = [i for i, w in enumerate(windows) if w[0] in kept]
+    exact = diagonal_scores(query, gathered.subset(picked), strategy, exact=True)
+    return out + _by_track([windows[i] for i in picked], exact, length)
 
 
 def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:
@@ -165,34 +168,57 @@ def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], len
 
 
 def window_scores(
-    version: StoreVersion,
-    query: FloatArray,
-    target: str,
-    strategy: Strategy,
-    windows: list[tuple[int, int, int]],
-    *,
-    exact: bool = True,
+    version: StoreVersion, query: FloatArray, target: str, strategy: Strategy, windows: list[tuple[int, int, int]]
 ) -> list[FloatArray]:
-    """Scores at offsets low..high of each (track, low, high) window, query inside the track: the
-    windows' frames gathered once and multiplied in one product for the diagonal strategies, in float32
-    (exact) or in the store's dtype (not exact: a float16 store's rounding)."""
+    """Exact scores at offsets low..high of each (track, low, high) window, query inside the track (the
+    diagonal strategies: the windows' frames gathered once and multiplied in one product)."""
+    length = len(query)
     if not windows:
         return []
-    table, length = version.tracks, len(query)
     if strategy not in SCAN_STRATEGIES:
         return [
             score_offsets(query, version.track_frames(target, t, low, high + length)[None], strategy).scores[0]
             for t, low, high in windows
         ]
+    return diagonal_scores(query, gather_windows(version, target, windows, length), strategy, exact=True)
+
+
+class WindowFrames(NamedTuple):
+    """The frames of windows of offsets, back to back: window i is frames[at[i] : at[i + 1]], the track
+    frames its offsets low..high align with (high - low + Q of them)."""
+
+    frames: np.ndarray  # (n, D) in the store's dtype
+    at: IntArray  # (W + 1,)
+
+    def subset(self, picked: list[int]) -> WindowFrames:
+        parts = [self.frames[self.at[i] : self.at[i + 1]] for i in picked]
+        sizes = [len(part) for part in parts]
+        frames = np.concatenate(parts) if parts else self.frames[:0]
+        return WindowFrames(frames, np.r_[0, np.cumsum(sizes, dtype=np.int64)].astype(np.int64))
+
+
+def gather_windows(
+    version: StoreVersion, target: str, windows: list[tuple[int, int, int]], length: int
+) -> WindowFrames:
+    """The stored frames of each (track, low, high) window of a query of `length` frames, in one read."""
+    table = version.tracks
     firsts = np.array([int(table.first_row[t]) * version.frames + low for t, low, _ in windows], dtype=np.int64)
     sizes = np.array([high - low + length for _, low, high in windows], dtype=np.int64)
-    at = np.r_[0, np.cumsum(sizes)]
+    at = np.r_[0, np.cumsum(sizes)].astype(np.int64)
     ids = np.repeat(firsts - at[:-1], sizes) + np.arange(at[-1], dtype=np.int64)  # every window's frames
-    frames = frames_at(version, target, ids)  # (n, D) in the store's dtype
+    return WindowFrames(frames_at(version, target, ids), at)
+
+
+def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy, *, exact: bool) -> list[FloatArray]:
+    """Scores at every offset of each window, in float32 (exact) or in the store's dtype (not exact: a
+    float16 store's rounding); one product for all windows."""
+    length, frames, at = len(query), windows.frames, windows.at
+    if len(frames) == 0:
+        return [np.zeros(0, dtype=np.float32) for _ in range(len(at) - 1)]
     products = query @ np.asarray(frames, dtype=np.float32).T if exact else approximate_products(query, frames)
     cosines = np.pad(products, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
     placed = diagonal_reduce(cosines, int(at[-1]), strategy)  # (n,): the query's first frame on frame i
-    return [placed[at[i] : at[i] + size - length + 1] for i, size in enumerate(sizes.tolist())]
+    return [placed[at[i] : at[i + 1] - length + 1] for i in range(len(at) - 1)]
 
 
 def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:
@@ -235,13 +261,13 @@ def search(
     if query.ndim != 2 or query.shape[1] != version.manifest.dim or len(query) == 0:
         raise ValueError(f"query tokens must be (Q >= 1, {version.manifest.dim}), got {tuple(query.shape)}")
     q = np.ascontiguousarray(query, dtype=np.float32)
-    live_frames = int(version.tracks.length[searchable_tracks(version, target)].sum())
+    tracks = searchable_tracks(version, target)
     if scheme == "auto":
-        scheme = _automatic(live_frames, len(q), strategy)
+        scheme = _automatic(int(version.tracks.length[tracks].sum()), len(q), strategy)
     if scheme == "exhaustive":
-        scored = exhaustive(version, q, target, strategy)
+        scored = exhaustive(version, q, target, strategy, tracks)
     elif scheme == "scan":
-        scored = scan(version, q, target, strategy, k=k, moments=moments, bin_frames=bin_frames, radius=radius)
+        scored = scan(version, q, target, strategy, tracks, k=k, moments=moments, bin_frames=bin_frames, radius=radius)
     else:
         voted = vote(version, q, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
         scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius, k=k)
@@ -266,17 +292,18 @@ def scan(
     query: FloatArray,
     target: str,
     strategy: Strategy,
+    tracks: IntArray,
     *,
     k: int,
     moments: int,
     bin_frames: int,
     radius: int,
 ) -> list[Scored]:
-    """The scan's nominees rescored exactly around their best placements, and the tracks it leaves out
-    (split across shards; shorter than the query under diagonal_max) scored exhaustively."""
+    """The scan of the searchable `tracks`: its nominees rescored exactly around their best placements,
+    and the tracks it leaves out (split across shards; shorter than the query under diagonal_max)
+    scored exhaustively."""
     if strategy not in SCAN_STRATEGIES:
         raise ValueError(f"the scan scores {SCAN_STRATEGIES}, not {strategy!r}; use the votes")
-    tracks = searchable_tracks(version, target)
     fits = scannable(version, tracks, len(query), strategy)
     nominees = nominate(version, query, target, tracks[fits], strategy=strategy, k=k, moments=moments)
     voted = {t: sorted({o // bin_frames for o in offsets}) for t, offsets in nominees.items()}
