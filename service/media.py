@@ -34,6 +34,14 @@ def catalog_file(sessions: sessionmaker, video_id: int) -> Path:
     return path
 
 
+def clamped_time(at: float, duration: float) -> float:
+    """`at` seconds inside a video of `duration` s (the last frame starts before the container's end); 422 past
+    its end, beyond the rounding of container durations."""
+    if at > duration + TIME_SLACK_S:
+        raise InvalidInput(f"time {at:.3f} s is past the end of the video ({duration:.3f} s)")
+    return max(0.0, min(at, duration - 0.1))
+
+
 def media_type(path: Path) -> str:
     """The Content-Type of a media file, by its extension (what a browser needs to pick a decoder)."""
     return EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -49,9 +57,7 @@ def poster_jpeg(path: Path, at: float, width: int, timeout_s: float) -> tuple[by
     if not info.has_video:
         raise InvalidInput(f"{path.name} has no pictures (an audio file): no poster")
     if info.duration is not None:
-        if at > info.duration + TIME_SLACK_S:
-            raise InvalidInput(f"time {at:.3f} s is past the end of the video ({info.duration:.3f} s)")
-        at = max(0.0, min(at, info.duration - 0.1))  # the last frame starts before the container's end
+        at = clamped_time(at, info.duration)
     args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
     data = run_tool(args, timeout_s, POSTER_MAX_BYTES, path.name)

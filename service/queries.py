@@ -28,6 +28,7 @@ from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
 from service.inference import QueryTokens, ms
+from service.media import TIME_SLACK_S, clamped_time
 from service.schemas import (
     Crop,
     LocalizeMethod,
@@ -44,7 +45,6 @@ from service.schemas import (
 )
 from service.uploads import saved_upload
 
-TIME_SLACK_S = 0.05  # container durations are rounded
 SPARE_HITS = 8  # tracks asked beyond top_k, for videos the catalog drops (pending, failed, deleted)
 
 
@@ -56,13 +56,20 @@ def indexed_video(session: Session, video_id: int) -> Video:
     return video
 
 
-def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
-    """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
+def stored_row(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> int:
+    """The store row of a clip; 404 when it is not in the version, 422 without the modality."""
     if version is None or len(rows := version.rows_of([clip_id])) == 0:
         raise NotFound(f"video {video_id} is not in the loaded index version")
     if not version.present[modality][rows[0]]:
         raise InvalidInput(f"video {video_id} has no {modality} track")
-    return version.gather(modality, rows[:1])[0]
+    return int(rows[0])
+
+
+def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
+    """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
+    row = stored_row(version, clip_id, modality, video_id)
+    assert version is not None
+    return version.gather(modality, np.array([row]))[0]
 
 
 @dataclass(frozen=True)
@@ -80,20 +87,23 @@ def stored_query(
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
     with engine.sessions() as session:
         first = indexed_video(session, video_id).clips[0].id
-    stored_tokens(version, first, modality, video_id)  # 404 / 422 as for any stored token
+    row = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
     assert version is not None
-    track = int(version.tracks.track_of_row[version.rows_of([first])[0]])
-    tokens = version.track_frames(modality, track)  # (frames of the track, D)
+    track = int(version.tracks.track_of_row[row])
+    frames = int(version.tracks.length[track])
+    low, high = 0, frames  # the track's frames [low, high) inside `part`
     if part != TimeRange():
-        end = part.end if part.end is not None else len(tokens) * version.frame_s
+        end = part.end if part.end is not None else frames * version.frame_s
         if end - part.start < engine.prep.min_query_s:
             raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
-        times = version.frame_s * np.arange(len(tokens))  # each frame's time in the video
-        tokens = tokens[(times >= part.start - 1e-6) & (times < end - 1e-6)]
-        if len(tokens) == 0:
+        times = version.frame_s * np.arange(frames)  # each frame's time in the video
+        inside = np.flatnonzero((times >= part.start - 1e-6) & (times < end - 1e-6))
+        if len(inside) == 0:
             raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
+        low, high = int(inside[0]), int(inside[-1]) + 1
     longest = max(1, round(engine.prep.max_query_s / version.frame_s))
-    return QueryTokens(tokens[:longest], len(tokens) > longest, 0.0, 0.0)
+    tokens = version.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
+    return QueryTokens(tokens, high - low > longest, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -231,12 +241,7 @@ def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> t
     info = probe(path, engine.prep.timeout_s, engine.prep.limits)
     if uploaded:
         checked_duration(info, engine.prep)
-    if info.still_image or info.duration is None:
-        at = 0.0
-    elif at > info.duration + TIME_SLACK_S:
-        raise InvalidInput(f"time {at:.2f} s is past the end of the video ({info.duration:.2f} s)")
-    if info.duration is not None and not info.still_image:
-        at = max(0.0, min(at, info.duration - 0.1))  # the last frame starts before the container's end
+    at = 0.0 if info.still_image or info.duration is None else clamped_time(at, info.duration)
     return load_picture(path, engine.model.config, engine.prep, at=at), at
 
 
