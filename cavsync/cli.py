@@ -349,26 +349,24 @@ def train_localizer(
     from training.localizer import LocalizerConfig
     from training.localizer import train_localizer as run
 
-    if aggregation not in {"max", "softmax"}:
-        raise typer.BadParameter("aggregation must be max or softmax")
-    cfg = LocalizerConfig(
-        str(checkpoint),
-        str(data),
-        str(out_dir),
-        into=str(into) if into else None,
-        layer=layer,
-        hidden_dim=hidden_dim,
-        aggregation=aggregation,  # type: ignore[arg-type]  # a str checked against the Literal just above
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        temperature=temperature,
-        seed=seed,
-        max_clips=max_clips,
-        frame_stride=frame_stride,
-        workers=workers,
-    )
     try:
+        cfg = LocalizerConfig(
+            str(checkpoint),
+            str(data),
+            str(out_dir),
+            into=str(into) if into else None,
+            layer=layer,
+            hidden_dim=hidden_dim,
+            aggregation=aggregation,  # type: ignore[arg-type]  # a str: LocalizerConfig checks it
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            temperature=temperature,
+            seed=seed,
+            max_clips=max_clips,
+            frame_stride=frame_stride,
+            workers=workers,
+        )
         path = run(cfg)
     except (CheckpointError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

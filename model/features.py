@@ -32,7 +32,7 @@ from model.media import (
     decode_still,
     decode_window,
 )
-from model.probe import SizeLimits, check_header, probe
+from model.probe import SizeLimits, check_header, check_sizes, probe
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
         speculative = pool.submit(
             decode_window, guess, 0.0, prep.clip_s, request, True, prep.sample_rate, prep.timeout_s
         )
-        info = probe(path, prep.timeout_s, prep.limits)
+        info = probe(path, prep.timeout_s)  # the header was checked above: only the probe's sizes are left
+        check_sizes(info, prep.limits)
         if info.still_image and not info.has_audio:
             raise UnsupportedMediaError(
                 f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file"

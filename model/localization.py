@@ -28,7 +28,6 @@ from model.config import ModelConfig
 from model.network import CAVMAESync
 
 LocalizationMethod = Literal["paper", "head"]
-METHODS: tuple[LocalizationMethod, ...] = ("paper", "head")
 Aggregation = Literal["max", "softmax"]  # how a frame's patch scores become one frame score in training
 VALUE_RANGE = (-1.0, 1.0)  # both maps are cosines
 

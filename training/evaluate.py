@@ -107,12 +107,10 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def localization_maps(
-    model: CAVMAESync, frames: torch.Tensor, segments: torch.Tensor, size: int, head: LocalizationHead | None = None
+    model: CAVMAESync, frames: torch.Tensor, audio: torch.Tensor, size: int, head: LocalizationHead | None = None
 ) -> torch.Tensor:
-    """Each frame's map for its own audio segment (model.localization: the head's, or the paper's without
-    one), upsampled to (T, size, size). frames (T, 3, S, S), segments (T, L, mel)."""
-    with torch.no_grad():
-        audio = model.encode_audio(segments).global_tokens  # (T, D)
+    """Each frame's map for its own audio segment's token (model.localization: the head's, or the paper's
+    without one), upsampled to (T, size, size). frames (T, 3, S, S), audio (T, D) global tokens."""
     return upsample(localization_grid(model, frames, audio, head), size, size)
 
 
@@ -182,8 +180,10 @@ def evaluate_localization(
         keep = [t for t in range(len(frames)) if not only_with_distractor or data["distractor"][t].any()]
         if not keep:
             continue
+        with torch.no_grad():
+            audio = model.encode_audio(segments[keep]).global_tokens  # (T, D): once for every method
         for name, method_head in methods.items():
-            maps[name] += list(localization_maps(model, frames[keep], segments[keep], size, method_head))
+            maps[name] += list(localization_maps(model, frames[keep], audio, size, method_head))
         for t in keep:
             event = next((e for e in row["events"] if e["start"] <= data["times"][t] < e["end"]), row["events"][-1])
             masks.append(data["sounding"][t])

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,8 @@ class LocalizerConfig:
             raise ValueError("steps >= 1, batch_size >= 2 and temperatures > 0 are required")
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.aggregation not in get_args(Aggregation):
+            raise ValueError(f"aggregation must be one of {get_args(Aggregation)}, got {self.aggregation!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
