@@ -147,7 +147,7 @@ def store_videos(
     step = PreprocessConfig().frame_s(frames) if frame_s is None else frame_s
     valid = np.concatenate([track_valid_frames([c.duration for c in v.clips], frames, step) for v in videos])
     try:
-        store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=frame_s)
+        store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=step)
     except OSError:  # a full disk: the rows go too (nothing of them is in the store); a kill leaves them pending
         for video in videos:
             session.delete(video)

@@ -76,11 +76,3 @@ def grow(index: faiss.Index, projection: Projection, tokens: np.ndarray, rows: n
     grown = faiss.clone_index(index)
     grown.add_with_ids(projection.apply(tokens), rows.astype(np.int64))
     return grown
-
-
-def candidates(index: faiss.Index, projection: Projection, query: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the `count` clips whose sketches are nearest a full-length query (T, D)."""
-    sketch = projection.apply(query[None])
-    _, ids = index.search(sketch, min(count, index.ntotal))
-    found: np.ndarray = ids[0][ids[0] >= 0]
-    return found

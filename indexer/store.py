@@ -99,7 +99,7 @@ class TokenStore:
             try:
                 version = StoreVersion(self.root, name, gpu)
                 if indexes:
-                    version.index, version.sketch  # noqa: B018  (cached on first access)
+                    version.index  # noqa: B018  (cached on first access; the sketches, unused by search, stay lazy)
                 return version
             except (OSError, RuntimeError):  # faiss reports a missing file as RuntimeError
                 if self.current_name() == name:
@@ -273,7 +273,7 @@ class TokenStore:
         """The next version's manifest (a new store's index types are chosen when its indexes are built)."""
         _, frames, dim = tokens.shape
         if current is None:
-            step = frame_s or PreprocessConfig().clip_s / frames
+            step = frame_s or PreprocessConfig().frame_s(frames)
             return Manifest(1, frames, dim, self.dtype, model_id, factory="", frame_s=step)
         m = current.manifest
         if (m.frames, m.dim) != (frames, dim) or m.model_id != model_id:

@@ -45,14 +45,15 @@ def settle_orphan_rows(
     tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task
     merges them again; a retried merge of the same content also replaces them at once). `Indexer.recover`
     passes grace_s=0: the killed run it finishes is the only writer. Returns how many rows it settled."""
-    version = store.open(gpu=False, indexes=False)
-    live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
     fixed = 0
     with sessions() as session:
         query = select(Video).where(Video.status == VideoStatus.PENDING, Video.model_id == model_id)
-        for video in session.scalars(query).all():
-            if not _older_than(video.updated_at, grace_s):
-                continue
+        stale = [v for v in session.scalars(query).all() if _older_than(v.updated_at, grace_s)]
+        if not stale:
+            return 0
+        version = store.open(gpu=False, indexes=False)  # only now: it maps every shard
+        live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
+        for video in stale:
             if video.clips and all(c.id in live for c in video.clips):
                 video.status = VideoStatus.INDEXED
             else:

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -191,12 +190,14 @@ def merge_shards(ctx: TaskContext, res: Resources, own: OwnShard | None = None) 
     it once its merge (every other shard, the sweep) is over, so its job is never final while the task still
     merges shards of earlier, failed tasks (which a test or a user would then see left in `pending/`).
     """
-    model_id, merged = model_id_of(ctx.model_path), Merged(0)
+    model_id = model_id_of(ctx.model_path)
     try:
         merged = _merge_all(ctx, res, model_id, own)
-    finally:  # under the merge lock: no other merger has rows or a version half-written
-        if merged.shards or sys.exc_info()[0] is not None:
-            sweep.after_merge(ctx.store, res.sessions(ctx.database_url), model_id)
+    except BaseException:  # under the merge lock: no other merger has rows or a version half-written
+        sweep.after_merge(ctx.store, res.sessions(ctx.database_url), model_id)
+        raise
+    if merged.shards:
+        sweep.after_merge(ctx.store, res.sessions(ctx.database_url), model_id)
     return merged
 
 
@@ -299,7 +300,6 @@ def index_file(ctx: TaskContext, path: str, res: Resources, attempt: int = 0) ->
             return _after_lease(ctx, path, res, attempt)
     except TRANSIENT as exc:  # the database away: try again later (the lease is not taken)
         return Retry(backoff_s(attempt), exc)
-    retry = None
     with _lease(ctx, path, owner, res):
         retry = _attempt(ctx, path, res, attempt)
     if retry is not None and ctx.job_id is not None:

@@ -86,7 +86,7 @@ class StoreVersion:
     @property
     def frame_s(self) -> float:
         """Seconds between consecutive frames of a track (the preprocessing's clip length / T)."""
-        return self.manifest.frame_s or PreprocessConfig().clip_s / self.manifest.frames
+        return self.manifest.frame_s or PreprocessConfig().frame_s(self.manifest.frames)
 
     def track_frames(self, modality: str, track: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Frames [start, stop) of track `track` (an index into `tracks`), (n, D) float32."""
@@ -128,10 +128,6 @@ class StoreVersion:
 
     def __len__(self) -> int:
         return int(self.live.sum())
-
-    def searchable(self, modality: str) -> np.ndarray:
-        """Live rows that have `modality`."""
-        return np.flatnonzero(self.live & self.present[modality])
 
     def rows_of(self, clip_ids: list[int] | np.ndarray) -> np.ndarray:
         """The live rows holding these clip ids."""

@@ -151,16 +151,14 @@ class Engine:
     def reload(self) -> StoreVersion | None:
         """Open the store's current version if it changed (blocking: reads the FAISS indexes)."""
         with self._reload_lock:
-            for attempt in range(3):
-                name = self.store.current_name()
-                if name == self.version_name:
-                    break
-                try:
-                    self.version = self.store.open()
-                    log.info("loaded index version %s (%d live clips)", self.version_name, len(self.version or ()))
-                    break
-                except (OSError, ValueError, RuntimeError) as exc:  # pruned while being opened (faiss: RuntimeError)
-                    log.warning("could not open index version %s (attempt %d): %s", name, attempt + 1, exc)
+            name = self.store.current_name()
+            if name == self.version_name:
+                return self.version
+            try:  # TokenStore.open itself retries a version pruned while being opened
+                self.version = self.store.open()
+                log.info("loaded index version %s (%d live clips)", self.version_name, len(self.version or ()))
+            except (OSError, ValueError, RuntimeError) as exc:  # keep serving the loaded one; the next poll retries
+                log.warning("could not open index version %s: %s", name, exc)
         return self.version
 
     async def current_version(self) -> StoreVersion | None:
