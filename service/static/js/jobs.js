@@ -1,6 +1,6 @@
 // Indexing jobs: index paths under the media roots (shown) or uploads; the jobs with progress and each failed
 // file's error, refreshed while any job is still running.
-import { api, explain, setApiKey } from "./api.js";
+import { api, apiKey, explain, setApiKey } from "./api.js";
 import { writeState } from "./state.js";
 import { announce, fileName, h, showError } from "./util.js";
 
@@ -101,6 +101,6 @@ export function initJobs() {
   $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); writeState({ jobs: offset || null }); loadJobs(); });
   $("jobs-next").addEventListener("click", () => { offset += PAGE_SIZE; writeState({ jobs: offset }); loadJobs(); });
   const key = $("api-key");
-  key.value = sessionStorage.getItem("cavsync.apiKey") || "";
+  key.value = apiKey();
   key.addEventListener("change", () => setApiKey(key.value.trim()));
 }

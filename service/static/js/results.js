@@ -3,7 +3,7 @@
 // demand and plays a moment with a few seconds of context; "more like this"; "where is the sound?".
 import { api, explain } from "./api.js";
 import { drawOverlay, legend, localize } from "./localize.js";
-import { clock, colour, fileName, h } from "./util.js";
+import { clock, colour, fileName, h, once, showError } from "./util.js";
 
 const PAGE_SIZE = 10;
 const CONTEXT_S = 2; // seconds of context before and after a moment
@@ -110,8 +110,7 @@ class Card {
   }
 
   fail(message) {
-    this.error.hidden = !message;
-    this.error.textContent = message || "";
+    showError(this.error, message);
   }
 
   /** The player, created on first use: the original file, starting at the moment with context around it. */
@@ -140,10 +139,7 @@ class Card {
     const video = this.player(start, end);
     this.fail("");
     if (video.readyState < 1 && !video.error) {
-      await new Promise((resolve) => {
-        video.addEventListener("loadedmetadata", resolve, { once: true });
-        video.addEventListener("error", resolve, { once: true });
-      });
+      await once(video, "loadedmetadata").catch(() => { /* video.error is set: checked next */ });
     }
     if (video.error) return; // the card says why
     this.stopAt = end + CONTEXT_S;
@@ -168,9 +164,9 @@ class Card {
     const best = this.moments[0];
     const video = this.player(best.start, best.end);
     if (video.readyState < 1) {
-      await new Promise((resolve) => video.addEventListener("loadedmetadata", resolve, { once: true }));
+      await once(video, "loadedmetadata");
       video.currentTime = best.start;
-      await new Promise((resolve) => video.addEventListener("seeked", resolve, { once: true }));
+      await once(video, "seeked");
     }
     video.pause();
     const time = video.currentTime;
