@@ -89,9 +89,10 @@ class TokenStore:
         return path.read_text().strip() if path.exists() else None
 
     def open(self, gpu: bool = True, indexes: bool = True) -> StoreVersion | None:
-        """The live version, or None for an empty store. Its FAISS indexes are read now (on the GPUs when
-        faiss-gpu sees any), so that pruning the version later cannot take them from a reader; a caller
-        that reads only ids and tokens passes indexes=False."""
+        """The live version, or None for an empty store. Its per-frame FAISS indexes are read now (on the
+        GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader (the
+        clip sketches, which search does not use, are read on first use: by the writer, under its lock); a
+        caller that reads only ids and tokens passes indexes=False."""
         for _ in range(OPEN_ATTEMPTS):
             name = self.current_name()
             if not name:
