@@ -8,10 +8,11 @@ dtype (one float16 GEMM per block, no conversion pass), then along each diagonal
 products (stored frame p + j with query frame j) the sum (diagonal_mean: prefix sums, so any run of a
 diagonal is one subtraction) or the max. A track of length L >= Q gets its offsets 0..L-Q from
 whole diagonals; a shorter one (diagonal_mean) slides inside the query, offsets L-Q..0, from runs of
-L. Left to the exact scorer: tracks shorter than the query under diagonal_max, and tracks split
-across shards (only a hand-made store has them). The float16 products are approximate (output
-rounding <= 2^-11 per cosine), so the scan only nominates: the tracks within SCAN_TOLERANCE of the
-k-th best, and more, are rescored exactly on float32 tokens around their best offsets.
+L, scored over the query's Q frames as the exact scorer does. Left to the exact scorer: tracks shorter
+than the query under diagonal_max, and tracks split across shards (only a hand-made store has them).
+The float16 products are approximate (output rounding <= 2^-11 per cosine), so the scan only
+nominates: the tracks within SCAN_TOLERANCE of the k-th best, and more, are rescored exactly on float32
+tokens around their best offsets.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def diagonal_prefix(cosines: FloatArray, width: int) -> FloatArray:
 
 
 def _short_bests(prefix: FloatArray, firsts: IntArray, lengths: IntArray, column0: int) -> FloatArray:
-    """Best mean over offsets of tracks shorter than the query: track frame j on query frame s + j,
-    s = 0 .. Q - L, from the prefix sums whose column c is diagonal (frame c + column0) - query frame."""
+    """Best score over offsets of tracks shorter than the query: track frame j on query frame s + j,
+    s = 0 .. Q - L, from the prefix sums whose column c is diagonal (frame c + column0) - query frame; the
+    sum of the L aligned cosines over Q (the query's frames outside the track count 0, `indexer.sliding`)."""
     length = len(prefix) - 1
     best = np.full(len(firsts), -np.inf, dtype=np.float32)
     for shift in range(length):
@@ -79,7 +81,7 @@ def _short_bests(prefix: FloatArray, firsts: IntArray, lengths: IntArray, column
             break
         column = firsts - shift - column0
         end = np.minimum(shift + lengths, length)
-        score = (prefix[end, column] - prefix[shift, column]) / lengths
+        score = (prefix[end, column] - prefix[shift, column]) / length
         np.maximum(best, np.where(fits, score, -np.inf), out=best)
     return best
 

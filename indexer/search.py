@@ -15,17 +15,18 @@ the mean cosine of the aligned frame pairs). Which tracks and offsets get scored
   every track in float16 products and nominates the tracks near the k-th best, which are then scored
   exactly around their best offsets. A long query's 2nd..10th videos are partial overlaps that no
   frame's neighbours point at; the scan finds them (recall@10 1.0 at 30 and 60 s).
-Tracks are ranked by their best offset's score; each gives up to `moments` non-overlapping moments.
+Each scored track gives up to `moments` non-overlapping moments and is ranked by its best moment's score
+(`indexer.moments`: where moments are placed, how they are ordered).
 Deleted videos never come back: their rows are dead in the version.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 
+from indexer.moments import MATCH_TOLERANCE, MomentRule, Scored, TrackHit, ranked_hits
 from indexer.scan import (
     SCAN_STRATEGIES,
     approximate_products,
@@ -35,7 +36,7 @@ from indexer.scan import (
     nominate,
     scannable,
 )
-from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
+from indexer.sliding import FloatArray, IntArray, score_offsets
 from indexer.version import StoreVersion
 from model.network import Modality
 from model.similarity import STRATEGIES, Strategy
@@ -44,37 +45,6 @@ Scheme = Literal["auto", "exhaustive", "votes", "scan"]
 SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes", "scan")
 EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
 SCAN_ABOVE = 16  # query frames (one clip) above which "auto" scans rather than votes
-
-
-@dataclass(frozen=True)
-class Moment:
-    """Where in a track the query matched: the offset of the query's first frame in the track (negative:
-    the track starts inside a longer query), the seconds the aligned frames cover, the score there and
-    the cosine of each aligned (query frame, track frame) pair."""
-
-    offset: int
-    start: float
-    end: float
-    score: float
-    frame_scores: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class TrackHit:
-    track_id: int  # the id the track was stored under (the catalog's video id)
-    clip_id: int  # the catalog clip id of the track's first row
-    score: float  # the best score over every offset scored
-    moments: tuple[Moment, ...]  # best first, non-overlapping
-
-
-@dataclass(frozen=True)
-class Scored:
-    """Exact scores of one track at a contiguous run of offsets."""
-
-    track: int  # index into the version's TrackTable
-    offsets: IntArray  # (W,)
-    scores: FloatArray  # (W,)
-    aligned: int
 
 
 def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
@@ -243,6 +213,7 @@ def search(
     scheme: Scheme = "auto",
     moments: int = 3,
     moment_from: Modality | None = None,
+    match_tolerance: float = MATCH_TOLERANCE,
     per_frame: int = 2048,
     hypotheses: int = 1024,
     bin_frames: int = 4,
@@ -252,7 +223,9 @@ def search(
 
     `moment_from`: the query's own modality; when given, each hit's moments are the query's best
     placements on the track of that modality (an audio excerpt on the video's soundtrack: where it
-    sounds like the excerpt), scored there against the target; else the target's best offsets.
+    sounds like the excerpt), those within `match_tolerance` of the best kept; else the target's best
+    offsets. Moments are sorted by their score against the target; a hit's score is its first moment's
+    (`indexer.moments`).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -273,11 +246,8 @@ def search(
         scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius, k=k)
     if not scored:
         return []
-    best = np.array([s.scores.max() for s in scored])
-    top = [scored[i] for i in np.argsort(-best, kind="stable")[:k]]
-    return [
-        _hit(version, q, s, target=target, strategy=strategy, moments=moments, moment_from=moment_from) for s in top
-    ]
+    rule = MomentRule(target, strategy, moments, moment_from, match_tolerance)
+    return ranked_hits(version, q, scored, k, rule)
 
 
 def _automatic(live_frames: int, query_frames: int, strategy: Strategy) -> Scheme:
@@ -309,45 +279,3 @@ def scan(
     voted = {t: sorted({o // bin_frames for o in offsets}) for t, offsets in nominees.items()}
     found = rescore(version, query, target, strategy, voted, bin_frames=bin_frames, radius=radius)
     return found + exhaustive(version, query, target, strategy, tracks[~fits])
-
-
-def _hit(
-    version: StoreVersion,
-    query: FloatArray,
-    scored: Scored,
-    *,
-    target: str,
-    strategy: Strategy,
-    moments: int,
-    moment_from: str | None,
-) -> TrackHit:
-    table = version.tracks
-    offsets, scores = scored.offsets, scored.scores
-    if moment_from is not None and version.present[moment_from][table.first_row[scored.track]]:
-        own = score_offsets(query, version.track_frames(moment_from, scored.track)[None])
-        offsets, scores = own.offsets, own.scores[0]
-    picked = [int(offsets[i]) for i in pick_moments(offsets, scores, scored.aligned, moments)]
-    step, aligned = version.frame_s, scored.aligned
-    found = []
-    for offset in picked:
-        start = max(offset, 0)
-        track_tokens = version.track_frames(target, scored.track, start, start + aligned)  # the aligned frames
-        cosines = frame_cosines(query, track_tokens, min(offset, 0))
-        found.append(
-            Moment(
-                offset=offset,
-                start=round(start * step, 3),
-                end=round((start + aligned) * step, 3),
-                score=score_at(query, track_tokens, min(offset, 0), strategy),
-                frame_scores=cosines,
-            )
-        )
-    row = int(table.first_row[scored.track])
-    return TrackHit(int(table.ids[scored.track]), int(version.clip_ids[row]), float(scored.scores.max()), tuple(found))
-
-
-def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
-    """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored."""
-    if len(query) <= len(track):
-        return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
-    return float(score_offsets(query[-offset : -offset + len(track)], track[None], strategy).scores[0, 0])

@@ -4,7 +4,14 @@ A query q (Q, D) placed at offset o of a track c (L, D) aligns n = min(Q, L) fra
 max(o, 0) + j with query frame max(-o, 0) + j, j < n. A query no longer than the track slides inside it
 (o = 0 .. L - Q); a longer one slides over the whole track (o = L - Q .. 0: the track starts inside
 the query). The strategies of `model.similarity` score the aligned block: diagonal_mean (the mean of
-the n aligned cosines), diagonal_max, mean (of all n x n cosines) and max. Windows within
+the n aligned cosines), diagonal_max, mean (of all n x n cosines) and max. A query longer than the
+track is scored over all of its Q frames, the query frames outside the track counting 0: the track is
+zero-padded to Q frames at its place, so diagonal_mean is (1/Q) sum of the n aligned cosines (the inner
+product of the two concatenations over the query's, Q), mean is the sum of all Q x L cosines over Q^2,
+and the maxima include the padding's 0. So a short track matching part of a long query scores its
+share of it (n/Q of a perfect match at most), never more than a source matching the whole query as
+well; a query no longer than the track (n = Q), and the official clip-vs-clip scores, are unchanged.
+Windows within
 `TIE_TOLERANCE` of a best one fit equally well (still scenes give equal tokens): a moment is the
 centre of such a run, and further moments are the best runs among offsets whose frames do not
 overlap any chosen moment's.
@@ -51,21 +58,20 @@ def score_offsets(query: FloatArray, tracks: FloatArray, strategy: Strategy = "d
     if strategy in ("diagonal_mean", "diagonal_max"):
         rows, cols = aligned_pairs(offsets, aligned)
         pairs = cosines[:, rows, cols]  # (N, W, n)
-        scores = pairs.mean(axis=-1) if strategy == "diagonal_mean" else pairs.max(axis=-1)
+        if strategy == "diagonal_mean":
+            scores = pairs.sum(axis=-1) / length  # over the query's frames: those outside the track count 0
+        else:
+            scores = pairs.max(axis=-1) if length <= frames else np.maximum(pairs.max(axis=-1), 0.0)
         return OffsetScores(offsets, scores.astype(np.float32), aligned)
-    # mean / max: every pair of the aligned block, from per-row (query inside) or per-column (track inside) sums
-    reduce = np.sum if strategy == "mean" else np.max
-    if length <= frames:
-        line = reduce(cosines, axis=2)  # (N, L): over the whole query
-    else:
-        line = reduce(cosines, axis=1)  # (N, Q): over the whole track
+    if length > frames:  # every query frame meets every track frame at any offset (the padding adds zeros)
+        flat = cosines.reshape(len(cosines), -1)  # (N, L * Q)
+        total = flat.sum(axis=1) / (length * length) if strategy == "mean" else np.maximum(flat.max(axis=1), 0.0)
+        scores = np.repeat(total[:, None], len(offsets), axis=1)  # (N, W): the same at every offset
+        return OffsetScores(offsets, np.ascontiguousarray(scores, dtype=np.float32), aligned)
+    # mean / max of the query inside the track: every pair of the aligned block, from per-row sums or maxima
+    line = cosines.sum(axis=2) if strategy == "mean" else cosines.max(axis=2)  # (N, L): over the whole query
     windows = sliding_window_view(line, aligned, axis=1)  # (N, W, n)
-    if strategy == "mean":
-        scores = windows.sum(axis=-1) / (aligned * aligned)
-    else:
-        scores = windows.max(axis=-1)
-    if length > frames:
-        scores = scores[:, ::-1]  # column window start s is offset -s: ascending offsets
+    scores = windows.sum(axis=-1) / (aligned * aligned) if strategy == "mean" else windows.max(axis=-1)
     return OffsetScores(offsets, np.ascontiguousarray(scores, dtype=np.float32), aligned)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from indexer.catalog import Video, VideoStatus, indexed_videos_of_clips
-from indexer.search import Moment as CoreMoment
+from indexer.moments import Moment as CoreMoment
 from indexer.search import search
 from indexer.version import StoreVersion
 from model.features import Picture, checked_duration, load_picture
@@ -115,7 +115,9 @@ class SearchOptions:
 
 def _moment(moment: CoreMoment, duration: float | None) -> Moment:
     end = moment.end if duration is None else min(moment.end, round(duration, 3))
-    return Moment(start=moment.start, end=end, score=moment.score, frame_scores=list(moment.frame_scores))
+    return Moment(
+        start=moment.start, end=end, score=moment.score, match=moment.match, frame_scores=list(moment.frame_scores)
+    )
 
 
 def _results(

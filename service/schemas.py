@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
 from indexer.catalog import FileState, JobState, VideoStatus
+from indexer.moments import MATCH_TOLERANCE
 from model import Modality, Strategy
 
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
@@ -38,7 +39,17 @@ class Model(BaseModel):
 class Moment(Model):
     start: Seconds = Field(description="Seconds from the start of the video (rounded to the ms).")
     end: Seconds = Field(description="End of the aligned frames, seconds (at most the video's duration).")
-    score: float = Field(description="The query's score at this placement (the chosen strategy, against the target).")
+    score: float = Field(
+        description="The query's score at this placement (the chosen strategy, against the target modality: "
+        "what ranks the video). A video's moments are sorted by it, best first."
+    )
+    match: float | None = Field(
+        None,
+        description="The query's score against the video's track of the query's own modality at this placement "
+        "(an audio query: how much the video sounds like it there), which placed the moment; null when the "
+        "query's modality is unknown (raw tokens without `modality`) or the video lacks it. Moments placed this "
+        f"way are the placements matching within {MATCH_TOLERANCE} of the best one.",
+    )
     frame_scores: list[float] = Field(
         description="Cosine of each aligned (query frame, video frame) pair of the target modality; their "
         "mean is the diagonal_mean score."
@@ -48,12 +59,18 @@ class Moment(Model):
 class VideoResult(Model):
     video_id: int
     uri: str
-    score: float = Field(description="Similarity of the query with the video at its best offset (the chosen strategy).")
+    score: float = Field(
+        description="The score of the video's first moment (the best of its moments); videos are ranked by it."
+    )
     moments: list[Moment] = Field(
-        description="Up to `moments` non-overlapping placements of the query in the video, best first. The "
-        "query is slid over the video's whole track, one frame (0.64 s) at a time; a query with its own "
-        "modality known (media uploads, indexed videos) is placed where it matches the video's track of "
-        "that modality best (an audio excerpt: where the video sounds like it), when the video has one."
+        description="Up to `moments` non-overlapping placements of the query in the video, sorted by `score`, "
+        "best first. The query is slid over the video's whole track, one frame (0.64 s) at a time (a query "
+        "longer than the video is scored over all of its frames, those outside the video counting 0); a query "
+        "with its own modality known (media uploads, indexed videos) is placed where it matches the video's "
+        "track of that modality (an audio excerpt: where the video sounds like it), when the video has one: "
+        f"the placements whose `match` is within {MATCH_TOLERANCE} of the best, so fewer than `moments` may "
+        "come back. "
+        "Otherwise the placements are the best by `score`."
     )
 
 

@@ -49,10 +49,13 @@ def _add(store: TokenStore, videos: list[tuple[int, np.ndarray, np.ndarray]]) ->
 
 
 def _block_score(q: np.ndarray, c: np.ndarray, offset: int, strategy: str) -> float:
+    """The strategy on the aligned block; a track shorter than the query zero-padded to the query's length
+    at its place (the query's frames outside the track count 0)."""
     if len(q) <= len(c):
         a, b = q, c[offset : offset + len(q)]
     else:
-        a, b = q[-offset : -offset + len(c)], c
+        a, b = q, np.zeros_like(q)
+        b[-offset : -offset + len(c)] = c
     cos = a @ b.T
     return {
         "diagonal_mean": np.diag(cos).mean(),
@@ -63,7 +66,9 @@ def _block_score(q: np.ndarray, c: np.ndarray, offset: int, strategy: str) -> fl
 
 
 def _brute(query: np.ndarray, track: np.ndarray, strategy: str, moments: int) -> tuple[float, list[int]]:
-    """Best score and the moments' offsets over every offset of a whole track, the slow way (float64)."""
+    """The hit's score and its moments' offsets over every offset of a whole track, the slow way (float64):
+    moments picked as the centres of the best runs of tied offsets, then sorted by their scores; the hit's
+    score is the first's."""
     q, c = query.astype(np.float64), track.astype(np.float64)
     lq, lt = len(q), len(c)
     offsets = list(range(0, lt - lq + 1)) if lq <= lt else list(range(lt - lq, 1))
@@ -82,7 +87,8 @@ def _brute(query: np.ndarray, track: np.ndarray, strategy: str, moments: int) ->
         taken.append(centre)
         span = min(lq, lt)
         alive = [a and abs(max(o, 0) - max(centre, 0)) >= span for a, o in zip(alive, offsets, strict=True)]
-    return max(scores), taken
+    ranked = sorted(taken, key=lambda o: -scores[offsets.index(o)])
+    return scores[offsets.index(ranked[0])], ranked
 
 
 CASES = [(strategy, "auto") for strategy in STRATEGIES] + [(s, "scan") for s in SCAN_STRATEGIES]
@@ -155,6 +161,47 @@ def test_moment_placed_by_the_query_modality(tmp_path: Path) -> None:
     hits = search(store.open(), query, target="visual", k=len(videos), moment_from="audio")
     (hit,) = [h for h in hits if h.track_id == video]
     assert hit.moments[0].offset == 2
+    assert hit.moments[0].match == pytest.approx(1.0, abs=1e-5)  # the query's own frames, there
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("moment_from", [None, "audio"])
+def test_moments_are_sorted_by_score_and_the_hit_scores_its_first(
+    tmp_path: Path, strategy: str, moment_from: str | None
+) -> None:
+    """Whatever places the moments (the target or the query's own modality), a hit shows them by their
+    score, best first, its own score is the first's, and hits come by that score."""
+    store = TokenStore(tmp_path / "index", dtype="float32")
+    videos = _videos(seed=21, count=16)
+    _add(store, videos)
+    rng = np.random.default_rng(8)
+    for length in (3, T, 3 * T + 2):
+        query = _unit(rng.standard_normal((length, D)))
+        hits = search(store.open(), query, target="visual", k=16, strategy=strategy, moments=4, moment_from=moment_from)
+        assert len(hits) == 16
+        for hit in hits:
+            scores = [m.score for m in hit.moments]
+            assert scores == sorted(scores, reverse=True) and hit.score == scores[0]
+            matches = [m.match for m in hit.moments]
+            assert matches == [None] * len(matches) if moment_from is None else None not in matches
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_a_short_track_cannot_outrank_the_source_of_a_longer_query(tmp_path: Path) -> None:
+    """A 10-s clip cut from a long video, indexed on its own, matches its part of a 45-s excerpt exactly; the
+    source matches all of it a little less well. Scored over the query's frames, the source comes first and
+    the clip scores its share (16 of 70 frames)."""
+    rng = np.random.default_rng(9)
+    source = _unit(rng.standard_normal((120, D)))
+    excerpt = source[30:100]  # 70 frames
+    store = TokenStore(tmp_path / "index", dtype="float32")
+    noisy = _unit(source + 0.3 * rng.standard_normal(source.shape))  # each frame's cosine ~0.96
+    clip = source[40 : 40 + 2 * T]  # inside the excerpt, exact
+    _add(store, [(1, noisy, noisy), (2, clip, clip), (3, _unit(rng.standard_normal((50, D))), noisy[:50])])
+    hits = search(store.open(), excerpt, target="visual", k=3)
+    assert [h.track_id for h in hits[:2]] == [1, 2]
+    assert hits[0].moments[0].offset == 30
+    assert hits[1].score == pytest.approx(2 * T / 70, abs=1e-5) and hits[1].moments[0].offset == -10
 
 
 def _naive_centre(scores: list[float], tolerance: float) -> int:
