@@ -23,7 +23,7 @@ from indexer.sliding import FloatArray, IntArray, frame_cosines, pick_moments, s
 from indexer.version import StoreVersion
 from model.similarity import Strategy
 
-MATCH_TOLERANCE = 0.02  # own-modality placements this close to the best one are moments of the query
+MATCH_TOLERANCE = 0.01  # own-modality placements this close to the best one are moments of the query
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ def _corpus(n: int, seed: int = 0, clusters: int = 20) -> tuple[np.ndarray, np.n
 
 
 def _brute(query: np.ndarray, tokens: np.ndarray, strategy: str) -> np.ndarray:
-    """Best alignment score per clip, the slow and obvious way (float64)."""
+    """Best alignment score per clip, the slow and obvious way (float64); a clip shorter than the query is
+    zero-padded to the query's length at its place (the query's frames outside it count 0)."""
     q, c = query.astype(np.float64), tokens.astype(np.float64)
     lq, lt = q.shape[0], c.shape[1]
     scores = []
@@ -44,7 +45,7 @@ def _brute(query: np.ndarray, tokens: np.ndarray, strategy: str) -> np.ndarray:
         if lq <= lt:
             pairs = [(q, clip[o : o + lq]) for o in range(lt - lq + 1)]
         else:
-            pairs = [(q[o : o + lt], clip) for o in range(lq - lt + 1)]
+            pairs = [(q, np.pad(clip, ((o, lq - lt - o), (0, 0)))) for o in range(lq - lt + 1)]
         for a, b in pairs:
             cos = a @ b.T
             value = {
