@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from service.deps import EngineDep, require_api_key
 from service.engine import Engine
 from service.errors import BadRequest, InvalidInput, UnsupportedMedia, responses
-from service.jobs import JobRunner, job_info, job_page, resolve_media_paths, reuse_indexed
+from service.jobs import JobRunner, check_named_files, job_info, job_page, resolve_media_paths, reuse_indexed
 from service.schemas import MAX_ID, IndexPathsRequest, IndexRoots, JobAccepted, JobInfo, JobPage
 from service.uploads import keep_uploads
 
@@ -88,6 +88,7 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
     if kind == "application/json":
         paths = await _json_paths(request)
         files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.config.media_roots)
+        await anyio.to_thread.run_sync(check_named_files, paths, engine.prep)  # a bomb named: 413, no job
     elif kind == "multipart/form-data":
         files = await _uploaded_files(request, engine)
     else:
