@@ -82,8 +82,10 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
 )
 async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
     """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
-    walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Answers at once with
-    the job id; the job runs on the Celery workers, or in this process when no broker is configured."""
+    walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Uploads and files named
+    in `paths` (the first 100; not those of folders, which their tasks check) are probed first: a decompression
+    bomb or a file over the duration limit is 413 and no job is made. Answers at once with the job id; the job
+    runs on the Celery workers, or in this process when no broker is configured."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         paths = await _json_paths(request)
