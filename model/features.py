@@ -51,10 +51,8 @@ class PreprocessConfig:
     fast_video_decode: bool = True  # skip the h264/hevc deblocking filter: invisible at 224 px, ~20% faster
     max_duration_s: float = 4 * 3600.0
     min_query_s: float = 1.0
-    max_query_s: float = 60.0  # the longest query used (`max_query_frames`); a longer one is cut to it
-    max_query_slack_s: float = (
-        1.0  # ... when at most this much longer (`ffmpeg -t 60` cuts last 60.3-60.7 s), else refused
-    )
+    max_query_s: float = 60.0  # the longest query used (`max_query_frames`); a longer one is cut to it ...
+    max_query_slack_s: float = 1.0  # ... when at most this much longer (`ffmpeg -t 60` gives 60.3-60.7 s), else 413
     timeout_s: float = 120.0
     max_pixels: int | None = 36_000_000  # width x height of a frame (8K UHD is 33.2 M); more: refused at probe
     max_frames: int | None = 1_000_000  # frames of a video stream (an hour at 240 fps is 864 k)

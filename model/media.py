@@ -260,19 +260,19 @@ def decode_window(
     frames = frames if info.has_video else None  # the frames wanted, when there are any
     if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
-    seek = _seek(start) | _bounded(info)  # both inputs: every decoder opened is bounded
+    options = _seek(start) | _bounded(info)  # both inputs: every decoder opened is bounded
     with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
         if frames is not None:  # its own input: video decoding stops just past the last chosen frame
             read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)
             fast = {"skip_loop_filter": "all"} if frames.fast else {}
-            video_input = ffmpeg.input(str(info.path), t=seconds_arg(read), **seek, **fast)
+            video_input = ffmpeg.input(str(info.path), t=seconds_arg(read), **options, **fast)
             outputs.append(_frames_output(video_input, frames))
         if want_audio:
             audio_bytes = int((seconds + 1) * sample_rate * 2)
             outputs.append(
-                ffmpeg.input(str(info.path), t=seconds_arg(seconds), **seek)["a:0"]
+                ffmpeg.input(str(info.path), t=seconds_arg(seconds), **options)["a:0"]
                 .filter("channelmap", map="0", channel_layout="mono")
                 .output(str(audio_path), format="s16le", acodec="pcm_s16le", ar=sample_rate, fs=audio_bytes)
             )

@@ -392,7 +392,7 @@ def test_a_bomb_the_header_passes_is_refused_by_the_bounded_probe(
     """The header read in Python says nothing against these (64x64; a width dropped): every loader refuses them
     from a probe whose decoders are bounded, fast and with flat memory, and decodes nothing."""
     from model.features import load_picture
-    from model.probe import SizeLimits, check_header
+    from model.probe import SizeLimits, _probe_with_ffmpeg, check_header
 
     from ..bombs import MAX_PIXELS, measured_tools
 
@@ -407,6 +407,8 @@ def test_a_bomb_the_header_passes_is_refused_by_the_bounded_probe(
         rows = runs.rows()
     assert [row["tool"] for row in rows] == ["ffprobe"] * 5, rows  # one bounded probe each, no decode started
     assert runs.peak_mb() < 200, rows
+    with pytest.raises(MediaTooLongError, match=f"{size} pixels per frame"):  # without ffprobe: ffmpeg -i, bounded
+        _probe_with_ffmpeg(path, 30.0, MAX_PIXELS)
 
 
 def test_every_decoder_is_bounded_whatever_the_probe_said(lying_bombs: dict[str, Path], tmp_path: Path) -> None:
