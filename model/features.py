@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +20,6 @@ from model.config import ModelConfig
 from model.media import (
     DecodedWindow,
     FrameRequest,
-    MediaError,
     MediaInfo,
     MediaTooLongError,
     MediaTooShortError,
@@ -32,7 +30,7 @@ from model.media import (
     decode_still,
     decode_window,
 )
-from model.probe import SizeLimits, check_header, check_sizes, probe
+from model.probe import SizeLimits, probe
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,8 @@ class PreprocessConfig:
     fast_video_decode: bool = True  # skip the h264/hevc deblocking filter: invisible at 224 px, ~20% faster
     max_duration_s: float = 4 * 3600.0
     min_query_s: float = 1.0
-    max_query_s: float = 60.0
+    max_query_s: float = 60.0  # the longest query used (`max_query_frames`); a longer one is cut to it ...
+    max_query_slack_s: float = 1.0  # ... when at most this much longer (`ffmpeg -t 60` gives 60.3-60.7 s), else 413
     timeout_s: float = 120.0
     max_pixels: int | None = 36_000_000  # width x height of a frame (8K UHD is 33.2 M); more: refused at probe
     max_frames: int | None = 1_000_000  # frames of a video stream (an hour at 240 fps is 864 k)
@@ -69,6 +68,10 @@ class PreprocessConfig:
     def frame_s(self, frames_per_clip: int) -> float:
         """Seconds between consecutive frames of a track (or a long query): clip_s / T."""
         return self.clip_s / frames_per_clip
+
+    def max_query_frames(self, frames_per_clip: int) -> int:
+        """The most frames a query uses: round(max_query_s / frame_s) (94 for 60 s at 0.64 s)."""
+        return max(1, round(self.max_query_s / self.frame_s(frames_per_clip)))
 
 
 @dataclass(frozen=True)
@@ -189,33 +192,18 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     """
     prep = prep or PreprocessConfig()
     request = FrameRequest(config.frames_per_clip, prep.frame_span_s, config.image_size, prep.fast_video_decode)
-    check_header(path, prep.limits)  # a decompression bomb is refused before any ffmpeg starts
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Most files have both streams: decode the first window while probing, keep it if the probe agrees.
-        guess = MediaInfo(Path(path), "", None, audio_codec="?", video_codec="?")
-        speculative = pool.submit(
-            decode_window, guess, 0.0, prep.clip_s, request, True, prep.sample_rate, prep.timeout_s
-        )
-        info = probe(path, prep.timeout_s)  # the header was checked above: only the probe's sizes are left
-        check_sizes(info, prep.limits)
-        if info.still_image and not info.has_audio:
-            raise UnsupportedMediaError(
-                f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file"
-            )
-        duration = checked_duration(info, prep)
-        first = _result_or_none(speculative) if info.has_audio and info.has_video else None
+    info = probe(path, prep.timeout_s, prep.limits)  # a bomb is refused here, before anything is decoded
+    if info.still_image and not info.has_audio:
+        raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not a video or audio file")
+    duration = checked_duration(info, prep)
     starts = clip_starts(duration if duration is not None else prep.clip_s, prep)
     if duration is not None and len(starts) > 1:
         tracked = [track_clip(info, start, duration, config, prep) for start in starts]
         return [clip for clip in tracked if clip is not None]
     clips = []
     for start in starts:
-        window = (
-            first
-            if start == 0.0 and first is not None
-            else decode_window(
-                info, start, prep.clip_s, request if info.has_video else None, True, prep.sample_rate, prep.timeout_s
-            )
+        window = decode_window(
+            info, start, prep.clip_s, request if info.has_video else None, True, prep.sample_rate, prep.timeout_s
         )
         clip = _clip_from_window(window, start, duration, config, prep)
         if clip is not None:  # a tail past the end of every stream is no clip
@@ -225,13 +213,6 @@ def load_clips(path: str | os.PathLike[str], config: ModelConfig, prep: Preproce
     if not clips:
         raise NoUsableStreamError(f"{info.path.name}: neither audio samples nor video frames could be decoded")
     return clips
-
-
-def _result_or_none(job: Future[DecodedWindow]) -> DecodedWindow | None:
-    try:
-        return job.result()
-    except MediaError:
-        return None  # decoded again below, with what the probe found
 
 
 def _clip_from_window(
@@ -324,35 +305,62 @@ def query_segments(waveform: np.ndarray, config: ModelConfig, prep: PreprocessCo
     return (segments - prep.fbank_mean) / prep.fbank_std
 
 
-def load_query_audio(
+class QueryInput(NamedTuple):
+    """A query's model inputs, one per frame of the query (every clip_s / T seconds), and whether they cover
+    less than the media given."""
+
+    inputs: torch.Tensor  # (n, L, mel) audio segments or (n, 3, H, W) frames, n <= prep.max_query_frames(T)
+    truncated: bool  # the media holds more frames than the longest query: its first max_query_frames are used
+
+
+def _query_too_long(info: MediaInfo, what: str, prep: PreprocessConfig) -> None:
+    """MediaTooLongError for a query over the longest one and its slack (a cut made by `ffmpeg -t 60` lasts
+    60.3-60.7 s: accepted, its first `max_query_s` used)."""
+    if info.duration is not None and info.duration > prep.max_query_s + prep.max_query_slack_s:
+        raise MediaTooLongError(
+            f"{info.path.name}: lasts {info.duration:.1f} s; {what} may last {prep.max_query_s:.0f} s at most "
+            f"(up to {prep.max_query_slack_s:g} s more is accepted and cut to that)"
+        )
+
+
+def read_query_audio(
     path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
-) -> torch.Tensor:
-    """An audio query (any file with an audio track, a video's included) -> (n, L, mel) segments."""
+) -> QueryInput:
+    """An audio query (any file with an audio track, a video's included) -> (n, L, mel) segments
+    (`query_segments`), the first `prep.max_query_frames` of them, and whether that left any out."""
     prep = prep or PreprocessConfig()
     info = probe(path, prep.timeout_s, prep.limits)
     if info.still_image and not info.has_audio:
         raise UnsupportedMediaError(f"{info.path.name}: a still image ({info.video_codec}), not audio")
     if not info.has_audio:
         raise NoUsableStreamError(f"{info.path.name}: no audio track to search with")
-    if info.duration is not None and info.duration > prep.max_query_s + 0.05:
-        raise MediaTooLongError(
-            f"{info.path.name}: lasts {info.duration:.1f} s; an audio query may last {prep.max_query_s:.0f} s at most"
-        )
-    wave = decode_audio(info, prep.sample_rate, 0.0, prep.max_query_s + 0.05, prep.timeout_s)
+    _query_too_long(info, "an audio query", prep)
+    # the whole file, however long its container says it is (an unknown duration: up to the query's slack)
+    wave = decode_audio(info, prep.sample_rate, 0.0, prep.max_query_s + prep.max_query_slack_s + 0.05, prep.timeout_s)
     seconds = wave.size / prep.sample_rate
     if seconds < prep.min_query_s:
         raise MediaTooShortError(
             f"{info.path.name}: lasts {seconds:.2f} s; an audio query must last {prep.min_query_s:.1f} s at least"
         )
-    return query_segments(wave, config, prep)
+    segments = query_segments(wave, config, prep)  # cut after: the last kept ones hold the sound past them
+    longest = prep.max_query_frames(config.frames_per_clip)
+    return QueryInput(segments[:longest], len(segments) > longest)
 
 
-def load_query_frames(
+def load_query_audio(
     path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
 ) -> torch.Tensor:
+    """An audio query (any file with an audio track, a video's included) -> (n, L, mel) segments
+    (`read_query_audio`'s inputs)."""
+    return read_query_audio(path, config, prep).inputs
+
+
+def read_query_frames(
+    path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
+) -> QueryInput:
     """A video query's frames (n, 3, H, W): a video of one clip or less as a clip's are (n < T for a
-    shorter one), a longer one (up to `prep.max_query_s`) every clip_s / T seconds, as a track's.
-    Raises a MediaError."""
+    shorter one), a longer one every clip_s / T seconds, as a track's; the first `prep.max_query_frames` of
+    them, and whether that left any out. Raises a MediaError."""
     prep = prep or PreprocessConfig()
     info = probe(path, prep.timeout_s, prep.limits)
     if info.still_image:
@@ -360,19 +368,29 @@ def load_query_frames(
     if not info.has_video:
         raise NoUsableStreamError(f"{info.path.name}: no video track to search with")
     duration = checked_duration(info, prep)
-    if duration is not None and duration > prep.max_query_s + 0.05:
-        raise MediaTooLongError(
-            f"{info.path.name}: lasts {duration:.1f} s; a video query may last {prep.max_query_s:.0f} s at most"
-        )
-    count, span, seconds = config.frames_per_clip, prep.frame_span_s, prep.clip_s
-    if duration is not None and duration > prep.clip_s + 0.05:
-        count = max(1, round(duration / prep.frame_s(config.frames_per_clip)))
-        span = seconds = count * prep.frame_s(config.frames_per_clip)
+    _query_too_long(info, "a video query", prep)
+    longest, step = prep.max_query_frames(config.frames_per_clip), prep.frame_s(config.frames_per_clip)
+    given: int | None = None  # the frames of the whole media
+    if duration is not None and duration > prep.clip_s + 0.05:  # a track's frames: one every `step`
+        given = max(1, round(duration / step))
+        count = min(given, longest)  # only those used are decoded
+        span = seconds = count * step
+    else:  # a clip's frames (fewer for a shorter video), taken as the official code takes them
+        count, span, seconds = config.frames_per_clip, prep.frame_span_s, prep.clip_s
     request = FrameRequest(count, span, config.image_size, prep.fast_video_decode)
     window = decode_window(info, 0.0, seconds, request, audio=False, timeout=prep.timeout_s)
     if window.frames is None or len(window.frames) == 0:
         raise NoUsableStreamError(f"{info.path.name}: no video frame could be decoded")
-    return normalize_frames(window.frames[:count], prep)
+    frames = window.frames[:count]
+    given = given if given is not None else len(frames)
+    return QueryInput(normalize_frames(frames[:longest], prep), given > longest)
+
+
+def load_query_frames(
+    path: str | os.PathLike[str], config: ModelConfig, prep: PreprocessConfig | None = None
+) -> torch.Tensor:
+    """A video query's frames (n, 3, H, W) (`read_query_frames`'s inputs)."""
+    return read_query_frames(path, config, prep).inputs
 
 
 def load_image(
@@ -407,7 +425,7 @@ def load_picture(
 ) -> Picture:
     """An image (or the frame of a video at `at` seconds) as a whole `Picture` (two scalings of one frame)."""
     prep = prep or PreprocessConfig()
-    info = probe(path, prep.timeout_s)
+    info = probe(path, prep.timeout_s, prep.limits)
     if info.video_codec is None or not info.width or not info.height:
         raise NoUsableStreamError(f"{info.path.name}: no image or video stream with a known size")
     if info.duration is not None and not info.still_image and at > info.duration:

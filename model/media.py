@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -81,6 +82,7 @@ class MediaInfo:
     frame_rate: float | None = None
     still_image: bool = False
     frames: int | None = None  # frames of the video stream, when the container says
+    max_pixels: int | None = None  # every decoder of this media refuses a larger frame (ffmpeg's -max_pixels)
 
     @property
     def has_audio(self) -> bool:
@@ -128,17 +130,45 @@ def ffprobe_binary() -> str | None:
 
 
 # ------------------------------------------------------------------------------------ running
+# What a decoder bounded by -max_pixels logs (libavutil's av_image_check_size2) when a frame is larger.
+_OVER_MAX_PIXELS = re.compile(rb"Picture size (\d+)x(\d+) exceeds specified max pixel count (\d+)")
+
+
+def max_pixels_args(max_pixels: int | None) -> list[str]:
+    """The input option that bounds every decoder ffmpeg or ffprobe opens for the next input (none: no bound)."""
+    return [] if max_pixels is None else ["-max_pixels", str(max_pixels)]
+
+
+def over_max_pixels(report: bytes) -> MediaTooLargeError | None:
+    """The error a bounded decoder reported in `report` (its stderr) for a frame over -max_pixels, if any."""
+    found = _OVER_MAX_PIXELS.search(report)
+    if found is None:
+        return None
+    width, height, limit = (int(g) for g in found.groups())
+    return MediaTooLargeError(f"{width}x{height} pixels per frame; at most {limit} are allowed")
+
+
 def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> bytes:
     """Run a command (argument list), return stdout; bounded time and stdout size.
 
-    Raises MediaTimeoutError past `timeout`, MediaTooLongError past `max_output` bytes and
-    UnreadableMediaError on a non-zero exit, with the last lines ffmpeg wrote to stderr.
+    Raises MediaTimeoutError past `timeout`, MediaTooLongError past `max_output` bytes,
+    MediaTooLargeError when a decoder bounded by -max_pixels met a larger frame (whatever the exit status:
+    ffprobe reports such a stream as 0x0 and succeeds) and UnreadableMediaError on a non-zero exit, with the
+    last lines ffmpeg wrote to stderr.
     """
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes (PIPE above)
     stderr_tail: deque[bytes] = deque(maxlen=20)
-    drain = threading.Thread(target=stderr_tail.extend, args=(stderr,), daemon=True)
+    oversized: list[MediaTooLargeError] = []  # the first frame over -max_pixels that a decoder reported
+
+    def read_stderr() -> None:
+        for line in stderr:
+            stderr_tail.append(line)
+            if not oversized and (error := over_max_pixels(line)) is not None:
+                oversized.append(error)
+
+    drain = threading.Thread(target=read_stderr, daemon=True)
     drain.start()
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
@@ -157,6 +187,8 @@ def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> byt
         timer.cancel()
         drain.join(timeout=5)
     message = b"".join(stderr_tail).decode("utf-8", "replace").strip()
+    if oversized:
+        raise MediaTooLargeError(f"{what}: {oversized[0]}")
     if overflow:
         raise MediaTooLongError(f"{what}: more output than the {max_output} bytes expected; the file is too long")
     if timed_out:
@@ -228,19 +260,19 @@ def decode_window(
     frames = frames if info.has_video else None  # the frames wanted, when there are any
     if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
-    seek = {"ss": seconds_arg(start)} if start > 0 else {}
+    options = _seek(start) | _bounded(info)  # both inputs: every decoder opened is bounded
     with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
         if frames is not None:  # its own input: video decoding stops just past the last chosen frame
             read = min(seconds, frames.span * (frames.count - 1) / frames.count + 0.25)
             fast = {"skip_loop_filter": "all"} if frames.fast else {}
-            video_input = ffmpeg.input(str(info.path), t=seconds_arg(read), **seek, **fast)
+            video_input = ffmpeg.input(str(info.path), t=seconds_arg(read), **options, **fast)
             outputs.append(_frames_output(video_input, frames))
         if want_audio:
             audio_bytes = int((seconds + 1) * sample_rate * 2)
             outputs.append(
-                ffmpeg.input(str(info.path), t=seconds_arg(seconds), **seek)["a:0"]
+                ffmpeg.input(str(info.path), t=seconds_arg(seconds), **options)["a:0"]
                 .filter("channelmap", map="0", channel_layout="mono")
                 .output(str(audio_path), format="s16le", acodec="pcm_s16le", ar=sample_rate, fs=audio_bytes)
             )
@@ -283,7 +315,7 @@ def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = D
 
     Returns uint8 (size, size, 3).
     """
-    stream = ffmpeg.input(str(info.path), ss=seconds_arg(at)) if at > 0 else ffmpeg.input(str(info.path))
+    stream = ffmpeg.input(str(info.path), **_seek(at), **_bounded(info))
     video = _resize_and_crop(stream.video, size)
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     raw = run_tool(_compile(out), timeout, size * size * 3, f"{info.path.name}: image")
@@ -297,7 +329,7 @@ def decode_picture(
 ) -> np.ndarray:
     """One RGB frame (an image, or a video's frame at `at` seconds), the whole picture scaled (bicubic)
     to exactly width x height. Returns uint8 (height, width, 3)."""
-    stream = ffmpeg.input(str(info.path), ss=seconds_arg(at)) if at > 0 else ffmpeg.input(str(info.path))
+    stream = ffmpeg.input(str(info.path), **_seek(at), **_bounded(info))
     video = stream.video.filter("scale", w=width, h=height, flags="bicubic")
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     size = width * height * 3
@@ -305,6 +337,15 @@ def decode_picture(
     if len(raw) < size:
         raise UnreadableMediaError(f"{info.path.name}: no frame could be decoded at {at:.2f} s")
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
+def _seek(at: float) -> dict[str, str]:
+    return {"ss": seconds_arg(at)} if at > 0 else {}
+
+
+def _bounded(info: MediaInfo) -> dict[str, str]:
+    """ffmpeg-python input options bounding every decoder of the input by `info.max_pixels` (see `run_tool`)."""
+    return {} if info.max_pixels is None else {"max_pixels": str(info.max_pixels)}
 
 
 def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg.nodes.FilterableStream:

@@ -1,10 +1,18 @@
 """Probing media before decoding it: streams, duration and rates (ffprobe, else ffmpeg's banner), and the
-size limits (pixels per frame, frames) checked from the file's header before any ffmpeg starts and
-again from what the probe reports. Every failure is a `MediaError` subclass (`model.media`).
+size limits (pixels per frame, frames).
+
+A decompression bomb (a small file whose frames are huge) is refused before anything is decoded at its size:
+first from the file's header read in Python (hachoir, no ffmpeg started, milliseconds), which can only refuse
+(a header may lie, or omit or drop a dimension: hachoir drops any over 20,000); then by a probe whose decoders
+are bounded (ffprobe's `-max_pixels`: the real stream parameters, from the codec's own headers, are read with
+every frame buffer over the limit refused, so a probe's memory stays flat whatever the file claims); then from
+the sizes the probe reports. The `MediaInfo` a bounded probe returns carries the bound, so every later decode
+of it is bounded the same way (`model.media`). Every failure is a `MediaError` subclass (`model.media`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +34,8 @@ from model.media import (
     ffmpeg_binary,
     ffprobe_binary,
     last_line,
+    max_pixels_args,
+    over_max_pixels,
     regular_file,
     run_tool,
 )
@@ -52,8 +62,9 @@ def _too_large(name: str, width: float, height: float, frames: float | None, lim
 
 def check_header(path: str | os.PathLike[str], limits: SizeLimits) -> None:
     """Refuse a file whose header declares too many pixels or frames, reading the header only (hachoir, in
-    Python, no ffmpeg started: a decompression bomb costs milliseconds). Headers it cannot read pass; the probe
-    checks the sizes ffprobe reports before anything is decoded."""
+    Python, no ffmpeg started: a decompression bomb costs milliseconds). This check can only refuse: a header
+    it cannot read, one without both dimensions (hachoir drops a value over 20,000) or one that lies (an mp4's
+    `tkhd`/`avc1` may say 64x64 over a 16000x16000 H.264 stream) is no pass; the bounded probe decides."""
     if limits.max_pixels is None and limits.max_frames is None:
         return
     path = Path(path)
@@ -92,23 +103,27 @@ def probe(
     path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S, limits: SizeLimits | None = None
 ) -> MediaInfo:
     """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media,
-    NotRegularFileError for a FIFO or device, MediaTooLargeError past `limits` (header first, then the probe)."""
+    NotRegularFileError for a FIFO or device, MediaTooLargeError past `limits`: from the header, from a decoder
+    of the probe (bounded by `limits.max_pixels`) or from the sizes the probe found. The info returned carries
+    `limits.max_pixels`: every decode of it is bounded by it too."""
     path = Path(path)
     if regular_file(path).st_size == 0:
         raise UnreadableMediaError(f"{path}: empty file")
+    max_pixels = limits.max_pixels if limits is not None else None
     if limits is not None:
         check_header(path, limits)
     prober = ffprobe_binary()
     if prober:
-        args = [prober, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+        args = [prober, "-v", "error", *max_pixels_args(max_pixels), "-print_format", "json", "-show_format"]
+        args += ["-show_streams", str(path)]
         info = _info_from_ffprobe(path, json.loads(run_tool(args, timeout, 1 << 22, f"{path.name}: probe")))
     else:
-        info = _probe_with_ffmpeg(path, timeout)
+        info = _probe_with_ffmpeg(path, timeout, max_pixels)
     if not info.has_audio and info.video_codec is None:
         raise NoUsableStreamError(f"{path.name}: no audio or video stream in this file")
     if limits is not None:
         check_sizes(info, limits)
-    return info
+    return dataclasses.replace(info, max_pixels=max_pixels)
 
 
 def _number(value: str | float | None) -> float | None:
@@ -149,8 +164,8 @@ def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
         sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
         channels=audio.get("channels") if audio else None,
         video_codec=video.get("codec_name") if video else None,
-        width=video.get("width") if video else None,
-        height=video.get("height") if video else None,
+        width=video.get("width") or None if video else None,  # 0: unknown (a bounded decoder refused it)
+        height=video.get("height") or None if video else None,
         frame_rate=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) if video else None,
         still_image=still,
         frames=int(_number(video.get("nb_frames")) or 0) or None if video else None,
@@ -164,13 +179,15 @@ _VIDEO = re.compile(r"Stream #0:\d+.*?: Video: (\w+).*?, (\d+)x(\d+)")
 _FPS = re.compile(r"Stream #0:\d+.*?: Video: [^\n]*?, ([\d.]+) fps")
 
 
-def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
-    """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report."""
-    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)]
+def _probe_with_ffmpeg(path: Path, timeout: float, max_pixels: int | None) -> MediaInfo:
+    """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report (decoders bounded)."""
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", *max_pixels_args(max_pixels), "-i", str(path)]
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise MediaTimeoutError(f"{path.name}: probe: ffmpeg did not finish within {timeout:.0f} s") from exc
+    if (oversized := over_max_pixels(proc.stderr)) is not None:
+        raise MediaTooLargeError(f"{path.name}: probe: {oversized}")
     report = proc.stderr.decode("utf-8", "replace")[-65536:]
     fmt = _INPUT.search(report)
     if fmt is None:
@@ -186,8 +203,8 @@ def _probe_with_ffmpeg(path: Path, timeout: float) -> MediaInfo:
         sample_rate=int(audio.group(2)) if audio else None,
         channels={"mono": 1, "stereo": 2}.get(channels, int(channels.split()[0]) if channels[:1].isdigit() else None),
         video_codec=video.group(1) if video else None,
-        width=int(video.group(2)) if video else None,
-        height=int(video.group(3)) if video else None,
+        width=int(video.group(2)) or None if video else None,
+        height=int(video.group(3)) or None if video else None,
         frame_rate=_number(fps.group(1)) if fps else None,
         still_image=bool(video) and fmt.group(1).endswith("_pipe"),
     )

@@ -3,7 +3,8 @@ tokens, and the localization map over a whole picture (model.localization; JSON 
 
 A query gives one token per frame, every one of them (an audio query: one segment per 0.64 s, from
 `load_query_audio`; a video: its frames, one per 0.64 s past one clip), up to the longest query
-(`PreprocessConfig.max_query_s`); the search slides them over every video's track.
+(`PreprocessConfig.max_query_s`: a file up to `max_query_slack_s` longer is cut to it, reported `truncated`, a
+longer one refused); the search slides them over every video's track.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from model import CAVMAESync, PreprocessConfig, load_query_audio, load_query_frames
+from model import CAVMAESync, PreprocessConfig, load_query_audio
+from model.features import read_query_audio, read_query_frames
 from model.inference import autocast, frame_tokens, model_device
 from model.localization import LocalizationHead, PictureMap, picture_map
 from model.network import Modality
@@ -27,7 +29,7 @@ from model.network import Modality
 @dataclass(frozen=True)
 class QueryTokens:
     tokens: np.ndarray  # (T_q, D) float32, L2-normalised
-    truncated: bool  # an indexed video longer than the longest query: only its first part is used
+    truncated: bool  # the media (or the part of an indexed video) holds more frames than the query used
     decode_ms: float
     encode_ms: float
 
@@ -42,21 +44,21 @@ def global_tokens(model: CAVMAESync, modality: Modality, batch: torch.Tensor) ->
 
 
 def audio_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
-    """Any file with an audio track -> (T_q, D) tokens, one per 0.64 s."""
+    """Any file with an audio track -> (T_q, D) tokens, one per 0.64 s (the first max_query_s)."""
     start = time.perf_counter()
-    segments = load_query_audio(path, model.config, prep)  # (n, L, mel)
+    segments, truncated = read_query_audio(path, model.config, prep)  # (n, L, mel)
     decoded = time.perf_counter()
     tokens = global_tokens(model, "audio", segments)
-    return QueryTokens(tokens, False, ms(decoded - start), ms(time.perf_counter() - decoded))
+    return QueryTokens(tokens, truncated, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
 def video_query(model: CAVMAESync, path: Path, prep: PreprocessConfig) -> QueryTokens:
-    """A video -> (T_q, D) visual tokens of its frames."""
+    """A video -> (T_q, D) visual tokens of its frames (the first max_query_s)."""
     start = time.perf_counter()
-    frames = load_query_frames(path, model.config, prep)
+    frames, truncated = read_query_frames(path, model.config, prep)
     decoded = time.perf_counter()
     tokens = global_tokens(model, "visual", frames)
-    return QueryTokens(tokens, False, ms(decoded - start), ms(time.perf_counter() - decoded))
+    return QueryTokens(tokens, truncated, ms(decoded - start), ms(time.perf_counter() - decoded))
 
 
 def audio_segment(model: CAVMAESync, path: Path, at: float, prep: PreprocessConfig) -> tuple[torch.Tensor, float]:

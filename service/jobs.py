@@ -24,6 +24,10 @@ from indexer.catalog import IndexJob, JobFile, Video, VideoStatus
 from indexer.locks import renewed_lock
 from indexer.pipeline import content_hash, list_media, model_id_of
 from indexer.tasks import Publish, Resources, TaskContext
+from model import PreprocessConfig
+from model.features import checked_duration
+from model.media import MediaError, MediaTooLongError
+from model.probe import probe
 from service.config import ServiceConfig
 from service.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from service.schemas import JobFileInfo, JobInfo, JobPage, JobSummary
@@ -69,6 +73,26 @@ def resolve_media_paths(paths: list[str], media_roots: tuple[Path, ...]) -> list
     if not found:
         raise InvalidInput("no media file under the given paths")
     return list(found)
+
+
+PROBED_NAMED_FILES = 100  # files a request names that are probed before its job starts (~0.1 s each)
+
+
+def check_named_files(paths: list[str], prep: PreprocessConfig) -> None:
+    """The files a request names itself (the first PROBED_NAMED_FILES; not those found by walking a folder)
+    are probed before the job starts, as uploads are: a decompression bomb (whatever its header says: the
+    probe's decoders are bounded) or a file over the duration limit is a MediaTooLongError (413) and no job is
+    made. Unreadable files are left for their task to record as failed; files found in folders (and past
+    PROBED_NAMED_FILES) are checked by their tasks, which fail them with the same message."""
+    named = [Path(raw).resolve() for raw in paths if Path(raw).is_file()][:PROBED_NAMED_FILES]
+    for path in named:
+        try:
+            info = probe(path, prep.timeout_s, prep.limits)
+        except MediaTooLongError:
+            raise
+        except MediaError:
+            continue
+        checked_duration(info, prep)
 
 
 def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> list[Path]:

@@ -112,3 +112,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def lying_bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Bombs the header read in Python passes (tests/bombs.py), made once per session (~2 s): a 16000x16000
+    H.264 mp4 whose header says 64x64, and a 20001x13000 PNG (hachoir drops the width)."""
+    from .bombs import lying_h264_mp4, png_bomb
+
+    folder = tmp_path_factory.mktemp("lying-bombs")
+    return {"mp4": lying_h264_mp4(folder / "lying.mp4"), "png": png_bomb(folder / "wide.png", 20001, 13000)}

@@ -150,7 +150,7 @@ class OfficialManifest:
                     return data.reshape(-1, handle.getnchannels())[:, 0].astype(np.float32) / 32768.0
         except (wave.Error, EOFError, OSError):
             pass  # not a plain 16-bit PCM wav at the right rate: let ffmpeg read it
-        return decode_audio(probe(path), self.prep.sample_rate)
+        return decode_audio(probe(path, self.prep.timeout_s, self.prep.limits), self.prep.sample_rate)
 
     def labels(self, index: int) -> list[str]:
         mids = [m for m in str(self.rows[index].get("labels", "")).split(",") if m]

@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from service.deps import EngineDep, require_api_key
 from service.engine import Engine
 from service.errors import BadRequest, InvalidInput, UnsupportedMedia, responses
-from service.jobs import JobRunner, job_info, job_page, resolve_media_paths, reuse_indexed
+from service.jobs import JobRunner, check_named_files, job_info, job_page, resolve_media_paths, reuse_indexed
 from service.schemas import MAX_ID, IndexPathsRequest, IndexRoots, JobAccepted, JobInfo, JobPage
 from service.uploads import keep_uploads
 
@@ -82,12 +82,15 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
 )
 async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
     """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
-    walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Answers at once with
-    the job id; the job runs on the Celery workers, or in this process when no broker is configured."""
+    walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Uploads and files named
+    in `paths` (the first 100; not those of folders, which their tasks check) are probed first: a decompression
+    bomb or a file over the duration limit is 413 and no job is made. Answers at once with the job id; the job
+    runs on the Celery workers, or in this process when no broker is configured."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         paths = await _json_paths(request)
         files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.config.media_roots)
+        await anyio.to_thread.run_sync(check_named_files, paths, engine.prep)  # a bomb named: 413, no job
     elif kind == "multipart/form-data":
         files = await _uploaded_files(request, engine)
     else:

@@ -1,10 +1,13 @@
 """Bounded inputs and resources (issue 13): decompression bombs refused in under a second with no ffmpeg
-started on them, FIFOs refused, any valid float as a time, exactly one of concurrent deletes reports it, a
-store of 1,000 shards opened with a bounded number of file descriptors, a blank API key refused."""
+started on them (issue 19: also those whose header lies or drops a size, by upload, by path and met by an index
+task, with the peak memory of the one bounded ffprobe they cost), FIFOs refused, any valid float as a time,
+exactly one of concurrent deletes reports it, a store of 1,000 shards opened with a bounded number of file
+descriptors, a blank API key refused."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import time
@@ -23,6 +26,7 @@ from cavsync.settings import Settings
 from service.app import create_app
 from service.config import ServiceConfig
 
+from ..bombs import ToolRuns, measured_tools, without_run_args
 from .conftest import DEMO_CHECKPOINT, record
 
 pytestmark = pytest.mark.slow  # the module's fixtures index clips and mux a bomb (about half a minute)
@@ -75,8 +79,6 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, media: list[Path]) -> Path
 
 @pytest.fixture()
 def client(indexed: Path, media: list[Path], tmp_path: Path) -> Iterator[TestClient]:
-    import shutil
-
     data = Path(shutil.copytree(indexed, tmp_path / "data"))
     config = ServiceConfig(model_path=DEMO_CHECKPOINT, data_dir=data, media_roots=(tmp_path, media[0].parent))
     with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
@@ -123,6 +125,120 @@ def test_bomb_upload_for_indexing_is_refused(
     response = client.post("/index", files={"files": ("bomb.mp4", bombs["mp4"].read_bytes())})
     assert response.status_code == 413 and "pixels per frame" in response.json()["detail"], response.text
     assert spawned == []
+
+
+LYING_SIZES = {"mp4": "16000x16000", "png": "20001x13000"}  # what the bombs of tests/bombs.py really hold
+UPLOAD_ROUTES = (  # route, the upload's field, the other fields
+    ("/search/audio-to-video", "file", {}),
+    ("/search/video-to-audio", "file", {}),
+    ("/localize", "image", {"audio_video_id": "1"}),
+    ("/localize", "audio", {"video_id": "1"}),
+    ("/index", "files", {}),
+)
+
+
+@pytest.fixture()
+def tools(tmp_path: Path) -> Iterator[ToolRuns]:
+    """Every ffmpeg / ffprobe started meanwhile, with its peak RSS (tests/bombs.py)."""
+    with measured_tools(tmp_path / "tools") as runs:
+        yield runs
+
+
+def _bomb_runs(runs: ToolRuns) -> list[dict]:
+    """The runs given a bomb (every bomb file's name starts with `bomb-`; uploads keep it in their own name)."""
+    return [row for row in runs.rows() if any("bomb-" in arg for arg in row["args"])]
+
+
+def test_bombs_behind_a_lying_header_are_refused_by_upload(
+    client: TestClient, lying_bombs: dict[str, Path], tools: ToolRuns
+) -> None:
+    """Headers that pass the Python check (64x64; a width hachoir drops): 413 in under a second on every upload
+    route, from one bounded ffprobe of flat memory; no ffmpeg decodes them; four at once cost four such probes."""
+    timings, peaks = {}, {}
+    for name, path in lying_bombs.items():
+        for route, field, extra in UPLOAD_ROUTES:
+            tools.clear()
+            started = time.perf_counter()
+            response = client.post(route, files={field: (f"bomb-{path.name}", path.read_bytes())}, data=extra)
+            case = f"{name} {route} {field}"
+            timings[case] = round(time.perf_counter() - started, 3)
+            assert response.status_code == 413, (case, response.text)
+            assert f"{LYING_SIZES[name]} pixels per frame" in response.json()["detail"], (case, response.text)
+            runs = _bomb_runs(tools)
+            assert [row["tool"] for row in runs] == ["ffprobe"], (case, without_run_args(runs))
+            peaks[case] = round(tools.peak_mb(), 1)  # every ffmpeg / ffprobe of the request
+    tools.clear()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        data = lying_bombs["mp4"].read_bytes()
+        answers = list(
+            pool.map(lambda _: client.post("/search/video-to-audio", files={"file": ("bomb-4", data)}), range(4))
+        )
+    four_at_once = round(time.perf_counter() - started, 3)
+    assert [a.status_code for a in answers] == [413] * 4, [a.text for a in answers]
+    four_peaks = [round(row["peak_rss_mb"], 1) for row in tools.rows()]
+    record(
+        "bombs behind a lying header, by upload",
+        seconds=timings,
+        child_peak_rss_mb=peaks,
+        four_at_once_s=four_at_once,
+        four_at_once_peaks_mb=four_peaks,
+    )
+    assert max(timings.values()) < 1.0, timings
+    assert max(peaks.values()) < 200, peaks
+    assert len(four_peaks) == 4 and max(four_peaks) < 200, four_peaks
+
+
+def test_bombs_behind_a_lying_header_are_refused_by_path(
+    client: TestClient, lying_bombs: dict[str, Path], tools: ToolRuns, tmp_path: Path
+) -> None:
+    """A bomb named in POST /index {"paths"} is probed (bounded) before any job is made: 413 in under a second."""
+    jobs_before = client.get("/jobs").json()["total"]
+    timings, peaks = {}, {}
+    for name, source in lying_bombs.items():
+        target = tmp_path / f"bomb-{source.name}"
+        shutil.copyfile(source, target)
+        tools.clear()
+        started = time.perf_counter()
+        response = client.post("/index", json={"paths": [str(target)]})
+        timings[name] = round(time.perf_counter() - started, 3)
+        assert response.status_code == 413, response.text
+        assert f"{LYING_SIZES[name]} pixels per frame" in response.json()["detail"], response.text
+        assert [row["tool"] for row in tools.rows()] == ["ffprobe"], without_run_args(tools.rows())
+        peaks[name] = round(tools.peak_mb(), 1)
+    record("bombs behind a lying header, by path", seconds=timings, child_peak_rss_mb=peaks)
+    assert client.get("/jobs").json()["total"] == jobs_before  # no job was made
+    assert max(timings.values()) < 1.0, timings
+    assert max(peaks.values()) < 200, peaks
+
+
+def test_an_index_task_meeting_a_bomb_fails_its_file(
+    client: TestClient, lying_bombs: dict[str, Path], tools: ToolRuns, tmp_path: Path
+) -> None:
+    """Files found by walking a folder are checked by their task: each bomb fails its file with the sizes it
+    really has, from one bounded probe (the PNG named .mp4 is walked as media and found out by its content)."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    shutil.copyfile(lying_bombs["mp4"], folder / "bomb-lying.mp4")
+    shutil.copyfile(lying_bombs["png"], folder / "bomb-wide.mp4")
+    started = time.perf_counter()
+    response = client.post("/index", json={"paths": [str(folder)]})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (info := client.get(f"/jobs/{job_id}").json())["state"] not in {"done", "failed"}:
+        assert time.monotonic() < deadline, info
+        time.sleep(0.1)
+    settled_s = round(time.perf_counter() - started, 3)
+    errors = {Path(f["path"]).name: (f["state"], f["error"]) for f in info["files"]}
+    assert errors.keys() == {"bomb-lying.mp4", "bomb-wide.mp4"}, info
+    for file, size in (("bomb-lying.mp4", "16000x16000"), ("bomb-wide.mp4", "20001x13000")):
+        state, error = errors[file]
+        assert state == "failed" and f"{size} pixels per frame" in (error or ""), info
+    runs = _bomb_runs(tools)
+    record("bombs behind a lying header, met by an index task", job_s=settled_s, runs=without_run_args(runs))
+    assert sorted(row["tool"] for row in runs) == ["ffprobe", "ffprobe"], without_run_args(runs)
+    assert tools.peak_mb() < 200, without_run_args(tools.rows())
 
 
 def test_a_fifo_is_refused(client: TestClient, tmp_path: Path) -> None:

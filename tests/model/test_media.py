@@ -382,3 +382,91 @@ def test_probe_without_ffprobe_agrees_with_ffprobe(tmp_path: Path, name: str, mo
     text.write_text("just some text\n")
     with pytest.raises(UnreadableMediaError):
         probe(text)
+
+
+# ------------------------------------------------------------------------------------ bombs behind the header
+@pytest.mark.parametrize("name", ["mp4", "png"])
+def test_a_bomb_the_header_passes_is_refused_by_the_bounded_probe(
+    lying_bombs: dict[str, Path], name: str, tmp_path: Path
+) -> None:
+    """The header read in Python says nothing against these (64x64; a width dropped): every loader refuses them
+    from a probe whose decoders are bounded, fast and with flat memory, and decodes nothing."""
+    from model.features import load_picture
+    from model.probe import SizeLimits, _probe_with_ffmpeg, check_header
+
+    from ..bombs import MAX_PIXELS, measured_tools
+
+    path, size = lying_bombs[name], {"mp4": "16000x16000", "png": "20001x13000"}[name]
+    check_header(path, SizeLimits(MAX_PIXELS))  # no verdict from the header: it lies, or drops a dimension
+    with measured_tools(tmp_path / "tools") as runs:
+        for loader in (load_clips, load_query_audio, load_query_frames, load_image, load_picture):
+            started = time.monotonic()
+            with pytest.raises(MediaTooLongError, match=f"{size} pixels per frame; at most {MAX_PIXELS}"):
+                loader(path, TINY)
+            assert time.monotonic() - started < 1.0, loader.__name__
+        rows = runs.rows()
+    assert [row["tool"] for row in rows] == ["ffprobe"] * 5, rows  # one bounded probe each, no decode started
+    assert runs.peak_mb() < 200, rows
+    with pytest.raises(MediaTooLongError, match=f"{size} pixels per frame"):  # without ffprobe: ffmpeg -i, bounded
+        _probe_with_ffmpeg(path, 30.0, MAX_PIXELS)
+
+
+def test_every_decoder_is_bounded_whatever_the_probe_said(lying_bombs: dict[str, Path], tmp_path: Path) -> None:
+    """A decode of media whose probe saw a small picture (a stream that grows later, say) is bounded too."""
+    from model.media import FrameRequest, MediaInfo, MediaTooLargeError, decode_still, decode_window
+
+    from ..bombs import MAX_PIXELS, measured_tools
+
+    told = MediaInfo(lying_bombs["mp4"], "mov,mp4", 1.0, video_codec="h264", width=64, height=64)
+    bounded = MediaInfo(**{**told.__dict__, "max_pixels": MAX_PIXELS})
+    with measured_tools(tmp_path / "tools") as runs:
+        with pytest.raises(MediaTooLargeError, match="16000x16000 pixels per frame"):
+            decode_window(bounded, 0.0, 1.0, FrameRequest(4, 1.0, 112), audio=False)
+        with pytest.raises(MediaTooLargeError, match="16000x16000 pixels per frame"):
+            decode_still(bounded, 112)
+        rows = runs.rows()
+    assert [row["tool"] for row in rows] == ["ffmpeg", "ffmpeg"] and runs.peak_mb() < 200, rows
+
+
+def _tone(path: Path, seconds: float) -> Path:
+    return mf.audio_only(path, ["-c:a", "pcm_s16le"], d=seconds, sr=16000)
+
+
+def test_a_query_up_to_the_slack_past_the_longest_is_cut_and_reported(tmp_path: Path) -> None:
+    """max_query_s (60 s) uses 94 frames (round(60 / 0.64)); a file up to max_query_slack_s (1 s) longer is
+    accepted, its first 94 used and `truncated` says so when it had more; past the slack: refused."""
+    from model.features import read_query_audio, read_query_frames
+
+    prep = PreprocessConfig()
+    longest = prep.max_query_frames(TINY.frames_per_clip)
+    assert longest == 94
+    exact = read_query_audio(_tone(tmp_path / "60.3.wav", 60.3), TINY)
+    assert (len(exact.inputs), exact.truncated) == (94, False)  # 60.3 s holds 94 frames: nothing is left out
+    over = read_query_audio(_tone(tmp_path / "60.9.wav", 60.9), TINY)
+    assert (len(over.inputs), over.truncated) == (94, True)  # 95 frames given
+    with pytest.raises(MediaTooLongError, match="60 s at most"):
+        read_query_audio(_tone(tmp_path / "61.2.wav", 61.2), TINY)
+    shorter = PreprocessConfig(max_query_s=10.0)  # the limit is the config's, whatever it is
+    cut = read_query_audio(_tone(tmp_path / "10.9.wav", 10.9), TINY, shorter)
+    assert (len(cut.inputs), cut.truncated) == (round(10.0 / 0.64), True)
+    video = mf.video_only(tmp_path / "v.mp4", d=10.9)
+    frames = read_query_frames(video, TINY, shorter)
+    assert (frames.inputs.shape[0], frames.truncated) == (round(10.0 / 0.64), True)
+    assert read_query_frames(video, TINY).truncated is False
+
+
+def test_a_60_s_cut_made_by_ffmpeg_is_a_query(tmp_path: Path) -> None:
+    """`ffmpeg -t 60 -c copy` of a longer video ends at a packet past 60 s: a query of the first 60 s."""
+    from model.features import read_query_audio, read_query_frames
+
+    long = mf.av_file(
+        tmp_path / "long.mp4", ["-c:v", "libx264", "-g", "50", "-pix_fmt", "yuv420p"], ["-c:a", "aac"], d=64.0
+    )
+    cut = tmp_path / "cut.mp4"
+    mf.ffmpeg("-i", str(long), "-t", "60", "-c", "copy", str(cut))
+    duration = probe(cut).duration
+    assert duration is not None and 60.0 < duration < 61.0, duration
+    audio, frames = read_query_audio(cut, TINY), read_query_frames(cut, TINY)
+    assert len(audio.inputs) == len(frames.inputs) == 94
+    given = round(duration / 0.64)
+    assert audio.truncated == frames.truncated == (given > 94)

@@ -3,14 +3,17 @@ source (upload, indexed video, raw tokens) and strategy answers in the documente
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.app import create_app
+
 from ..model.media_files import ffmpeg
-from .conftest import Corpus, upload
+from .conftest import Corpus, make_config, upload
 
 pytestmark = pytest.mark.slow  # every test here reads the demo corpus, indexed once per session (about a minute)
 
@@ -186,3 +189,37 @@ def test_form_validation(client: TestClient, corpus: Corpus) -> None:
         response = client.post("/search/audio-to-video", data=fields, files=files)
         assert response.status_code == 422, (fields, response.text)
         assert response.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def short_query_client(corpus: Corpus) -> Iterator[TestClient]:
+    """The longest query set to 5 s (8 frames of 0.64 s), so that the corpus's 10-s clips are longer."""
+    with TestClient(create_app(make_config(corpus, max_query_s=5.0)), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def test_truncation_is_reported_on_every_query_path(
+    short_query_client: TestClient, corpus: Corpus, tmp_path: Path
+) -> None:
+    """`query.truncated` is true exactly when the query used fewer frames than the media (or the part of an
+    indexed video) holds: an upload up to 1 s past the longest query is accepted and cut, a longer one is 413."""
+    client, clip = short_query_client, corpus.clips[3]
+    for seconds, truncated in ((4.0, False), (5.5, True)):
+        audio, video = tmp_path / f"a{seconds}.wav", tmp_path / f"v{seconds}.mp4"
+        ffmpeg("-i", str(clip), "-t", str(seconds), "-vn", "-ac", "1", "-ar", "16000", str(audio))
+        ffmpeg("-i", str(clip), "-t", str(seconds), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video))
+        for endpoint, path in (("audio-to-video", audio), ("video-to-audio", video)):
+            query = _search(client, endpoint, upload(path), top_k=3)["query"]
+            assert query["truncated"] is truncated and query["frames"] <= 8, (endpoint, seconds, query)
+            assert query["frames"] == 8 or not truncated, (endpoint, seconds, query)
+    too_long = tmp_path / "a6.5.wav"
+    ffmpeg("-i", str(clip), "-t", "6.5", "-vn", "-ac", "1", "-ar", "16000", str(too_long))
+    refused = client.post("/search/audio-to-video", files=upload(too_long))
+    assert refused.status_code == 413 and "5 s at most" in refused.json()["detail"], refused.text
+    for part, frames, truncated in (
+        ({}, 8, True),
+        ({"start": 2, "end": 5.2}, 5, False),
+        ({"start": 1, "end": 9}, 8, True),
+    ):
+        query = _search(client, "audio-to-video", video_id=4, top_k=3, **part)["query"]
+        assert query == {"source": "video", "video_id": 4, "frames": frames, "truncated": truncated}, (part, query)
