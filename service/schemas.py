@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
 from indexer.catalog import FileState, JobState, VideoStatus
 from model import Modality, Strategy
@@ -45,9 +46,13 @@ class Moment(Model):
     )
 
 
+NAME = "What to call the video: the name an upload was sent with, else its file's name."
+
+
 class VideoResult(Model):
     video_id: int
-    uri: str
+    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
+    name: str = Field(description=NAME)
     score: float = Field(description="Similarity of the query with the video at its best offset (the chosen strategy).")
     moments: list[Moment] = Field(
         description="Up to `moments` non-overlapping placements of the query in the video, best first. The "
@@ -167,7 +172,8 @@ class ClipInfo(Model):
 
 class VideoInfo(Model):
     id: int
-    uri: str
+    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
+    name: str = Field(description=NAME)
     status: VideoStatus
     model_id: str
     duration: Seconds | None
@@ -175,6 +181,11 @@ class VideoInfo(Model):
     error: str | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _named(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or Path(str(info.data.get("uri", ""))).name  # rows indexed before names were recorded
 
 
 class VideoDetail(VideoInfo):
