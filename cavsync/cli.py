@@ -209,13 +209,16 @@ def delete(
     data_dir: Annotated[Path | None, DATA_DIR] = None,
     database_url: Annotated[str | None, DATABASE_URL] = None,
 ) -> None:
-    """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space)."""
+    """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space) and the
+    managed copies of uploaded ones (files of your own are never deleted)."""
     from indexer.catalog import open_catalog
+    from indexer.files import managed_dir
     from indexer.pipeline import delete_videos
     from indexer.store import TokenStore
 
     config = _settings_with(data_dir=data_dir, database_url=database_url).service_config()
-    removed = delete_videos(video_ids, TokenStore(config.index_dir), open_catalog(config.catalog_url))
+    store, sessions = TokenStore(config.index_dir), open_catalog(config.catalog_url)
+    removed = delete_videos(video_ids, store, sessions, managed_dir(config.data_dir))
     typer.echo(f"deleted {removed} video(s)")
 
 

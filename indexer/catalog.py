@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -71,6 +71,9 @@ class Video(Base):
         Enum(VideoStatus, native_enum=False, length=16), default=VideoStatus.PENDING, index=True
     )
     error: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(1024))  # shown: the name an upload was sent with, a file's name
+    file_size: Mapped[int | None] = mapped_column(BigInteger)  # the file as hashed (indexer.files.FileIdentity)
+    file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
     clips: Mapped[list[Clip]] = relationship(
@@ -89,8 +92,17 @@ class Clip(Base):
     video: Mapped[Video] = relationship(back_populates="clips")
 
 
-def new_video(uri: str, sha256: str, model_id: str, clips: list[tuple[float, float, str]]) -> Video:
-    """A pending video with its clips, given as (start, duration, "audio,visual")."""
+def new_video(
+    uri: str,
+    sha256: str,
+    model_id: str,
+    clips: list[tuple[float, float, str]],
+    *,
+    name: str | None = None,
+    identity: tuple[int, int] | None = None,
+) -> Video:
+    """A pending video with its clips, given as (start, duration, "audio,visual"); `name` shown (default: the
+    file's name), `identity` the file's (size, mtime_ns) when it was hashed (`indexer.files.FileIdentity`)."""
     modalities = sorted({m for _, _, ms in clips for m in ms.split(",") if m})
     video = Video(
         uri=uri,
@@ -98,6 +110,9 @@ def new_video(uri: str, sha256: str, model_id: str, clips: list[tuple[float, flo
         model_id=model_id,
         modalities=",".join(modalities),
         duration=max(float(start + length) for start, length, _ in clips),
+        name=name or Path(uri).name,
+        file_size=identity[0] if identity else None,
+        file_mtime_ns=identity[1] if identity else None,
     )
     video.clips = [Clip(start=float(start), duration=float(length), modalities=ms) for start, length, ms in clips]
     return video
@@ -110,17 +125,24 @@ class VideoRef:
     id: int
     uri: str
     duration: float | None
+    name: str  # shown: the name an upload was sent with, else the file's name
+
+
+def display_name(name: str | None, uri: str) -> str:
+    """What a video is called: its recorded name, else (rows indexed before names were) its file's name."""
+    return name or Path(uri).name
 
 
 def indexed_videos_of_clips(session: Session, clip_ids: Sequence[int]) -> dict[int, VideoRef]:
     """clip id -> its video, for the given clips whose video is indexed (one query); the retrieval
     core's hits name a track by its first clip, and pending, failed or deleted videos drop out here."""
     query = (
-        select(Clip.id, Video.id, Video.uri, Video.duration)
+        select(Clip.id, Video.id, Video.uri, Video.duration, Video.name)
         .join(Video, Clip.video_id == Video.id)
         .where(Clip.id.in_(list(clip_ids)), Video.status == VideoStatus.INDEXED)
     )
-    return {clip: VideoRef(video, uri, duration) for clip, video, uri, duration in session.execute(query)}
+    rows = session.execute(query)
+    return {clip: VideoRef(video, uri, duration, display_name(name, uri)) for clip, video, uri, duration, name in rows}
 
 
 class IndexJob(Base):

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import json
 import logging
 import math
 import multiprocessing
 import os
-import stat
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
+from indexer import files
 from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.store import TokenStore
 from indexer.sweep import settle_orphan_rows
@@ -81,11 +80,49 @@ def list_media(target: str | os.PathLike[str]) -> list[Path]:
 def content_hash(path: Path) -> str:
     """The sha256 of a regular file's bytes. A FIFO or device raises NotRegularFileError (a MediaError) without
     blocking: the file is opened non-blocking and checked before a byte is read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return hashed(path)[0]
+
+
+def hashed(path: Path) -> tuple[str, files.FileIdentity]:
+    """The sha256 of a regular file and its identity (size, mtime) as it was hashed (`indexer.files`); a FIFO or
+    device raises NotRegularFileError without blocking."""
+    try:
+        return files.hash_with_identity(path)
+    except ValueError as exc:
+        raise NotRegularFileError(str(exc)) from exc
+
+
+def needs_repair(session: Session, sha: str, model_id: str) -> bool:
+    """Whether an indexed video of this content has lost its file (gone, or something else at its path)."""
+    query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
+    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in session.scalars(query).all())
+
+
+def repair_location(
+    session: Session, sha: str, model_id: str, uri: str, identity: files.FileIdentity, name: str | None = None
+) -> int:
+    """Indexed videos of this content whose file is gone or no longer the indexed one now point at `uri` (the
+    same content, found again; `name` shown, default its file's name). The caller commits; returns how many."""
+    query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
+    repaired = 0
+    for video in session.scalars(query).all():
+        if video.uri == uri:  # the same file, just hashed: its identity now
+            video.file_size, video.file_mtime_ns = identity
+            continue
+        if files.is_intact(video.uri, video.sha256, recorded_identity(video)):
+            continue
+        log.info("video %d: its file is no longer at %s; it is at %s now", video.id, video.uri, uri)
+        video.uri, video.name = uri, name or Path(uri).name
+        video.file_size, video.file_mtime_ns = identity
+        repaired += 1
+    return repaired
+
+
+def recorded_identity(video: Video) -> files.FileIdentity | None:
+    """A video's file identity as indexed; None for rows indexed before it was recorded."""
+    if video.file_size is None or video.file_mtime_ns is None:
+        return None
+    return files.FileIdentity(video.file_size, video.file_mtime_ns)
 
 
 def model_id_of(checkpoint: str | os.PathLike[str]) -> str:
@@ -174,6 +211,7 @@ class Decoded:
     clips: list[MediaClip] = field(default_factory=list)
     error: str | None = None
     known: bool = False  # already indexed with this model: not decoded
+    identity: files.FileIdentity | None = None  # the file as hashed
 
 
 def decode_file(
@@ -181,15 +219,15 @@ def decode_file(
 ) -> Decoded:
     """Worker-process side: hash and decode one file; errors come back as text, never raised."""
     try:
-        sha = content_hash(path)
+        sha, identity = hashed(path)
     except (OSError, NotRegularFileError) as exc:
         return Decoded(path, None, error=f"cannot read: {exc}")
     if sha in known:
-        return Decoded(path, sha, known=True)
+        return Decoded(path, sha, known=True, identity=identity)
     try:
-        return Decoded(path, sha, load_clips(path, config, prep))
+        return Decoded(path, sha, load_clips(path, config, prep), identity=identity)
     except MediaError as exc:
-        return Decoded(path, sha, error=str(exc))
+        return Decoded(path, sha, error=str(exc), identity=identity)
 
 
 @dataclass
@@ -243,6 +281,7 @@ class Indexer:
                 item.sha256 or "",  # decoded items always have their hash
                 self.model_id,
                 [(c.start, c.duration, ",".join(c.modalities)) for c in item.clips],
+                identity=item.identity,
             )
             for item in batch
         ]
@@ -250,6 +289,14 @@ class Indexer:
             step = self.prep.frame_s(self.model.config.frames_per_clip)
             store_videos(session, self.store, self.model_id, videos, *tokens, frame_s=step)
         return len(clips)
+
+    def _repair(self, item: Decoded) -> None:
+        """Known content found at a new place: videos whose file is gone point here now."""
+        if item.sha256 is None or item.identity is None:
+            return
+        with self.sessions() as session:
+            if repair_location(session, item.sha256, self.model_id, str(item.path.resolve()), item.identity):
+                session.commit()
 
     def _record_failure(self, item: Decoded) -> None:
         uri = str(item.path.resolve())
@@ -294,6 +341,7 @@ class Indexer:
                     self._record_failure(item)
                 elif item.known or any(i.sha256 == item.sha256 for i in batch):
                     summary.skipped += 1
+                    self._repair(item)
                 else:
                     batch.append(item)
                 if batch and (sum(len(i.clips) for i in batch) >= self.batch_clips or not (queue or pending)):
@@ -305,11 +353,14 @@ class Indexer:
         return summary
 
 
-def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmaker[Session]) -> int:
+def delete_videos(
+    video_ids: list[int], store: TokenStore, sessions: sessionmaker[Session], media_dir: Path | None = None
+) -> int:
     """Mark videos deleted in the catalog and remove their clips from the live index; returns how many this
     call deleted. Each video is claimed by a conditional UPDATE (to deleted where it was not), so of concurrent
     deletes of one id exactly one counts it; its clips leave the store before the claim commits (a failure
-    rolls the claim back)."""
+    rolls the claim back). Then the managed copies (uploads, in `media_dir`) no other video names are deleted;
+    files anywhere else are never touched."""
     with sessions() as session:
         claimed = []
         for video_id in dict.fromkeys(video_ids):
@@ -324,4 +375,21 @@ def delete_videos(video_ids: list[int], store: TokenStore, sessions: sessionmake
         if clip_ids:
             store.delete(clip_ids)
         session.commit()
-        return len(claimed)
+    if media_dir is not None and claimed:
+        drop_unused_copies(sessions, claimed, media_dir)
+    return len(claimed)
+
+
+def drop_unused_copies(sessions: sessionmaker[Session], video_ids: list[int], media_dir: Path) -> int:
+    """Delete the managed copies of these (deleted) videos that no video still in the catalog names (the same
+    content indexed with another model shares its copy); returns how many were deleted."""
+    with sessions() as session:
+        uris = set(session.scalars(select(Video.uri).where(Video.id.in_(video_ids))).all())
+        managed = [uri for uri in uris if files.is_managed(uri, media_dir)]
+        if not managed:
+            return 0
+        used = select(Video.uri).where(Video.uri.in_(managed), Video.status != VideoStatus.DELETED)
+        unused = sorted(set(managed) - set(session.scalars(used).all()))
+    pending = media_dir.parent / "pending"  # an upload of the same content being indexed will name it
+    unused = [uri for uri in unused if not any(pending.glob(f"{Path(uri).name[:64]}.*.npz"))]
+    return files.remove_managed(unused, media_dir)

@@ -1,13 +1,16 @@
 """Sweeping what a dead or failed writer left in the data dir: partial token-store versions and temp shard
 files (`TokenStore.sweep_partial`), temp files of pending shards, catalog rows of a merge that died half-way
-(pending videos: indexed when their clips are all in the store, else removed, to be merged again) and the
-API's uploads once their job files are settled. Run at API start and after each merge, under the merge lock
-(no other merger is writing then); temp files younger than `grace_s` may belong to a live writer and stay.
+(pending videos: indexed when their clips are all in the store, else removed, to be merged again), the
+API's uploads once their job files are settled, managed copies of uploads (`indexer.files`) that no video and
+no pending shard names, and the poster cache of videos deleted or unknown. Run at API start and after each merge,
+under the merge lock (no other merger is writing then); temp files younger than `grace_s` may belong to a live
+writer and stay.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from indexer import files
 from indexer.catalog import FileState, JobFile, Video, VideoStatus
 from indexer.store import TokenStore
 
@@ -88,6 +92,38 @@ def unsettled_uploads(sessions: sessionmaker[Session], uploads: Path) -> set[str
         return set(session.scalars(query).all())
 
 
+def unnamed_copies(sessions: sessionmaker[Session], data_dir: Path, grace_s: float) -> list[Path]:
+    """Managed copies (and their temp files) older than `grace_s` that no video still in the catalog and no
+    pending shard names: a merge that failed, or a video deleted by a process that did not remove its copy."""
+    media = files.managed_dir(data_dir)
+    old = old_files(media, "*", grace_s)
+    if not old:
+        return []
+    prefix = str(media.resolve()) + "/"
+    query = select(Video.uri).where(Video.uri.startswith(prefix), Video.status != VideoStatus.DELETED)
+    with sessions() as session:
+        named = set(session.scalars(query).all())
+    pending = {p.name.split(".", 1)[0] for p in old_files(data_dir / "pending", "*.npz", -1.0)}
+    return [p for p in old if str(p.resolve()) not in named and p.name.split(".", 1)[0] not in pending]
+
+
+POSTERS_DIR = "posters"  # under the data dir: the API's poster cache, a folder per video id
+
+
+def stale_poster_folders(sessions: sessionmaker[Session], data_dir: Path) -> list[Path]:
+    """Poster cache folders of videos deleted, or no longer in the catalog."""
+    root = data_dir / POSTERS_DIR
+    if not root.is_dir():
+        return []
+    folders = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    if not folders:
+        return []
+    query = select(Video.id).where(Video.id.in_(list(folders)), Video.status != VideoStatus.DELETED)
+    with sessions() as session:
+        alive = set(session.scalars(query).all())
+    return [folder for video_id, folder in folders.items() if video_id not in alive]
+
+
 def after_merge(store: TokenStore, sessions: sessionmaker[Session], model_id: str) -> None:
     """After a merge published (or failed to): partial versions and temp shards, then orphan rows."""
     store.sweep_partial()
@@ -102,8 +138,11 @@ def sweep_data_dir(data_dir: Path, sessions: sessionmaker[Session], model_id: st
     uploads = data_dir / "uploads"
     wanted = unsettled_uploads(sessions, uploads)
     stale += [p for p in old_files(uploads, "*", grace_s) if str(p.resolve()) not in wanted]
+    stale += unnamed_copies(sessions, data_dir, grace_s)
     for path in stale:
         path.unlink(missing_ok=True)
+    for folder in stale_poster_folders(sessions, data_dir):
+        shutil.rmtree(folder, ignore_errors=True)
     if stale:
         log.info("deleted %d leftover file(s) of dead writers and settled uploads", len(stale))
     return len(stale)

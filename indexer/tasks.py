@@ -35,11 +35,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import jobs, leases, sweep
+from indexer import files, jobs, leases, sweep
 from indexer.catalog import FileState, Video, VideoStatus, new_video, open_catalog
 from indexer.jobs import QueueUnavailable
 from indexer.locks import renewed_lock
-from indexer.pipeline import Decoded, content_hash, decode_file, encode_clips, model_id_of, store_videos
+from indexer.pipeline import (
+    MEDIA_SUFFIXES,
+    Decoded,
+    decode_file,
+    encode_clips,
+    hashed,
+    model_id_of,
+    needs_repair,
+    repair_location,
+    store_videos,
+)
 from indexer.store import TokenStore
 from model import CAVMAESync, PreprocessConfig, load_model
 
@@ -85,7 +95,12 @@ class TaskContext:
 
     @property
     def uploads(self) -> Path:
-        return Path(self.data_dir) / "uploads"
+        return Path(self.data_dir) / files.UPLOADS_DIR
+
+    @property
+    def media(self) -> Path:
+        """Managed copies of indexed uploads (`indexer.files`)."""
+        return files.managed_dir(Path(self.data_dir))
 
 
 @dataclass
@@ -119,25 +134,54 @@ class Retry(NamedTuple):
     error: BaseException
 
 
+class Source(NamedTuple):
+    """Where an indexed file will be read from: its real path (an upload's managed copy), the name shown and
+    its identity as hashed."""
+
+    uri: str
+    name: str
+    identity: files.FileIdentity
+
+
+def _source(ctx: TaskContext, path: str, sha: str, identity: files.FileIdentity) -> Source:
+    """An upload becomes a managed copy named by its content and shown by the name it was sent with; any other
+    file is indexed where it is."""
+    if not files.is_upload(path, Path(ctx.data_dir)):
+        return Source(str(Path(path).resolve()), Path(path).name, identity)
+    name = files.sent_name(path) or Path(path).name
+    managed = files.keep_managed(Path(path), sha, ctx.media, files.managed_suffix(name, MEDIA_SUFFIXES))
+    return Source(str(managed), name, files.identity_of(managed.stat()))
+
+
 def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     """Decode and encode one file into `pending/<sha>.<model>.npz`, atomically; returns the content hash.
 
-    Nothing is written for content already indexed with the model, or whose shard is already pending.
+    Nothing is written for content already indexed with the model (whose video, when its file is gone, points
+    at this file from now on), or whose shard is already pending. An upload that decodes is kept as a managed
+    copy (`indexer.files`), the video's file.
     """
     model_id = model_id_of(ctx.model_path)
-    sha = content_hash(Path(path))
+    sha, identity = hashed(Path(path))
     target = ctx.pending / f"{sha}.{model_id}.npz"
     with res.sessions(ctx.database_url)() as session:
         if jobs.indexed(session, sha, model_id):
+            if needs_repair(session, sha, model_id):
+                source = _source(ctx, path, sha, identity)
+                repair_location(session, sha, model_id, source.uri, source.identity, source.name)
+                session.commit()
             return sha
     if target.exists():
         return sha
     model = res.model(ctx.model_path)
     item = decode_file(Path(path), model.config, PreprocessConfig())
+    if item.error is None:
+        source = _source(ctx, path, sha, item.identity or identity)
+    else:  # a failed file is not kept: recorded where it was, with the name it was sent with
+        source = Source(str(Path(path).resolve()), files.sent_name(path) or Path(path).name, identity)
     ctx.pending.mkdir(parents=True, exist_ok=True)
     tmp = ctx.pending / f".{sha}.{uuid.uuid4().hex}.tmp.npz"
     try:
-        _save_shard(tmp, ctx, path, model, item)
+        _save_shard(tmp, ctx, path, source, model, item)
     except BaseException:  # a full disk: no partial temp file stays behind
         tmp.unlink(missing_ok=True)
         raise
@@ -145,9 +189,11 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     return sha
 
 
-def _save_shard(tmp: Path, ctx: TaskContext, path: str, model: CAVMAESync, item: Decoded) -> None:
+def _save_shard(tmp: Path, ctx: TaskContext, path: str, source: Source, model: CAVMAESync, item: Decoded) -> None:
     arrays: dict[str, np.ndarray] = {
-        "uri": np.array(str(Path(path).resolve())),
+        "uri": np.array(source.uri),
+        "name": np.array(source.name),
+        "identity": np.array(source.identity, dtype=np.int64),  # (size, mtime_ns)
         "path": np.array(path),
         "job": np.array(ctx.job_id or ""),
     }
@@ -238,12 +284,16 @@ def _merge_one(
     for video in session.scalars(stale).all():
         session.delete(video)  # a merge that died half-way, or an earlier failure: this result replaces it
     uri = str(data["uri"])
+    name = str(data["name"]) if "name" in data else Path(uri).name  # shards written before names were
+    identity = (int(data["identity"][0]), int(data["identity"][1])) if "identity" in data else None
     if "error" in data:
-        session.add(Video(uri=uri, sha256=sha, model_id=model_id, status=VideoStatus.FAILED, error=str(data["error"])))
+        error = str(data["error"])
+        session.add(Video(uri=uri, name=name, sha256=sha, model_id=model_id, status=VideoStatus.FAILED, error=error))
         session.commit()
-        return FileState.FAILED, str(data["error"])
+        return FileState.FAILED, error
     rows = zip(data["starts"], data["durations"], data["modalities"], strict=True)
-    video = new_video(uri, sha, model_id, [(float(s), float(d), str(m)) for s, d, m in rows])
+    clips = [(float(s), float(d), str(m)) for s, d, m in rows]
+    video = new_video(uri, sha, model_id, clips, name=name, identity=identity)
     store_videos(session, store, model_id, [video], data["audio"], data["visual"], data["present"])
     return FileState.INDEXED, None
 

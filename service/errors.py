@@ -28,6 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.files import FileChanged, FileGone
 from model.media import (
     MediaError,
     MediaTimeoutError,
@@ -135,6 +136,11 @@ async def _media_error(_: Request, exc: Exception) -> JSONResponse:
     return _answer(media_status(exc), str(exc))
 
 
+async def _file_error(_: Request, exc: Exception) -> JSONResponse:
+    """An indexed file gone (404) or replaced by something else, a link or other content (409)."""
+    return _answer(409 if isinstance(exc, FileChanged) else 404, str(exc))
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return _answer(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
@@ -231,6 +237,8 @@ class CatchAll:
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(MediaError, _media_error)
+    app.add_exception_handler(FileGone, _file_error)
+    app.add_exception_handler(FileChanged, _file_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for kind in INFRASTRUCTURE_ERRORS:
@@ -242,6 +250,7 @@ DESCRIPTIONS = {
     401: "Missing API key (X-API-Key)",
     403: "Wrong API key, or a path outside the media roots",
     404: "Unknown id",
+    409: "The indexed file was replaced (a link or other content now stands at its path): index it again",
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",

@@ -19,10 +19,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from indexer import jobs, leases, sweep, tasks
+from indexer import files, jobs, leases, sweep, tasks
 from indexer.catalog import IndexJob, JobFile, Video, VideoStatus
 from indexer.locks import renewed_lock
-from indexer.pipeline import content_hash, list_media, model_id_of
+from indexer.pipeline import content_hash, list_media, model_id_of, recorded_identity
 from indexer.tasks import Publish, Resources, TaskContext
 from model import PreprocessConfig
 from model.features import checked_duration
@@ -96,19 +96,21 @@ def check_named_files(paths: list[str], prep: PreprocessConfig) -> None:
 
 
 def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> list[Path]:
-    """Uploads kept for indexing whose content this model has indexed already are deleted at once, and the job
-    names the indexed file instead (its task skips it by content hash): no orphan copy is left behind."""
+    """Uploads kept for indexing whose content this model has indexed already, its file intact, are deleted at
+    once, and the job names the indexed file instead (its task skips it by content hash): no orphan copy is left
+    behind. One whose indexed file is gone stays: its task makes it that video's file (a managed copy)."""
     paths: dict[Path, None] = {}
     for path in kept:
         sha = content_hash(path)
         with sessions() as session:
-            query = select(Video.uri).where(
+            query = select(Video).where(
                 Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED
             )
-            uri = session.scalars(query).first()
-        if uri is not None and Path(uri).is_file() and Path(uri).parent.resolve() != path.parent:
+            videos = session.scalars(query).all()
+            intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, recorded_identity(v))]
+        if intact and Path(intact[0]).parent.resolve() != path.parent:
             path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
-            path = Path(uri)
+            path = Path(intact[0])
         paths[path] = None
     return list(paths)
 

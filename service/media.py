@@ -1,37 +1,134 @@
 """The catalog's media files for the web page: a video's original file (players seek it with HTTP Range) and a
-JPEG poster frame. Only files the catalog points at are ever opened: the routes take a catalog id, never a
-path, and a video that is deleted or whose file is gone is a 404.
+JPEG poster frame (cached). Only files the catalog points at are ever opened: the routes take a catalog id, never
+a path; a video that is deleted or whose file is gone is a 404, and a file that is no longer the one indexed (a
+link now in its place, other content) a 409 (`indexer.files.open_indexed`). The file is opened once and read
+through that descriptor only: the media answer streams it, ffmpeg reads it as `/proc/<pid>/fd/<n>`.
+
+The poster cache (`<data_dir>/posters/<video id>/`) keys each JPEG by the file's content (hash, size, mtime),
+the time asked (ms) and the width; it is written temp-then-rename, holds at most `POSTER_CACHE_PER_VIDEO`
+posters a video (the oldest go), and a video's folder goes when the video is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
+import os
+import shutil
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
+from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
-from indexer.catalog import Video, VideoStatus
+from indexer.catalog import Video, VideoStatus, display_name
+from indexer.files import FileChanged, FileGone, FileIdentity, Opened, fd_path, open_indexed
+from indexer.sweep import POSTERS_DIR
 from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, run_tool
 from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
+POSTER_CACHE_PER_VIDEO = 64  # posters kept per video (time x width); the oldest go first
 TIME_SLACK_S = 0.05  # container durations are rounded
 EXTRA_TYPES = {".mkv": "video/x-matroska", ".webm": "video/webm", ".m4a": "audio/mp4", ".flac": "audio/flac"}
 
 
-def catalog_file(sessions: sessionmaker, video_id: int) -> Path:
-    """The media file of a video of the catalog (any state but deleted); 404 when unknown, deleted or gone."""
+@dataclass(frozen=True)
+class CatalogFile:
+    """What the catalog records of a video's file."""
+
+    video_id: int
+    uri: str
+    name: str  # shown: the name it was sent with (an upload), else its file's name
+    sha256: str
+    identity: FileIdentity | None  # None: indexed before it was recorded (checked by hash once)
+
+
+def catalog_entry(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> CatalogFile:
+    """The catalog's record of a video's file (any state but deleted; `indexed`: indexed only); 404 when
+    unknown or deleted."""
     with sessions() as session:
         video = session.get(Video, video_id)
-        if video is None or video.status == VideoStatus.DELETED:
-            state = "unknown" if video is None else "deleted"
-            raise NotFound(f"no video {video_id} ({state})")
-        uri = video.uri
-    path = Path(uri)
-    if not path.is_file():
-        raise NotFound(f"the media file of video {video_id} is gone (it was at {uri})")
-    return path
+        if video is None or video.status == VideoStatus.DELETED or (indexed and video.status != VideoStatus.INDEXED):
+            state = "unknown" if video is None else video.status.value
+            raise NotFound(f"no {'indexed ' if indexed else ''}video {video_id} ({state})")
+        recorded = None
+        if video.file_size is not None and video.file_mtime_ns is not None:
+            recorded = FileIdentity(video.file_size, video.file_mtime_ns)
+        return CatalogFile(video.id, video.uri, display_name(video.name, video.uri), video.sha256, recorded)
+
+
+def open_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> tuple[CatalogFile, Opened]:
+    """A video's file opened as the indexed one (the caller closes `Opened.fd`): 404 when the video is unknown,
+    deleted or its file gone, 409 when something else now stands at its path. An identity checked by hash (not
+    recorded yet, or a new mtime on the same content) is recorded for the next time."""
+    entry = catalog_entry(sessions, video_id, indexed=indexed)
+    try:
+        opened = open_indexed(entry.uri, entry.sha256, entry.identity)
+    except FileGone as exc:
+        raise FileGone(f"the media file of video {video_id} is gone (it was at {entry.uri})") from exc
+    except FileChanged as exc:
+        raise FileChanged(
+            f"the media file of video {video_id} is no longer the one indexed: {exc}; index the file again"
+        ) from exc
+    if opened.refreshed is not None:
+        with contextlib.suppress(Exception), sessions() as session:  # only a shortcut for the next reader
+            size, mtime_ns = opened.refreshed
+            session.execute(update(Video).where(Video.id == video_id).values(file_size=size, file_mtime_ns=mtime_ns))
+            session.commit()
+    return entry, opened
+
+
+@contextlib.contextmanager
+def opened_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> Iterator[Opened]:
+    """`open_catalog_file`, the descriptor closed on exit."""
+    _, opened = open_catalog_file(sessions, video_id, indexed=indexed)
+    try:
+        yield opened
+    finally:
+        os.close(opened.fd)
+
+
+def check_catalog_file(sessions: sessionmaker, video_id: int) -> None:
+    """404 / 409 unless the indexed video's file is still the one indexed (a query by video id uses its stored
+    tokens, and is refused as its media would be)."""
+    with opened_catalog_file(sessions, video_id, indexed=True):
+        pass
+
+
+@contextlib.contextmanager
+def named_errors(fd: int, name: str) -> Iterator[str]:
+    """The path ffmpeg reads an opened file by (`fd_path`); a MediaError raised inside names the file by its
+    shown name instead."""
+    path = fd_path(fd)
+    try:
+        yield path
+    except MediaError as exc:
+        raise type(exc)(str(exc).replace(path, name).replace(Path(path).name + ":", name + ":", 1)) from exc
+
+
+class OpenedFileResponse(FileResponse):
+    """A FileResponse over an already opened file (`/proc/self/fd/N`: the same file, whatever its path now
+    holds), Range answered 206 as FileResponse does; the descriptor is closed once the answer is sent or given
+    up (or, never sent, when the response is collected)."""
+
+    def __init__(self, opened: Opened, media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(
+            f"/proc/self/fd/{opened.fd}", media_type=media_type, headers=headers, stat_result=opened.status
+        )
+        self._close = weakref.finalize(self, os.close, opened.fd)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
 
 
 def clamped_time(at: float, duration: float) -> float:
@@ -47,20 +144,64 @@ def media_type(path: Path) -> str:
     return EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def poster_jpeg(path: Path, at: float, width: int, timeout_s: float) -> tuple[bytes, float]:
+def poster_jpeg(path: Path, at: float, width: int, timeout_s: float, name: str | None = None) -> tuple[bytes, float]:
     """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped
-    inside the video; 422 past its end or for a file without pictures)."""
+    inside the video; 422 past its end or for a file without pictures). `name`: the file as errors call it."""
+    name = name or path.name
     try:
         info = probe(path, timeout_s)
     except MediaError as exc:
-        raise InvalidInput(f"{path.name}: {exc}") from exc
+        raise InvalidInput(f"{name}: {exc}".replace(str(path), name)) from exc
     if not info.has_video:
-        raise InvalidInput(f"{path.name} has no pictures (an audio file): no poster")
+        raise InvalidInput(f"{name} has no pictures (an audio file): no poster")
     if info.duration is not None:
         at = clamped_time(at, info.duration)
     args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
-    data = run_tool(args, timeout_s, POSTER_MAX_BYTES, path.name)
+    data = run_tool(args, timeout_s, POSTER_MAX_BYTES, name)
     if not data:
-        raise UnreadableMediaError(f"{path.name}: no frame could be decoded at {at:.3f} s")
+        raise UnreadableMediaError(f"{name}: no frame could be decoded at {at:.3f} s")
     return data, round(at, 3)
+
+
+def poster_folder(data_dir: Path, video_id: int) -> Path:
+    return data_dir / POSTERS_DIR / str(video_id)
+
+
+def cached_poster(
+    sessions: sessionmaker, data_dir: Path, video_id: int, at: float, width: int, timeout_s: float
+) -> tuple[bytes, float]:
+    """`poster_jpeg` of a video's file (opened as the indexed one: 404 / 409 otherwise), from the poster cache
+    when it holds this frame of this content, else decoded and cached."""
+    entry, opened = open_catalog_file(sessions, video_id)
+    try:
+        key = f"{entry.sha256[:16]}-{opened.status.st_size}-{opened.status.st_mtime_ns}-{round(at * 1000)}-{width}"
+        folder = poster_folder(data_dir, video_id)
+        for hit in folder.glob(f"{key}-*.jpg"):
+            with contextlib.suppress(OSError, ValueError):
+                return hit.read_bytes(), int(hit.stem.rsplit("-", 1)[1]) / 1000
+        with named_errors(opened.fd, entry.name) as path:
+            data, used = poster_jpeg(Path(path), at, width, timeout_s, entry.name)
+    finally:
+        os.close(opened.fd)
+    with contextlib.suppress(OSError):  # a full disk or a read-only data dir: the poster is still answered
+        _cache(folder, f"{key}-{round(used * 1000)}.jpg", data)
+    return data, used
+
+
+def _cache(folder: Path, name: str, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    posters = sorted(folder.glob("*.jpg"), key=lambda p: p.stat().st_mtime_ns)
+    for old in posters[:-POSTER_CACHE_PER_VIDEO]:
+        old.unlink(missing_ok=True)
+
+
+def forget_posters(data_dir: Path, video_id: int) -> None:
+    """Drop a (deleted) video's cached posters."""
+    shutil.rmtree(poster_folder(data_dir, video_id), ignore_errors=True)

@@ -6,6 +6,7 @@ Shapes: query tokens (T_q, D) L2-normalised float32, one per 0.64-s frame, up to
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
 from service.inference import QueryTokens, ms
-from service.media import TIME_SLACK_S, clamped_time
+from service.media import TIME_SLACK_S, check_catalog_file, clamped_time, named_errors, open_catalog_file
 from service.schemas import (
     Crop,
     LocalizeMethod,
@@ -87,6 +88,7 @@ def stored_query(
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
     with engine.sessions() as session:
         first = indexed_video(session, video_id).clips[0].id
+    check_catalog_file(engine.sessions, video_id)  # its media gone or replaced: refused as the media is
     row = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
     assert version is not None
     track = int(version.tracks.track_of_row[row])
@@ -148,6 +150,7 @@ def _results(
         VideoResult(
             video_id=video.id,
             uri=video.uri,
+            name=video.name,
             score=hit.score,
             moments=[_moment(m, video.duration) for m in hit.moments],
         )
@@ -248,11 +251,14 @@ def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> t
 
 
 def indexed_frame(engine: Engine, video_id: int, at: float) -> tuple[Picture, float]:
-    with engine.sessions() as session:
-        uri = indexed_video(session, video_id).uri
-    if not Path(uri).is_file():
-        raise NotFound(f"the media file of video {video_id} is no longer at {uri}")
-    return frame_of(engine, Path(uri), at)
+    """An indexed video's picture at `at` s, read from its file opened as the indexed one (404 gone, 409
+    replaced; see `service.media`)."""
+    entry, opened = open_catalog_file(engine.sessions, video_id, indexed=True)
+    try:
+        with named_errors(opened.fd, entry.name) as path:
+            return frame_of(engine, Path(path), at)
+    finally:
+        os.close(opened.fd)
 
 
 def uploaded_audio_token(engine: Engine, upload: UploadFile, at: float) -> tuple[np.ndarray, float, float]:
@@ -274,6 +280,7 @@ def stored_audio_token(
     with engine.sessions() as session:
         video = indexed_video(session, video_id)
         clips = [(c.id, c.start, c.duration) for c in video.clips]
+    check_catalog_file(engine.sessions, video_id)
     end = max(start + length for _, start, length in clips)
     if at > end + TIME_SLACK_S:
         raise InvalidInput(f"audio_time {at:.2f} s is past the end of video {video_id} ({end:.2f} s)")

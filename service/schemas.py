@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
 from indexer.catalog import FileState, JobState, VideoStatus
 from indexer.moments import MATCH_TOLERANCE
@@ -56,9 +57,13 @@ class Moment(Model):
     )
 
 
+NAME = "What to call the video: the name an upload was sent with, else its file's name."
+
+
 class VideoResult(Model):
     video_id: int
-    uri: str
+    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
+    name: str = Field(description=NAME)
     score: float = Field(
         description="The score of the video's first moment (the best of its moments); videos are ranked by it."
     )
@@ -69,8 +74,7 @@ class VideoResult(Model):
         "with its own modality known (media uploads, indexed videos) is placed where it matches the video's "
         "track of that modality (an audio excerpt: where the video sounds like it), when the video has one: "
         f"the placements whose `match` is within {MATCH_TOLERANCE} of the best, so fewer than `moments` may "
-        "come back. "
-        "Otherwise the placements are the best by `score`."
+        "come back. Otherwise the placements are the best by `score`."
     )
 
 
@@ -187,7 +191,8 @@ class ClipInfo(Model):
 
 class VideoInfo(Model):
     id: int
-    uri: str
+    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
+    name: str = Field(description=NAME)
     status: VideoStatus
     model_id: str
     duration: Seconds | None
@@ -195,6 +200,11 @@ class VideoInfo(Model):
     error: str | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _named(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or Path(str(info.data.get("uri", ""))).name  # rows indexed before names were recorded
 
 
 class VideoDetail(VideoInfo):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from starlette.datastructures import UploadFile
 
+from indexer.files import upload_file_name
 from indexer.pipeline import MEDIA_SUFFIXES
 from model import PreprocessConfig
 from model.features import checked_duration
@@ -61,15 +61,10 @@ def saved_upload(upload: UploadFile) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def kept_name(filename: str | None) -> str:
-    """A safe name that keeps its extension only when it is a media one (see `neutral_name`)."""
-    name = safe_name(filename)
-    suffix = Path(name).suffix.lower()
-    return name if suffix in MEDIA_SUFFIXES else neutral_name(name)
-
-
 def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig) -> list[Path]:
-    """Save uploads for indexing as `<folder>/<random>-<safe name>`; the task that settles each deletes it.
+    """Save uploads for indexing as `<folder>/<random>-<the sent name, percent-encoded>` (`indexer.files.
+    upload_file_name`: the video is shown by that name); the task that settles each deletes it (one indexed
+    lives on as a managed copy under the data dir's media/).
     The paths are absolute: they cross the broker to workers that may run in another folder. An upload
     longer than `prep.max_duration_s` raises MediaTooLongError and none is kept; unreadable ones are kept
     for the job to record as failed."""
@@ -78,7 +73,7 @@ def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig
     kept = []
     try:
         for upload in uploads:
-            path = folder / f"{uuid.uuid4().hex[:12]}-{kept_name(upload.filename)}"
+            path = folder / upload_file_name(upload.filename, MEDIA_SUFFIXES)
             kept.append(path)
             _copy(upload, path)
             _check_duration(path, upload.filename, prep)

@@ -5,6 +5,7 @@ Plain `def` endpoints: FastAPI runs them in a worker thread (catalog, store and 
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import numpy as np
@@ -13,11 +14,12 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 
 from indexer.catalog import Video, VideoStatus
+from indexer.files import managed_dir
 from indexer.pipeline import delete_videos
 from indexer.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import NotFound, responses
-from service.media import catalog_file, media_type, poster_jpeg
+from service.media import OpenedFileResponse, cached_poster, forget_posters, media_type, open_catalog_file
 from service.queries import indexed_video
 from service.schemas import (
     MAX_ID,
@@ -74,17 +76,19 @@ JPEG: dict[str, Any] = {
 @router.get(
     "/videos/{video_id}/media",
     response_class=FileResponse,
-    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}, **responses(404)},
+    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}, **responses(404, 409)},
 )
 def video_media(engine: EngineDep, video_id: VideoId) -> FileResponse:
     """The video's original file, as indexed (any state but deleted), with its Content-Type by extension.
     HTTP Range requests are answered 206 with the bytes asked for, so players can seek. Only files of the
-    catalog are served; 404 when the video is unknown or deleted, or its file is gone."""
-    path = catalog_file(engine.sessions, video_id)
-    return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": "no-cache"})
+    catalog are served, and only as they were indexed: 404 when the video is unknown or deleted, or its file
+    is gone; 409 when something else now stands at its path (a link, other content)."""
+    entry, opened = open_catalog_file(engine.sessions, video_id)
+    kind = media_type(FilePath(entry.uri)) if FilePath(entry.uri).suffix else media_type(FilePath(entry.name))
+    return OpenedFileResponse(opened, kind, {"Cache-Control": "no-cache"})
 
 
-@router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG, **responses(404)})
+@router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG, **responses(404, 409)})
 def video_poster(
     engine: EngineDep,
     video_id: VideoId,
@@ -92,9 +96,10 @@ def video_poster(
     width: Annotated[int, Query(ge=16, le=1280, description="Width of the JPEG in pixels (aspect kept).")] = 320,
 ) -> Response:
     """The video's frame at `time` as a JPEG (`X-Frame-Time` says the time used: clamped to the last frame;
-    422 past the end of the video or for a file without pictures)."""
-    path = catalog_file(engine.sessions, video_id)
-    data, used = poster_jpeg(path, time, width, engine.prep.timeout_s)
+    422 past the end of the video or for a file without pictures; 404 / 409 as for its media). Posters are
+    cached by the file's content, time and width: the second time costs no decode."""
+    config = engine.config
+    data, used = cached_poster(engine.sessions, config.data_dir, video_id, time, width, engine.prep.timeout_s)
     headers = {"X-Frame-Time": f"{used:.3f}", "Cache-Control": "max-age=3600"}
     return Response(data, media_type="image/jpeg", headers=headers)
 
@@ -145,10 +150,12 @@ def embeddings(
     dependencies=[Depends(require_api_key)],
 )
 def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
-    """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog."""
+    """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog; its
+    managed copy (an indexed upload) and cached posters go too. Files under the media roots are never deleted."""
     with engine.sessions() as session:
         if session.get(Video, video_id) is None:
             raise NotFound(f"no video {video_id}")
-    removed = delete_videos([video_id], engine.store, engine.sessions)
+    removed = delete_videos([video_id], engine.store, engine.sessions, managed_dir(engine.config.data_dir))
+    forget_posters(engine.config.data_dir, video_id)
     version = engine.reload()
     return DeleteResponse(video_id=video_id, deleted=removed > 0, index_version=version.name if version else None)

@@ -64,7 +64,7 @@ def test_videos_of_clips_answer_indexed_videos_only(catalog_url: str) -> None:
         found = indexed_videos_of_clips(session, [0, 10, 20, 30, 31, 99])
         ids = {v.uri: v.id for v in session.scalars(select(Video))}
     assert found == {
-        0: VideoRef(ids["/m/0.mp4"], "/m/0.mp4", 30.0),
-        30: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0),
-        31: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0),
+        0: VideoRef(ids["/m/0.mp4"], "/m/0.mp4", 30.0, "0.mp4"),
+        30: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0, "3.mp4"),
+        31: VideoRef(ids["/m/3.mp4"], "/m/3.mp4", 33.0, "3.mp4"),
     }

@@ -133,3 +133,26 @@ def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Pat
     with sessions() as session:
         for exhaustive_store in (store.open(), version):  # the new version, and the one a reader still holds
             assert video.id not in {v.id for v, _ in _video_hits(exhaustive_store, session, excerpt, "audio")}
+
+
+@pytest.mark.slow
+def test_a_file_found_at_a_new_place_repairs_its_video(media: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """`cavsync index` of a folder that was renamed: the videos point at the new place instead of the dead one."""
+    import shutil
+
+    from model import load_model
+
+    folder = tmp_path / "old"
+    shutil.copytree(media, folder)
+    (folder / "broken.mp4").unlink()
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    store, sessions = TokenStore(tmp_path / "index"), open_catalog(url)
+    indexer = Indexer(load_model(checkpoint), model_id_of(checkpoint), store, sessions)
+    assert indexer.index(list_media(folder), show_progress=False).indexed == 10
+    renamed = folder.rename(tmp_path / "new")
+    again = indexer.index(list_media(renamed), show_progress=False)
+    assert (again.indexed, again.skipped) == (0, 10)
+    with open_catalog(url)() as session:
+        uris = sorted(v.uri for v in session.scalars(select(Video)).all())
+        sizes = {v.file_size for v in session.scalars(select(Video)).all()}
+    assert uris == sorted(str(p.resolve()) for p in renamed.glob("*.mp4")) and None not in sizes

@@ -57,3 +57,35 @@ def test_sweep_removes_what_dead_writers_left(catalog_url: str, tmp_path: Path) 
     with sessions() as session:
         left = {v.uri: v.status for v in session.query(Video).all()}
     assert left == {"/m/new.mp4": VideoStatus.PENDING}  # the old orphan went; the young one may be live
+
+
+def test_sweep_removes_managed_copies_no_video_names_and_posters_of_deleted_videos(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    data, sessions = tmp_path / "data", open_catalog(catalog_url)
+    media, posters = data / "media", data / "posters"
+    media.mkdir(parents=True)
+    (data / "pending").mkdir()
+    copies = {key: media / f"{key * 64}.mp4" for key in "abcde"}
+    for path in copies.values():
+        path.write_bytes(b"an upload's bytes")
+        _aged(path, 3600)
+    young = media / f"{'f' * 64}.mp4"
+    young.write_bytes(b"being made")
+    (data / "pending" / f"{'c' * 64}.m.npz").write_bytes(b"its shard waits to be merged")
+    with sessions() as session:
+        named = new_video(str(copies["a"].resolve()), "a" * 64, "m", [(0.0, 10.0, "audio")])
+        named.status = VideoStatus.INDEXED
+        gone = new_video(str(copies["b"].resolve()), "b" * 64, "m", [(0.0, 10.0, "audio")])
+        gone.status = VideoStatus.DELETED
+        session.add_all([named, gone])
+        session.commit()
+        alive, deleted = named.id, gone.id
+    for video_id in (alive, deleted, 777):
+        (posters / str(video_id)).mkdir(parents=True)
+        (posters / str(video_id) / "p.jpg").write_bytes(b"jpeg")
+
+    sweep_data_dir(data, sessions, "m", grace_s=60)
+    left = sorted(p.name[0] for p in media.iterdir())
+    assert left == ["a", "c", "f"]  # named by a video, by a pending shard, or young; b (deleted), d, e went
+    assert sorted(p.name for p in posters.iterdir()) == [str(alive)]

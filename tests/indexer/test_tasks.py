@@ -98,3 +98,47 @@ def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(
         assert waited < 2.5 and not done.exists()  # freed by its 1-s ttl, not held for the child's 4 s
     else:
         assert done.exists() and waited > 3.0  # renewed past its 1-s ttl until the holder let go
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_an_upload_becomes_a_managed_copy_and_a_lost_file_is_found_again(
+    catalog_url: str, media: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """What a Celery worker runs (`index_file` through `start_job`), on SQLite and PostgreSQL."""
+    import hashlib
+    import shutil
+
+    from indexer.catalog import Video
+    from indexer.files import upload_file_name
+    from indexer.pipeline import MEDIA_SUFFIXES, delete_videos
+
+    data, res = tmp_path / "data", Resources()
+    ctx = TaskContext(str(checkpoint), str(data), catalog_url)
+    clips = sorted(p for p in media.glob("*.mp4") if p.name != "broken.mp4")
+    (data / "uploads").mkdir(parents=True)
+    kept = data / "uploads" / upload_file_name("my clip: take 2.mp4", MEDIA_SUFFIXES)
+    shutil.copy(clips[0], kept)
+    own = tmp_path / "own" / "a.mp4"
+    own.parent.mkdir()
+    shutil.copy(clips[1], own)
+    job = tasks.start_job([str(kept.resolve()), str(own)], ctx, res)
+    assert (_job(catalog_url, job).state, _job(catalog_url, job).done) == (JobState.DONE, 2)
+    with _session(catalog_url) as session:
+        videos = {v.name: v for v in session.query(Video).all()}
+    managed = data / "media" / f"{hashlib.sha256(clips[0].read_bytes()).hexdigest()}.mp4"
+    assert sorted(videos) == ["a.mp4", "my clip: take 2.mp4"] and not kept.exists()
+    assert videos["my clip: take 2.mp4"].uri == str(managed.resolve()) and managed.read_bytes() == clips[0].read_bytes()
+    assert videos["a.mp4"].uri == str(own.resolve()) and videos["a.mp4"].file_size == own.stat().st_size
+
+    moved = own.rename(own.with_name("b.mp4"))  # the user renamed the file: indexing it again repairs the video
+    again = tasks.start_job([str(moved)], ctx, res)
+    assert (_job(catalog_url, again).skipped, _job(catalog_url, again).done) == (1, 0)
+    with _session(catalog_url) as session:
+        repaired = session.get(Video, videos["a.mp4"].id)
+        assert (repaired.uri, repaired.name) == (str(moved.resolve()), "b.mp4")
+
+    store, sessions = TokenStore(data / "index"), _SESSIONS[catalog_url]
+    assert delete_videos([videos["my clip: take 2.mp4"].id, repaired.id], store, sessions, data / "media") == 2
+    assert not managed.exists() and moved.exists()  # the managed copy goes; the user's own file never does

@@ -149,8 +149,10 @@ def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Pa
     kept = Path(job["files"][0]["path"])
     assert kept.parent.name == "uploads" and kept.name.endswith(clip.name)
     assert not kept.exists() and list(kept.parent.iterdir()) == []  # an upload is deleted once indexed (issue 13)
-    found = writable_client.get("/videos", params={"offset": CORPUS_CLIPS}).json()["items"]
-    assert [v["uri"] for v in found] == [str(kept.resolve())]
+    [video] = writable_client.get("/videos", params={"offset": CORPUS_CLIPS}).json()["items"]
+    managed = Path(video["uri"])  # the video's file: a managed copy named by its content (issue 19)
+    assert managed.parent == (kept.parent.parent / "media").resolve() and managed.suffix == ".mp4"
+    assert managed.read_bytes() == clip.read_bytes() and video["name"] == clip.name
     assert writable_client.post("/index", files={"other": ("x.txt", b"x")}).status_code == 422
 
 

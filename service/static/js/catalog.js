@@ -1,7 +1,7 @@
 // The catalog: a page of videos (status, duration, modalities), one video's details, delete with a confirmation.
 import { api, explain } from "./api.js";
 import { writeState } from "./state.js";
-import { announce, clock, fileName, h } from "./util.js";
+import { announce, clock, h } from "./util.js";
 
 const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
@@ -11,8 +11,8 @@ let total = 0;
 function confirmDelete(video) {
   const dialog = $("confirm");
   $("confirm-title").textContent = `Delete video ${video.id}?`;
-  $("confirm-text").textContent = `${fileName(video.uri)} leaves the search index at once and is marked deleted in the catalog. ` +
-    "The file itself stays where it is.";
+  $("confirm-text").textContent = `${video.name} leaves the search index at once and is marked deleted in the catalog. ` +
+    "Files of the media folders stay where they are (the copy the server keeps of an uploaded file is deleted).";
   dialog.returnValue = "";
   dialog.showModal();
   return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
@@ -23,7 +23,7 @@ async function remove(video) {
   try {
     await api(`/videos/${video.id}`, { method: "DELETE" });
     announce(`Video ${video.id} deleted`);
-    $("catalog-summary").textContent = `Video ${video.id} (${fileName(video.uri)}) deleted.`;
+    $("catalog-summary").textContent = `Video ${video.id} (${video.name}) deleted.`;
     await loadCatalog();
     await showDetail(video.id);
   } catch (error) {
@@ -38,9 +38,9 @@ async function showDetail(id) {
     const video = await api(`/videos/${id}`);
     const live = video.status !== "deleted";
     panel.replaceChildren(
-      h("h3", { text: `Video ${video.id}: ${fileName(video.uri)}` }),
+      h("h3", { text: `Video ${video.id}: ${video.name}` }),
       live && video.modalities.includes("visual")
-        ? h("img", { src: `/videos/${video.id}/poster?width=320`, alt: `first frame of ${fileName(video.uri)}`, width: 320 }) : null,
+        ? h("img", { src: `/videos/${video.id}/poster?width=320`, alt: `first frame of ${video.name}`, width: 320 }) : null,
       h("dl", {},
         h("dt", { text: "File" }), h("dd", { class: "path", text: video.uri }),
         h("dt", { text: "Status" }), h("dd", { text: video.status + (video.error ? `: ${video.error}` : "") }),
@@ -68,7 +68,7 @@ export async function loadCatalog() {
     total = page.total;
     $("catalog-rows").replaceChildren(...page.items.map((v) => h("tr", { "data-id": v.id },
       h("td", { text: v.id }),
-      h("td", {}, h("button", { type: "button", class: "link-button", onclick: () => showDetail(v.id) }, fileName(v.uri))),
+      h("td", {}, h("button", { type: "button", class: "link-button", onclick: () => showDetail(v.id) }, v.name)),
       h("td", {}, h("span", { class: `status status-${v.status}`, text: v.status })),
       h("td", { text: v.duration ? clock(v.duration) : "–" }),
       h("td", { text: v.modalities || "–" }))));

@@ -3,7 +3,7 @@
 // demand and plays a moment with a few seconds of context; "more like this"; "where is the sound?".
 import { api, explain } from "./api.js";
 import { drawOverlay, legend, localize } from "./localize.js";
-import { clock, colour, fileName, h, once, showError } from "./util.js";
+import { clock, colour, h, once, showError } from "./util.js";
 
 const PAGE_SIZE = 10;
 const CONTEXT_S = 2; // seconds of context before and after a moment
@@ -67,7 +67,7 @@ class Card {
   build() {
     const r = this.result;
     const best = this.moments[0];
-    const name = fileName(r.uri);
+    const name = r.name;
     this.stage = h("div", { class: "stage" },
       h("img", { class: "poster", loading: "lazy", width: 320, alt: `${name} at ${clock(best.start)}`,
         src: `/videos/${r.video_id}/poster?time=${best.start.toFixed(2)}&width=320`,
@@ -118,11 +118,11 @@ class Card {
     if (this.video) return this.video;
     const from = Math.max(0, start - CONTEXT_S);
     const url = `/videos/${this.result.video_id}/media#t=${from.toFixed(2)},${(end + CONTEXT_S).toFixed(2)}`;
-    this.video = h("video", { controls: true, preload: "auto", src: url, "aria-label": `${fileName(this.result.uri)} player` });
+    this.video = h("video", { controls: true, preload: "auto", src: url, "aria-label": `${this.result.name} player` });
     this.overlay = h("canvas", { class: "overlay", "aria-hidden": "true" });
     this.stage.replaceChildren(this.video, this.overlay);
     this.video.addEventListener("error", () => this.fail(
-      `This browser cannot play ${fileName(this.result.uri)} (its format or codec). ` +
+      `This browser cannot play ${this.result.name} (its format or codec). ` +
       "The scores and posters still work; use Download to open it in another player."));
     this.video.addEventListener("seeked", () => {
       this.video.dataset.seekedTo = this.video.currentTime.toFixed(3);

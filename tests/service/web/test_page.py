@@ -302,3 +302,38 @@ def test_no_request_leaves_the_machine_and_docs_work_offline(app_page: Page) -> 
     local = page.local_requests  # type: ignore[attr-defined]
     assert any("/docs-assets/swagger-ui-bundle.js" in url for url in local)
     assert any("/ui/js/main.js" in url for url in local)
+
+
+def test_an_uploaded_video_plays_under_the_name_it_was_sent_with(
+    app_page: Page, live_server: Server, tmp_path: Path
+) -> None:
+    """Issue 19: a video indexed by upload keeps its media: its card is named as sent, its poster shows, the
+    player plays it (its time advances, no "cannot play"), and the catalog names it the same."""
+    from training.synth import generate
+
+    clip = sorted(generate(tmp_path / "synth", 1, seed=4242).glob("*.mp4"))[0]
+    sent = "Our holiday, day 2.mp4"
+    api = httpx.Client(base_url=live_server.url, timeout=60)
+    job = api.post("/index", files={"files": (sent, clip.read_bytes(), "video/mp4")}).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while (state := api.get(f"/jobs/{job}").json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, "the index job did not finish"
+        time.sleep(0.3)
+    assert state["done"] == 1, state
+    [video] = [v for v in api.get("/videos", params={"limit": 1000}).json()["items"] if v["name"] == sent]
+    page = app_page
+    open_search(page, f"?view=search&mode=sound&source=video&video={video['id']}&k=2")
+    card = page.locator(f"#result-list .card[data-video-id='{video['id']}']")
+    expect(card.locator("h3")).to_contain_text(sent)
+    expect(card.locator("img.poster")).to_have_js_property("complete", True)
+    assert card.locator("img.poster").evaluate("img => img.naturalWidth") == 320
+    start = float(card.locator(".chip").first.get_attribute("data-start"))
+    card.get_by_role("button", name="▶ Play the moment").click()
+    player = card.locator("video")
+    expect(player).to_have_count(1)
+    page.wait_for_function(  # playing: its time moves past the moment's start
+        "([el, t]) => el.currentTime > t + 0.5", arg=[player.element_handle(), start], timeout=30_000
+    )
+    assert card.locator(".card-error").is_hidden() and "cannot play" not in card.text_content()
+    page.goto(f"/ui/?view=catalog&offset={video['id'] - 1}")
+    expect(page.locator(f"#catalog-rows tr[data-id='{video['id']}']")).to_contain_text(sent)
