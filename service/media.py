@@ -29,7 +29,8 @@ from starlette.types import Receive, Scope, Send
 from indexer.catalog import Video, VideoStatus, display_name
 from indexer.files import FileChanged, FileGone, FileIdentity, Opened, fd_path, open_indexed
 from indexer.sweep import POSTERS_DIR
-from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, run_tool
+from model.features import PreprocessConfig
+from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, max_pixels_args, run_tool
 from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
@@ -144,19 +145,23 @@ def media_type(path: Path) -> str:
     return EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def poster_jpeg(path: Path, at: float, width: int, timeout_s: float, name: str | None = None) -> tuple[bytes, float]:
+def poster_jpeg(
+    path: Path, at: float, width: int, prep: PreprocessConfig, name: str | None = None
+) -> tuple[bytes, float]:
     """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped
-    inside the video; 422 past its end or for a file without pictures). `name`: the file as errors call it."""
-    name = name or path.name
+    inside the video; 422 past its end or for a file without pictures). `name`: the file as errors call it.
+    Probe and decode are bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
+    name, timeout_s = name or path.name, prep.timeout_s
     try:
-        info = probe(path, timeout_s)
+        info = probe(path, timeout_s, prep.limits)
     except MediaError as exc:
         raise InvalidInput(f"{name}: {exc}".replace(str(path), name)) from exc
     if not info.has_video:
         raise InvalidInput(f"{name} has no pictures (an audio file): no poster")
     if info.duration is not None:
         at = clamped_time(at, info.duration)
-    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", "-i", str(path), "-frames:v", "1"]
+    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *max_pixels_args(info.max_pixels)]
+    args += ["-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
     data = run_tool(args, timeout_s, POSTER_MAX_BYTES, name)
     if not data:
@@ -169,7 +174,7 @@ def poster_folder(data_dir: Path, video_id: int) -> Path:
 
 
 def cached_poster(
-    sessions: sessionmaker, data_dir: Path, video_id: int, at: float, width: int, timeout_s: float
+    sessions: sessionmaker, data_dir: Path, video_id: int, at: float, width: int, prep: PreprocessConfig
 ) -> tuple[bytes, float]:
     """`poster_jpeg` of a video's file (opened as the indexed one: 404 / 409 otherwise), from the poster cache
     when it holds this frame of this content, else decoded and cached."""
@@ -181,7 +186,7 @@ def cached_poster(
             with contextlib.suppress(OSError, ValueError):
                 return hit.read_bytes(), int(hit.stem.rsplit("-", 1)[1]) / 1000
         with named_errors(opened.fd, entry.name) as path:
-            data, used = poster_jpeg(Path(path), at, width, timeout_s, entry.name)
+            data, used = poster_jpeg(Path(path), at, width, prep, entry.name)
     finally:
         os.close(opened.fd)
     with contextlib.suppress(OSError):  # a full disk or a read-only data dir: the poster is still answered

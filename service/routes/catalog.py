@@ -99,7 +99,7 @@ def video_poster(
     422 past the end of the video or for a file without pictures; 404 / 409 as for its media). Posters are
     cached by the file's content, time and width: the second time costs no decode."""
     config = engine.config
-    data, used = cached_poster(engine.sessions, config.data_dir, video_id, time, width, engine.prep.timeout_s)
+    data, used = cached_poster(engine.sessions, config.data_dir, video_id, time, width, engine.prep)
     headers = {"X-Frame-Time": f"{used:.3f}", "Cache-Control": "max-age=3600"}
     return Response(data, media_type="image/jpeg", headers=headers)
 
