@@ -11,10 +11,10 @@ const FRAME_S = 0.64; // one frame per 0.64 s (a 10.24-s clip is 16 frames)
 const $ = (id) => document.getElementById(id);
 let current = null; // {answer, context, handlers}
 
-/** The moments of a result, whatever the answer's version: [{start, end, score, frames: [cosines]}]. */
+/** The moments of a result (sorted by score, best first, as the API sends them): [{start, end, score, match, frames}]. */
 export function momentsOf(result) {
   if (Array.isArray(result.moments)) {
-    return result.moments.map((m) => ({ start: m.start, end: m.end, score: m.score ?? result.score, frames: m.frame_scores || [] }));
+    return result.moments.map((m) => ({ start: m.start, end: m.end, score: m.score ?? result.score, match: m.match ?? null, frames: m.frame_scores || [] }));
   }
   const m = result.moment;
   return [{ start: m.start, end: m.end, score: result.score, frames: result.frame_scores || [] }];
@@ -76,6 +76,7 @@ class Card {
     this.chips = this.moments.map((m, i) => h("button", {
       type: "button", class: i === 0 ? "chip best" : "chip", "data-start": m.start, "data-end": m.end,
       "aria-label": `Play moment ${i + 1}: ${clock(m.start)} to ${clock(m.end)}, score ${m.score.toFixed(2)}`,
+      title: m.match === null ? `score ${m.score.toFixed(3)}` : `score ${m.score.toFixed(3)}; match on the query's own modality ${m.match.toFixed(3)}`,
       onclick: () => this.play(m.start, m.end),
     }, `${clock(m.start)}–${clock(m.end)}`));
     this.strip = h("canvas", { class: "strip", width: 600, height: 36, tabindex: "0", role: "img",
