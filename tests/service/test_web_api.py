@@ -107,7 +107,8 @@ def test_jobs_are_listed_newest_first_with_their_errors(corpus: Corpus, private_
         listed = [job["id"] for job in page["items"] + rest]
         assert sorted(listed) == sorted(ids) and listed[-1] == ids[0]  # newest first
         job = rest[0]
-        assert (job["state"], job["failed"], job["total"]) == ("done", 1, 1) and "files" not in job
+        assert (job["state"], job["partial"], job["failed"], job["total"]) == ("failed", False, 1, 1), job
+        assert "files" not in job and [f["name"] for f in job["failures"]] == [str((media / "broken.mp4").resolve())]
         assert list(job["errors"]) == [str((media / "broken.mp4").resolve())]
         assert client.get("/jobs", params={"limit": 0}).status_code == 422
 
@@ -117,8 +118,8 @@ def test_an_upload_of_content_already_indexed_leaves_no_file(writable_client: Te
     response = writable_client.post("/index", files={"files": ("again.mp4", clip.read_bytes(), "video/mp4")})
     assert response.status_code == 202, response.text
     job = _wait_for_job(writable_client, response.json()["job_id"])
-    assert (job["state"], job["skipped"], job["done"]) == ("done", 1, 0), job
-    assert job["files"][0]["path"] == str(clip.resolve())
+    assert (job["state"], job["partial"], job["skipped"], job["done"]) == ("done", False, 1, 0), job
+    assert job["files"][0]["path"] == str(clip.resolve()) and job["files"][0]["name"] == "again.mp4"
     uploads = Path(writable_client.app.state.config.uploads_dir)  # type: ignore[attr-defined]
     assert not uploads.exists() or list(uploads.iterdir()) == []
 
