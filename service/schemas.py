@@ -68,7 +68,10 @@ class Timings(Model):
 
 
 class QueryInfo(Model):
-    source: Literal["upload", "video", "tokens"]
+    source: Literal["upload", "video", "tokens", "file"] = Field(
+        description="What the query was: an upload, an indexed video (`video_id`), raw tokens, or a file on the "
+        "server's disk (the command line's `cavsync search FILE`)."
+    )
     video_id: int | None = None
     frames: int = Field(description="Query frames used: one per 0.64 s (16 for a 10-s query), every one of them.")
     truncated: bool = Field(

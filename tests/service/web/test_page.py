@@ -328,8 +328,13 @@ def test_no_request_leaves_the_machine_and_docs_work_offline(app_page: Page) -> 
     page.goto("/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("cavsync")
     expect(page.locator(".opblock-summary-path").filter(has_text="/videos/{video_id}/media")).to_be_visible()
+    page.goto("/redoc")
+    expect(page.locator("h1").first).to_contain_text("cavsync")  # ReDoc rendered the schema
+    expect(page.get_by_text("API docs by Redocly")).to_be_visible()  # its footer, whose logo came from the CDN
+    assert page.locator("a[href*='redocly'] img").evaluate("img => img.complete && img.naturalWidth > 0")
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/ui/$"))
     local = page.local_requests  # type: ignore[attr-defined]
+    assert any("/redoc.offline.js" in url for url in local) and any("/ui/favicon.svg" in url for url in local)
     assert any("/docs-assets/swagger-ui-bundle.js" in url for url in local)
     assert any("/ui/js/main.js" in url for url in local)
