@@ -326,7 +326,7 @@ def search(
     if engine.version is None:
         raise fail(f"no index in {config.index_dir}: index media first (cavsync index FOLDER)")
     modality: Any = "audio" if direction == Direction.AUDIO_TO_VIDEO else "visual"
-    options = queries.SearchOptions(top_k=top_k, strategy=strategy.value, moments=moments)  # type: ignore[arg-type]  # a StrategyName value is a Strategy
+    options = queries.SearchOptions(top_k=top_k, strategy=strategy.value, moments=moments)
     try:
         if query is not None:
             answer = queries.search_file(engine, engine.version, query, modality=modality, options=options)
