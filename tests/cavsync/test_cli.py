@@ -246,3 +246,19 @@ def test_search_ranks_videos_and_moments_as_the_api_does(corpus: Corpus, client:
         assert refused.exit_code == code and message in refused.output, (args, refused.output)
     empty = runner.invoke(app, ["search", str(excerpt), "--data-dir", str(tmp_path / "nothing")])
     assert empty.exit_code == 1 and "no index in" in empty.stderr, empty.output
+
+
+def test_the_demo_checks_its_port_first(tmp_path: Path) -> None:
+    """`make demo` on a busy DEMO_PORT fails at once (no corpus generated) and says what to change."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _clean_env(BIN=str(Path(sys.executable).parent), DEMO_PORT=str(port), DEMO_DATA=str(tmp_path / "demo"))
+        started = time.monotonic()
+        done = subprocess.run(
+            ["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1 and time.monotonic() - started < 10, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "DEMO_PORT=" in done.stderr, done.stderr
+    assert not (tmp_path / "demo" / "media" / "synth").exists()  # nothing was done before the check
