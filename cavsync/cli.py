@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 from pathlib import Path
@@ -147,6 +148,53 @@ FACTORY = typer.Option(help="FAISS factory of the per-frame indexes (default: by
 SKETCH_FACTORY = typer.Option(help="FAISS factory of the clip-sketch indexes (default: by size).")
 
 
+MANIFESTS = {".csv": "a CSV with a `path` column", ".jsonl": 'one {"path": ...} per line', ".txt": "one path per line"}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Say what went wrong on stderr; the exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+def media_to_index(target: Path) -> list[Path]:
+    """What `cavsync index TARGET` indexes: a folder's media files, a manifest's paths (announced as such), or one
+    media file; an empty folder or manifest, an invalid manifest and a file that is no media are errors."""
+    from indexer.pipeline import MEDIA_SUFFIXES, list_media
+
+    kinds = ", ".join(sorted(MEDIA_SUFFIXES))
+    if target.is_dir():
+        found = list_media(target)
+        if not found:
+            raise fail(f"no media file under {target} (looked for {kinds}): nothing to index")
+        return found
+    suffix = target.suffix.lower()
+    if suffix in MANIFESTS:
+        try:
+            found = list_media(target)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # JSON, a missing `path`, binary
+            reason = f"no {exc} field/column" if isinstance(exc, KeyError) else str(exc)
+            raise fail(f"{target} is not a valid manifest ({MANIFESTS[suffix]}): {reason}", 2) from exc
+        typer.echo(f"reading {target} as a manifest of {len(found)} paths", err=True)
+        if not found:
+            raise fail(f"{target} lists no path: nothing to index")
+        if not any(path.exists() for path in found):
+            raise fail(
+                f"none of the {len(found)} paths {target} lists exists (the first: {found[0]}): is it a manifest?", 2
+            )
+        return found
+    if suffix not in MEDIA_SUFFIXES:
+        from model.media import MediaError
+        from model.probe import probe
+
+        try:
+            probe(target)
+        except MediaError as exc:
+            manifests = ", ".join(f"{k} ({v})" for k, v in MANIFESTS.items())
+            raise fail(f"{target} is neither a media file ({exc}) nor a manifest: {manifests}", 2) from exc
+    return [target]
+
+
 @app.command()
 def index(
     target: Annotated[Path, typer.Argument(help="A media file, a folder, or a manifest (.csv/.jsonl/.txt).")],
@@ -160,12 +208,13 @@ def index(
 ) -> None:
     """Index media: decode, encode per-frame tokens, add them to the store and the catalog.
 
-    Exits with status 1 when any file failed (the summary lists them).
+    Exits with status 1 when any file failed (the summary lists them) or when there is nothing to index (an
+    empty folder or manifest), 2 for a manifest that cannot be read or a file that is no media.
     """
     import json
 
     from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, list_media, model_id_of
+    from indexer.pipeline import Indexer, model_id_of
     from indexer.store import TokenStore
     from model import load_model
     from model.inference import default_device
@@ -174,6 +223,7 @@ def index(
     path = require_model(config.model_path, "--model" if model else env_name("model_path"))
     if not target.exists():
         raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
+    files = media_to_index(target)
     net = load_model(path).to(config.device or default_device())
     indexer = Indexer(
         net,
@@ -183,11 +233,112 @@ def index(
         workers=workers,
         batch_clips=batch_clips,
     )
-    summary = indexer.index(list_media(target))
+    summary = indexer.index(files)
     typer.echo(json.dumps(vars(summary), indent=2))
     if summary.failed:
         typer.echo(f"error: {summary.failed} of {summary.total} file(s) failed (see errors above)", err=True)
         raise typer.Exit(code=1)
+
+
+class Direction(enum.StrEnum):
+    AUDIO_TO_VIDEO = "audio-to-video"
+    VIDEO_TO_AUDIO = "video-to-audio"
+
+
+class StrategyName(enum.StrEnum):  # model.similarity.STRATEGIES (not imported here: it imports torch)
+    DIAGONAL_MEAN = "diagonal_mean"
+    DIAGONAL_MAX = "diagonal_max"
+    MEAN = "mean"
+    MAX = "max"
+
+
+def results_table(answer: Any) -> str:
+    """A search answer (service.schemas.SearchResponse) as a table: rank, score, video id, moments, uri."""
+    query = answer.query
+    source = f"video {query.video_id}" if query.source == "video" else query.source
+    lines = [
+        f"{answer.target} tracks searched with {source} ({query.frames} frames"
+        + (", truncated" if query.truncated else "")
+        + f"), {answer.strategy}, index {answer.index_version}, {answer.timings.total_ms:.0f} ms",
+    ]
+    if not answer.results:
+        return "\n".join([*lines, "no result: the index holds no video with that modality"])
+    lines.append(f"{'#':>3}  {'score':>6}  {'video':>6}  {'moments (start-end s: score)':<44}  uri")
+    for rank, hit in enumerate(answer.results, 1):
+        moments = ", ".join(f"{m.start:.2f}-{m.end:.2f}: {m.score:.3f}" for m in hit.moments)
+        lines.append(f"{rank:>3}  {hit.score:>6.3f}  {hit.video_id:>6}  {moments:<44}  {hit.uri}")
+    return "\n".join(lines)
+
+
+@app.command()
+def search(
+    query: Annotated[
+        Path | None,
+        typer.Argument(help="An audio or video file (its sound for audio-to-video, its pictures for video-to-audio)."),
+    ] = None,
+    video_id: Annotated[
+        int | None, typer.Option(min=1, help="Instead of a file: an indexed video's stored track is the query.")
+    ] = None,
+    direction: Annotated[Direction, typer.Option(help="Sound -> videos, or pictures -> sounds.")] = (
+        Direction.AUDIO_TO_VIDEO
+    ),
+    top_k: Annotated[int, typer.Option(min=1, max=100, help="How many videos.")] = 10,
+    moments: Annotated[int, typer.Option(min=1, max=10, help="Non-overlapping moments per video, at most.")] = 3,
+    strategy: Annotated[StrategyName, typer.Option(help="How aligned frames are scored.")] = (
+        StrategyName.DIAGONAL_MEAN
+    ),
+    start: Annotated[float, typer.Option(min=0, help="With --video-id: where the query starts, s.")] = 0.0,
+    end: Annotated[
+        float | None,
+        typer.Option(min=0, help="With --video-id: where it ends, s (default: the video's end, 60 s at most)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the API's JSON answer instead of a table.")] = (
+        False
+    ),
+    model: Annotated[Path | None, MODEL] = None,
+    data_dir: Annotated[Path | None, DATA_DIR] = None,
+    database_url: Annotated[str | None, DATABASE_URL] = None,
+) -> None:
+    """Search the local index with a file (or an indexed video): the ranked videos and their moments, as
+    POST /search/audio-to-video or /search/video-to-audio answers them (the same code; `--json`: the same JSON).
+
+    Exits with status 2 for a query that cannot be used (the reason is printed), 1 when there is no index yet.
+    """
+    if (query is None) == (video_id is None):
+        raise typer.BadParameter("give a query FILE or --video-id (one of them)", param_hint="QUERY")
+    if query is not None and (start or end is not None):
+        raise typer.BadParameter(
+            f"--start/--end choose part of an indexed video (with --video-id); cut a file first, e.g. "
+            f"ffmpeg -ss {start:g} -to {end if end is not None else start + 10:g} -i {query} part.wav",
+            param_hint="--start/--end",
+        )
+    if query is not None and not query.is_file():
+        raise typer.BadParameter(f"{query}: no such file", param_hint="QUERY")
+    from model import MediaError
+    from service import queries
+    from service.engine import Engine
+    from service.errors import ServiceError
+    from service.routes.search import time_range
+
+    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url).service_config()
+    require_model(config.model_path, "--model" if model else env_name("model_path"))
+    engine = Engine.start(config)
+    if engine.version is None:
+        raise fail(f"no index in {config.index_dir}: index media first (cavsync index FOLDER)")
+    modality: Any = "audio" if direction == Direction.AUDIO_TO_VIDEO else "visual"
+    options = queries.SearchOptions(top_k=top_k, strategy=strategy.value, moments=moments)
+    try:
+        if query is not None:
+            answer = queries.search_file(engine, engine.version, query, modality=modality, options=options)
+        else:
+            part = time_range(video_id, start, end)
+            work = queries.search_media
+            answer = work(
+                engine, engine.version, modality=modality, upload=None, video_id=video_id, options=options, part=part
+            )
+    except (MediaError, ServiceError) as exc:
+        raise fail(str(exc.detail if isinstance(exc, ServiceError) else exc), 2) from exc
+    typer.echo(answer.model_dump_json(indent=2) if json_output else results_table(answer))
 
 
 @app.command()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from indexer.leases import LeaseConfig
-from service.config import ServiceConfig
+if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
+    from indexer.leases import LeaseConfig
+    from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "cavsync_tiny_demo.safetensors"
@@ -120,10 +121,14 @@ class Settings(BaseSettings):
     def service_config(self) -> ServiceConfig:
         """The frozen config of the API; its `index_dir`, `uploads_dir` and `catalog_url` are the data dir's
         layout every command uses."""
+        from service.config import ServiceConfig
+
         names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name != "leases"]
         values = {name: getattr(self, name) for name in names}  # the same names
         values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
         return ServiceConfig(**values, leases=self.leases())
 
     def leases(self) -> LeaseConfig:
+        from indexer.leases import LeaseConfig
+
         return LeaseConfig(self.lease_s, self.queue_lease_s, self.max_dispatches)

@@ -35,10 +35,17 @@ class VideoStatus(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
+    """Where an index job is. `done` and `failed` are final: `done` once every file is settled and at least one
+    was indexed or skipped (some may have failed: the job's `failed` count, `partial` in the API); `failed` when
+    every file failed, or when the job could not run (the broker took no task, the server stopped first)."""
+
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+FINAL_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED})
 
 
 class FileState(enum.StrEnum):
@@ -166,6 +173,7 @@ class JobFile(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("index_jobs.id", ondelete="CASCADE"), primary_key=True)
     path: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(1024))  # an upload's file name as sent; None: given by path
     state: Mapped[str] = mapped_column(String(16), default=FileState.QUEUED)  # a FileState value
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))  # the task working on it (indexer.leases)

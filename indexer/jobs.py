@@ -1,9 +1,10 @@
 """Index jobs as the catalog records them: a job and its files, each file's state, the job's counters.
 
 A job is created queued (`create_job`), marked running when dispatched (`mark_running`), and each file is
-settled (indexed, skipped, or failed with its error) by the task that ran it, which recounts the job: the job
-is done once its last file is settled, whatever that file's outcome. A job that cannot run (the broker took
-no task, the process stopped) fails with its unsent files (`fail_files`, `fail_unstarted`).
+settled (indexed, skipped, or failed with its error) by the task that ran it, which recounts the job: once its
+last file is settled the job is `done`, or `failed` when every one of its files failed (`JobState`). A job that
+cannot run (the broker took no task, the process stopped) fails with its unsent files (`fail_files`,
+`fail_unstarted`). A file sent as an upload keeps the name it was sent with (`JobFile.name`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
+from indexer.catalog import FINAL_JOB_STATES, SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
 
 STOPPED = "not indexed: the server stopped first; index it again (indexed files are skipped)"
 
@@ -28,13 +29,23 @@ class QueueUnavailable(RuntimeError):
         self.unsent = list(unsent)
 
 
-def create_job(sessions: sessionmaker[Session], paths: Sequence[str | os.PathLike[str]]) -> str:
-    """Record a queued job with its files; returns its id."""
-    files = list(dict.fromkeys(str(p) for p in paths))
+def create_job(
+    sessions: sessionmaker[Session],
+    paths: Sequence[str | os.PathLike[str]],
+    names: Sequence[str | None] | None = None,
+) -> str:
+    """Record a queued job with its files; returns its id. `names[i]`: the name `paths[i]` was sent with (an
+    upload), None for a file given by its path; a path given twice is one file (the first name kept)."""
+    given = names if names is not None else [None] * len(paths)
+    if len(given) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(given)} names")
+    files: dict[str, str | None] = {}
+    for path, name in zip(paths, given, strict=True):
+        files.setdefault(str(path), name)
     job_id = str(uuid.uuid4())
     with sessions() as session:
         session.add(IndexJob(id=job_id, total=len(files), state=JobState.QUEUED))
-        session.add_all(JobFile(job_id=job_id, path=f) for f in files)
+        session.add_all(JobFile(job_id=job_id, path=f, name=name) for f, name in files.items())
         session.commit()
     return job_id
 
@@ -49,7 +60,8 @@ def set_file_state(session: Session, job_id: str, path: str, state: FileState, e
 
 
 def recount(session: Session, job: IndexJob) -> None:
-    """A job's counters from its files' states; a running job with every file settled is done."""
+    """A job's counters from its files' states; a running job with every file settled is final: failed when
+    every file failed, else done."""
     rows = session.execute(
         select(JobFile.state, func.count()).where(JobFile.job_id == job.id).group_by(JobFile.state)
     ).all()
@@ -60,7 +72,7 @@ def recount(session: Session, job: IndexJob) -> None:
     failed = select(JobFile.path, JobFile.error).where(JobFile.job_id == job.id, JobFile.state == FileState.FAILED)
     job.errors = {p: e or "" for p, e in session.execute(failed).all()}
     if job.state == JobState.RUNNING and job.done + job.skipped + job.failed >= job.total:
-        job.state = JobState.DONE
+        job.state = JobState.FAILED if 0 < job.total == job.failed else JobState.DONE
 
 
 def settle(session: Session, job_id: str | None, path: str, state: FileState | None, error: str | None = None) -> None:
@@ -97,7 +109,7 @@ def mark_running(sessions: sessionmaker[Session], job_id: str) -> list[str]:
         job = session.get(IndexJob, job_id, with_for_update=True)
         if job is None:
             raise LookupError(f"no index job {job_id}")
-        if job.state in (JobState.DONE, JobState.FAILED):  # stopped (or finished) before it was dispatched
+        if job.state in FINAL_JOB_STATES:  # stopped (or finished) before it was dispatched
             return []
         job.state = JobState.RUNNING
         query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == FileState.QUEUED)

@@ -3,8 +3,13 @@
 # http://127.0.0.1:8000 with ready-to-run curl examples. Re-running skips what is already done (the
 # corpus when complete; `cavsync index` skips content already indexed, by hash). Ctrl-C stops it.
 #
-# Knobs (environment): DEMO_DATA (data/demo), DEMO_CLIPS (40), DEMO_SEED (7), DEMO_HOST (127.0.0.1),
-# DEMO_PORT (8000), CAVSYNC_SHARED (../shared: its media/ clips are added when present).
+# Knobs (environment):
+#   DEMO_PORT       port the API listens on (default 8000); checked first: a busy port fails at once, e.g.
+#                   DEMO_PORT=8001 make demo
+#   DEMO_HOST       interface it listens on (default 127.0.0.1)
+#   CAVSYNC_SHARED  folder of shared samples (default ../shared): the clips in its media/ are copied into the
+#                   demo corpus and indexed too when it exists (real videos next to the synthetic ones)
+#   DEMO_DATA (data/demo), DEMO_CLIPS (40), DEMO_SEED (7): where the demo lives, how many synthetic clips, their seed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,10 +33,23 @@ export CAVSYNC_MEDIA_ROOTS="[\"$MEDIA\"]"
 started=$SECONDS
 step() { printf '\n==> [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
 
-healthy() { "$BIN/python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1] + '/health', timeout=3)" \
-  "$URL" >/dev/null 2>&1; }
-if healthy; then
-  echo "error: something already answers on $URL; stop it or pick another port (DEMO_PORT=8001 make demo)" >&2
+# The port first, before any work: binding it as uvicorn will (SO_REUSEADDR) fails at once when it is taken.
+port_free() {
+  "$BIN/python" - "$HOST" "$PORT" <<'PY'
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+try:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+except OSError as exc:
+    print(exc.strerror or exc, file=sys.stderr)
+    sys.exit(1)
+PY
+}
+if ! reason=$(port_free 2>&1); then
+  echo "error: cannot listen on $HOST:$PORT ($reason): stop what uses it or pick another port, e.g. DEMO_PORT=8001 make demo" >&2
   exit 1
 fi
 

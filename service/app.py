@@ -3,7 +3,7 @@
 Requests share one `Engine` (service/engine.py). Model and search work runs in worker threads, at
 most `max_concurrent_inferences` at once. The request body limit (`max_upload_bytes`) is enforced
 while the body streams in: a Content-Length over it is refused before anything is read, and a body
-without one is cut off (413) as soon as the bytes received pass it.
+without one is cut off (413) as soon as the bytes received pass it; both answer JSON as every error.
 
     uvicorn --factory cavsync.app:create_app   # or `cavsync serve`: the config from the CAVSYNC_* settings
 """
@@ -16,16 +16,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.tasks import Publish
 from service.config import ServiceConfig
 from service.engine import Engine
-from service.errors import CatchAll, install_handlers
+from service.errors import CatchAll, error_answer, install_handlers
 from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, system, web
@@ -112,6 +114,55 @@ class TokensBodyLimit:
         await self.app(scope, limited, send)
 
 
+class DeclaredBodyLimit:
+    """A request whose Content-Length is over `max_upload_bytes` is answered 413 here, in JSON as every error,
+    before any of it is read. It wraps the whole middleware stack: FastAPI's own body limit (which counts the
+    bytes of a body without a Content-Length as they arrive, answered by our handlers) replaces any answer to
+    a request it sees declared too long with its text/plain one."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+        self.app, self.max_upload_bytes = app, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = Headers(scope=scope).get("content-length", "") if scope["type"] == "http" else ""
+        if declared.isdigit() and int(declared) > self.max_upload_bytes:
+            detail = (
+                f"the request body is {int(declared)} bytes; at most {self.max_upload_bytes} are accepted "
+                "(CAVSYNC_MAX_UPLOAD_BYTES)"
+            )
+            await error_answer(413, detail, {"Connection": "close"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class HeadOnly:
+    """A GET route's app answering HEAD: the GET answer's status and headers (its Content-Length included), no
+    body. A FileResponse sees the HEAD method itself and reads nothing of its file."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def headers_only(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app(scope, receive, headers_only)
+
+
+def allow_head(app: FastAPI, routers: list[APIRouter]) -> None:
+    """HEAD wherever GET is routed (FastAPI routes GET only; Starlette's static files answer HEAD already): a
+    HEAD twin of each GET route of `routers` (included without a prefix), outside the OpenAPI schema, which
+    documents the GETs."""
+    for route in [r for router in routers for r in router.routes]:
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            twin = Route(route.path, HeadOnly(route.app), methods=["HEAD"], name=f"{route.name}:head")
+            twin.include_in_schema = False
+            app.router.routes.append(twin)
+
+
 def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI:
     """The API over the model and data dir of `config`. Index jobs are published with `publish` (a broker's
     publisher, which `config.broker_url` then needs) or, without one, run in this process."""
@@ -152,7 +203,11 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(CatchAll)  # outermost of ours: an unhandled error is a JSON 500, the connection kept
-    for module in (search, catalog, jobs, system, web):
-        app.include_router(module.router)
+    routers = [module.router for module in (search, catalog, jobs, system, web)]
+    for router in routers:
+        app.include_router(router)
+    allow_head(app, routers)
+    stack = app.build_middleware_stack  # DeclaredBodyLimit goes around all of it, FastAPI's body limit included
+    app.build_middleware_stack = lambda: DeclaredBodyLimit(stack(), config.max_upload_bytes)  # type: ignore[method-assign]  # Starlette builds the stack with this method on first call
     web.mount_static(app)
     return app

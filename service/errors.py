@@ -126,6 +126,11 @@ def _answer(
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
+def error_answer(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer for code outside the exception handlers (an ASGI middleware answering by itself)."""
+    return _answer(status, detail, headers)
+
+
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     return _answer(exc.status_code, exc.detail, exc.headers)

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import files, jobs, leases, sweep, tasks
-from indexer.catalog import IndexJob, JobFile, Video, VideoStatus
+from indexer.catalog import FileState, IndexJob, JobFile, JobState, Video, VideoStatus
 from indexer.locks import renewed_lock
 from indexer.pipeline import content_hash, list_media, model_id_of, recorded_identity
 from indexer.tasks import Publish, Resources, TaskContext
@@ -98,8 +98,9 @@ def check_named_files(paths: list[str], prep: PreprocessConfig) -> None:
 def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> list[Path]:
     """Uploads kept for indexing whose content this model has indexed already, its file intact, are deleted at
     once, and the job names the indexed file instead (its task skips it by content hash): no orphan copy is left
-    behind. One whose indexed file is gone stays: its task makes it that video's file (a managed copy)."""
-    paths: dict[Path, None] = {}
+    behind. One whose indexed file is gone stays: its task makes it that video's file (a managed copy). One path
+    per upload, in order (the job counts a path given twice once)."""
+    paths: list[Path] = []
     for path in kept:
         sha = content_hash(path)
         with sessions() as session:
@@ -111,8 +112,8 @@ def reuse_indexed(kept: list[Path], sessions: sessionmaker, model_id: str) -> li
         if intact and Path(intact[0]).parent.resolve() != path.parent:
             path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
             path = Path(intact[0])
-        paths[path] = None
-    return list(paths)
+        paths.append(path)
+    return paths
 
 
 class JobRunner:
@@ -149,11 +150,11 @@ class JobRunner:
             queue_lease_s=self.queue_wait_s,
         )
 
-    def submit(self, paths: list[Path], uploaded: bool = False) -> str:
+    def submit(self, paths: list[Path], uploaded: bool = False, names: list[str | None] | None = None) -> str:
         """Record the job and start it; returns its id (blocking: a few catalog writes, and with a broker the
         publishing, which fails within the broker timeout: 503, the job marked failed, and `uploaded` files no
-        task was sent for deleted)."""
-        job_id = jobs.create_job(self.sessions, [str(p) for p in paths])
+        task was sent for deleted). `names`: the name each upload was sent with (None: a path)."""
+        job_id = jobs.create_job(self.sessions, [str(p) for p in paths], names)
         leases.hold_jobs(self.sessions, [job_id], self.queue_wait_s)  # lost with this process if it dies now
         if self._pool is not None:
             self._futures[job_id] = self._pool.submit(self._run, job_id)
@@ -295,9 +296,43 @@ def queue_depth(broker_url: str | None, queue: str) -> int:
         return 0
 
 
-def _summary(job: IndexJob) -> dict:
+def shown_error(error: str | None, path: str, name: str | None) -> str | None:
+    """A file's error as its user knows the file: an upload's server path and kept name replaced by the name it
+    was sent with (`817e490bbb18-mine_a.mp4: ...` -> `mine_a.mp4: ...`)."""
+    if error is None or name is None:
+        return error
+    return error.replace(path, name).replace(Path(path).name, name)
+
+
+def _file_info(row: JobFile) -> JobFileInfo:
+    return JobFileInfo(
+        path=row.path,
+        name=row.name or row.path,
+        uploaded=row.name is not None,
+        state=row.state,
+        error=shown_error(row.error, row.path, row.name),
+    )
+
+
+def _summary(job: IndexJob, failures: list[JobFileInfo]) -> dict:
     names = ("id", "state", "total", "done", "failed", "skipped", "created_at", "updated_at")
-    return {name: getattr(job, name) for name in names} | {"errors": dict(job.errors or {})}
+    shown = {f.path: f.error or "" for f in failures}
+    errors = {path: shown.get(path, error) for path, error in (job.errors or {}).items()}
+    partial = job.state == JobState.DONE and job.failed > 0
+    return {name: getattr(job, name) for name in names} | {"errors": errors, "partial": partial, "failures": failures}
+
+
+def _failures(session: Session, job_ids: list[str]) -> dict[str, list[JobFileInfo]]:
+    """The failed files of these jobs (one query), by job, in path order."""
+    query = (
+        select(JobFile)
+        .where(JobFile.job_id.in_(job_ids), JobFile.state == FileState.FAILED)
+        .order_by(JobFile.job_id, JobFile.path)
+    )
+    found: dict[str, list[JobFileInfo]] = {job_id: [] for job_id in job_ids}
+    for row in session.scalars(query).all():
+        found[row.job_id].append(_file_info(row))
+    return found
 
 
 def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:
@@ -306,14 +341,18 @@ def job_info(sessions: sessionmaker, job_id: str) -> JobInfo:
         job = session.get(IndexJob, job_id)
         if job is None:
             raise NotFound(f"no index job {job_id}")
-        files = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
-        return JobInfo(**_summary(job), files=[JobFileInfo(path=f.path, state=f.state, error=f.error) for f in files])
+        rows = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
+        files = [_file_info(row) for row in rows]
+        failures = [f for f in files if f.state == FileState.FAILED]
+        return JobInfo(**_summary(job, failures), files=files)
 
 
 def job_page(sessions: sessionmaker, limit: int, offset: int) -> JobPage:
-    """Jobs newest first, `limit` at a time from `offset`, with their counts and per-file errors."""
+    """Jobs newest first, `limit` at a time from `offset`, with their counts and failed files."""
     with sessions() as session:
         total = session.scalar(select(func.count()).select_from(IndexJob)) or 0
         query = select(IndexJob).order_by(IndexJob.created_at.desc(), IndexJob.id).limit(limit).offset(offset)
-        items = [JobSummary(**_summary(job)) for job in session.scalars(query).all()]
+        found = list(session.scalars(query).all())
+        failures = _failures(session, [job.id for job in found])
+        items = [JobSummary(**_summary(job, failures[job.id])) for job in found]
     return JobPage(total=total, limit=limit, offset=offset, items=items)

@@ -204,13 +204,29 @@ def search_media(
     started = time.perf_counter()
     if upload is not None:
         with saved_upload(upload) as path:
-            run = inference.audio_query if modality == "audio" else inference.video_query
-            query = run(engine.model, path, engine.prep)
+            query = file_query(engine, path, modality)
         info = QueryInfo(source="upload", frames=len(query.tokens), truncated=query.truncated)
     else:
         assert video_id is not None
         query = stored_query(engine, version, video_id, modality, part)
         info = QueryInfo(source="video", video_id=video_id, frames=len(query.tokens), truncated=query.truncated)
+    target: Modality = "visual" if modality == "audio" else "audio"
+    return answer(engine, version, query, info, target=target, options=options, started=started, modality=modality)
+
+
+def file_query(engine: Engine, path: Path, modality: Modality) -> QueryTokens:
+    """A media file's query tokens of `modality` (its audio, or its pictures)."""
+    run = inference.audio_query if modality == "audio" else inference.video_query
+    return run(engine.model, path, engine.prep)
+
+
+def search_file(
+    engine: Engine, version: StoreVersion | None, path: Path, *, modality: Modality, options: SearchOptions
+) -> SearchResponse:
+    """A local media file as the query, searched as an upload is (the command line's `cavsync search FILE`)."""
+    started = time.perf_counter()
+    query = file_query(engine, path, modality)
+    info = QueryInfo(source="file", frames=len(query.tokens), truncated=query.truncated)
     target: Modality = "visual" if modality == "audio" else "audio"
     return answer(engine, version, query, info, target=target, options=options, started=started, modality=modality)
 

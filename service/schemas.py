@@ -89,7 +89,10 @@ class Timings(Model):
 
 
 class QueryInfo(Model):
-    source: Literal["upload", "video", "tokens"]
+    source: Literal["upload", "video", "tokens", "file"] = Field(
+        description="What the query was: an upload, an indexed video (`video_id`), raw tokens, or a file on the "
+        "server's disk (the command line's `cavsync search FILE`)."
+    )
     video_id: int | None = None
     frames: int = Field(description="Query frames used: one per 0.64 s (16 for a 10-s query), every one of them.")
     truncated: bool = Field(
@@ -262,19 +265,30 @@ class JobAccepted(Model):
 
 
 class JobFileInfo(Model):
-    path: str
-    state: FileState = Field(description="What became of the file.")
-    error: str | None
+    path: str = Field(description="The file on the server (an upload: where it was kept to be indexed).")
+    name: str = Field(description="The file as its user named it: an upload's file name as it was sent, else its path.")
+    uploaded: bool = Field(description="Whether the file was sent as an upload (else given by its path).")
+    state: FileState = Field(description="What became of the file: queued, then indexed, skipped or failed.")
+    error: str | None = Field(description="Why it failed (an upload named as it was sent).")
 
 
 class JobSummary(Model):
     id: str
-    state: JobState
+    state: JobState = Field(
+        description="queued, running, then final: `done` when every file is settled and at least one was "
+        "indexed or skipped (`partial` says whether some failed), `failed` when every file failed or the job "
+        "could not run (the queue unreachable, the server stopped first)."
+    )
+    partial: bool = Field(
+        description="True for a `done` job with failed files (`failed` > 0): finished, but not every file was "
+        "indexed; `failures` lists them."
+    )
     total: int
     done: int = Field(description="Files indexed.")
-    failed: int
+    failed: int = Field(description="Files that failed (each with its error in `failures`).")
     skipped: int = Field(description="Files already indexed with this model (same content).")
-    errors: dict[str, str] = Field(description="The error of each failed file, by path.")
+    errors: dict[str, str] = Field(description="The error of each failed file, by server path (see `failures`).")
+    failures: list[JobFileInfo] = Field(description="Each failed file: its name as sent, its path and error.")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

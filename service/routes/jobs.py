@@ -57,7 +57,14 @@ async def _json_paths(request: Request) -> list[str]:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
 
 
-async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
+def sent_name(upload: UploadFile) -> str | None:
+    """The name an upload was sent with, without folders (None when it came without one)."""
+    name = FilePath((upload.filename or "").replace("\\", "/")).name.strip()
+    return name[:1024] or None
+
+
+async def _uploaded_files(request: Request, engine: Engine) -> tuple[list[FilePath], list[str | None]]:
+    """The uploads kept for indexing (or the indexed files of the same content) and the names they were sent with."""
     try:
         form = await request.form(max_files=MAX_UPLOAD_FILES)
     except MultiPartException as exc:
@@ -67,7 +74,8 @@ async def _uploaded_files(request: Request, engine: Engine) -> list[FilePath]:
         if not uploads:
             raise InvalidInput("a multipart body needs one or more `files` uploads")
         kept = await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.uploads_dir, engine.prep)
-        return await anyio.to_thread.run_sync(reuse_indexed, kept, engine.sessions, engine.model_id)
+        paths = await anyio.to_thread.run_sync(reuse_indexed, kept, engine.sessions, engine.model_id)
+        return paths, [sent_name(upload) for upload in uploads]
     finally:
         await form.close()
 
@@ -87,16 +95,17 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
     bomb or a file over the duration limit is 413 and no job is made. Answers at once with the job id; the job
     runs on the Celery workers, or in this process when no broker is configured."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    names: list[str | None] | None = None
     if kind == "application/json":
         paths = await _json_paths(request)
         files = await anyio.to_thread.run_sync(resolve_media_paths, paths, engine.config.media_roots)
         await anyio.to_thread.run_sync(check_named_files, paths, engine.prep)  # a bomb named: 413, no job
     elif kind == "multipart/form-data":
-        files = await _uploaded_files(request, engine)
+        files, names = await _uploaded_files(request, engine)
     else:
         raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
-    job_id = await anyio.to_thread.run_sync(jobs.submit, files, kind == "multipart/form-data")
-    return JobAccepted(job_id=job_id, files=len(files), mode=jobs.mode)
+    job_id = await anyio.to_thread.run_sync(jobs.submit, files, names is not None, names)
+    return JobAccepted(job_id=job_id, files=len(dict.fromkeys(files)), mode=jobs.mode)
 
 
 @router.get("/index/roots", response_model=IndexRoots)
@@ -122,5 +131,6 @@ JobId = Annotated[uuid.UUID, Path(description="The id POST /index returned.")]
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, responses=responses(404))
 def get_job(engine: EngineDep, job_id: JobId) -> JobInfo:
-    """A job's state, its counts and each file's outcome (the error of each failed one)."""
+    """A job's state, its counts and each file's outcome (the error of each failed one); uploads are named as
+    they were sent (`name`), files given by path by their path."""
     return job_info(engine.sessions, str(job_id))

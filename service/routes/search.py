@@ -32,12 +32,20 @@ VideoIdForm = Annotated[
 ]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# What a search by `video_id` uses without an `end` (stored_query): the page's "To (s)" placeholder says the same.
+END_DEFAULT = "default: to the video's end, the longest query (60 s by default) at most"
 StartForm = Annotated[
     float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where the query starts, s.")
 ]
 EndForm = Annotated[
     float | None,
-    Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where it ends (default: one clip)."),
+    Form(
+        ge=0,
+        le=MAX_SECONDS,
+        allow_inf_nan=False,
+        description=f"With `video_id`: where it ends, s ({END_DEFAULT}; the answer's `query.truncated` says "
+        "when the end was cut).",
+    ),
 ]
 
 

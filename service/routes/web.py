@@ -1,15 +1,17 @@
 """The web page and the interactive docs, both served by the API itself (same origin, nothing from a CDN):
 `/` redirects to the page in `service/static/` (plain HTML, ES modules and CSS: no build step), `/docs` is
-Swagger UI and `/redoc` ReDoc, their scripts served from the `fastapi-offline` package's files."""
+Swagger UI and `/redoc` ReDoc, their scripts served from the `fastapi-offline` package's files (ReDoc's with
+its footer logo served from here: nothing is fetched from another host)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -42,16 +44,38 @@ def swagger_redirect() -> HTMLResponse:
     return get_swagger_ui_oauth2_redirect_html()
 
 
+# ReDoc's bundle draws its "API docs by Redocly" logo from this URL; the page serves its own picture instead.
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+REDOC_JS = "redoc.offline.js"
+
+
+@lru_cache(maxsize=4)
+def offline_redoc(logo_url: str) -> bytes:
+    """fastapi-offline's ReDoc bundle with its one fetched outside resource (the footer logo) made local."""
+    text = (DOCS_ASSETS / "redoc.standalone.js").read_text(encoding="utf-8")
+    if REDOC_LOGO not in text:  # another ReDoc version: the test of the served bundle says what it fetches
+        raise RuntimeError(f"fastapi-offline's ReDoc no longer has {REDOC_LOGO}: check what it fetches")
+    return text.replace(REDOC_LOGO, logo_url).encode("utf-8")
+
+
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
+    """ReDoc, with nothing fetched from another host: its script (and logo) from here, no Google fonts."""
     root = request.scope.get("root_path", "")
     return get_redoc_html(
         openapi_url=f"{root}/openapi.json",
         title="cavsync - ReDoc",
-        redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+        redoc_js_url=f"{root}/{REDOC_JS}",
         redoc_favicon_url=f"{root}{PAGE_URL}/favicon.svg",
         with_google_fonts=False,
     )
+
+
+@router.get(f"/{REDOC_JS}")
+def redoc_js(request: Request) -> Response:
+    root = request.scope.get("root_path", "")
+    body = offline_redoc(f"{root}{PAGE_URL}/favicon.svg")
+    return Response(body, media_type="text/javascript", headers={"Cache-Control": "public, max-age=3600"})
 
 
 def mount_static(app: FastAPI) -> None:

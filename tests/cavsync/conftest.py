@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ..service.conftest import CORPUS_CLIPS, DEMO_CHECKPOINT, REPO, Corpus, corpus
+from ..service.conftest import CORPUS_CLIPS, DEMO_CHECKPOINT, REPO, Corpus, client, corpus
 
-__all__ = ["CORPUS_CLIPS", "DEMO_CHECKPOINT", "REPO", "Corpus", "corpus"]
+__all__ = ["CORPUS_CLIPS", "DEMO_CHECKPOINT", "REPO", "Corpus", "client", "corpus"]

@@ -1,5 +1,6 @@
 """Index jobs as the catalog records them (indexer.jobs, indexer.tasks run in process): every file settled
-(indexed, skipped, or failed with its error) and the job done whatever its last file's outcome; transient
+(indexed, skipped, or failed with its error), the job done whatever its last file's outcome, failed when every
+file failed; uploads keep the name they were sent with; transient
 errors retried, then recorded; a publisher that fails marks the job failed with a typed error."""
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def test_transient_errors_are_retried_then_recorded(
     calls.clear()
     job, files = _job(res, url, tasks.start_job([str(clips[1])], ctx, res))
     assert len(calls) == tasks.MAX_RETRIES + 1
-    assert _counts(job) == (JobState.DONE, 0, 0, 1) and files[str(clips[1])] == ("failed", "ConnectionError: refused")
+    assert _counts(job) == (JobState.FAILED, 0, 0, 1) and files[str(clips[1])] == ("failed", "ConnectionError: refused")
 
 
 def test_a_publisher_that_fails_fails_the_job(checkpoint: Path, tmp_path: Path) -> None:
@@ -108,3 +109,28 @@ def test_a_publisher_that_fails_fails_the_job(checkpoint: Path, tmp_path: Path) 
         (job,) = session.scalars(select(IndexJob)).all()
     assert _counts(job) == (JobState.FAILED, 0, 0, 2) and set(job.errors) == set(paths[1:])
     assert all(message == "not queued: OperationalError: connection refused" for message in job.errors.values())
+
+
+def test_a_job_whose_every_file_failed_is_failed_and_uploads_keep_their_names(
+    catalog_url: str, checkpoint: Path, tmp_path: Path
+) -> None:
+    url = catalog_url  # the migration adding the names runs on both databases
+    ctx, res = TaskContext(str(checkpoint), str(tmp_path / "data"), url), Resources()
+    broken = [tmp_path / "uploads" / "817e490bbb18-mine_a.mp4", tmp_path / "uploads" / "0a1b2c3d4e5f-mine_b.mp4"]
+    broken[0].parent.mkdir()
+    for path in broken:
+        path.write_bytes(b"not a video" * 100)
+    names = ["mine a.mp4", "mine_b.mp4"]
+    job_id = jobs.create_job(res.sessions(url), [*broken, broken[0]], [*names, "again.mp4"])  # a path twice: once
+    tasks.dispatch_job(TaskContext(ctx.model_path, ctx.data_dir, url, job_id), res)
+    job, files = _job(res, url, job_id)
+    assert _counts(job) == (JobState.FAILED, 0, 0, 2) and job.total == 2
+    with res.sessions(url)() as session:
+        rows = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
+        assert [(r.path, r.name) for r in rows] == [(str(broken[1]), names[1]), (str(broken[0]), names[0])]
+    by_path = jobs.create_job(res.sessions(url), [str(tmp_path / "x.mp4")])
+    with res.sessions(url)() as session:
+        (row,) = session.scalars(select(JobFile).where(JobFile.job_id == by_path)).all()
+        assert row.name is None
+    with pytest.raises(ValueError, match="2 paths but 1 names"):
+        jobs.create_job(res.sessions(url), ["a", "b"], ["a"])

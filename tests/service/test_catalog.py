@@ -103,6 +103,7 @@ def test_index_by_path_then_search(corpus: Corpus, private_data: Path, new_media
         assert accepted["mode"] == "in-process" and accepted["files"] == 3  # the folder's media files
         job = _wait_for_job(client, accepted["job_id"])
         assert (job["state"], job["total"], job["done"], job["failed"], job["skipped"]) == ("done", 3, 2, 1, 0)
+        assert job["partial"] is True
         assert list(job["errors"]) == [str(new_media / "new" / "broken.mp4")]
         assert "ffmpeg failed" in job["errors"][str(new_media / "new" / "broken.mp4")]
         assert {f["state"] for f in job["files"]} == {"indexed", "failed"}
@@ -165,10 +166,13 @@ def test_uploads_are_indexed_by_absolute_path(
     with TestClient(
         create_app(make_config(corpus, Path(private_data.name), api_key=API_KEY)), headers={"X-API-Key": API_KEY}
     ) as client:
-        monkeypatch.setattr(client.app.state.jobs, "submit", lambda files, uploaded: submitted.append(files) or "job")  # type: ignore[attr-defined]
+        monkeypatch.setattr(
+            client.app.state.jobs, "submit", lambda files, uploaded, names: submitted.append(files + names) or "job"
+        )  # type: ignore[attr-defined]
         response = client.post("/index", files={"files": ("a.mp4", b"not read here", "video/mp4")})
     assert response.status_code == 202, response.text
-    [[kept]] = submitted
+    [[kept, name]] = submitted
+    assert name == "a.mp4"  # the name it was sent with travels with it
     assert kept.is_absolute() and kept.parent == (private_data / "uploads").resolve() and kept.is_file()
 
 

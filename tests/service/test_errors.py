@@ -96,9 +96,13 @@ def small_limit_client(corpus: Corpus) -> Iterator[TestClient]:
         yield test_client
 
 
-def _raw_post(client: TestClient, path: str, chunks: Iterator[bytes], headers: dict[str, str]) -> tuple[int, int]:
-    """POST a body straight into the ASGI app chunk by chunk (no client buffering): (status, chunks read)."""
+def _raw_post(
+    client: TestClient, path: str, chunks: Iterator[bytes], headers: dict[str, str], method: str = "POST"
+) -> tuple[int, int]:
+    """POST a body straight into the ASGI app chunk by chunk (no client buffering): (status, chunks read); the
+    answer (headers and body) is left in `answers`."""
     read, status = 0, 0
+    answers.clear()
 
     async def call() -> None:
         nonlocal status
@@ -115,12 +119,15 @@ def _raw_post(client: TestClient, path: str, chunks: Iterator[bytes], headers: d
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answers.append({"headers": dict(message.get("headers", [])), "body": b""})
+            elif message["type"] == "http.response.body":
+                answers[-1]["body"] += message.get("body", b"")
 
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
-            "method": "POST",
+            "method": method,
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
@@ -135,6 +142,18 @@ def _raw_post(client: TestClient, path: str, chunks: Iterator[bytes], headers: d
 
     client.portal.call(call)  # type: ignore[union-attr]
     return status, read
+
+
+answers: list[dict] = []  # the last _raw_post's answer: headers (bytes -> bytes) and body
+
+
+def _json_error(status: int) -> dict:
+    """The last _raw_post's answer as JSON, checked to be an error answer like every other."""
+    [answer] = answers
+    assert answer["headers"][b"content-type"] == b"application/json", answer
+    body = json.loads(answer["body"])
+    assert set(body) == {"detail", "errors"} and body["errors"] is None and status == 413, body
+    return body
 
 
 def _endless_upload(boundary: str, chunk: int = 64 * 1024, count: int = 400) -> Iterator[bytes]:
@@ -154,9 +173,14 @@ def test_oversized_upload_gives_413_without_reading_it(small_limit_client: TestC
         status, read = _raw_post(small_limit_client, endpoint, _endless_upload(boundary), kind)  # no Content-Length
         assert status == 413, endpoint
         assert read <= 6, f"{endpoint}: {read} chunks read of 402; the limit is 4 chunks"
+        _json_error(status)
         declared = kind | {"content-length": str(400 * 64 * 1024)}
         status, read = _raw_post(small_limit_client, endpoint, _endless_upload(boundary), declared)
         assert (status, read) == (413, 0), endpoint  # refused on its Content-Length, nothing read
+        assert "26214400 bytes" in _json_error(status)["detail"]
+    for method in ("GET", "HEAD"):  # a route that reads no body: the declared length is refused all the same
+        status, read = _raw_post(small_limit_client, "/health", iter([b"x"]), {"content-length": "26214400"}, method)
+        assert (status, read) == (413, 0) and answers[0]["headers"][b"content-type"] == b"application/json"
 
 
 def test_oversized_upload_through_a_client(small_limit_client: TestClient) -> None:

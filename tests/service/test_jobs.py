@@ -1,6 +1,7 @@
 """The API's job runner (service.jobs): a broker that takes no task answers 503 with the job failed and the
 uploads no task was sent for deleted; the in-process runner settles every file; closing it stops its jobs
-and says so. (The Celery side, with a real broker, is tests/cavsync/test_worker.py.)"""
+and says so; a job says how it ended (failed, done, done but partial) and names uploads as they were sent.
+(The Celery side, with a real broker, is tests/cavsync/test_worker.py.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +22,8 @@ from indexer.tasks import Resources, TaskContext
 from service.config import ServiceConfig
 from service.errors import Unavailable
 from service.jobs import JobRunner, job_info
+
+from .conftest import Corpus
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,43 @@ def test_closing_the_runner_stops_its_jobs_and_says_so(
         info = job_info(sessions, job_id)
         assert (info.state, info.failed, info.done) == ("failed", total, 0), info
         assert set(info.errors.values()) == {jobs.STOPPED}
+
+
+def _final(client: TestClient, job_id: str) -> dict:
+    deadline = time.monotonic() + 180
+    while (info := client.get(f"/jobs/{job_id}").json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+    return info
+
+
+@pytest.mark.timeout(300)
+def test_jobs_say_how_they_ended_and_name_uploads_as_sent(writable_client: TestClient, corpus: Corpus) -> None:
+    """Every file failed: `failed`; some failed: `done` and partial; uploads named as sent, paths by path."""
+    broken = b"this is not a video" * 64
+    sent = [("files", ("holiday/mine_a.mp4", broken, "video/mp4")), ("files", ("mine b.mov", broken, "video/mp4"))]
+    accepted = writable_client.post("/index", files=sent)
+    assert accepted.status_code == 202, accepted.text
+    info = _final(writable_client, accepted.json()["job_id"])
+    assert (info["state"], info["partial"], info["failed"], info["total"]) == ("failed", False, 2, 2), info
+    assert sorted(f["name"] for f in info["files"]) == ["mine b.mov", "mine_a.mp4"]
+    for file in info["files"]:
+        assert file["uploaded"]
+        assert Path(file["path"]).is_absolute() and Path(file["path"]).name != file["name"]  # kept by the server
+        assert file["error"].startswith(f"{file['name']}: "), file  # never the server's name for it
+        assert Path(file["path"]).name not in file["error"]
+    assert [f["name"] for f in info["failures"]] == [f["name"] for f in info["files"]]
+
+    good = corpus.clips[3].read_bytes()
+    mixed = [("files", ("good.mp4", good, "video/mp4")), ("files", ("bad.mp4", broken, "video/mp4"))]
+    info = _final(writable_client, writable_client.post("/index", files=mixed).json()["job_id"])
+    assert (info["state"], info["partial"], info["skipped"], info["failed"]) == ("done", True, 1, 1), info
+    assert {f["name"]: f["state"] for f in info["files"]} == {"good.mp4": "skipped", "bad.mp4": "failed"}
+    [listed] = [j for j in writable_client.get("/jobs").json()["items"] if j["id"] == info["id"]]
+    assert listed["partial"] and [(f["name"], f["state"]) for f in listed["failures"]] == [("bad.mp4", "failed")]
+    assert listed["failures"][0]["error"].startswith("bad.mp4: ")
+
+    by_path = writable_client.post("/index", json={"paths": [str(corpus.clips[4])]})
+    info = _final(writable_client, by_path.json()["job_id"])
+    assert (info["state"], info["partial"], info["failures"]) == ("done", False, []), info
+    assert [(f["name"], f["uploaded"]) for f in info["files"]] == [(str(corpus.clips[4]), False)]

@@ -107,7 +107,8 @@ def test_jobs_are_listed_newest_first_with_their_errors(corpus: Corpus, private_
         listed = [job["id"] for job in page["items"] + rest]
         assert sorted(listed) == sorted(ids) and listed[-1] == ids[0]  # newest first
         job = rest[0]
-        assert (job["state"], job["failed"], job["total"]) == ("done", 1, 1) and "files" not in job
+        assert (job["state"], job["partial"], job["failed"], job["total"]) == ("failed", False, 1, 1), job
+        assert "files" not in job and [f["name"] for f in job["failures"]] == [str((media / "broken.mp4").resolve())]
         assert list(job["errors"]) == [str((media / "broken.mp4").resolve())]
         assert client.get("/jobs", params={"limit": 0}).status_code == 422
 
@@ -117,8 +118,8 @@ def test_an_upload_of_content_already_indexed_leaves_no_file(writable_client: Te
     response = writable_client.post("/index", files={"files": ("again.mp4", clip.read_bytes(), "video/mp4")})
     assert response.status_code == 202, response.text
     job = _wait_for_job(writable_client, response.json()["job_id"])
-    assert (job["state"], job["skipped"], job["done"]) == ("done", 1, 0), job
-    assert job["files"][0]["path"] == str(clip.resolve())
+    assert (job["state"], job["partial"], job["skipped"], job["done"]) == ("done", False, 1, 0), job
+    assert job["files"][0]["path"] == str(clip.resolve()) and job["files"][0]["name"] == "again.mp4"
     uploads = Path(writable_client.app.state.config.uploads_dir)  # type: ignore[attr-defined]
     assert not uploads.exists() or list(uploads.iterdir()) == []
 
@@ -147,6 +148,58 @@ def test_docs_work_offline(client: TestClient) -> None:
     assert "fonts.googleapis" not in client.get("/redoc").text
 
 
+# A URL of another host that a page or script would fetch by itself (a picture, a font, a style sheet); the scripts
+# the docs load are checked to be same-origin from their HTML.
+FETCHED = re.compile(
+    r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/[^\s\"'`)]*\.(?:svg|png|jpe?g|gif|ico|woff2?|ttf|otf|css)\b"
+)
+
+
+def test_docs_reference_no_other_host(client: TestClient) -> None:
+    """/docs and /redoc, and every script and style sheet they load, name no resource of another host."""
+    for url in ("/docs", "/redoc"):
+        html = client.get(url).text
+        assert not FETCHED.findall(html), url
+        assert all(a.startswith("/") for a in re.findall(r'(?:src|href)="([^"]+)"', html)), url
+        for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
+            text = client.get(asset).text
+            assert not FETCHED.findall(text), (asset, sorted(set(FETCHED.findall(text)))[:5])
+    assert "cdn.redoc.ly" not in client.get("/redoc.offline.js").text  # its footer logo is served from here
+
+
+def test_head_answers_wherever_get_does(client: TestClient, corpus: Corpus) -> None:
+    """HEAD on every GET route: the GET's status and headers, no body (the media file's size, none of its bytes)."""
+    size = corpus.clips[4].stat().st_size
+    for url in (
+        "/health",
+        "/docs",
+        "/redoc",
+        "/metrics",
+        "/openapi.json",
+        "/videos",
+        "/videos/5",
+        "/videos/5/media",
+        "/videos/5/poster",
+        "/jobs",
+        "/index/roots",
+        "/ui/",
+        "/ui/js/main.js",
+        "/redoc.offline.js",
+    ):
+        head, get = client.head(url), client.get(url)
+        assert (head.status_code, head.content) == (get.status_code, b"") == (200, b""), url
+        assert head.headers["content-type"] == get.headers["content-type"], url
+        if url != "/metrics":  # its counters move between the two requests
+            assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content)), url
+    media = client.head("/videos/5/media")
+    assert media.headers["content-length"] == str(size) and media.headers["accept-ranges"] == "bytes"
+    assert client.head("/", follow_redirects=False).status_code == 307
+    assert client.head("/videos/999999").status_code == 404
+    refused = client.head("/search/audio-to-video")  # no GET there: 405 as before, naming what is allowed
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert not [p for p, ops in client.get("/openapi.json").json()["paths"].items() if "head" in ops]
+
+
 def test_new_endpoints_are_documented(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/videos/{video_id}/media", "/videos/{video_id}/poster", "/jobs", "/index/roots"} <= set(paths)
@@ -166,6 +219,21 @@ def test_a_time_range_of_an_indexed_video_is_the_query(client: TestClient) -> No
     assert backwards.status_code == 422 and "after start" in backwards.json()["detail"]
     short = client.post("/search/video-to-audio", data={"video_id": 4, "start": 3, "end": 3.5})
     assert short.status_code == 422 and "under 1.0 s" in short.json()["detail"]
+
+
+def test_a_search_by_id_without_end_uses_what_the_docs_and_the_page_say(client: TestClient) -> None:
+    """No `end`: to the video's end (60 s at most); the OpenAPI field and the page's placeholder say so."""
+    whole = client.post("/search/audio-to-video", data={"video_id": 4, "start": 2.0, "top_k": 1}).json()["query"]
+    assert (whole["frames"], whole["truncated"]) == (12, False)  # 2.0 s to the 10-s clip's end: frames 4..15
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    form = next(v for k, v in schema.items() if k.startswith("Body_audio_to_video"))
+    assert (
+        "default: to the video's end, the longest query (60 s by default) at most"
+        in form["properties"]["end"]["description"]
+    )
+    page = client.get("/ui/").text
+    [end] = re.findall(r'<input id="range-end"[^>]*>', page)
+    assert 'placeholder="video end, 60 s max"' in end and "60 s by default" in end
 
 
 def test_codec_parameters_name_and_rounded_times(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """managed media: a video's display name and the identity (size, mtime) of its file as indexed
 
 Revision ID: 0005_managed_media
-Revises: 0003_leases
+Revises: 0004_job_file_names
 Create Date: 2026-11-28 10:00:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_managed_media"
-down_revision = "0003_leases"
+down_revision = "0004_job_file_names"
 branch_labels = None
 depends_on = None
 

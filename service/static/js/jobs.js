@@ -1,5 +1,6 @@
-// Indexing jobs: index paths under the media roots (shown) or uploads; the jobs with progress and each failed
-// file's error, refreshed while any job is still running.
+// Indexing jobs: index paths under the media roots (shown) or uploads; the jobs with progress, how they ended
+// (done, done with errors, failed: each its colour, the failed count) and each failed file's error (uploads named
+// as they were sent), refreshed while any job is still running.
 import { api, apiKey, explain, setApiKey } from "./api.js";
 import { writeState } from "./state.js";
 import { announce, fileName, h, showError } from "./util.js";
@@ -10,25 +11,39 @@ const $ = (id) => document.getElementById(id);
 let offset = 0;
 let timer = null;
 
+// How a job ended, as the page shows it: `done` with failed files is not a success (its own colour and words).
+function outcome(job) {
+  if (job.state === "done" && job.partial) return { key: "partial", text: "done with errors" };
+  return { key: job.state, text: job.state };
+}
+
+// A failed file as its user knows it: an upload by the name it was sent with, a file given by path by its path.
+function failureItem(file) {
+  const name = file.uploaded ? file.name : file.path;
+  const error = file.error || "";
+  const prefix = [`${name}: `, `${fileName(name)}: `].find((p) => error.startsWith(p));
+  return h("li", {},
+    h("span", { class: "path", title: file.uploaded ? `uploaded as ${file.name}` : file.path, text: name }),
+    ": ", h("span", { text: prefix ? error.slice(prefix.length) : error }));
+}
+
 function jobItem(job) {
   const settled = job.done + job.skipped + job.failed;
   const percent = job.total ? Math.round((100 * settled) / job.total) : 100;
-  const errors = Object.entries(job.errors || {});
-  return h("li", { class: `job job-${job.state}`, "data-job-id": job.id },
+  const failures = job.failures || [];
+  const ended = outcome(job);
+  return h("li", { class: `job job-${ended.key}`, "data-job-id": job.id },
     h("div", { class: "job-head" },
-      h("span", { class: `status status-${job.state}`, text: job.state }),
+      h("span", { class: `status status-${ended.key}`, text: ended.text }),
       h("strong", { text: ` ${settled} of ${job.total} files` }),
-      h("span", { class: "hint", text: ` · ${job.done} indexed · ${job.skipped} already indexed · ${job.failed} failed · ` +
-        `started ${new Date(job.created_at).toLocaleTimeString()} · job ${job.id.slice(0, 8)}` })),
+      h("span", { class: "hint", text: ` · ${job.done} indexed · ${job.skipped} already indexed · ` }),
+      h("strong", { class: job.failed ? "failed-count has-failed" : "failed-count", text: `${job.failed} failed` }),
+      h("span", { class: "hint", text: ` · started ${new Date(job.created_at).toLocaleTimeString()} · job ${job.id.slice(0, 8)}` })),
     h("progress", { max: "100", value: String(percent), "aria-label": `job ${job.id.slice(0, 8)} progress` }),
-    errors.length
+    failures.length
       ? h("details", { open: true },
-        h("summary", { text: `${errors.length} failed file${errors.length > 1 ? "s" : ""}` }),
-        h("ul", { class: "file-errors" }, errors.map(([path, error]) => {
-          const name = fileName(path);
-          const message = error.startsWith(`${name}: `) ? error.slice(name.length + 2) : error;
-          return h("li", {}, h("span", { class: "path", title: path, text: name }), ": ", h("span", { text: message }));
-        })))
+        h("summary", { text: `${failures.length} failed file${failures.length > 1 ? "s" : ""}` }),
+        h("ul", { class: "file-errors" }, failures.map(failureItem)))
       : null);
 }
 

@@ -5,6 +5,7 @@ the machine. Assertions are on what a person sees (text, pixels, the player's po
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from PIL import Image
+from playwright.sync_api import Locator, Page, expect
 
 from ...model.media_files import ffmpeg
 from ..conftest import Corpus
@@ -235,18 +237,47 @@ def test_delete_from_the_catalog(app_page: Page, live_server: Server) -> None:
     assert httpx.get(f"{live_server.url}/videos/23/media", timeout=10).status_code == 404
 
 
+def badge_colour(badge: Locator) -> tuple[int, int, int]:
+    """The colour most of the badge's pixels have (its background), as the screen shows it."""
+    picture = Image.open(io.BytesIO(badge.screenshot())).convert("RGB")
+    _count, colour = max(picture.getcolors(picture.width * picture.height) or [(0, (0, 0, 0))])
+    return colour
+
+
 def test_an_index_job_from_the_page(app_page: Page, web_media: Path) -> None:
+    """A job with a failed file is not a green DONE: amber "done with errors", the failed count in red."""
     page = app_page
     page.goto("/ui/?view=jobs")
     expect(page.locator("#media-roots")).to_contain_text(str(web_media.parent))
     page.get_by_label("Paths, one per line").fill(str(web_media))
     page.get_by_role("button", name="Index these paths").click()
     job = page.locator("#job-list .job").first
-    expect(job.locator(".status")).to_have_text("done", timeout=120_000)
+    expect(job.locator(".status")).to_have_text("done with errors", timeout=120_000)
     expect(job).to_contain_text("2 of 2 files")
-    expect(job.locator(".file-errors")).to_contain_text("broken_upload.mp4")
+    expect(job.locator(".failed-count")).to_have_text("1 failed")
+    expect(job.locator(".file-errors")).to_contain_text(str(web_media / "broken_upload.mp4"))  # given by path
     assert job.locator("progress").evaluate("p => p.value") == 100
+    red, green, blue = badge_colour(job.locator(".status"))
+    assert red > 200 and 170 < green < 240 and blue < 170, (red, green, blue)  # amber, not the green of done
+    red, green, blue = job.locator(".failed-count").evaluate("e => getComputedStyle(e).color").strip("rgb()").split(",")
+    assert (int(red), int(green), int(blue)) == (179, 38, 30)  # the count in the page's "bad" red
     shot(page, "jobs")
+
+
+def test_a_failed_upload_job_is_red_and_names_the_file_as_sent(app_page: Page, web_media: Path) -> None:
+    page = app_page
+    page.goto("/ui/?view=jobs")
+    page.get_by_label("Files").set_input_files(str(web_media / "broken_upload.mp4"))
+    page.get_by_role("button", name="Upload and index").click()
+    job = page.locator("#job-list .job").first
+    expect(job.locator(".status")).to_have_text("failed", timeout=120_000)
+    expect(job).to_contain_text("1 of 1 files")
+    expect(job.locator(".failed-count")).to_have_text("1 failed")
+    failure = job.locator(".file-errors li")
+    expect(failure.locator(".path")).to_have_text("broken_upload.mp4")  # as sent, not the server's kept name
+    assert not re.search(r"[0-9a-f]{12}-|uploads/", failure.inner_text()), failure.inner_text()
+    red, green, blue = badge_colour(job.locator(".status"))
+    assert red > 230 and green < 240 and blue < 240 and red - green > 15, (red, green, blue)  # the red of failed
 
 
 def test_a_video_the_browser_cannot_play_is_explained(
@@ -297,9 +328,14 @@ def test_no_request_leaves_the_machine_and_docs_work_offline(app_page: Page) -> 
     page.goto("/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("cavsync")
     expect(page.locator(".opblock-summary-path").filter(has_text="/videos/{video_id}/media")).to_be_visible()
+    page.goto("/redoc")
+    expect(page.locator("h1").first).to_contain_text("cavsync")  # ReDoc rendered the schema
+    expect(page.get_by_text("API docs by Redocly")).to_be_visible()  # its footer, whose logo came from the CDN
+    assert page.locator("a[href*='redocly'] img").evaluate("img => img.complete && img.naturalWidth > 0")
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/ui/$"))
     local = page.local_requests  # type: ignore[attr-defined]
+    assert any("/redoc.offline.js" in url for url in local) and any("/ui/favicon.svg" in url for url in local)
     assert any("/docs-assets/swagger-ui-bundle.js" in url for url in local)
     assert any("/ui/js/main.js" in url for url in local)
 
