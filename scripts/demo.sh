@@ -33,6 +33,8 @@ export CAVSYNC_MEDIA_ROOTS="[\"$MEDIA\"]"
 started=$SECONDS
 step() { printf '\n==> [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
 
+healthy() { "$BIN/python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1] + '/health', timeout=3)" \
+  "$URL" >/dev/null 2>&1; }
 # The port first, before any work: binding it as uvicorn will (SO_REUSEADDR) fails at once when it is taken.
 port_free() {
   "$BIN/python" - "$HOST" "$PORT" <<'PY'
