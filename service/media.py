@@ -49,6 +49,8 @@ class CatalogFile:
     name: str  # shown: the name it was sent with (an upload), else its file's name
     sha256: str
     identity: FileIdentity | None  # None: indexed before it was recorded (checked by hash once)
+    duration: float | None  # seconds, as indexed
+    has_pictures: bool  # a visual track was indexed
 
 
 def catalog_entry(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> CatalogFile:
@@ -62,7 +64,8 @@ def catalog_entry(sessions: sessionmaker, video_id: int, *, indexed: bool = Fals
         recorded = None
         if video.file_size is not None and video.file_mtime_ns is not None:
             recorded = FileIdentity(video.file_size, video.file_mtime_ns)
-        return CatalogFile(video.id, video.uri, display_name(video.name, video.uri), video.sha256, recorded)
+        name, pictures = display_name(video.name, video.uri), "visual" in video.modalities.split(",")
+        return CatalogFile(video.id, video.uri, name, video.sha256, recorded, video.duration, pictures)
 
 
 def open_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> tuple[CatalogFile, Opened]:
@@ -146,21 +149,24 @@ def media_type(path: Path) -> str:
 
 
 def poster_jpeg(
-    path: Path, at: float, width: int, prep: PreprocessConfig, name: str | None = None
+    path: Path, at: float, width: int, prep: PreprocessConfig, name: str | None = None, duration: float | None = None
 ) -> tuple[bytes, float]:
     """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped
     inside the video; 422 past its end or for a file without pictures). `name`: the file as errors call it.
-    Probe and decode are bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
+    `duration`: the video's, when the catalog knows it (no probe run: one ffmpeg run in all). The decode is
+    bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
     name, timeout_s = name or path.name, prep.timeout_s
-    try:
-        info = probe(path, timeout_s, prep.limits)
-    except MediaError as exc:
-        raise InvalidInput(f"{name}: {exc}".replace(str(path), name)) from exc
-    if not info.has_video:
-        raise InvalidInput(f"{name} has no pictures (an audio file): no poster")
-    if info.duration is not None:
-        at = clamped_time(at, info.duration)
-    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *max_pixels_args(info.max_pixels)]
+    if duration is None:
+        try:
+            info = probe(path, timeout_s, prep.limits)
+        except MediaError as exc:
+            raise InvalidInput(f"{name}: {exc}".replace(str(path), name)) from exc
+        if not info.has_video:
+            raise InvalidInput(f"{name} has no pictures (an audio file): no poster")
+        duration = info.duration
+    if duration is not None:
+        at = clamped_time(at, duration)
+    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *max_pixels_args(prep.limits.max_pixels)]
     args += ["-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
     data = run_tool(args, timeout_s, POSTER_MAX_BYTES, name)
@@ -185,8 +191,10 @@ def cached_poster(
         for hit in folder.glob(f"{key}-*.jpg"):
             with contextlib.suppress(OSError, ValueError):
                 return hit.read_bytes(), int(hit.stem.rsplit("-", 1)[1]) / 1000
+        if not entry.has_pictures:
+            raise InvalidInput(f"{entry.name} has no pictures (an audio file): no poster")
         with named_errors(opened.fd, entry.name) as path:
-            data, used = poster_jpeg(Path(path), at, width, prep, entry.name)
+            data, used = poster_jpeg(Path(path), at, width, prep, entry.name, entry.duration)
     finally:
         os.close(opened.fd)
     with contextlib.suppress(OSError):  # a full disk or a read-only data dir: the poster is still answered
