@@ -27,13 +27,13 @@ MAX_PIXELS = 36_000_000  # PreprocessConfig's and ServiceConfig's default
 _BOXES = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}  # mp4 boxes that hold boxes
 
 
-def png_bomb(path: Path, width: int, height: int) -> Path:
-    """A valid black RGB PNG of width x height (a few MB at most: deflate of zeros)."""
+def png_bomb(path: Path, width: int, height: int, level: int = 1) -> Path:
+    """A valid black RGB PNG of width x height (a few MB at most: deflate of zeros at `level`)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    packer = zlib.compressobj(1)
+    packer = zlib.compressobj(level)
     row = b"\0" * (1 + width * 3)
     pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +25,7 @@ from service.app import create_app
 from service.config import ServiceConfig
 
 from ..bombs import ToolRuns, measured_tools, without_run_args
+from ..bombs import png_bomb as make_png_bomb
 from .conftest import DEMO_CHECKPOINT, record
 
 pytestmark = pytest.mark.slow  # the module's fixtures index clips and mux a bomb (about half a minute)
@@ -35,16 +34,7 @@ BOMB_SIDE = 16000  # 256 M pixels: 768 MB of RGB once decoded, from a file of un
 
 def png_bomb(path: Path) -> Path:
     """A valid 16000 x 16000 black PNG (the field report's 746-KB bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    packer = zlib.compressobj(9)
-    row = b"\0" * (1 + BOMB_SIDE * 3)
-    pixels = b"".join(packer.compress(row) for _ in range(BOMB_SIDE)) + packer.flush()
-    header = struct.pack(">IIBBBBB", BOMB_SIDE, BOMB_SIDE, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
+    return make_png_bomb(path, BOMB_SIDE, BOMB_SIDE, level=9)
 
 
 @pytest.fixture(scope="module")
