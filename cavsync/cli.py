@@ -95,13 +95,18 @@ def _train_option(name: str, field: Any, default: object) -> inspect.Parameter:
 
 
 def _train(**flags: Any) -> None:
-    """Pretrain CAV-MAE Sync (defaults: the published recipe; the same flags as `python -m training.pretrain`)."""
+    """Pretrain CAV-MAE Sync (defaults: the published recipe).
+
+    Several GPUs: torchrun --nproc-per-node N -m cavsync train ... (the same flags; every rank runs this command).
+    """
     from training.config import from_flags
+    from training.distributed import launch_rank
     from training.pretrain import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     path = train(from_flags({k.replace("__", "."): v for k, v in flags.items()}))
-    typer.echo(f"model: {path}", err=True)
+    if launch_rank() == 0:
+        typer.echo(f"model: {path}", err=True)
 
 
 def _register_train() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-# What each flag does (`cavsync train --help`, `python -m training.pretrain --help`); objective fields prefixed.
+# What each flag of `cavsync train` does (its `--help`); objective fields prefixed.
 FIELD_HELP = {
     "data": "A media manifest (CSV/JSONL), a `cavsync synth` folder, or an official data JSON. Required.",
     "out_dir": "Run folder: config, metrics, checkpoints, model.safetensors. Required.",
@@ -116,29 +115,3 @@ def from_flags(given: dict[str, object]) -> TrainConfig:
     if "betas" in given:
         given["betas"] = tuple(given["betas"])  # type: ignore[arg-type]  # a 2-sequence of floats from the flag
     return TrainConfig(**given, objective=dataclasses.replace(_recipe_objective(), **objective))  # type: ignore[arg-type]  # values typed by their flags
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Command-line flags for every TrainConfig field (`--batch-size 64`, `--objective.lambda-c 0.01`).
-
-    A flag that is not given keeps the field's default (the recipe's, for the objective).
-    """
-    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description="Pretrain CAV-MAE Sync.")
-    for name, f, default in flag_fields():
-        _add(parser, name, str(f.type), f"{FIELD_HELP[name]} (default: {default})")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    missing = [name for name in ("data", "out_dir") if name not in given]
-    if missing:
-        parser.error("required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
-    return from_flags(given)
-
-
-def _add(parser: argparse.ArgumentParser, name: str, kind: str, help: str) -> None:
-    flag = "--" + name.replace("_", "-")
-    if kind.startswith("bool"):
-        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
-    elif kind.startswith("tuple"):
-        parser.add_argument(flag, dest=name, type=float, nargs=2, default=None, help=help)
-    else:
-        caster = int if kind.startswith("int") else float if kind.startswith("float") else str
-        parser.add_argument(flag, dest=name, type=caster, default=None, help=help)

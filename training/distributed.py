@@ -25,10 +25,15 @@ class Dist:
         return self.rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (RANK), 0 in a single process: rank 0 reports for the run."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> Dist:
     """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = default_device(device).type == "cuda"  # each rank then takes the GPU of its local rank
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -2,7 +2,12 @@
 accumulation, the published recipe, clipping, atomic checkpoints and exact resume.
 
     cavsync train --data DIR --out-dir RUN --preset tiny --epochs 30 --batch-size 64
-    torchrun --nproc-per-node 8 -m training.pretrain --data manifest.jsonl --out-dir RUN
+    torchrun --nproc-per-node 8 -m cavsync train --data manifest.jsonl --out-dir RUN
+
+`cavsync train` (cavsync/cli.py) is the one entry point, on one process or on every torchrun rank: its
+flags are generated from `TrainConfig`, its settings (the ffmpeg binary) come from `cavsync/settings.py`;
+this module is the library it calls (`train`). torchrun's RANK / WORLD_SIZE / LOCAL_RANK are read in
+`training/distributed.py`.
 
 Resume is automatic: a run restarted with the same out-dir continues from `last.ckpt` (model,
 optimiser, scheduler, step, position in the epoch, RNG); every random choice of the data and the
@@ -32,7 +37,7 @@ from tqdm import tqdm
 
 from model import CAVMAESync, ModelConfig, preset, save_checkpoint
 from training import distributed
-from training.config import TrainConfig, parse_args
+from training.config import TrainConfig
 from training.data import MediaManifest, OfficialManifest, PairDataset, collate_pairs, epoch_batches
 from training.mae_init import init_from_mae
 
@@ -306,12 +311,8 @@ def run_epochs(run: Run, bar: tqdm) -> None:
     run.checkpoint()
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    path = train(parse_args(argv))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"model: {path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old second command line: say where it went rather than train with other rules
+    sys.exit(
+        "error: `python -m training.pretrain` is no longer a command; run `cavsync train ...` (one process) or "
+        "`torchrun --nproc-per-node N -m cavsync train ...` (several), with the same flags"
+    )

@@ -1,4 +1,5 @@
-"""Pretraining: DDP equals one process on the concatenated batch; kill-and-resume is bit-exact."""
+"""Pretraining: DDP equals one process on the concatenated batch; kill-and-resume is bit-exact; torchrun runs
+`cavsync train` (the one entry point, with the settings' ffmpeg) on every rank."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from model import CAVMAESync, preset
-from training.config import TrainConfig, parse_args
+from model.media import ffmpeg_binary
+from training.config import TrainConfig, from_flags
 from training.distributed import Dist
 from training.pretrain import lr_factor, micro_batch_size, train_step
 
@@ -84,7 +86,8 @@ def _train_cmd(corpus: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "training.pretrain",
+        "cavsync",
+        "train",
         "--data",
         str(corpus),
         "--out-dir",
@@ -158,12 +161,13 @@ def test_schedule_and_batch_arithmetic() -> None:
 
 
 def test_recipe_defaults_and_flags() -> None:
-    cfg = parse_args(["--data", "d", "--out-dir", "o"])
+    cfg = from_flags({"data": "d", "out_dir": "o", "lr": None})  # a flag not given keeps the default
     assert cfg.betas == (0.95, 0.999) and cfg.weight_decay == 5e-7 and cfg.epochs == 25
     assert cfg.objective.lambda_c == 0.1 and cfg.objective.lambda_r == 1.0 and cfg.objective.norm_pix_loss
     assert cfg.objective.mask_ratio_audio == 0.75 and cfg.warmup_fraction == 0.1 and cfg.final_lr_fraction == 0.1
-    cfg = parse_args(["--data", "d", "--out-dir", "o", "--objective.lambda-c", "0.01", "--no-gather-negatives"])
-    assert cfg.objective.lambda_c == 0.01 and not cfg.gather_negatives
+    assert cfg == TrainConfig("d", "o") and cfg.lr is None
+    cfg = from_flags({"data": "d", "out_dir": "o", "objective.lambda_c": 0.01, "gather_negatives": False})
+    assert cfg.objective.lambda_c == 0.01 and not cfg.gather_negatives and cfg.objective.lambda_r == 1.0
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
@@ -180,11 +184,30 @@ def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no step was taken
 
 
+def test_training_pretrain_is_no_second_command_line(tmp_path: Path) -> None:
+    """The old entry point says where training went and fails, rather than train under other rules."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training.pretrain", "--data", str(tmp_path), "--out-dir", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert done.returncode != 0 and "torchrun --nproc-per-node N -m cavsync train" in done.stderr, done.stderr
+    assert not out.exists()
+
+
+def _logging_ffmpeg(folder: Path, log: Path) -> Path:
+    """An ffmpeg that appends the pid of the process that started it to `log`, then runs the real one."""
+    folder.mkdir()
+    wrapper = folder / "ffmpeg"
+    wrapper.write_text(f'#!/bin/sh\necho "$PPID" >> "{log}"\nexec "{ffmpeg_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_torchrun_two_ranks_on_cpu(synth_corpus: Path, tmp_path: Path) -> None:
-    """The real entry point under torchrun: gloo process group, DDP, gathered negatives, checkpoint."""
-    out = tmp_path / "ddp_run"
+    """The one entry point under torchrun (`-m cavsync train`): gloo process group, DDP, gathered negatives,
+    checkpoint; every rank decodes with the ffmpeg of the settings (CAVSYNC_FFMPEG)."""
+    out, calls = tmp_path / "ddp_run", tmp_path / "ffmpeg_calls.txt"
     cmd = [
         sys.executable,
         "-m",
@@ -193,7 +216,8 @@ def test_torchrun_two_ranks_on_cpu(synth_corpus: Path, tmp_path: Path) -> None:
         "--nproc-per-node",
         "2",
         "-m",
-        "training.pretrain",
+        "cavsync",
+        "train",
         "--data",
         str(synth_corpus),
         "--out-dir",
@@ -211,8 +235,12 @@ def test_torchrun_two_ranks_on_cpu(synth_corpus: Path, tmp_path: Path) -> None:
         "--max-steps",
         "2",
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    ffmpeg = _logging_ffmpeg(tmp_path / "bin", calls)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CAVSYNC_FFMPEG=str(ffmpeg))
     result = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(out / "last.ckpt", weights_only=True)["progress"]["step"] == 2
     assert (out / "model.safetensors").exists() and (out / "metrics.csv").exists()
+    assert result.stderr.count(f"model: {out / 'model.safetensors'}") == 1  # rank 0 reports, once
+    ranks = set(calls.read_text().split())
+    assert len(ranks) == 2, f"ffmpeg of the settings started by {len(ranks)} process(es), not the 2 ranks"
