@@ -7,8 +7,8 @@ centres drawn from an anisotropic Gaussian (power-law spectrum, as learned embed
 clip a sequence of 1-4 events with a clip-level offset and per-frame noise, and a tenth of the clips
 replaying another clip's events in another order (the hard negatives diagonal_mean separates).
 Queries are noisy copies of corpus clips. (Since issue 12 the search is over tracks: each clip here
-is a track of one clip; sketches are built when --sketch-dim > 0 but no longer searched; see
-bench_tracks.py for long videos.) For each candidate scheme the bench reports search +
+is a track of one clip; see bench_tracks.py for long videos. The clip sketches measured in
+BENCHMARKS.md were removed after 0.1.0.) For each candidate scheme the bench reports search +
 re-rank latency (query encoding excluded; one query at a time, as the API issues them) and
 recall@10 against the exact brute-force diagonal_mean ranking over every clip; plus build time and
 bytes per clip. The same tokens serve as both modalities (the store indexes both).
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.search import search
-from indexer.store import TokenStore, default_factory, default_sketch_factory
+from indexer.store import TokenStore, default_factory
 
 T, D = 16, 768
 
@@ -98,9 +98,7 @@ def folder_bytes(path: Path, pattern: str) -> int:
 def bench_size(
     n: int,
     queries: int,
-    sketch_dim: int,
     work: Path,
-    sketch_factory: str | None = None,
     factory: str | None = None,
     schemes: tuple[str, ...] = ("votes",),
 ) -> dict:
@@ -109,7 +107,7 @@ def bench_size(
     q = make_queries(corpus, queries, seed=1)
     truth = exact_top(corpus, q, 10)
     t1 = time.perf_counter()
-    store = TokenStore(work / f"store{n}", factory=factory, sketch_dim=sketch_dim, sketch_factory=sketch_factory)
+    store = TokenStore(work / f"store{n}", factory=factory)
     store.add(np.arange(n), corpus, corpus, "bench")
     build_s = time.perf_counter() - t1
     version = store.open()
@@ -117,7 +115,6 @@ def bench_size(
     sizes = {
         "tokens_fp16": folder_bytes(root / "shards", "*.visual.npy"),
         "frame_index": folder_bytes(root / "versions", "visual.faiss"),
-        "sketch_index": folder_bytes(root / "versions", "visual.sketch.faiss"),
     }
     runs = []
     if "votes" in schemes:  # clips as one-clip tracks: per-frame votes for (clip, offset 0), exact re-rank
@@ -128,10 +125,8 @@ def bench_size(
         "clips": n,
         "frames": T,
         "dim": D,
-        "sketch_dim": sketch_dim,
         "queries": queries,
         "frame_factory": factory or default_factory(n * T, D),
-        "sketch_factory": sketch_factory or default_sketch_factory(n),
         "corpus_and_truth_s": round(t1 - t0, 1),
         "build_s_both_modalities": round(build_s, 1),
         "bytes_per_clip_per_modality": {k: round(v / n) for k, v in sizes.items()},
@@ -144,8 +139,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--sketch-dim", type=int, default=0)
-    parser.add_argument("--sketch-factory", default=None, help="FAISS factory of the sketch index (default: by size)")
     parser.add_argument("--factory", default=None, help="FAISS factory of the per-frame index (default: by size)")
     parser.add_argument("--schemes", nargs="+", default=["votes"], choices=["votes"])
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
@@ -157,9 +150,7 @@ def main() -> None:
                     bench_size(
                         n,
                         args.queries,
-                        args.sketch_dim,
                         Path(work),
-                        args.sketch_factory,
                         args.factory,
                         tuple(args.schemes),
                     )

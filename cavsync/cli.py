@@ -150,7 +150,6 @@ def _settings_with(**given: object) -> Settings:
 
 
 FACTORY = typer.Option(help="FAISS factory of the per-frame indexes (default: by size) for a new store or compact.")
-SKETCH_FACTORY = typer.Option(help="FAISS factory of the clip-sketch indexes (default: by size).")
 
 
 MANIFESTS = {".csv": "a CSV with a `path` column", ".jsonl": 'one {"path": ...} per line', ".txt": "one path per line"}
@@ -209,7 +208,6 @@ def index(
     workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
     batch_clips: Annotated[int, typer.Option(min=1, help="Clips encoded and committed together.")] = 32,
     factory: Annotated[str | None, FACTORY] = None,
-    sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
 ) -> None:
     """Index media: decode, encode per-frame tokens, add them to the store and the catalog.
 
@@ -233,7 +231,7 @@ def index(
     indexer = Indexer(
         net,
         model_id_of(path),
-        TokenStore(config.index_dir, factory=factory, sketch_factory=sketch_factory),
+        TokenStore(config.index_dir, factory=factory),
         open_catalog(config.catalog_url),
         workers=workers,
         batch_clips=batch_clips,
@@ -382,13 +380,12 @@ def delete(
 def compact(
     data_dir: Annotated[Path | None, DATA_DIR] = None,
     factory: Annotated[str | None, FACTORY] = None,
-    sketch_factory: Annotated[str | None, SKETCH_FACTORY] = None,
 ) -> None:
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
     from indexer.store import TokenStore
 
     index_dir = _settings_with(data_dir=data_dir).service_config().index_dir
-    version = TokenStore(index_dir, factory=factory, sketch_factory=sketch_factory).compact()
+    version = TokenStore(index_dir, factory=factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 
 

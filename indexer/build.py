@@ -1,8 +1,8 @@
 """The FAISS side of a store version: index types for a size, reading indexes, and building them.
 
 Building reads a version's clips a chunk at a time (`gather`), so rebuilding a large store holds one
-chunk and one training sample in memory, never the whole corpus: projections are fitted and index
-types that need training (IVF) are trained on a sample of clips, then every clip is added.
+chunk and one training sample in memory, never the whole corpus: index types that need training (IVF)
+are trained on a sample of clips, then every clip is added.
 """
 
 from __future__ import annotations
@@ -10,14 +10,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-
-from indexer import sketch
-from indexer.sketch import Projection
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +21,7 @@ log = logging.getLogger(__name__)
 # the whole index once per query vector. A query is many frames: one scan (one GEMM) is ~Q times faster.
 faiss.cvar.distance_compute_blas_threshold = 1
 NPROBE = 32  # inverted lists visited per query vector in IVF indexes
-SAMPLE_CLIPS = 4096  # clips sampled to fit projections and train indexes (more when IVF lists need more)
+SAMPLE_CLIPS = 4096  # clips sampled to train indexes (more when IVF lists need more)
 VECTORS_PER_LIST = 100  # training vectors per IVF list (faiss warns below 39 and uses at most 256)
 CHUNK_CLIPS = 4096  # clips read and added at a time
 
@@ -36,16 +32,6 @@ def default_factory(num_vectors: int, dim: int) -> str:
     if num_vectors <= 200_000:
         return "IDMap2,Flat"
     return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
-
-
-def default_sketch_factory(num_clips: int) -> str:
-    """Sketch index: flat up to 20k clips, 8-bit scalar codes (a quarter of the bytes to scan) up to 1M,
-    then IVF with ~sqrt(n) lists over 8-bit codes."""
-    if num_clips <= 20_000:
-        return "IDMap2,Flat"
-    if num_clips <= 1_000_000:
-        return "IDMap2,SQ8"
-    return f"IVF{int(np.sqrt(num_clips))},SQ8"
 
 
 def gpu_count() -> int:
@@ -71,54 +57,26 @@ def frame_ids(rows: np.ndarray, frames: int) -> np.ndarray:
     return (rows[:, None] * frames + np.arange(frames)[None, :]).ravel().astype(np.int64)
 
 
-def sample_size(clips: int, frames: int, factory: str, sketch_factory: str) -> int:
-    """Clips to train on: SAMPLE_CLIPS, or enough for VECTORS_PER_LIST per IVF list of either index."""
+def sample_size(clips: int, frames: int, factory: str) -> int:
+    """Clips to train on: SAMPLE_CLIPS, or enough for VECTORS_PER_LIST per IVF list of the index."""
     lists = [int(n) for n in re.findall(r"IVF(\d+)", factory)]
-    sketch_lists = [int(n) for n in re.findall(r"IVF(\d+)", sketch_factory)]
-    needed = max(
-        [SAMPLE_CLIPS]
-        + [-(-VECTORS_PER_LIST * n // frames) for n in lists]
-        + [VECTORS_PER_LIST * n for n in sketch_lists]
-    )
-    return min(clips, needed)
-
-
-@dataclass(frozen=True)
-class Built:
-    """A modality's freshly built indexes."""
-
-    index: faiss.Index  # per-frame vectors, id = row * T + frame
-    projection: Projection | None  # None when the store keeps no sketches
-    sketches: faiss.Index | None  # clip sketches, id = row
+    return min(clips, max([SAMPLE_CLIPS] + [-(-VECTORS_PER_LIST * n // frames) for n in lists]))
 
 
 def build(
-    gather: Callable[[np.ndarray], np.ndarray],
-    rows: np.ndarray,
-    frames: int,
-    dim: int,
-    factory: str,
-    sketch_dim: int,
-    sketch_factory: str,
-) -> Built:
-    """One modality's per-frame index and (sketch_dim > 0) sketch projection and index over `rows`, whose
-    tokens `gather(rows)` returns as (n, T, D) float32."""
-    if len(rows) == 0:  # no clip has this modality: empty exact indexes (nothing to train on)
-        factory = sketch_factory = "IDMap2,Flat"
-    count = sample_size(len(rows), frames, factory, sketch_factory)
-    picked = np.sort(np.random.default_rng(0).choice(len(rows), count, replace=False))
-    sample = gather(rows[picked])  # (s, T, D)
+    gather: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, frames: int, dim: int, factory: str
+) -> faiss.Index:
+    """One modality's per-frame index over `rows` (id = row * T + frame), whose tokens `gather(rows)`
+    returns as (n, T, D) float32."""
+    if len(rows) == 0:  # no clip has this modality: an empty exact index (nothing to train on)
+        factory = "IDMap2,Flat"
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        index.train(np.ascontiguousarray(sample.reshape(-1, dim)))
-    projection = sketches = None
-    if sketch_dim:
-        projection = Projection.fit(sample, sketch_dim)
-        sketches = sketch.new_index(projection, frames, sketch_factory, sample)
+        count = sample_size(len(rows), frames, factory)
+        picked = np.sort(np.random.default_rng(0).choice(len(rows), count, replace=False))
+        index.train(np.ascontiguousarray(gather(rows[picked]).reshape(-1, dim)))  # (s * T, D)
     for start in range(0, len(rows), CHUNK_CLIPS):
         chunk = rows[start : start + CHUNK_CLIPS]
         tokens = gather(chunk)  # (c, T, D)
         index.add_with_ids(np.ascontiguousarray(tokens.reshape(-1, dim)), frame_ids(chunk, frames))
-        if projection is not None and sketches is not None:
-            sketches.add_with_ids(projection.apply(tokens), chunk.astype(np.int64))
-    return Built(index, projection, sketches)
+    return index

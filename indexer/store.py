@@ -9,7 +9,6 @@ Layout under `root`:
     shards/<name>.valid.npy           (rows,) int16 frames of the row inside the media (T but in a last clip)
     versions/v000007/manifest.json    the shards in row order, deleted clip ids, FAISS factory, sizes
     versions/v000007/<modality>.faiss per-frame index, id = row * T + frame
-    versions/v000007/<modality>.sketch.faiss, .projection.npy   clip sketches, id = row (indexer.sketch)
     CURRENT                           the name of the live version (replaced with os.replace)
 
 A track is a video's frames of one modality on one grid: frame k at k x frame_s seconds (frame_s,
@@ -18,13 +17,16 @@ row * T + frame of a frame is also its place in the track (row - the track's fir
 Shards written before tracks existed read as one track per row.
 
 A version is never modified: adding writes a new shard and a new version whose FAISS indexes are
-the previous ones plus the new vectors (no retraining; the sketch projection is kept) until the
-store has grown REBUILD_GROWTH-fold since its indexes were built, when they are rebuilt for the new
-size (index types re-chosen, projections refitted; amortised, as a growing array's copies), deleting
-writes a version with the clips' vectors removed and their ids listed as deleted, `compact`
-rewrites one shard without them, re-chooses the index types for the size, refits the projections
-and deletes the shards that no kept version uses. A reader
-opens CURRENT once and sees one complete version for as long as it holds it.
+the previous ones plus the new vectors (no retraining) until the store has grown REBUILD_GROWTH-fold
+since its indexes were built, when they are rebuilt for the new size (index types re-chosen, IVF
+retrained; amortised, as a growing array's copies), deleting writes a version with the clips' vectors
+removed and their ids listed as deleted, `compact` rewrites one shard without them, re-chooses the
+index types for the size and deletes the shards that no kept version uses. A reader opens CURRENT
+once and sees one complete version for as long as it holds it.
+
+Stores written before the clip sketches were removed (after 0.1.0) open as they are: their manifests'
+sketch fields are dropped when read (`indexer.version.RETIRED_FIELDS`), their sketch files are never
+read, and the next version written has neither (the old folders go when pruned).
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer import build, shards, sketch
-from indexer.build import default_factory, default_sketch_factory
-from indexer.sketch import Projection
+from indexer import build, shards
+from indexer.build import default_factory
 from indexer.version import MODALITIES, Manifest, StoreVersion
 from model.features import PreprocessConfig
 
@@ -72,14 +73,11 @@ class TokenStore:
         dtype: str = "float16",
         factory: str | None = None,
         keep_versions: int = 3,
-        sketch_dim: int = 0,  # clip sketches (indexer.sketch): the track search does not use them; 0 builds none
-        sketch_factory: str | None = None,
         rebuild_growth: float = REBUILD_GROWTH,
     ) -> None:
         self.root = Path(root)
         self.rebuild_growth = rebuild_growth  # math.inf: never rebuild on add (only `compact` does)
         self.dtype, self.factory, self.keep_versions = dtype, factory, keep_versions
-        self.sketch_dim, self.sketch_factory = sketch_dim, sketch_factory
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
         (self.root / "versions").mkdir(exist_ok=True)
 
@@ -90,8 +88,7 @@ class TokenStore:
 
     def open(self, gpu: bool = True, indexes: bool = True) -> StoreVersion | None:
         """The live version, or None for an empty store. Its per-frame FAISS indexes are read now (on the
-        GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader (the
-        clip sketches, which search does not use, are read on first use: by the writer, under its lock); a
+        GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader; a
         caller that reads only ids and tokens passes indexes=False."""
         for _ in range(OPEN_ATTEMPTS):
             name = self.current_name()
@@ -100,7 +97,7 @@ class TokenStore:
             try:
                 version = StoreVersion(self.root, name, gpu)
                 if indexes:
-                    version.index  # noqa: B018  (cached on first access; the sketches, unused by search, stay lazy)
+                    version.index  # noqa: B018  (cached on first access)
                 return version
             except (OSError, RuntimeError):  # faiss reports a missing file as RuntimeError
                 if self.current_name() == name:
@@ -165,7 +162,7 @@ class TokenStore:
             manifest.shards.append(self._write_shard(clip_ids, tokens, present, (track_ids, valid)))
             if current is None or len(current) + len(clip_ids) >= self.rebuild_growth * current.manifest.build_size:
                 return self._rebuilt(manifest)
-            return self._publish(manifest, *self._grown_indexes(current, manifest, tokens, rows, present))
+            return self._publish(manifest, self._grown_indexes(current, manifest, tokens, rows, present))
 
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search: their vectors leave the FAISS indexes. None if absent."""
@@ -179,17 +176,12 @@ class TokenStore:
             manifest = Manifest(**{**asdict(current.manifest), "version": current.manifest.version + 1})
             manifest.deleted = sorted(set(manifest.deleted) | {int(r) for r in rows})
             frame_ids = build.frame_ids(rows, current.frames)
-            indexes, projections = {}, {}
-            for modality in MODALITIES:
-                indexes[modality] = shards.without_ids(current.index[modality], frame_ids)
-                if current.sketch:
-                    projections[modality], index = current.sketch[modality]
-                    indexes[f"{modality}.sketch"] = shards.without_ids(index, rows.astype(np.int64))
-            return self._publish(manifest, indexes, projections)
+            indexes = {m: shards.without_ids(current.index[m], frame_ids) for m in MODALITIES}
+            return self._publish(manifest, indexes)
 
     def compact(self) -> str | None:
-        """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size, projection
-        refitted) without the deleted clips, and delete the shards that no kept version uses."""
+        """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size) without the
+        deleted clips, and delete the shards that no kept version uses."""
         with self._writer():
             current = self.open(gpu=False, indexes=False)  # rebuilt from the tokens
             if current is None:
@@ -201,31 +193,18 @@ class TokenStore:
     # ------------------------------------------------------------------------------------ helpers
     def _rebuilt(self, manifest: Manifest) -> str:
         """Publish `manifest` with every index built anew over its live clips, read back from its shards a
-        chunk at a time: index types chosen for the size, projections refitted."""
+        chunk at a time: index types chosen for the size."""
         source = StoreVersion(self.root, f"v{manifest.version:06d}", manifest=manifest)  # tokens only
         live = np.flatnonzero(source.live)
         log.info("building the indexes of %d clips", len(live))
         manifest.factory = self.factory or default_factory(len(live) * manifest.frames, manifest.dim)
-        manifest.sketch_dim = self.sketch_dim
-        manifest.sketch_factory = self.sketch_factory or default_sketch_factory(len(live))
         manifest.built_rows = len(live)
-        indexes, projections = {}, {}
+        indexes = {}
         for modality in MODALITIES:
             rows = live[source.present[modality][live]]
-            built = build.build(
-                partial(source.gather, modality),
-                rows,
-                manifest.frames,
-                manifest.dim,
-                manifest.factory,
-                manifest.sketch_dim,
-                manifest.sketch_factory,
-            )
-            indexes[modality] = built.index
-            if built.projection is not None:
-                assert built.sketches is not None  # built with a projection: its sketches too
-                indexes[f"{modality}.sketch"], projections[modality] = built.sketches, built.projection
-        return self._publish(manifest, indexes, projections)
+            gather = partial(source.gather, modality)
+            indexes[modality] = build.build(gather, rows, manifest.frames, manifest.dim, manifest.factory)
+        return self._publish(manifest, indexes)
 
     def _copy_shard(self, current: StoreVersion, rows: np.ndarray) -> dict[str, Any]:
         """A new shard holding `rows` of `current`, copied a chunk at a time; returns its manifest entry."""
@@ -291,9 +270,9 @@ class TokenStore:
         tokens: dict[str, np.ndarray],
         rows: np.ndarray,
         present: np.ndarray,
-    ) -> tuple[dict[str, faiss.Index], dict[str, Projection]]:
-        """The per-frame and sketch indexes of `current` plus the given rows' tokens (no retraining)."""
-        indexes, projections = {}, {}
+    ) -> dict[str, faiss.Index]:
+        """The per-frame indexes of `current` plus the given rows' tokens (no retraining)."""
+        indexes = {}
         for k, modality in enumerate(MODALITIES):
             kept = rows[present[:, k]]
             vectors = tokens[modality][present[:, k]]  # (n, T, D)
@@ -303,21 +282,15 @@ class TokenStore:
                 build.frame_ids(kept, manifest.frames),
             )
             indexes[modality] = index
-            if current.sketch:
-                projection, grown = current.sketch[modality]
-                indexes[f"{modality}.sketch"] = sketch.grow(grown, projection, vectors, kept)
-                projections[modality] = projection
-        return indexes, projections
+        return indexes
 
-    def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index], projections: dict[str, Projection]) -> str:
+    def _publish(self, manifest: Manifest, indexes: dict[str, faiss.Index]) -> str:
         """Write the version folder under a temp name, rename it into place, then swap CURRENT."""
         name = f"v{manifest.version:06d}"
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root / "versions"))
         (staging / "manifest.json").write_text(json.dumps(asdict(manifest), indent=1))
         for stem, index in indexes.items():
             shards.write_index(index, staging / f"{stem}.faiss")
-        for modality, projection in projections.items():
-            projection.save(staging / f"{modality}.projection.npy")
         target = self.root / "versions" / name
         if target.exists():
             shutil.rmtree(target)

@@ -16,11 +16,17 @@ import numpy as np
 
 from indexer import shards
 from indexer.build import read_index
-from indexer.sketch import Projection
 from indexer.tracks import TrackTable
 from model.features import PreprocessConfig
 
 MODALITIES = ("audio", "visual")
+
+
+# Manifest fields of retired features, dropped when a manifest is read. sketch_dim, sketch_factory: the
+# clip sketches, removed after 0.1.0. Every store written until then has them (0 and "IDMap2,Flat" unless
+# it was built with sketches, whose version folders also hold <modality>.sketch.faiss and
+# <modality>.projection.npy: never read, deleted with their folder when it is pruned).
+RETIRED_FIELDS = ("sketch_dim", "sketch_factory")
 
 
 @dataclass
@@ -33,9 +39,7 @@ class Manifest:
     factory: str
     shards: list[dict[str, Any]] = field(default_factory=list)  # {"name": str, "rows": int}
     deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
-    sketch_dim: int = 0  # per-frame width of the clip sketches; 0: the version has none
-    sketch_factory: str = "IDMap2,Flat"
-    built_rows: int = 0  # live clips when the indexes were built (fitted, types chosen); 0: the first shard's
+    built_rows: int = 0  # live clips when the indexes were built (types chosen, trained); 0: the first shard's
     frame_s: float = 0.0  # seconds between consecutive frames of a track; 0: a store from before tracks
 
     @property
@@ -47,6 +51,14 @@ class Manifest:
         return sum(s["rows"] for s in self.shards)
 
 
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at `path`, without the fields of retired features (`RETIRED_FIELDS`)."""
+    fields = json.loads(path.read_text())
+    for name in RETIRED_FIELDS:
+        fields.pop(name, None)
+    return Manifest(**fields)
+
+
 class StoreVersion:
     """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes (read when
     first used: `TokenStore.open` reads them at once unless asked not to)."""
@@ -55,7 +67,7 @@ class StoreVersion:
         """The published version `name`, or (`manifest` given) one being built, readable for its tokens only."""
         self.root, self.name = root, name
         folder = root / "versions" / name
-        self.manifest = manifest or Manifest(**json.loads((folder / "manifest.json").read_text()))
+        self.manifest = manifest or read_manifest(folder / "manifest.json")
         entries = self.manifest.shards
         self.tokens = {
             m: [shards.map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in entries] for m in MODALITIES
@@ -108,19 +120,6 @@ class StoreVersion:
     def index(self) -> dict[str, faiss.Index]:
         """The per-frame FAISS index of each modality, read on first use (id and token readers never pay)."""
         return {m: read_index(self.folder / f"{m}.faiss", self.gpu) for m in MODALITIES}
-
-    @cached_property
-    def sketch(self) -> dict[str, tuple[Projection, faiss.Index]]:
-        """Each modality's sketch projection and index, read on first use; empty for a version without."""
-        if not self.manifest.sketch_dim:
-            return {}
-        return {
-            m: (
-                Projection.load(self.folder / f"{m}.projection.npy"),
-                read_index(self.folder / f"{m}.sketch.faiss", self.gpu),
-            )
-            for m in MODALITIES
-        }
 
     @property
     def frames(self) -> int:

@@ -276,7 +276,7 @@ def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
     from indexer.store import TokenStore
     from indexer.version import Manifest
 
-    store, rng = TokenStore(tmp_path / "index", factory="IDMap2,Flat", sketch_dim=4), np.random.default_rng(0)
+    store, rng = TokenStore(tmp_path / "index", factory="IDMap2,Flat"), np.random.default_rng(0)
     manifest = Manifest(1, 2, 8, "float16", "m", factory="")
     for shard in range(1000):
         tokens = rng.standard_normal((1, 2, 8)).astype(np.float32)

@@ -7,12 +7,12 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from indexer import build
 from indexer.search import search
-from indexer.sketch import Projection
 from indexer.store import StoreError, TokenStore
 from model.similarity import STRATEGIES
 
@@ -61,7 +61,7 @@ def _brute(query: np.ndarray, tokens: np.ndarray, strategy: str) -> np.ndarray:
 
 @pytest.fixture()
 def store(tmp_path: Path) -> TokenStore:
-    return TokenStore(tmp_path / "index", dtype="float32", sketch_dim=12)  # sketches kept working, unused by search
+    return TokenStore(tmp_path / "index", dtype="float32")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -106,18 +106,6 @@ def test_faiss_candidates_reach_exact_ranking(tmp_path: Path) -> None:
     assert agree / 200 >= 0.99
 
 
-def test_sketch_inner_products_are_exact_on_low_rank_tokens() -> None:
-    """Tokens spanning a d-dim subspace: the fitted projection loses nothing, so sketch inner products
-    equal T x diagonal_mean computed the naive way."""
-    rng = np.random.default_rng(4)
-    basis = np.linalg.qr(rng.standard_normal((D, 5)))[0]  # (D, 5) orthonormal
-    tokens = _unit(rng.standard_normal((50, T, 5)) @ basis.T)
-    sketches = Projection.fit(tokens, 5).apply(tokens)  # (50, T*5)
-    naive = np.array([[sum(a[t] @ b[t] for t in range(T)) for b in tokens] for a in tokens[:5]])
-    assert sketches.shape == (50, T * 5)
-    assert np.allclose(sketches[:5] @ sketches.T, naive, atol=1e-4)
-
-
 def test_unused_shards_are_deleted(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "gc", dtype="float32", keep_versions=2)
     audio, visual = _corpus(30)
@@ -142,7 +130,7 @@ def test_add_delete_compact(store: TokenStore) -> None:
     assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12
     store.delete([12, 3])
     after = store.open()
-    assert len(after) == 28 and after.index["audio"].ntotal == 28 * T and after.sketch["audio"][1].ntotal == 28
+    assert len(after) == 28 and after.index["audio"].ntotal == 28 * T
     for scheme in SCHEMES:
         ids = [h.clip_id for h in search(after, audio[12], target="audio", k=30, scheme=scheme)]
         assert 12 not in ids and 3 not in ids
@@ -160,25 +148,32 @@ def test_add_delete_compact(store: TokenStore) -> None:
     assert store.add(np.array([5]), audio[5:6], visual[5:6], "m") is None  # already live: nothing to do
 
 
+def _centroids(index: faiss.Index) -> np.ndarray:
+    """The coarse centroids of an IVF index, (nlist, D)."""
+    quantizer = faiss.extract_index_ivf(index).quantizer
+    return quantizer.reconstruct_n(0, quantizer.ntotal)
+
+
 def test_a_store_grown_from_a_small_batch_rebuilds_its_indexes(tmp_path: Path) -> None:
-    """A sketch projection fitted on a first batch of 8 clips (128 frames) is refitted once the store has
-    grown 4-fold, over the live clips only; between rebuilds the indexes grow without refitting."""
-    store = TokenStore(tmp_path / "grow", dtype="float32", sketch_dim=12)
+    """IVF indexes trained on a first batch of 8 clips (64 frames) are retrained once the store has grown
+    4-fold, over the live clips only; between rebuilds the indexes grow without retraining."""
+    store = TokenStore(tmp_path / "grow", dtype="float32", factory="IVF2,Flat")
     audio, visual = _corpus(60, seed=4)
     store.add(np.arange(8), audio[:8], visual[:8], "m")
-    first = store.open().sketch["audio"][0].matrix
-    store.add(np.arange(8, 30), audio[8:30], visual[8:30], "m")  # 30 < 4 x 8: grown, not refitted
+    first = _centroids(store.open().index["audio"])
+    store.add(np.arange(8, 30), audio[8:30], visual[8:30], "m")  # 30 < 4 x 8: grown, not retrained
     store.delete([2, 20])
     grown = store.open()
-    assert grown.manifest.built_rows == 8 and np.array_equal(grown.sketch["audio"][0].matrix, first)
+    assert grown.manifest.built_rows == 8 and np.array_equal(_centroids(grown.index["audio"]), first)
     store.add(np.arange(30, 40), audio[30:40], visual[30:40], "m")  # 38 live >= 32: rebuilt
     rebuilt = store.open()
     live = [i for i in range(40) if i not in (2, 20)]
     assert rebuilt.manifest.built_rows == 38 and len(rebuilt) == 38
+    assert not np.allclose(_centroids(rebuilt.index["audio"]), first, atol=1e-3)
     for modality, tokens in (("audio", audio), ("visual", visual)):
-        projection, index = rebuilt.sketch[modality]
-        assert np.allclose(projection.matrix, Projection.fit(tokens[live], 12).matrix)
-        assert index.ntotal == 38 and rebuilt.index[modality].ntotal == 38 * T
+        fresh = build.build(lambda rows, t=tokens[live]: t[rows], np.arange(38), T, D, "IVF2,Flat")
+        assert np.allclose(_centroids(rebuilt.index[modality]), _centroids(fresh), atol=1e-5)
+        assert rebuilt.index[modality].ntotal == 38 * T
     for clip in (0, 25, 39):
         for scheme in SCHEMES:
             assert search(rebuilt, visual[clip], target="visual", k=1, scheme=scheme)[0].clip_id == clip
@@ -188,7 +183,7 @@ def test_a_store_grown_from_a_small_batch_rebuilds_its_indexes(tmp_path: Path) -
 
 
 def test_rebuilds_can_be_left_to_compact(tmp_path: Path) -> None:
-    store = TokenStore(tmp_path / "never", dtype="float32", sketch_dim=12, rebuild_growth=math.inf)
+    store = TokenStore(tmp_path / "never", dtype="float32", rebuild_growth=math.inf)
     audio, visual = _corpus(40, seed=5)
     for first, last in ((0, 4), (4, 20), (20, 40)):
         store.add(np.arange(first, last), audio[first:last], visual[first:last], "m")
@@ -202,9 +197,9 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
     same indexes as one pass would: every vector once, the exhaustive ranking reached, compact's copy exact."""
     monkeypatch.setattr(build, "CHUNK_CLIPS", 7)
     monkeypatch.setattr(build, "SAMPLE_CLIPS", 16)
-    assert build.sample_size(5000, T, "IVF100,PQ4", "IDMap2,Flat") == 100 * 100 // T
-    assert build.sample_size(5000, T, "IDMap2,Flat", "IVF30,SQ8") == 100 * 30 and build.sample_size(9, T, "", "") == 9
-    store = TokenStore(tmp_path / "chunks", dtype="float32", sketch_dim=12, factory="IVF2,Flat")
+    assert build.sample_size(5000, T, "IVF100,PQ4") == 100 * 100 // T
+    assert build.sample_size(5000, T, "IDMap2,Flat") == 16 and build.sample_size(9, T, "IVF100,PQ4") == 9
+    store = TokenStore(tmp_path / "chunks", dtype="float32", factory="IVF2,Flat")
     audio, visual = _corpus(50, seed=6)
     store.add(np.arange(50), audio, visual, "m")
     store.delete([10, 11])
@@ -220,7 +215,7 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
 
 
 def test_id_and_token_readers_do_not_read_the_faiss_indexes(tmp_path: Path) -> None:
-    store = TokenStore(tmp_path / "lazy", dtype="float32", sketch_dim=12)
+    store = TokenStore(tmp_path / "lazy", dtype="float32")
     audio, visual = _corpus(6)
     store.add(np.arange(6), audio, visual, "m")
     for path in (tmp_path / "lazy" / "versions").glob("*/*.faiss"):
@@ -279,7 +274,6 @@ def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> N
     store.add(np.arange(10), audio, visual, "m", present=present)
     version = store.open()
     assert version.index["visual"].ntotal == 9 * T and version.index["audio"].ntotal == 10 * T
-    assert version.sketch["visual"][1].ntotal == 9 and version.sketch["audio"][1].ntotal == 10
     for scheme in SCHEMES:
         assert 4 not in [h.clip_id for h in search(version, visual[4], target="visual", k=10, scheme=scheme)]
         assert search(version, audio[4], target="audio", k=1, scheme=scheme)[0].clip_id == 4
@@ -292,7 +286,7 @@ def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
 
     if gpu_count() == 0:
         pytest.skip("faiss-cpu build: no GPU index support")
-    store = TokenStore(tmp_path / "gpu", dtype="float32", sketch_dim=12)
+    store = TokenStore(tmp_path / "gpu", dtype="float32")
     audio, visual = _corpus(3000, seed=5, clusters=200)
     store.add(np.arange(3000), audio, visual, "m")
     on_gpu, on_cpu = store.open(), store.open(gpu=False)

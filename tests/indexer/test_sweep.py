@@ -24,7 +24,7 @@ def _aged(path: Path, seconds: float) -> Path:
 
 def test_sweep_removes_what_dead_writers_left(catalog_url: str, tmp_path: Path) -> None:
     data, sessions = tmp_path / "data", open_catalog(catalog_url)
-    store = TokenStore(data / "index", factory="IDMap2,Flat", sketch_dim=2)
+    store = TokenStore(data / "index", factory="IDMap2,Flat")
     tokens = np.ones((1, 2, 4), np.float32) / 2
     store.add(np.array([999_999]), tokens, tokens, "m")  # no clip of the rows below
     (data / "index" / "versions" / ".v000009.abc").mkdir()  # a version never published (a full disk)
