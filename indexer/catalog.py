@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import enum
 import fcntl
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -125,31 +123,9 @@ def new_video(
     return video
 
 
-@dataclass(frozen=True)
-class VideoRef:
-    """What a search answer needs of a video."""
-
-    id: int
-    uri: str
-    duration: float | None
-    name: str  # shown: the name an upload was sent with, else the file's name
-
-
 def display_name(name: str | None, uri: str) -> str:
     """What a video is called: its recorded name, else (rows indexed before names were) its file's name."""
     return name or Path(uri).name
-
-
-def indexed_videos_of_clips(session: Session, clip_ids: Sequence[int]) -> dict[int, VideoRef]:
-    """clip id -> its video, for the given clips whose video is indexed (one query); the retrieval
-    core's hits name a track by its first clip, and pending, failed or deleted videos drop out here."""
-    query = (
-        select(Clip.id, Video.id, Video.uri, Video.duration, Video.name)
-        .join(Video, Clip.video_id == Video.id)
-        .where(Clip.id.in_(list(clip_ids)), Video.status == VideoStatus.INDEXED)
-    )
-    rows = session.execute(query)
-    return {clip: VideoRef(video, uri, duration, display_name(name, uri)) for clip, video, uri, duration, name in rows}
 
 
 class IndexJob(Base):

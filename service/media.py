@@ -18,16 +18,14 @@ import shutil
 import uuid
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
-from sqlalchemy.orm import sessionmaker
 from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from indexer.catalog import Video, VideoStatus, display_name
-from indexer.files import FileChanged, FileGone, FileIdentity, Opened, fd_path, open_indexed
+from indexer.catalog import VideoStatus
+from indexer.catalog_queries import Sessions, VideoFile, record_file_identity, video_file
+from indexer.files import FileChanged, FileGone, Opened, fd_path, open_indexed
 from indexer.sweep import POSTERS_DIR
 from model.features import PreprocessConfig
 from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, max_pixels_args, run_tool
@@ -40,35 +38,17 @@ TIME_SLACK_S = 0.05  # container durations are rounded
 EXTRA_TYPES = {".mkv": "video/x-matroska", ".webm": "video/webm", ".m4a": "audio/mp4", ".flac": "audio/flac"}
 
 
-@dataclass(frozen=True)
-class CatalogFile:
-    """What the catalog records of a video's file."""
-
-    video_id: int
-    uri: str
-    name: str  # shown: the name it was sent with (an upload), else its file's name
-    sha256: str
-    identity: FileIdentity | None  # None: indexed before it was recorded (checked by hash once)
-    duration: float | None  # seconds, as indexed
-    has_pictures: bool  # a visual track was indexed
-
-
-def catalog_entry(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> CatalogFile:
+def catalog_entry(sessions: Sessions, video_id: int, *, indexed: bool = False) -> VideoFile:
     """The catalog's record of a video's file (any state but deleted; `indexed`: indexed only); 404 when
     unknown or deleted."""
-    with sessions() as session:
-        video = session.get(Video, video_id)
-        if video is None or video.status == VideoStatus.DELETED or (indexed and video.status != VideoStatus.INDEXED):
-            state = "unknown" if video is None else video.status.value
-            raise NotFound(f"no {'indexed ' if indexed else ''}video {video_id} ({state})")
-        recorded = None
-        if video.file_size is not None and video.file_mtime_ns is not None:
-            recorded = FileIdentity(video.file_size, video.file_mtime_ns)
-        name, pictures = display_name(video.name, video.uri), "visual" in video.modalities.split(",")
-        return CatalogFile(video.id, video.uri, name, video.sha256, recorded, video.duration, pictures)
+    entry = video_file(sessions, video_id)
+    if entry is None or entry.status == VideoStatus.DELETED or (indexed and entry.status != VideoStatus.INDEXED):
+        state = "unknown" if entry is None else entry.status.value
+        raise NotFound(f"no {'indexed ' if indexed else ''}video {video_id} ({state})")
+    return entry
 
 
-def open_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> tuple[CatalogFile, Opened]:
+def open_catalog_file(sessions: Sessions, video_id: int, *, indexed: bool = False) -> tuple[VideoFile, Opened]:
     """A video's file opened as the indexed one (the caller closes `Opened.fd`): 404 when the video is unknown,
     deleted or its file gone, 409 when something else now stands at its path. An identity checked by hash (not
     recorded yet, or a new mtime on the same content) is recorded for the next time."""
@@ -82,15 +62,13 @@ def open_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = 
             f"the media file of video {video_id} is no longer the one indexed: {exc}; index the file again"
         ) from exc
     if opened.refreshed is not None:
-        with contextlib.suppress(Exception), sessions() as session:  # only a shortcut for the next reader
-            size, mtime_ns = opened.refreshed
-            session.execute(update(Video).where(Video.id == video_id).values(file_size=size, file_mtime_ns=mtime_ns))
-            session.commit()
+        with contextlib.suppress(Exception):  # only a shortcut for the next reader
+            record_file_identity(sessions, video_id, opened.refreshed)
     return entry, opened
 
 
 @contextlib.contextmanager
-def opened_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool = False) -> Iterator[Opened]:
+def opened_catalog_file(sessions: Sessions, video_id: int, *, indexed: bool = False) -> Iterator[Opened]:
     """`open_catalog_file`, the descriptor closed on exit."""
     _, opened = open_catalog_file(sessions, video_id, indexed=indexed)
     try:
@@ -99,7 +77,7 @@ def opened_catalog_file(sessions: sessionmaker, video_id: int, *, indexed: bool 
         os.close(opened.fd)
 
 
-def check_catalog_file(sessions: sessionmaker, video_id: int) -> None:
+def check_catalog_file(sessions: Sessions, video_id: int) -> None:
     """404 / 409 unless the indexed video's file is still the one indexed (a query by video id uses its stored
     tokens, and is refused as its media would be)."""
     with opened_catalog_file(sessions, video_id, indexed=True):
@@ -180,7 +158,7 @@ def poster_folder(data_dir: Path, video_id: int) -> Path:
 
 
 def cached_poster(
-    sessions: sessionmaker, data_dir: Path, video_id: int, at: float, width: int, prep: PreprocessConfig
+    sessions: Sessions, data_dir: Path, video_id: int, at: float, width: int, prep: PreprocessConfig
 ) -> tuple[bytes, float]:
     """`poster_jpeg` of a video's file (opened as the indexed one: 404 / 409 otherwise), from the poster cache
     when it holds this frame of this content, else decoded and cached."""

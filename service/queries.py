@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from indexer.catalog import Video, VideoStatus, indexed_videos_of_clips
+from indexer.catalog import VideoStatus
+from indexer.catalog_queries import Sessions, indexed_videos_of_clips, video_clips
 from indexer.moments import Moment as CoreMoment
 from indexer.search import search
 from indexer.version import StoreVersion
@@ -49,12 +49,14 @@ from service.uploads import saved_upload
 SPARE_HITS = 8  # tracks asked beyond top_k, for videos the catalog drops (pending, failed, deleted)
 
 
-def indexed_video(session: Session, video_id: int) -> Video:
-    video = session.get(Video, video_id)
-    if video is None or video.status != VideoStatus.INDEXED or not video.clips:
-        state = "unknown" if video is None else video.status.value
+def indexed_clips(sessions: Sessions, video_id: int) -> list[tuple[int, float, float]]:
+    """An indexed video's clips as (clip id, start, duration), by start time; 404 unless the video is indexed
+    (with clips)."""
+    found = video_clips(sessions, video_id)
+    if found is None or found.status != VideoStatus.INDEXED or not found.clips:
+        state = "unknown" if found is None else found.status.value
         raise NotFound(f"no indexed video {video_id} ({state})")
-    return video
+    return list(found.clips)
 
 
 def stored_row(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> int:
@@ -86,8 +88,7 @@ def stored_query(
 ) -> QueryTokens:
     """An indexed video's track of `modality` (the frames of `part` of it: one per 0.64 s, from the first at or
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
-    with engine.sessions() as session:
-        first = indexed_video(session, video_id).clips[0].id
+    first = indexed_clips(engine.sessions, video_id)[0][0]
     check_catalog_file(engine.sessions, video_id)  # its media gone or replaced: refused as the media is
     row = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
     assert version is not None
@@ -143,8 +144,7 @@ def _results(
         moments=options.moments,
         moment_from=modality,
     )
-    with engine.sessions() as session:
-        videos = indexed_videos_of_clips(session, [h.clip_id for h in hits])
+    videos = indexed_videos_of_clips(engine.sessions, [h.clip_id for h in hits])
     found = [(h, videos[h.clip_id]) for h in hits if h.clip_id in videos][: options.top_k]
     return [
         VideoResult(
@@ -293,9 +293,7 @@ def stored_audio_token(
     engine: Engine, version: StoreVersion | None, video_id: int, at: float
 ) -> tuple[np.ndarray, float]:
     """(D,) stored audio token of an indexed video at `at` s (its clip's segment nearest `at`), its centre."""
-    with engine.sessions() as session:
-        video = indexed_video(session, video_id)
-        clips = [(c.id, c.start, c.duration) for c in video.clips]
+    clips = indexed_clips(engine.sessions, video_id)
     check_catalog_file(engine.sessions, video_id)
     end = max(start + length for _, start, length in clips)
     if at > end + TIME_SLACK_S:

@@ -11,16 +11,16 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, Response
-from sqlalchemy import func, select
 
-from indexer.catalog import Video, VideoStatus
+from indexer.catalog import VideoStatus
+from indexer.catalog_queries import video_detail, video_page, video_status
 from indexer.files import managed_dir
 from indexer.pipeline import delete_videos
 from indexer.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import NotFound, responses
 from service.media import OpenedFileResponse, cached_poster, forget_posters, media_type, open_catalog_file
-from service.queries import indexed_video
+from service.queries import indexed_clips
 from service.schemas import (
     MAX_ID,
     ClipEmbeddings,
@@ -43,22 +43,18 @@ def list_videos(
     status: Annotated[VideoStatus | None, Query(description="Only videos in this state.")] = None,
 ) -> VideoPage:
     """Videos of the catalog by id, `limit` at a time from `offset`."""
-    where = [Video.status == status] if status is not None else []
-    with engine.sessions() as session:
-        total = session.scalar(select(func.count()).select_from(Video).where(*where)) or 0
-        rows = session.scalars(select(Video).where(*where).order_by(Video.id).limit(limit).offset(offset)).all()
-        items = [VideoInfo.model_validate(v) for v in rows]
+    total, rows = video_page(engine.sessions, limit, offset, status)
+    items = [VideoInfo.model_validate(v) for v in rows]
     return VideoPage(total=total, limit=limit, offset=offset, items=items)
 
 
 @router.get("/videos/{video_id}", response_model=VideoDetail, responses=responses(404))
 def get_video(engine: EngineDep, video_id: VideoId) -> VideoDetail:
     """One video with its clips (any state: pending, indexed, failed with its error, deleted)."""
-    with engine.sessions() as session:
-        video = session.get(Video, video_id)
-        if video is None:
-            raise NotFound(f"no video {video_id}")
-        return VideoDetail.model_validate(video)
+    video = video_detail(engine.sessions, video_id)
+    if video is None:
+        raise NotFound(f"no video {video_id}")
+    return VideoDetail.model_validate(video)
 
 
 MEDIA: dict[str, Any] = {
@@ -124,8 +120,7 @@ def embeddings(
 ) -> EmbeddingsResponse:
     """The stored per-frame global tokens (T, D), L2-normalised, of each clip, both modalities; a long
     video's clips come a page at a time (`clips_total` says how many there are)."""
-    with engine.sessions() as session:
-        every = [(c.id, c.start, c.duration) for c in indexed_video(session, video_id).clips]
+    every = indexed_clips(engine.sessions, video_id)
     clips = every[offset : offset + limit]
     ids = [c[0] for c in clips]
     if version is None or len(version.rows_of(ids)) != len(ids):
@@ -152,9 +147,8 @@ def embeddings(
 def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
     """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog; its
     managed copy (an indexed upload) and cached posters go too. Files under the media roots are never deleted."""
-    with engine.sessions() as session:
-        if session.get(Video, video_id) is None:
-            raise NotFound(f"no video {video_id}")
+    if video_status(engine.sessions, video_id) is None:
+        raise NotFound(f"no video {video_id}")
     removed = delete_videos([video_id], engine.store, engine.sessions, managed_dir(engine.config.data_dir))
     forget_posters(engine.config.data_dir, video_id)
     version = engine.reload()

@@ -8,10 +8,9 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
 
-from indexer.catalog import Video, VideoStatus
+from indexer.catalog import VideoStatus
+from indexer.catalog_queries import Sessions, count_videos
 from service.deps import EngineDep, VersionDep
 from service.engine import preset_name
 from service.schemas import HealthResponse, IndexInfo, ModelInfo
@@ -43,11 +42,10 @@ def queue_state(broker_url: str | None) -> str:
     return "reachable"
 
 
-def indexed_videos(sessions: sessionmaker) -> int | None:
+def indexed_videos(sessions: Sessions) -> int | None:
     """Indexed videos in the catalog; None when the database does not answer."""
     try:
-        with sessions() as session:
-            return session.scalar(select(func.count()).select_from(Video).where(Video.status == VideoStatus.INDEXED))
+        return count_videos(sessions, VideoStatus.INDEXED)
     except Exception as exc:  # any failure to reach it is the answer
         log.warning("catalog unreachable: %s", exc)
         return None

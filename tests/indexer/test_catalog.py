@@ -50,7 +50,7 @@ def _open_and_count(url: str) -> int:
 @pytest.mark.integration
 def test_videos_of_clips_answer_indexed_videos_only(catalog_url: str) -> None:
     """The search's one catalog query (track hits name their first clip) gives the same on both databases."""
-    from indexer.catalog import VideoRef, indexed_videos_of_clips
+    from indexer.catalog_queries import VideoRef, indexed_videos_of_clips
 
     sessions = open_catalog(catalog_url)
     with sessions() as session:
@@ -61,7 +61,7 @@ def test_videos_of_clips_answer_indexed_videos_only(catalog_url: str) -> None:
             video.clips = [Clip(id=10 * n + k, start=10.24 * k, duration=10.24, modalities="audio") for k in range(3)]
             session.add(video)
         session.commit()
-        found = indexed_videos_of_clips(session, [0, 10, 20, 30, 31, 99])
+        found = indexed_videos_of_clips(sessions, [0, 10, 20, 30, 31, 99])
         ids = {v.uri: v.id for v in session.scalars(select(Video))}
     assert found == {
         0: VideoRef(ids["/m/0.mp4"], "/m/0.mp4", 30.0, "0.mp4"),

@@ -93,13 +93,13 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
     assert sorted(version.clip_ids[version.live].tolist()) == catalog_clips  # every clip once, none lost
 
 
-def _video_hits(version, session, query, target, **options):  # noqa: ANN001, ANN003, ANN202
+def _video_hits(version, sessions, query, target, **options):  # noqa: ANN001, ANN003, ANN202
     """The retrieval core's tracks as (video, hit), indexed videos only (what the service answers)."""
-    from indexer.catalog import indexed_videos_of_clips
+    from indexer.catalog_queries import indexed_videos_of_clips
     from indexer.search import search
 
     hits = search(version, query, target=target, k=24, **options)
-    videos = indexed_videos_of_clips(session, [h.clip_id for h in hits])
+    videos = indexed_videos_of_clips(sessions, [h.clip_id for h in hits])
     return [(videos[h.clip_id], h) for h in hits if h.clip_id in videos]
 
 
@@ -115,7 +115,7 @@ def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Pat
     version = store.open()
     excerpt = version.gather("audio", version.rows_of([2]))[0, 5:10]  # frames 5..9 of clip 2
     with sessions() as session:
-        found = _video_hits(version, session, excerpt, "audio")
+        found = _video_hits(version, sessions, excerpt, "audio")
         assert len({v.id for v, _ in found}) == len(found) >= 3
         video, best = found[0]
         assert best.clip_id == 2
@@ -125,14 +125,14 @@ def test_video_results_with_moments(media: Path, checkpoint: Path, tmp_path: Pat
         moment = best.moments[0]
         assert windows[moment.offset] >= max(windows) - TIE_TOLERANCE and windows.index(max(windows)) == 5
         assert (moment.start, moment.end) == pytest.approx((moment.offset * 0.64, (moment.offset + 5) * 0.64))
-        across = _video_hits(version, session, excerpt, "visual", moment_from="audio")
+        across = _video_hits(version, sessions, excerpt, "visual", moment_from="audio")
         placed = next(h for v, h in across if v.id == video.id)
         assert placed.moments[0].offset == moment.offset  # placed on the audio track, where the audio search put it
         assert session.get(Video, video.id).uri == video.uri
     delete_videos([video.id], store, sessions)
     with sessions() as session:
         for exhaustive_store in (store.open(), version):  # the new version, and the one a reader still holds
-            assert video.id not in {v.id for v, _ in _video_hits(exhaustive_store, session, excerpt, "audio")}
+            assert video.id not in {v.id for v, _ in _video_hits(exhaustive_store, sessions, excerpt, "audio")}
 
 
 @pytest.mark.slow
