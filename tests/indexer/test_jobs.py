@@ -1,4 +1,4 @@
-"""Index jobs as the catalog records them (indexer.jobs, indexer.tasks run in process): every file settled
+"""Index jobs as the catalog records them (indexer.jobs: records, dispatch and task run in process): every file settled
 (indexed, skipped, or failed with its error), the job done whatever its last file's outcome, failed when every
 file failed; uploads keep the name they were sent with; transient
 errors retried, then recorded; a publisher that fails marks the job failed with a typed error."""
