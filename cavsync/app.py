@@ -13,14 +13,15 @@ from service.app import create_app as create_service
 
 
 def build_app(settings: Settings) -> FastAPI:
-    """The service over `settings`; with a broker URL, index jobs are published to the Celery workers."""
+    """The service over `settings`; with a broker URL, index jobs are published to the Celery workers through
+    the one broker object (`cavsync.worker.broker`)."""
     use_ffmpeg(settings.ffmpeg)
-    publish = None
+    jobs_broker = None
     if settings.broker_url:
-        from cavsync.worker import make_app, publisher
+        from cavsync.worker import broker
 
-        publish = publisher(make_app(settings))
-    return create_service(settings.service_config(), publish)
+        jobs_broker = broker(settings)
+    return create_service(settings.service_config(), jobs_broker)
 
 
 def create_app() -> FastAPI:

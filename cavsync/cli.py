@@ -222,17 +222,18 @@ def index(
     from model import load_model
     from model.inference import default_device
 
-    config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url).service_config()
-    path = require_model(config.model_path, "--model" if model else env_name("model_path"))
+    settings = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url)
+    path = require_model(settings.model_path, "--model" if model else env_name("model_path"))
+    data = settings.data()
     if not target.exists():
         raise typer.BadParameter(f"{target}: no such file or folder", param_hint="TARGET")
     files = media_to_index(target)
-    net = load_model(path).to(config.device or default_device())
+    net = load_model(path).to(settings.device or default_device())
     indexer = Indexer(
         net,
         model_id_of(path),
-        TokenStore(config.index_dir, factory=factory),
-        open_catalog(config.catalog_url),
+        TokenStore(data.index, factory=factory),
+        open_catalog(data.catalog_url),
         workers=workers,
         batch_clips=batch_clips,
     )
@@ -327,7 +328,7 @@ def search(
     require_model(config.model_path, "--model" if model else env_name("model_path"))
     engine = Engine.start(config)
     if engine.version is None:
-        raise fail(f"no index in {config.index_dir}: index media first (cavsync index FOLDER)")
+        raise fail(f"no index in {config.data.index}: index media first (cavsync index FOLDER)")
     modality: Any = "audio" if direction == Direction.AUDIO_TO_VIDEO else "visual"
     options = queries.SearchOptions(top_k=top_k, strategy=strategy.value, moments=moments)
     try:
@@ -352,9 +353,9 @@ def migrate(
     """Create or upgrade the catalog's schema (what every command also does before it uses the catalog)."""
     from indexer.catalog import migrate as upgrade
 
-    config = _settings_with(data_dir=data_dir, database_url=database_url).service_config()
-    upgrade(config.catalog_url)
-    typer.echo(f"catalog schema up to date: {config.catalog_url.split('@')[-1]}")
+    data = _settings_with(data_dir=data_dir, database_url=database_url).data()
+    upgrade(data.catalog_url)
+    typer.echo(f"catalog schema up to date: {data.catalog_url.split('@')[-1]}")
 
 
 @app.command()
@@ -366,13 +367,12 @@ def delete(
     """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space) and the
     managed copies of uploaded ones (files of your own are never deleted)."""
     from indexer.catalog import open_catalog
-    from indexer.files import managed_dir
     from indexer.pipeline import delete_videos
     from indexer.store import TokenStore
 
-    config = _settings_with(data_dir=data_dir, database_url=database_url).service_config()
-    store, sessions = TokenStore(config.index_dir), open_catalog(config.catalog_url)
-    removed = delete_videos(video_ids, store, sessions, managed_dir(config.data_dir))
+    data = _settings_with(data_dir=data_dir, database_url=database_url).data()
+    store, sessions = TokenStore(data.index), open_catalog(data.catalog_url)
+    removed = delete_videos(video_ids, store, sessions, data.media)
     typer.echo(f"deleted {removed} video(s)")
 
 
@@ -384,7 +384,7 @@ def compact(
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
     from indexer.store import TokenStore
 
-    index_dir = _settings_with(data_dir=data_dir).service_config().index_dir
+    index_dir = _settings_with(data_dir=data_dir).data().index
     version = TokenStore(index_dir, factory=factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 

@@ -1,7 +1,8 @@
 """The one settings class: every `CAVSYNC_*` environment variable is read here and nowhere else.
 
 The composition root (`cavsync.cli`, `cavsync.worker`, `cavsync.app`) reads `Settings()` and hands the
-libraries what they need as plain values or frozen configs (`service.ServiceConfig`, `indexer.TaskContext`,
+libraries what they need as plain values or frozen configs (`service.ServiceConfig`, `indexer.datadir.DataDir`,
+`cavsync.worker.broker`,
 `model.media.use_ffmpeg`). Lists (`CAVSYNC_MEDIA_ROOTS`, `CAVSYNC_CORS_ORIGINS`) are a JSON list or
 comma-separated. The default model is the demo checkpoint of this repository, found relative to the installed
 package (not the working directory).
@@ -18,7 +19,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
-    from indexer.leases import LeaseConfig
+    from indexer.datadir import DataDir
+    from indexer.jobs.leases import LeaseConfig
     from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
     queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
-    # Leases (indexer.leases): a file being indexed is renewed every third of lease_s; a lease that expires
+    # Leases (indexer.jobs.leases): a file being indexed is renewed every third of lease_s; a lease that expires
     # (its worker, the API or the broker died) is dispatched again by the API's reconciler, which runs at start
     # and every reconcile_interval_s, up to max_dispatches times, then the file fails with what to do.
     lease_s: float = Field(60.0, gt=0, description="Lease of a file being indexed; lost this long after its worker.")
@@ -119,8 +121,7 @@ class Settings(BaseSettings):
         return self
 
     def service_config(self) -> ServiceConfig:
-        """The frozen config of the API; its `index_dir`, `uploads_dir` and `catalog_url` are the data dir's
-        layout every command uses."""
+        """The frozen config of the API; its `data` is the data dir's layout every command uses (`data()`)."""
         from service.config import ServiceConfig
 
         names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name != "leases"]
@@ -128,7 +129,13 @@ class Settings(BaseSettings):
         values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
         return ServiceConfig(**values, leases=self.leases())
 
+    def data(self) -> DataDir:
+        """The data dir's layout (and the catalog's URL) every command, the API and the workers use."""
+        from indexer.datadir import DataDir
+
+        return DataDir(self.data_dir, self.database_url)
+
     def leases(self) -> LeaseConfig:
-        from indexer.leases import LeaseConfig
+        from indexer.jobs.leases import LeaseConfig
 
         return LeaseConfig(self.lease_s, self.queue_lease_s, self.max_dispatches)

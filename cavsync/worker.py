@@ -2,10 +2,11 @@
 
     CAVSYNC_BROKER_URL=redis://127.0.0.1:6379/0 celery -A cavsync.worker worker --concurrency 2
 
-The task is a thin shell over `indexer.tasks.index_file`: acknowledged late with a prefetch of 1 (the task of
-a killed worker is delivered again), retried with backoff only for the transient errors that function
-reports. The API publishes through `publisher(settings)`; broker connections and publishes time out after
-`CAVSYNC_BROKER_TIMEOUT_S`.
+The task is a thin shell over `indexer.jobs.task.index_file`: acknowledged late with a prefetch of 1 (the task
+of a killed worker is delivered again), retried with backoff only for the transient errors that function
+reports. `broker(settings, app)` is the one broker object (`indexer.jobs.broker.RedisBroker`: publish through
+this app, queue depth, whether the broker kept its data, the merge lock with `CAVSYNC_MERGE_LOCK_TTL_S`) that
+the API and the workers use; broker connections and publishes time out after `CAVSYNC_BROKER_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Any
 from celery import Celery, Task
 
 from cavsync.settings import Settings
-from indexer import tasks
-from indexer.tasks import Publish, Resources, TaskContext
+from indexer.jobs import task as tasks
+from indexer.jobs.broker import RedisBroker, Send
+from indexer.jobs.sweep import dead_decode_folders
+from indexer.jobs.task import Resources, TaskContext
 from model.media import use_ffmpeg
 
 TASK_NAME = "cavsync.index_file"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def make_app(settings: Settings) -> Celery:
@@ -44,6 +48,8 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
     )
     resources = Resources()  # one model and one catalog engine per worker process
+    dead_decode_folders()  # decode folders of killed workers on this machine
+    jobs_broker: list[RedisBroker] = []  # built once the task is registered (it publishes through it)
 
     @celery.task(bind=True, name=TASK_NAME, max_retries=tasks.MAX_RETRIES, shared=False)  # this app only
     def index_file(self: Task, job_id: str, path: str, model_path: str, data_dir: str, database_url: str) -> str:
@@ -53,8 +59,7 @@ def make_app(settings: Settings) -> Celery:
             data_dir,
             database_url,
             job_id or None,
-            lock_url=settings.broker_url,
-            merge_lock_ttl_s=settings.merge_lock_ttl_s,
+            broker=jobs_broker[0] if jobs_broker else None,
             lease_s=settings.lease_s,
             queue_lease_s=settings.queue_lease_s,
         )
@@ -63,10 +68,26 @@ def make_app(settings: Settings) -> Celery:
             raise self.retry(exc=retry.error, countdown=retry.delay_s)
         return path
 
+    if (settings.broker_url or "").startswith(REDIS_SCHEMES):  # another broker: merges take the store's lock only
+        jobs_broker.append(broker(settings, celery))
     return celery
 
 
-def publisher(celery: Celery) -> Publish:
+def broker(settings: Settings, celery: Celery | None = None) -> RedisBroker:
+    """The broker object of `settings.broker_url` (a Redis URL) publishing through `celery` (default: a new
+    app of the settings): what the API's supervisor and the workers' merges are given."""
+    if not (settings.broker_url or "").startswith(REDIS_SCHEMES):
+        raise ValueError(f"CAVSYNC_BROKER_URL={settings.broker_url!r}: the broker must be Redis (redis://...)")
+    return RedisBroker(
+        settings.broker_url or "",
+        publisher(celery or make_app(settings)),
+        queue=settings.queue,
+        lock_ttl_s=settings.merge_lock_ttl_s,
+        timeout_s=settings.broker_timeout_s,
+    )
+
+
+def publisher(celery: Celery) -> Send:
     """Publishes one index task per call on the app's broker (what the API's job runner is given)."""
     task = celery.tasks[TASK_NAME]
 

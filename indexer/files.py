@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
-MEDIA_DIR = "media"  # under the data dir: managed copies of uploads
-UPLOADS_DIR = "uploads"  # under the data dir: uploads kept until their task settles
+from indexer.datadir import UPLOADS_DIR, DataDir
+
 _UPLOAD = re.compile(r"^[0-9a-f]{12}-(?P<name>.+)$")
 _SHA = re.compile(r"^[0-9a-f]{64}")
 MAX_NAME_BYTES = 200  # a kept upload's encoded name (file systems allow 255 bytes)
@@ -175,13 +175,14 @@ def sent_name(path: str | os.PathLike[str]) -> str | None:
     return unquote(found["name"])
 
 
-def is_upload(path: str | os.PathLike[str], data_dir: Path) -> bool:
-    """Whether `path` is one of the API's kept uploads in `data_dir`."""
-    return Path(path).parent.resolve() == (data_dir / UPLOADS_DIR).resolve()
+def is_upload(path: str | os.PathLike[str], uploads: Path) -> bool:
+    """Whether `path` is one of the API's kept uploads (a file of the data dir's `uploads` folder)."""
+    return Path(path).parent.resolve() == uploads.resolve()
 
 
 def managed_dir(data_dir: Path) -> Path:
-    return data_dir / MEDIA_DIR
+    """The managed copies' folder of a data dir (`DataDir.media`)."""
+    return DataDir(data_dir).media
 
 
 def is_managed(uri: str, media_dir: Path) -> bool:

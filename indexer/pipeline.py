@@ -13,7 +13,6 @@ import csv
 import functools
 import json
 import logging
-import math
 import multiprocessing
 import os
 from collections import deque
@@ -28,10 +27,9 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from indexer import files
+from indexer import commit, files
 from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.store import TokenStore
-from indexer.sweep import settle_orphan_rows
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
@@ -162,48 +160,6 @@ def encode_clips(model: CAVMAESync, clips: list[MediaClip]) -> ClipTokens:
     return ClipTokens(out["audio"], out["visual"], present)
 
 
-def store_videos(
-    session: Session,
-    store: TokenStore,
-    model_id: str,
-    videos: list[Video],
-    audio: np.ndarray,
-    visual: np.ndarray,
-    present: np.ndarray,
-    *,
-    frame_s: float | None = None,
-) -> None:
-    """Catalog rows first (pending, which allots the clip ids), then the tokens, then `indexed`: a run
-    killed in between leaves pending rows that `Indexer.recover` settles. Tokens are in clip order;
-    each video is one track (its clips back to back, frame_s apart: the store's default, clip_s / T)."""
-    session.add_all(videos)
-    session.commit()
-    ids = np.array([c.id for v in videos for c in v.clips], dtype=np.int64)
-    tracks = np.array([v.id for v in videos for _ in v.clips], dtype=np.int64)
-    frames = audio.shape[1]
-    step = PreprocessConfig().frame_s(frames) if frame_s is None else frame_s
-    valid = np.concatenate([track_valid_frames([c.duration for c in v.clips], frames, step) for v in videos])
-    try:
-        store.add(ids, audio, visual, model_id, present, tracks=tracks, valid=valid, frame_s=step)
-    except OSError:  # a full disk: the rows go too (nothing of them is in the store); a kill leaves them pending
-        for video in videos:
-            session.delete(video)
-        session.commit()
-        raise
-    for video in videos:
-        video.status = VideoStatus.INDEXED
-    session.commit()
-
-
-def track_valid_frames(durations: list[float], frames: int, frame_s: float) -> np.ndarray:
-    """Frames of each clip of a video that lie inside the media: all T for a video of one clip (kept as
-    the official preprocessing pads it), else those of each clip starting before its real end."""
-    if len(durations) <= 1:
-        return np.full(len(durations), frames, dtype=np.int16)
-    inside = [min(frames, max(1, math.ceil(d / frame_s - 1e-3))) for d in durations]
-    return np.array(inside, dtype=np.int16)
-
-
 @dataclass
 class Decoded:
     path: Path
@@ -265,7 +221,7 @@ class Indexer:
     def recover(self) -> int:
         """Finish what a killed run left: pending videos whose clips are all in the store become indexed,
         the others are removed from the catalog (and indexed again by this run)."""
-        return settle_orphan_rows(self.store, self.sessions, self.model_id, grace_s=0.0)
+        return commit.recover(self.store, self.sessions, self.model_id, grace_s=0.0)
 
     # ------------------------------------------------------------------------------------ encoding
     def encode(self, clips: list[MediaClip]) -> ClipTokens:
@@ -287,7 +243,7 @@ class Indexer:
         ]
         with self.sessions() as session:
             step = self.prep.frame_s(self.model.config.frames_per_clip)
-            store_videos(session, self.store, self.model_id, videos, *tokens, frame_s=step)
+            commit.commit_videos(session, self.store, self.model_id, videos, *tokens, frame_s=step)
         return len(clips)
 
     def _repair(self, item: Decoded) -> None:
@@ -306,16 +262,7 @@ class Indexer:
             )
             if session.scalars(known).first() is not None:
                 return
-            session.add(
-                Video(
-                    uri=str(item.path.resolve()),
-                    sha256=item.sha256 or "",
-                    model_id=self.model_id,
-                    status=VideoStatus.FAILED,
-                    error=item.error,
-                )
-            )
-            session.commit()
+            commit.commit_failure(session, uri, item.sha256 or "", self.model_id, item.error or "")
 
     # ------------------------------------------------------------------------------------ the run
     def index(self, paths: list[Path], show_progress: bool = True) -> IndexSummary:

@@ -239,6 +239,14 @@ class DecodedWindow:
     frames: np.ndarray | None  # (n <= count, size, size, 3) uint8 RGB
 
 
+DECODE_PREFIX = "cavsync-"  # decode folders in $TMPDIR: cavsync-<pid>-<random>, swept once <pid> is gone
+
+
+def decode_folder_prefix() -> str:
+    """The temp folder prefix of a decode: it names this process, so a sweep can tell a dead one's folder."""
+    return f"{DECODE_PREFIX}{os.getpid()}-"
+
+
 def decode_window(
     info: MediaInfo,
     start: float,
@@ -261,7 +269,7 @@ def decode_window(
     if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
     options = _seek(start) | _bounded(info)  # both inputs: every decoder opened is bounded
-    with tempfile.TemporaryDirectory(prefix="cavsync-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=decode_folder_prefix()) as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
         if frames is not None:  # its own input: video decoding stops just past the last chosen frame

@@ -24,11 +24,11 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.tasks import Publish
+from indexer.jobs.broker import Broker
+from indexer.jobs.supervisor import Supervisor
 from service.config import ServiceConfig
 from service.engine import Engine
 from service.errors import CatchAll, error_answer, install_handlers
-from service.jobs import JobRunner
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, system, web
 from service.schemas import MAX_QUERY_TOKENS
@@ -163,12 +163,12 @@ def allow_head(app: FastAPI, routers: list[APIRouter]) -> None:
             app.router.routes.append(twin)
 
 
-def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI:
-    """The API over the model and data dir of `config`. Index jobs are published with `publish` (a broker's
-    publisher, which `config.broker_url` then needs) or, without one, run in this process."""
-    if config.broker_url and publish is None:
+def create_app(config: ServiceConfig, broker: Broker | None = None) -> FastAPI:
+    """The API over the model and data dir of `config`. Index jobs go through `broker` (built by the
+    composition root for `config.broker_url`, which then needs one) or, without one, run in this process."""
+    if config.broker_url and broker is None:
         raise ValueError(
-            f"broker_url={config.broker_url!r} but no publisher: build the app with cavsync.app.create_app, "
+            f"broker_url={config.broker_url!r} but no broker: build the app with cavsync.app.create_app, "
             "or unset CAVSYNC_BROKER_URL to run index jobs in the API process"
         )
     metrics = Metrics()
@@ -177,7 +177,7 @@ def create_app(config: ServiceConfig, publish: Publish | None = None) -> FastAPI
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = await anyio.to_thread.run_sync(Engine.start, config)
         app.state.engine = engine
-        app.state.jobs = JobRunner(config, engine.sessions, publish)
+        app.state.jobs = Supervisor(config.jobs, engine.sessions, broker)
         await anyio.to_thread.run_sync(app.state.jobs.start)  # sweep, reconcile once, then every interval
         try:
             yield

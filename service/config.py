@@ -1,9 +1,8 @@
 """What the API is built from: one frozen dataclass, filled by the composition root (`cavsync`), which reads
 the `CAVSYNC_*` settings. The service itself reads no environment.
 
-The data dir has the layout `cavsync index` uses: the token store in `<data_dir>/index`, the SQLite catalog
-in `<data_dir>/catalog.db` unless a database URL is given, and (the API's own) uploads for indexing in
-`<data_dir>/uploads`.
+The data dir has the layout `cavsync index` uses (`indexer.datadir.DataDir`, the `data` property): the token
+store, the SQLite catalog unless a database URL is given, the API's uploads for indexing, its poster cache.
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from indexer.catalog import catalog_url
-from indexer.leases import LeaseConfig
+from indexer.datadir import DataDir
+from indexer.jobs.leases import LeaseConfig
+from indexer.jobs.supervisor import SupervisorConfig
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,17 @@ class ServiceConfig:
             raise ValueError("api_key (CAVSYNC_API_KEY) is blank: set a real key, or None to run without one")
 
     @property
-    def index_dir(self) -> Path:
-        return self.data_dir / "index"
-
-    @property
-    def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
+    def data(self) -> DataDir:
+        """The data dir's layout (and the catalog's URL)."""
+        return DataDir(self.data_dir, self.database_url)
 
     @property
     def catalog_url(self) -> str:
-        return catalog_url(self.data_dir, self.database_url)
+        return self.data.catalog_url
+
+    @property
+    def jobs(self) -> SupervisorConfig:
+        """What the index jobs' supervisor needs."""
+        return SupervisorConfig(
+            self.model_path, self.data, self.leases, self.reconcile_interval_s, self.shutdown_grace_s
+        )

@@ -105,7 +105,7 @@ class Engine:
             config,
             model,
             model_id_of(config.model_path),
-            TokenStore(config.index_dir),
+            TokenStore(config.data.index),
             open_catalog(config.catalog_url),
             slots,
             prep,
@@ -138,7 +138,7 @@ class Engine:
         manifest = self.version.manifest
         if manifest.model_id != self.model_id or manifest.dim != self.model.config.embed_dim:
             raise RuntimeError(
-                f"the index in {self.config.index_dir} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
+                f"the index in {self.config.data.index} holds {manifest.dim}-d tokens of model {manifest.model_id}; "
                 f"the API runs {self.model.config.embed_dim}-d model {self.model_id}: set CAVSYNC_MODEL_PATH "
                 f"(now {self.config.model_path}) to the model the index was built with, or CAVSYNC_DATA_DIR "
                 f"(now {self.config.data_dir}) to another index"

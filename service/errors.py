@@ -7,18 +7,14 @@ Only this module knows status codes for domain errors: the routes raise `Service
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from sqlalchemy.exc import (
-    DBAPIError,
     DisconnectionError,
     InterfaceError,
     OperationalError,
@@ -29,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.files import FileChanged, FileGone
+from indexer.jobs.broker import PUBLISH_ERRORS
+from indexer.jobs.task import disk_full
 from model.media import (
     MediaError,
     MediaTimeoutError,
@@ -175,13 +173,6 @@ def _retry_after(request: Request) -> dict[str, str]:
     return {"Retry-After": str(getattr(config, "retry_after_s", 1))}
 
 
-def disk_full(exc: BaseException) -> bool:
-    """An error of a full disk (or quota): the OS's, or the database's saying so."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, DBAPIError) and "full" in str(exc.orig).lower()
-
-
 async def _infrastructure_error(request: Request, exc: Exception) -> JSONResponse:
     """The database, the broker or the disk failing: 507 for a full disk, else 503 with Retry-After (the
     service recovers by itself once they are back: connections are checked before use)."""
@@ -205,8 +196,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
     InterfaceError,
     DisconnectionError,
     PoolTimeout,
-    RedisError,
-    KombuOperationalError,
+    *PUBLISH_ERRORS,  # the broker's (kombu's, redis') errors
     OSError,
 )
 

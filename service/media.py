@@ -25,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 
 from indexer.catalog import VideoStatus
 from indexer.catalog_queries import Sessions, VideoFile, record_file_identity, video_file
+from indexer.datadir import DataDir
 from indexer.files import FileChanged, FileGone, Opened, fd_path, open_indexed
-from indexer.sweep import POSTERS_DIR
 from model.features import PreprocessConfig
 from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, max_pixels_args, run_tool
 from model.probe import probe
@@ -154,7 +154,7 @@ def poster_jpeg(
 
 
 def poster_folder(data_dir: Path, video_id: int) -> Path:
-    return data_dir / POSTERS_DIR / str(video_id)
+    return DataDir(data_dir).posters / str(video_id)
 
 
 def cached_poster(

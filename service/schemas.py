@@ -289,6 +289,11 @@ class JobSummary(Model):
     skipped: int = Field(description="Files already indexed with this model (same content).")
     errors: dict[str, str] = Field(description="The error of each failed file, by server path (see `failures`).")
     failures: list[JobFileInfo] = Field(description="Each failed file: its name as sent, its path and error.")
+    blocked: str | None = Field(
+        None,
+        description="Why a queued or running job is not progressing now (the server's disk is full: the catalog "
+        "can record nothing; the job goes on once space is freed); null when nothing stops it.",
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from indexer.jobs.supervisor import Supervisor
 from service.deps import EngineDep, require_api_key
 from service.engine import Engine
 from service.errors import BadRequest, InvalidInput, UnsupportedMedia, responses
-from service.jobs import JobRunner, check_named_files, job_info, job_page, resolve_media_paths, reuse_indexed
+from service.jobs import check_named_files, job_info, job_page, resolve_media_paths, reuse_indexed, submit
 from service.schemas import MAX_ID, IndexPathsRequest, IndexRoots, JobAccepted, JobInfo, JobPage
 from service.uploads import keep_uploads
 
@@ -42,7 +43,7 @@ INDEX_BODY = {
 }
 
 
-def get_jobs(request: Request) -> JobRunner:
+def get_jobs(request: Request) -> Supervisor:
     return request.app.state.jobs
 
 
@@ -73,7 +74,7 @@ async def _uploaded_files(request: Request, engine: Engine) -> tuple[list[FilePa
         uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
         if not uploads:
             raise InvalidInput("a multipart body needs one or more `files` uploads")
-        kept = await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.uploads_dir, engine.prep)
+        kept = await anyio.to_thread.run_sync(keep_uploads, uploads, engine.config.data.uploads, engine.prep)
         paths = await anyio.to_thread.run_sync(reuse_indexed, kept, engine.sessions, engine.model_id)
         return paths, [sent_name(upload) for upload in uploads]
     finally:
@@ -88,7 +89,7 @@ async def _uploaded_files(request: Request, engine: Engine) -> tuple[list[FilePa
     responses=responses(400, 401, 403, 404, 413, 415, 503, 507),
     dependencies=[Depends(require_api_key)],
 )
-async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, Depends(get_jobs)]) -> JobAccepted:
+async def index(request: Request, engine: EngineDep, jobs: Annotated[Supervisor, Depends(get_jobs)]) -> JobAccepted:
     """Index media: JSON `{"paths": [...]}` (absolute files or folders under the media roots; folders are
     walked) or multipart `files` uploads (kept under the data dir's uploads/ until indexed). Uploads and files named
     in `paths` (the first 100; not those of folders, which their tasks check) are probed first: a decompression
@@ -104,7 +105,8 @@ async def index(request: Request, engine: EngineDep, jobs: Annotated[JobRunner, 
         files, names = await _uploaded_files(request, engine)
     else:
         raise UnsupportedMedia('send application/json {"paths": [...]} or multipart/form-data with `files`')
-    job_id = await anyio.to_thread.run_sync(jobs.submit, files, names is not None, names)
+    retry_after = engine.config.retry_after_s
+    job_id = await anyio.to_thread.run_sync(submit, jobs, files, names is not None, names, retry_after)
     return JobAccepted(job_id=job_id, files=len(dict.fromkeys(files)), mode=jobs.mode)
 
 
@@ -118,19 +120,20 @@ def index_roots(engine: EngineDep) -> IndexRoots:
 @router.get("/jobs", response_model=JobPage, responses=responses())
 def list_jobs(
     engine: EngineDep,
+    jobs: Annotated[Supervisor, Depends(get_jobs)],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobPage:
     """Index jobs, newest first, `limit` at a time from `offset`: state, counts and each failed file's error
     (`GET /jobs/{id}` lists every file)."""
-    return job_page(engine.sessions, limit, offset)
+    return job_page(engine.sessions, limit, offset, jobs)
 
 
 JobId = Annotated[uuid.UUID, Path(description="The id POST /index returned.")]
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, responses=responses(404))
-def get_job(engine: EngineDep, job_id: JobId) -> JobInfo:
+def get_job(engine: EngineDep, jobs: Annotated[Supervisor, Depends(get_jobs)], job_id: JobId) -> JobInfo:
     """A job's state, its counts and each file's outcome (the error of each failed one); uploads are named as
     they were sent (`name`), files given by path by their path."""
-    return job_info(engine.sessions, str(job_id))
+    return job_info(engine.sessions, str(job_id), jobs)

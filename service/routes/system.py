@@ -11,35 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from indexer.catalog import VideoStatus
 from indexer.catalog_queries import Sessions, count_videos
+from indexer.jobs.broker import queue_state
 from service.deps import EngineDep, VersionDep
 from service.engine import preset_name
 from service.schemas import HealthResponse, IndexInfo, ModelInfo
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
-PROBE_TIMEOUT_S = 2.0
-
-
-def queue_state(broker_url: str | None) -> str:
-    """`in-process` without a broker, else whether the broker answers within a couple of seconds."""
-    if not broker_url:
-        return "in-process"
-    try:
-        if broker_url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
-
-            redis.Redis.from_url(
-                broker_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-            ).ping()
-        else:
-            from kombu import Connection
-
-            with Connection(broker_url, connect_timeout=PROBE_TIMEOUT_S) as connection:
-                connection.ensure_connection(max_retries=1)
-    except Exception as exc:  # any failure to reach it is the answer
-        log.warning("broker %s unreachable: %s", broker_url.split("@")[-1], exc)
-        return "unreachable"
-    return "reachable"
 
 
 def indexed_videos(sessions: Sessions) -> int | None:
@@ -52,9 +30,9 @@ def indexed_videos(sessions: Sessions) -> int | None:
 
 
 @router.get("/health", response_model=HealthResponse)
-async def health(engine: EngineDep, version: VersionDep) -> HealthResponse:
+async def health(request: Request, engine: EngineDep, version: VersionDep) -> HealthResponse:
     """The model served, the index version loaded and its size, and whether the queue and catalog answer."""
-    queue = await anyio.to_thread.run_sync(queue_state, engine.config.broker_url)
+    queue = await anyio.to_thread.run_sync(queue_state, request.app.state.jobs.broker)
     videos = await anyio.to_thread.run_sync(indexed_videos, engine.sessions)
     config = engine.model.config
     model = ModelInfo(

@@ -17,7 +17,9 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     defaults, paths = Settings(), Settings().service_config()
     assert defaults.model_path == DEMO_CHECKPOINT and DEMO_CHECKPOINT.is_file()  # found wherever we run
     assert defaults.task_time_limit_s == 1800 and defaults.visibility_timeout_s == 3600  # twice the task limit
-    assert paths.index_dir == Path("data/index") and paths.catalog_url == catalog_url(Path("data"), None)
+    assert paths.data.index == Path("data/index") == defaults.data().index and paths.catalog_url == catalog_url(
+        Path("data"), None
+    )
     assert paths.catalog_url == f"sqlite:///{(Path('data') / 'catalog.db').resolve()}"  # what `cavsync index` uses
     assert defaults.api_key is None and defaults.media_roots == [] and defaults.broker_url is None
     monkeypatch.setenv("CAVSYNC_DATA_DIR", str(tmp_path))
@@ -27,7 +29,7 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("CAVSYNC_MAX_UPLOAD_BYTES", "1000")
     settings = Settings()
     config = settings.service_config()  # what the API is built from: the same values, frozen
-    assert config.index_dir == tmp_path / "index" and config.uploads_dir == tmp_path / "uploads"
+    assert config.data.index == tmp_path / "index" and config.data.uploads == tmp_path / "uploads"
     assert settings.media_roots == [Path("/media/a"), Path("/media/b")]
     assert settings.cors_origins == ["http://a.example", "http://b.example"]
     assert settings.api_key is None and settings.broker_url == "redis://redis:6379/0"

@@ -1,4 +1,4 @@
-"""Index jobs as the catalog records them (indexer.jobs, indexer.tasks run in process): every file settled
+"""Index jobs as the catalog records them (indexer.jobs: records, dispatch and task run in process): every file settled
 (indexed, skipped, or failed with its error), the job done whatever its last file's outcome, failed when every
 file failed; uploads keep the name they were sent with; transient
 errors retried, then recorded; a publisher that fails marks the job failed with a typed error."""
@@ -11,9 +11,11 @@ import pytest
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 
-from indexer import jobs, tasks
+from indexer import jobs
 from indexer.catalog import FileState, IndexJob, JobFile, JobState
-from indexer.tasks import Resources, TaskContext
+from indexer.jobs import dispatch as tasks
+from indexer.jobs import task
+from indexer.jobs.task import Resources, TaskContext
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_transient_errors_are_retried_then_recorded(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     ctx, res = TaskContext(str(checkpoint), str(tmp_path / "data"), url), Resources()
-    real, calls = tasks.encode_to_shard, []
+    real, calls = task.encode_to_shard, []
 
     def flaky(ctx: TaskContext, path: str, res: Resources) -> str:
         calls.append(path)
@@ -76,8 +78,8 @@ def test_transient_errors_are_retried_then_recorded(
             raise TimeoutError("the catalog did not answer")
         return real(ctx, path, res)
 
-    monkeypatch.setattr(tasks, "RETRY_BACKOFF_MAX_S", 0)  # no waiting between the retries
-    monkeypatch.setattr(tasks, "encode_to_shard", flaky)
+    monkeypatch.setattr(task, "RETRY_BACKOFF_MAX_S", 0)  # no waiting between the retries
+    monkeypatch.setattr(task, "encode_to_shard", flaky)
     job, files = _job(res, url, tasks.start_job([str(clips[0])], ctx, res))
     assert len(calls) == 2 and _counts(job) == (JobState.DONE, 1, 0, 0)
 
@@ -85,7 +87,7 @@ def test_transient_errors_are_retried_then_recorded(
         calls.append(path)
         raise ConnectionError("refused")
 
-    monkeypatch.setattr(tasks, "encode_to_shard", down)
+    monkeypatch.setattr(task, "encode_to_shard", down)
     calls.clear()
     job, files = _job(res, url, tasks.start_job([str(clips[1])], ctx, res))
     assert len(calls) == tasks.MAX_RETRIES + 1

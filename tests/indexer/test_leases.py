@@ -1,4 +1,4 @@
-"""Leases of job files (indexer.leases): a claim is exclusive, a duplicate delivery does nothing, an expired
+"""Leases of job files (indexer.jobs.leases): a claim is exclusive, a duplicate delivery does nothing, an expired
 lease is found and taken once for a new dispatch, and a file lost too often fails with what to do."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import time
 
 from sqlalchemy import update
 
-from indexer import jobs, leases
+from indexer import jobs
 from indexer.catalog import IndexJob, JobFile, open_catalog
+from indexer.jobs import leases
 
 
 def test_claims_expiry_redispatch_and_giving_up(catalog_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Sweeping a data dir (indexer.sweep): what dead writers left goes, what live ones may still be writing
+"""Sweeping a data dir (indexer.jobs.sweep): what dead writers left goes, what live ones may still be writing
 (young temp files, young pending rows) and uploads a job still needs stay."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import numpy as np
 
 from indexer import jobs
 from indexer.catalog import Video, VideoStatus, new_video, open_catalog
+from indexer.datadir import DataDir
+from indexer.jobs.sweep import sweep_data_dir
 from indexer.store import TokenStore
-from indexer.sweep import sweep_data_dir
 
 
 def _aged(path: Path, seconds: float) -> Path:
@@ -49,7 +50,7 @@ def test_sweep_removes_what_dead_writers_left(catalog_url: str, tmp_path: Path) 
         session.add_all([old, new_video("/m/new.mp4", "b" * 64, "m", [(0.0, 10.0, "audio")])])
         session.commit()
 
-    assert sweep_data_dir(data, sessions, "m", grace_s=60) == 2
+    assert sweep_data_dir(DataDir(data), sessions, "m", grace_s=60) == 2
     assert list((data / "index" / "versions").glob(".*")) == []
     assert list((data / "index" / "shards").glob(".*.tmp")) == []
     assert not dead.exists() and young.exists()
@@ -85,7 +86,28 @@ def test_sweep_removes_managed_copies_no_video_names_and_posters_of_deleted_vide
         (posters / str(video_id)).mkdir(parents=True)
         (posters / str(video_id) / "p.jpg").write_bytes(b"jpeg")
 
-    sweep_data_dir(data, sessions, "m", grace_s=60)
+    sweep_data_dir(DataDir(data), sessions, "m", grace_s=60)
     left = sorted(p.name[0] for p in media.iterdir())
     assert left == ["a", "c", "f"]  # named by a video, by a pending shard, or young; b (deleted), d, e went
     assert sorted(p.name for p in posters.iterdir()) == [str(alive)]
+
+
+def test_decode_folders_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    """`cavsync-<pid>-*` decode folders go once their process is gone; a live one's, an upload's and a young
+    folder of the older unnamed form stay; an old unnamed one goes."""
+    import subprocess
+    import sys
+
+    from indexer.jobs.sweep import dead_decode_folders
+    from model.media import decode_folder_prefix
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead = tmp_path / f"cavsync-{int(gone.stdout)}-abc123"
+    mine = tmp_path / f"{decode_folder_prefix()}def456"
+    upload, young, old = tmp_path / "cavsync-upload-x1", tmp_path / "cavsync-k2j3h4", tmp_path / "cavsync-z9y8x7"
+    for folder in (dead, mine, upload, young, old):
+        folder.mkdir()
+        (folder / "audio.s16").write_bytes(b"\0" * 16)
+    _aged(old, 7 * 3600)
+    assert sorted(dead_decode_folders(tmp_path)) == sorted([dead, old])
+    assert [p.exists() for p in (dead, mine, upload, young, old)] == [False, True, True, True, False]

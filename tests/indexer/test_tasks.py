@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer import tasks
 from indexer.catalog import Clip, IndexJob, JobState, open_catalog
+from indexer.jobs import dispatch as tasks
+from indexer.jobs.task import Resources, TaskContext
 from indexer.search import search
 from indexer.store import TokenStore
-from indexer.tasks import Resources, TaskContext
 
 from ..conftest import redis_db
 
@@ -63,7 +63,7 @@ def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
 
 _HOLDER = """
 import sys, time
-from indexer.locks import renewed_lock
+from indexer.jobs.broker import renewed_lock
 with renewed_lock(sys.argv[1], "cavsync:test", ttl_s=1.0, wait_s=5):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -77,7 +77,7 @@ with renewed_lock(sys.argv[1], "cavsync:test", ttl_s=1.0, wait_s=5):
 def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(
     broker: str, holder: str, tmp_path: Path
 ) -> None:
-    from indexer.locks import renewed_lock
+    from indexer.jobs.broker import renewed_lock
 
     done = tmp_path / "released"
     child = subprocess.Popen(

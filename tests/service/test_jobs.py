@@ -1,4 +1,5 @@
-"""The API's job runner (service.jobs): a broker that takes no task answers 503 with the job failed and the
+"""The API's job supervisor (indexer.jobs.supervisor, through service.jobs):
+ a broker that takes no task answers 503 with the job failed and the
 uploads no task was sent for deleted; the in-process runner settles every file; closing it stops its jobs
 and says so; a job says how it ended (failed, done, done but partial) and names uploads as they were sent.
 (The Celery side, with a real broker, is tests/cavsync/test_worker.py.)"""
@@ -16,12 +17,15 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import jobs, tasks
+from indexer import jobs
 from indexer.catalog import IndexJob, open_catalog
-from indexer.tasks import Resources, TaskContext
+from indexer.jobs import dispatch as tasks
+from indexer.jobs.broker import RedisBroker
+from indexer.jobs.supervisor import Supervisor
+from indexer.jobs.task import Resources, TaskContext
 from service.config import ServiceConfig
 from service.errors import Unavailable
-from service.jobs import JobRunner, job_info
+from service.jobs import job_info, submit
 
 from .conftest import Corpus
 
@@ -39,9 +43,16 @@ def _only_job(sessions: sessionmaker[Session]) -> IndexJob:
         return job
 
 
-def refusing_broker(job_id: str, path: str, ctx: TaskContext) -> None:
+def refusing_send(job_id: str, path: str, ctx: TaskContext) -> None:
     """A publisher whose broker is down: what kombu raises when the connection is refused."""
     raise BrokerError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+
+refusing_broker = RedisBroker("redis://127.0.0.1:1/0", refusing_send, timeout_s=1.0)
+
+
+def JobRunner(config: ServiceConfig, sessions: sessionmaker[Session], broker: RedisBroker | None = None) -> Supervisor:  # noqa: N802 - the old name of what the API builds
+    return Supervisor(config.jobs, sessions, broker)
 
 
 @pytest.fixture()
@@ -58,9 +69,9 @@ def sessions(config: ServiceConfig) -> Iterator[sessionmaker[Session]]:
 def test_the_api_answers_503_when_the_broker_takes_no_task(
     config: ServiceConfig, sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    runner = JobRunner(config, sessions, publish=refusing_broker)
+    runner = JobRunner(config, sessions, broker=refusing_broker)
     with pytest.raises(Unavailable) as raised:
-        runner.submit([tmp_path / "a.mp4"])
+        submit(runner, [tmp_path / "a.mp4"], retry_after_s=config.retry_after_s)
     assert raised.value.status_code == 503 and raised.value.headers == {"Retry-After": "7"}
     assert "unreachable" in raised.value.detail
     info = job_info(sessions, _only_job(sessions).id)
@@ -75,11 +86,11 @@ def test_uploads_no_task_was_sent_for_are_deleted(
     kept = [tmp_path / "upload-a.mp4", tmp_path / "upload-b.mp4", tmp_path / "media.mp4"]
     for path in kept:
         path.write_bytes(b"media bytes")
-    runner = JobRunner(config, sessions, publish=refusing_broker)
+    runner = JobRunner(config, sessions, broker=refusing_broker)
     with pytest.raises(Unavailable):
-        runner.submit(kept[:2], uploaded=True)
+        submit(runner, kept[:2], uploaded=True)
     with pytest.raises(Unavailable):
-        runner.submit(kept[2:])  # the user's own files are never deleted
+        submit(runner, kept[2:])  # the user's own files are never deleted
     assert [path.exists() for path in kept] == [False, False, True]
 
 

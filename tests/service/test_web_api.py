@@ -120,7 +120,7 @@ def test_an_upload_of_content_already_indexed_leaves_no_file(writable_client: Te
     job = _wait_for_job(writable_client, response.json()["job_id"])
     assert (job["state"], job["partial"], job["skipped"], job["done"]) == ("done", False, 1, 0), job
     assert job["files"][0]["path"] == str(clip.resolve()) and job["files"][0]["name"] == "again.mp4"
-    uploads = Path(writable_client.app.state.config.uploads_dir)  # type: ignore[attr-defined]
+    uploads = Path(writable_client.app.state.config.data.uploads)  # type: ignore[attr-defined]
     assert not uploads.exists() or list(uploads.iterdir()) == []
 
 

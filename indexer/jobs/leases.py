@@ -5,7 +5,8 @@ A file not yet settled carries `lease_until` (epoch seconds) and the `owner` wor
 (publishing its task, or queueing it in process) gives it a queue lease; the task that starts on it claims it
 (`claim`: only a file still queued whose lease is free or expired) and renews the lease while it works
 (`renewing`). A file whose lease expired was lost with its worker, its API process or the broker's queue: the
-reconciler (`expired`, `redispatch_lease`, `give_up`) sends it again (tasks are idempotent by content hash) up
+reconciler (`expired`, `take_for_redispatch`, `give_up`;
+`unclaimed` after a broker lost its queue) sends it again (tasks are idempotent by content hash) up
 to `LeaseConfig.max_dispatches` times, then fails it with a message that says what to do. Clocks of the
 machines are assumed to agree to well within a lease.
 """
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import jobs
 from indexer.catalog import FileState, IndexJob, JobFile, JobState
+from indexer.jobs import records
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,13 @@ def dispatched(session: Session, job_id: str, paths: Sequence[str], wait_s: floa
 
 
 def claim(sessions: sessionmaker[Session], job_id: str, path: str, owner: str, lease_s: float) -> bool:
-    """Take a queued file whose lease is free or expired (a task starting on it); False: settled, or another
-    live task holds it (a duplicate delivery, which then does nothing)."""
+    """Take a queued file whose lease is free, expired or already `owner`'s (a task starting on it, or trying
+    again); False: settled, or another live task holds it (a duplicate delivery, which then does nothing)."""
     now = time.time()
+    mine = or_(_free(now), JobFile.owner == owner)
     with sessions() as session:
         result = session.execute(
-            update(JobFile).where(*_file(job_id, path), _free(now)).values(owner=owner, lease_until=now + lease_s)
+            update(JobFile).where(*_file(job_id, path), mine).values(owner=owner, lease_until=now + lease_s)
         )
         session.commit()
         return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
@@ -192,13 +194,30 @@ def stale_queued_jobs(sessions: sessionmaker[Session], skip_jobs: Sequence[str] 
         return list(session.scalars(query).all())
 
 
-def take_for_redispatch(sessions: sessionmaker[Session], lost: Lost, wait_s: float) -> bool:
-    """Mark a lost file dispatched again, unless another reconciler or a task got to it first."""
+def unclaimed(sessions: sessionmaker[Session], skip_jobs: Sequence[str] = ()) -> list[Lost]:
+    """Unsettled files of running jobs that no task has claimed (dispatched, waiting in a queue), but those of
+    `skip_jobs`: what a broker that lost its queue will never hand out."""
+    query = (
+        select(JobFile.job_id, JobFile.path, JobFile.dispatches)
+        .join(IndexJob, IndexJob.id == JobFile.job_id)
+        .where(IndexJob.state == JobState.RUNNING, JobFile.state == FileState.QUEUED, JobFile.owner.is_(None))
+        .order_by(JobFile.job_id, JobFile.path)
+    )
+    if skip_jobs:
+        query = query.where(JobFile.job_id.not_in(list(skip_jobs)))
+    with sessions() as session:
+        return [Lost(j, p, d or 0) for j, p, d in session.execute(query).all()]
+
+
+def take_for_redispatch(sessions: sessionmaker[Session], lost: Lost, wait_s: float, expired_only: bool = True) -> bool:
+    """Mark a lost file dispatched again, unless another reconciler or a task got to it first (its lease
+    renewed or claimed). `expired_only=False`: an unclaimed file whatever its queue lease (the broker lost it)."""
     now = time.time()
+    free = or_(JobFile.lease_until.is_(None), JobFile.lease_until < now) if expired_only else JobFile.owner.is_(None)
     with sessions() as session:
         result = session.execute(
             update(JobFile)
-            .where(*_file(lost.job_id, lost.path), or_(JobFile.lease_until.is_(None), JobFile.lease_until < now))
+            .where(*_file(lost.job_id, lost.path), free)
             .values(owner=None, lease_until=now + wait_s, dispatches=JobFile.dispatches + 1)
         )
         session.commit()
@@ -209,5 +228,5 @@ def give_up(sessions: sessionmaker[Session], lost: Sequence[Lost], message: str 
     """Fail files lost too often (or that could not be sent again) with a message that says what to do."""
     for item in lost:
         with sessions() as session:
-            jobs.settle(session, item.job_id, item.path, FileState.FAILED, message or LOST.format(n=item.dispatches))
+            records.settle(session, item.job_id, item.path, FileState.FAILED, message or LOST.format(n=item.dispatches))
             session.commit()

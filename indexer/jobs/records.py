@@ -12,13 +12,18 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import FINAL_JOB_STATES, SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
 
+Sessions = sessionmaker[Session]  # the catalog's session factory, as the API holds it
+
 STOPPED = "not indexed: the server stopped first; index it again (indexed files are skipped)"
+DISK_FULL = "waiting: the server's disk is full ({error}); the job goes on once space is freed"
+BROKER_LOST = "the broker lost its queue (restarted empty): {n} file(s) sent again"
 
 
 class QueueUnavailable(RuntimeError):
@@ -138,3 +143,44 @@ def fail_unstarted(sessions: sessionmaker[Session], job_id: str, message: str = 
         query = select(JobFile.path).where(JobFile.job_id == job_id, JobFile.state == FileState.QUEUED)
         paths = list(session.scalars(query).all())
     fail_files(sessions, job_id, paths, message)
+
+
+class JobView(NamedTuple):
+    """A job as read for its views (detached rows): the job, and its files (all, or only the failed ones)."""
+
+    job: IndexJob
+    files: list[JobFile]
+
+
+def read_job(sessions: sessionmaker[Session], job_id: str) -> JobView | None:
+    """A job with all its files in path order; None when there is no such job."""
+    with sessions() as session:
+        job = session.get(IndexJob, job_id)
+        if job is None:
+            return None
+        rows = session.scalars(select(JobFile).where(JobFile.job_id == job_id).order_by(JobFile.path)).all()
+        return JobView(job, list(rows))
+
+
+def read_jobs(sessions: sessionmaker[Session], limit: int, offset: int) -> tuple[int, list[JobView]]:
+    """How many jobs there are, and `limit` of them newest first from `offset`, each with its failed files."""
+    with sessions() as session:
+        total = session.scalar(select(func.count()).select_from(IndexJob)) or 0
+        query = select(IndexJob).order_by(IndexJob.created_at.desc(), IndexJob.id).limit(limit).offset(offset)
+        found = list(session.scalars(query).all())
+        failed: dict[str, list[JobFile]] = {job.id: [] for job in found}
+        failures = (
+            select(JobFile)
+            .where(JobFile.job_id.in_(list(failed)), JobFile.state == FileState.FAILED)
+            .order_by(JobFile.job_id, JobFile.path)
+        )
+        for row in session.scalars(failures).all():
+            failed[row.job_id].append(row)
+    return total, [JobView(job, failed[job.id]) for job in found]
+
+
+def indexed_videos(sessions: sessionmaker[Session], sha: str, model_id: str) -> list[Video]:
+    """The indexed videos of this content with this model (detached rows)."""
+    query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
+    with sessions() as session:
+        return list(session.scalars(query).all())
