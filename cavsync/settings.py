@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
     from indexer.datadir import DataDir
-    from indexer.jobs.leases import LeaseConfig
+    from indexer.jobs.records import LeaseConfig
     from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
     queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
-    # Leases (indexer.jobs.leases): a file being indexed is renewed every third of lease_s; a lease that expires
+    # Leases (indexer.jobs.records): a file being indexed is renewed every third of lease_s; a lease that expires
     # (its worker, the API or the broker died) is dispatched again by the API's reconciler, which runs at start
     # and every reconcile_interval_s, up to max_dispatches times, then the file fails with what to do.
     lease_s: float = Field(60.0, gt=0, description="Lease of a file being indexed; lost this long after its worker.")
@@ -136,6 +136,6 @@ class Settings(BaseSettings):
         return DataDir(self.data_dir, self.database_url)
 
     def leases(self) -> LeaseConfig:
-        from indexer.jobs.leases import LeaseConfig
+        from indexer.jobs.records import LeaseConfig
 
         return LeaseConfig(self.lease_s, self.queue_lease_s, self.max_dispatches)

@@ -152,7 +152,7 @@ class JobFile(Base):
     name: Mapped[str | None] = mapped_column(String(1024))  # an upload's file name as sent; None: given by path
     state: Mapped[str] = mapped_column(String(16), default=FileState.QUEUED)  # a FileState value
     error: Mapped[str | None] = mapped_column(Text)
-    owner: Mapped[str | None] = mapped_column(String(64))  # the task working on it (indexer.jobs.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the task working on it (indexer.jobs.records)
     lease_until: Mapped[float | None] = mapped_column(Float)  # epoch seconds; past it the file counts as lost
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times sent to run
 

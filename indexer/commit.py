@@ -1,5 +1,5 @@
 """The one way into the token store and the catalog: the offline `Indexer` (`cavsync index`) and the workers'
-merge (`indexer.jobs.merge`) commit and recover through these functions.
+merge (`indexer.jobs.task`) commit and recover through these functions.
 
 A commit writes the catalog rows first (pending, which allots the clip ids), then the tokens, then marks the
 rows indexed; a writer killed in between leaves pending rows that `recover` settles (indexed when all their

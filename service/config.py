@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from indexer.datadir import DataDir
-from indexer.jobs.leases import LeaseConfig
+from indexer.jobs.records import LeaseConfig
 from indexer.jobs.supervisor import SupervisorConfig
 
 

@@ -1,8 +1,8 @@
-"""Index jobs, one subsystem: a job and its files as the catalog records them (`records`), the leases that make
-every job end (`leases`), the broker behind one object (`broker`), dispatching a job (`dispatch`: published, or
-run here), the body of one file's task (`task`), merging finished shards into the store (`merge`, through
-`indexer.commit`), sweeping what dead writers left (`sweep`) and the supervisor that starts jobs, reconciles
-lost files and stops jobs at shutdown (`supervisor`).
+"""Index jobs, one subsystem: a job and its files as the catalog records them, with the leases that make every
+job end (`records`), the broker behind one object (`broker`), the supervisor that starts jobs (published, or
+run here), reconciles lost files and stops jobs at shutdown (`supervisor`), the body of one file's task with
+the merge of finished shards into the store through `indexer.commit` (`task`), and the sweep of what dead
+writers left (`sweep`).
 
 The records' functions are re-exported here: `from indexer import jobs; jobs.create_job(...)`.
 """

@@ -1,12 +1,16 @@
 """The body of one index task, as plain functions: the Celery task of `cavsync.worker` or this process
-(`indexer.jobs.dispatch.run_here`) calls `index_file`. Nothing here builds a Celery app or reads the environment.
+(`indexer.jobs.supervisor.run_here`) calls `index_file`. Nothing here builds a Celery app or reads the environment.
 
 A task takes paths, never tensors, and is idempotent by content hash: it claims its file's lease
-(`indexer.jobs.leases`), encodes the file into `pending/<sha256>.<model>.npz` (a temp file renamed; content
-already indexed with the model is skipped), merges what is pending (`indexer.jobs.merge`) and settles its file in
+(`indexer.jobs.records`), encodes the file into `pending/<sha256>.<model>.npz` (a temp file renamed; content
+already indexed with the model is skipped), merges what is pending (`merge_pending`, below) and settles its file in
 its job (`indexer.jobs.records`). Only transient errors (connections, timeouts, the database) are retried, with
 backoff (`index_file` returns the delay; the caller waits or re-queues); past the retries, and at once for any
 other error, the file is recorded failed with the error.
+
+Merging: finished tasks' pending shards (`pending/<sha256>.<model>.npz`) into the catalog and the token
+store, one merger at a time (the broker's merge lock; in process the store's file lock), through the one commit
+path (`indexer.commit`, which `cavsync index` uses too); after each merge what a dead merger left is recovered.
 """
 
 from __future__ import annotations
@@ -18,17 +22,17 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import files
-from indexer.catalog import FileState, open_catalog
+from indexer import commit, files
+from indexer.catalog import FileState, new_video, open_catalog
 from indexer.datadir import DataDir
-from indexer.jobs import leases, merge, records
-from indexer.jobs.broker import TRANSIENT_ERRORS, Broker
+from indexer.jobs import records
+from indexer.jobs.broker import TRANSIENT_ERRORS, Broker, merge_lock
 from indexer.jobs.sweep import drop_upload
 from indexer.pipeline import (
     MEDIA_SUFFIXES,
@@ -40,6 +44,7 @@ from indexer.pipeline import (
     needs_repair,
     repair_location,
 )
+from indexer.store import TokenStore
 from model import CAVMAESync, PreprocessConfig, load_model
 
 log = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ class TaskContext:
     database_url: str
     job_id: str | None = None
     broker: Broker | None = field(default=None, compare=False)  # merges take its lock (one merger); None: in process
-    lease_s: float = 60.0  # a worked-on file's lease (indexer.jobs.leases), renewed every third of it
+    lease_s: float = 60.0  # a worked-on file's lease (indexer.jobs.records), renewed every third of it
     queue_lease_s: float = 900.0  # how long a dispatched file may wait for a task before it counts as lost
 
     @property
@@ -243,14 +248,14 @@ def index_file(ctx: TaskContext, path: str, res: Resources, attempt: int = 0, ow
         retry = _attempt(ctx, path, res, attempt)
     if retry is not None and ctx.job_id is not None:
         with contextlib.suppress(Exception):  # not let go: the lease expires, and the reconciler sends it again
-            leases.release(res.sessions(ctx.database_url), ctx.job_id, path, owner, retry.delay_s + ctx.lease_s)
+            records.release(res.sessions(ctx.database_url), ctx.job_id, path, owner, retry.delay_s + ctx.lease_s)
     elif retry is None:
         drop_upload(ctx.data.uploads, path)
     return retry
 
 
 def _claimed(ctx: TaskContext, path: str, owner: str, res: Resources) -> bool:
-    if leases.claim(res.sessions(ctx.database_url), str(ctx.job_id), path, owner, ctx.lease_s):
+    if records.claim(res.sessions(ctx.database_url), str(ctx.job_id), path, owner, ctx.lease_s):
         return True
     log.info("index %s: %s is settled, or leased by another task", ctx.job_id, path)
     return False
@@ -264,7 +269,7 @@ def _after_lease(ctx: TaskContext, path: str, res: Resources, attempt: int) -> R
     """A delivery that found its file leased by another task (the broker redelivered the task of a worker that
     died, before its lease expired) waits for the lease to expire, then tries to claim it again; a settled
     file, or one still held after the retries, is left alone."""
-    left = leases.held_for(res.sessions(ctx.database_url), str(ctx.job_id), path)
+    left = records.held_for(res.sessions(ctx.database_url), str(ctx.job_id), path)
     if left is None or attempt >= MAX_RETRIES:
         return None
     return Retry(left + 1.0, LeaseHeld(f"{path} is leased by another task for {left:.0f} s more"))
@@ -273,13 +278,13 @@ def _after_lease(ctx: TaskContext, path: str, res: Resources, attempt: int) -> R
 def _lease(ctx: TaskContext, path: str, owner: str, res: Resources) -> contextlib.AbstractContextManager[None]:
     if ctx.job_id is None:
         return contextlib.nullcontext()
-    return leases.renewing(res.sessions(ctx.database_url), ctx.job_id, path, owner, ctx.lease_s)
+    return records.renewing(res.sessions(ctx.database_url), ctx.job_id, path, owner, ctx.lease_s)
 
 
 def _attempt(ctx: TaskContext, path: str, res: Resources, attempt: int) -> Retry | None:
     try:
         sha = encode_to_shard(ctx, path, res)
-        merged = merge.merge_pending(ctx, res, merge.OwnShard(path, sha))
+        merged = merge_pending(ctx, res, OwnShard(path, sha))
         settle_file(ctx, path, sha, res, merged.own)
     except TRANSIENT as exc:
         if attempt < MAX_RETRIES or disk_full(exc):
@@ -304,3 +309,92 @@ def _recorded_failure(ctx: TaskContext, path: str, exc: BaseException, res: Reso
         log.error("index %s: %s: %s; not recorded: %s", ctx.job_id, path, exc, failure)
         return Retry(DISK_FULL_RETRY_S, failure)
     return None
+
+
+class OwnShard(NamedTuple):
+    """The file of the task that merges (its path in `ctx.job_id`) and its content hash (its shard's name)."""
+
+    path: str
+    sha: str
+
+
+class Merged(NamedTuple):
+    """What a merge did: how many shards it merged, and the outcome of the calling task's own file (its shard merged
+    last and the file left for the task to settle, once its merge is over), None when not among them."""
+
+    shards: int
+    own: tuple[FileState, str | None] | None = None
+
+
+def merge_shards(ctx: TaskContext, res: Resources, own: OwnShard | None = None) -> Merged:
+    """Move every finished shard into the catalog and the token store.
+
+    Run under the merge lock. A shard is removed only after its video is marked indexed (or failed);
+    a shard whose content is already indexed is just removed, so merging twice changes nothing. The shard of
+    the task's own file (`own`) goes last and that file is not settled here but returned: the task settles
+    it once its merge (every other shard, the sweep) is over, so its job is never final while the task still
+    merges shards of earlier, failed tasks (which a test or a user would then see left in `pending/`).
+    """
+    model_id = model_id_of(ctx.model_path)
+    try:
+        merged = _merge_all(ctx, res, model_id, own)
+    except BaseException:  # under the merge lock: no other merger has rows or a version half-written
+        commit.recover(TokenStore(ctx.data.index), res.sessions(ctx.database_url), model_id)
+        raise
+    if merged.shards:
+        commit.recover(TokenStore(ctx.data.index), res.sessions(ctx.database_url), model_id)
+    return merged
+
+
+def _merge_all(ctx: TaskContext, res: Resources, model_id: str, own: OwnShard | None) -> Merged:
+    shards = sorted(
+        ctx.data.pending.glob(f"*.{model_id}.npz"), key=lambda s: (own is not None and s.name.startswith(own.sha), s)
+    )
+    count, outcome = 0, None
+    for shard in shards:
+        data = dict(np.load(shard))
+        sha = shard.name.split(".", 1)[0]
+        with res.sessions(ctx.database_url)() as session:
+            if records.indexed(session, sha, model_id):
+                state, error = FileState.SKIPPED, None
+            else:
+                state, error = _merge_one(session, TokenStore(ctx.data.index), data, sha, model_id)
+            if _is_own(ctx, data, own):
+                outcome = (state, error)
+            else:
+                records.settle(session, str(data["job"]) or None, str(data["path"]), state, error)
+            session.commit()
+        shard.unlink()
+        count += 1
+    return Merged(count, outcome)
+
+
+def _is_own(ctx: TaskContext, data: dict[str, Any], own: OwnShard | None) -> bool:
+    return (
+        own is not None and ctx.job_id is not None and (str(data["job"]), str(data["path"])) == (ctx.job_id, own.path)
+    )
+
+
+def _merge_one(
+    session: Session, store: TokenStore, data: dict[str, Any], sha: str, model_id: str
+) -> tuple[FileState, str | None]:
+    """One shard into the catalog and the store (`indexer.commit`); returns its file's state and error."""
+    uri = str(data["uri"])
+    name = str(data["name"]) if "name" in data else Path(uri).name  # shards written before names were
+    identity = (int(data["identity"][0]), int(data["identity"][1])) if "identity" in data else None
+    if "error" in data:
+        error = str(data["error"])
+        commit.commit_failure(session, uri, sha, model_id, error, name=name)
+        return FileState.FAILED, error
+    rows = zip(data["starts"], data["durations"], data["modalities"], strict=True)
+    clips = [(float(s), float(d), str(m)) for s, d, m in rows]
+    video = new_video(uri, sha, model_id, clips, name=name, identity=identity)
+    commit.commit_videos(session, store, model_id, [video], data["audio"], data["visual"], data["present"])
+    return FileState.INDEXED, None
+
+
+def merge_pending(ctx: TaskContext, res: Resources, own: OwnShard | None = None) -> Merged:
+    """`merge_shards` under the broker's merge lock (one merger across machines, `indexer.jobs.broker`); in
+    process (no broker) the store's file lock serialises."""
+    with merge_lock(ctx.broker):
+        return merge_shards(ctx, res, own)

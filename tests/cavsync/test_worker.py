@@ -24,7 +24,7 @@ from cavsync.app import build_app
 from cavsync.settings import Settings
 from cavsync.worker import make_app, publisher
 from indexer.catalog import Clip, IndexJob, JobState, Video, VideoStatus, open_catalog
-from indexer.jobs import dispatch as tasks
+from indexer.jobs import supervisor as tasks
 from indexer.jobs.task import Resources, TaskContext
 from indexer.store import TokenStore
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from indexer import jobs
 from indexer.catalog import FileState, IndexJob, JobFile, JobState
-from indexer.jobs import dispatch as tasks
+from indexer.jobs import supervisor as tasks
 from indexer.jobs import task
 from indexer.jobs.task import Resources, TaskContext
 

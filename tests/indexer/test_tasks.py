@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from indexer.catalog import Clip, IndexJob, JobState, open_catalog
-from indexer.jobs import dispatch as tasks
+from indexer.jobs import supervisor as tasks
 from indexer.jobs.task import Resources, TaskContext
 from indexer.search import search
 from indexer.store import TokenStore

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import jobs
 from indexer.catalog import IndexJob, open_catalog
-from indexer.jobs import dispatch as tasks
+from indexer.jobs import supervisor as tasks
 from indexer.jobs.broker import RedisBroker
 from indexer.jobs.supervisor import Supervisor
 from indexer.jobs.task import Resources, TaskContext
