@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import anyio
 import torch
-from sqlalchemy.orm import sessionmaker
 
 from indexer.catalog import open_catalog
+from indexer.catalog_queries import Sessions
 from indexer.pipeline import model_id_of
 from indexer.store import TokenStore
 from indexer.version import StoreVersion
@@ -82,7 +82,7 @@ class Engine:
     model: CAVMAESync
     model_id: str
     store: TokenStore
-    sessions: sessionmaker
+    sessions: Sessions
     slots: InferenceSlots
     prep: PreprocessConfig
     version: StoreVersion | None = None

@@ -6,13 +6,14 @@ last file is settled the job is `done`, or `failed` when every one of its files 
 cannot run (the broker took no task, the process stopped) fails with its unsent files (`fail_files`,
 `fail_unstarted`). A file sent as an upload keeps the name it was sent with (`JobFile.name`).
 
-Leases make every job reach a final state whatever dies (a worker, the API, the broker). A file not yet settled carries `lease_until` (epoch seconds) and the `owner` working on it. Dispatching it
-(publishing its task, or queueing it in process) gives it a queue lease; the task that starts on it claims it
-(`claim`: only a file still queued whose lease is free or expired) and renews the lease while it works
-(`renewing`). A file whose lease expired was lost with its worker, its API process or the broker's queue: the
-reconciler (`expired`, `take_for_redispatch`, `give_up`; `unclaimed` after a broker lost its queue) sends it again (tasks are idempotent by content hash) up
-to `LeaseConfig.max_dispatches` times, then fails it with a message that says what to do. Clocks of the
-machines are assumed to agree to well within a lease.
+Leases make every job reach a final state whatever dies (a worker, the API, the broker). A file not yet settled
+carries `lease_until` (epoch seconds) and the `owner` working on it. Dispatching it (publishing its task, or
+queueing it in process) gives it a queue lease; the task that starts on it claims it (`claim`: only a file still
+queued whose lease is free or expired) and renews the lease while it works (`renewing`). A file whose lease expired
+was lost with its worker, its API process or the broker's queue: the reconciler (`expired`, `take_for_redispatch`,
+`give_up`; `unclaimed` after a broker lost its queue) sends it again (tasks are idempotent by content hash) up to
+`LeaseConfig.max_dispatches` times, then fails it with a message that says what to do. Clocks of the machines are
+assumed to agree to well within a lease.
 """
 
 from __future__ import annotations
