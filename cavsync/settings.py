@@ -47,7 +47,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(512 * 2**20, ge=0, description="Largest request body (uploads included).")
     max_media_duration_s: float = Field(3600.0, gt=0, description="Longest media a query or an upload may be.")
-    max_query_s: float = Field(60.0, gt=0, description="Longest audio query decoded (its first clip is used).")
+    max_query_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest query, seconds: one token per 0.64 s, every one used; an upload up to 1 s longer "
+        "is cut to it, a longer one refused.",
+    )
     max_concurrent_inferences: int = Field(4, ge=0, description="Inferences at once; more get 503.")
     inference_wait_s: float = Field(0.0, ge=0, description="How long a request waits for a free inference slot.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503 answer.")
