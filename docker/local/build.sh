@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds every image docker-compose.yml needs from Debian's packages and PyPI alone, for a machine
+# that reaches no image registry (CI here): podman + mmdebstrap + runc.
+#
+#   docker/local/build.sh            # from the repository root; prints each step's time
+#   eval "$(docker/local/build.sh --env)"   # the variables that point docker-compose.yml at them
+#
+# 1. localhost/debian-base:bookworm   mmdebstrap --variant=minbase (once; kept until removed)
+# 2. localhost/cavsync-python:3.11    Debian's Python 3.11 in a venv (stands in for python:3.x-slim)
+# 3. localhost/cavsync-redis:7        Debian's redis-server 7.0 (stands in for redis:7)
+# 4. localhost/cavsync-postgres:15    Debian's PostgreSQL 15 (stands in for postgres:16)
+# 5. localhost/cavsync:cpu            docker/Dockerfile on (2), torch from PyPI (its CPU index is not
+#                                     reachable here), the same file a Docker user builds
+# Layers are cached by podman: a second run with no change takes seconds.
+set -euo pipefail
+
+PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
+BASE=localhost/debian-base:bookworm
+PYTHON=localhost/cavsync-python:3.11-bookworm
+REDIS=localhost/cavsync-redis:7
+POSTGRES=localhost/cavsync-postgres:15
+CAVSYNC=localhost/cavsync:cpu
+TORCH_INDEX=${TORCH_INDEX:-https://pypi.org/simple}
+CERTS=${CAVSYNC_BUILD_CERTS:-/etc/ssl/certs}
+
+if [ "${1:-}" = "--env" ]; then
+    echo "export CAVSYNC_IMAGE=$CAVSYNC CAVSYNC_REDIS_IMAGE=$REDIS CAVSYNC_POSTGRES_IMAGE=$POSTGRES"
+    exit 0
+fi
+
+step() {  # step NAME COMMAND...: runs it and prints how long it took
+    local name=$1 start
+    shift
+    start=$(date +%s)
+    "$@"
+    echo "build.sh: $name $(($(date +%s) - start)) s" >&2
+}
+
+build() {  # build IMAGE DOCKERFILE [ARGS...]: host network for apt and PyPI; docker format keeps HEALTHCHECK
+    local image=$1 file=$2
+    shift 2
+    "${PODMAN[@]}" build --format docker --network host --layers -f "$file" -t "$image" "$@" .
+}
+
+base() {
+    if ! "${PODMAN[@]}" image exists "$BASE"; then
+        local tar
+        tar=$(mktemp -d)/base.tar
+        mmdebstrap --variant=minbase --include=ca-certificates bookworm "$tar"
+        "${PODMAN[@]}" import --change 'CMD ["bash"]' "$tar" "$BASE"
+        rm -rf "$(dirname "$tar")"
+    fi
+}
+
+cd "$(dirname "$0")/../.."
+step "$BASE" base
+step "$PYTHON" build "$PYTHON" docker/local/python.Dockerfile --build-arg "DEBIAN_IMAGE=$BASE"
+step "$REDIS" build "$REDIS" docker/local/redis.Dockerfile --build-arg "DEBIAN_IMAGE=$BASE"
+step "$POSTGRES" build "$POSTGRES" docker/local/postgres.Dockerfile --build-arg "DEBIAN_IMAGE=$BASE"
+# pip checks PyPI's certificate against this machine's CAs (a TLS proxy's root among them): mounted
+# for the RUN steps only, never copied into a layer (apt fetches over plain http, signed)
+step "$CAVSYNC" build "$CAVSYNC" docker/Dockerfile --build-arg "PYTHON_IMAGE=$PYTHON" \
+    --build-arg "TORCH_INDEX=$TORCH_INDEX" -v "$CERTS:/etc/ssl/certs:ro"
+"${PODMAN[@]}" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'cavsync|debian-base' >&2
