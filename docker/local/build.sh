@@ -4,6 +4,8 @@
 #
 #   docker/local/build.sh            # from the repository root; prints each step's time
 #   eval "$(docker/local/build.sh --env)"   # the variables that point docker-compose.yml at them
+#   docker/local/build.sh --gpu      # also localhost/cavsync:gpu: docker/Dockerfile.gpu on the Debian
+#                                    # base in place of nvidia/cuda (build only: no GPU here)
 #
 # 1. localhost/debian-base:bookworm   mmdebstrap --variant=minbase (once; kept until removed)
 # 2. localhost/cavsync-python:3.11    Debian's Python 3.11 in a venv (stands in for python:3.x-slim)
@@ -61,4 +63,10 @@ step "$POSTGRES" build "$POSTGRES" docker/local/postgres.Dockerfile --build-arg 
 # for the RUN steps only, never copied into a layer (apt fetches over plain http, signed)
 step "$CAVSYNC" build "$CAVSYNC" docker/Dockerfile --build-arg "PYTHON_IMAGE=$PYTHON" \
     --build-arg "TORCH_INDEX=$TORCH_INDEX" -v "$CERTS:/etc/ssl/certs:ro"
+if [ "${1:-}" = "--gpu" ]; then
+    # PyPI's torch and faiss-gpu wheels carry their CUDA runtimes; nvidia/cuda's base adds the
+    # driver hook-up (NVIDIA_* variables, cuda-compat), which a GPU host's container toolkit needs
+    step localhost/cavsync:gpu build localhost/cavsync:gpu docker/Dockerfile.gpu \
+        --build-arg "CUDA_IMAGE=$BASE" -v "$CERTS:/etc/ssl/certs:ro"
+fi
 "${PODMAN[@]}" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'cavsync|debian-base' >&2
