@@ -122,13 +122,15 @@ class Stack:
             time.sleep(every_s)
         pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs()}")
 
-    def copy_media(self, folder: Path, into: str) -> None:
+    def copy_media(self, source: str, into: str) -> None:
+        """`podman cp` (as `docker compose cp`) into the api container's volumes: `folder/.` copies its files."""
         api = self.containers("api")[0]["Names"][0]
-        done = _run([*PODMAN, "cp", f"{folder}/.", f"{api}:{into}"], timeout_s=120)
+        done = _run([*PODMAN, "cp", source, f"{api}:{into}"], timeout_s=120)
         assert done.returncode == 0, done.stderr
 
     def down(self) -> None:
-        self.compose("down", "-v", "--timeout", "10", timeout_s=300)
+        # --remove-orphans: podman-compose's down knows one worker from the file; the second is the "orphan"
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout_s=300)
 
 
 @pytest.fixture()
@@ -140,7 +142,13 @@ def stack(images: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
         try:
             stack.down()
         except AssertionError:  # a failed test's stack: remove what is left, then report
+            label = f"label=io.podman.compose.project={stack.project}"
+            ids = [c["Id"] for c in stack.containers(running=False)]
+            _run([*PODMAN, "rm", "-f", "--depend", *ids], timeout_s=120) if ids else None
             _run([*PODMAN, "pod", "rm", "-f", f"pod_{stack.project}"], timeout_s=120)
+            volumes = _run([*PODMAN, "volume", "ls", "-q", "--filter", label], 60).stdout.split()
+            _run([*PODMAN, "volume", "rm", "-f", *volumes], timeout_s=120) if volumes else None
+            _run([*PODMAN, "network", "rm", "-f", f"{stack.project}_default"], timeout_s=60)
             raise
         assert stack.containers(running=False) == [], "down -v left containers"
         volumes = _run(
@@ -186,12 +194,16 @@ def _native_search(clips: Path, query: Path, top_k: int, tmp_path: Path) -> list
 def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
     from training.synth import generate
 
-    # backing services first, healthy by the compose file's own checks (see the module docstring)
+    # the compose file's start order, one step at a time (see the module docstring): redis and postgres
+    # healthy, migrate run to success, then api and two workers
     stack.compose("up", "-d", "redis", "postgres")
     stack.wait(lambda: stack.healthy("redis") and stack.healthy("postgres"), 120, "redis and postgres healthy")
-    stack.compose("up", "-d", "--scale", "worker=2", timeout_s=600)
+    # --no-deps: podman 4.3 cannot start a container created with --requires on running ones
+    stack.compose("up", "-d", "--no-deps", "--no-recreate", "migrate")
+    stack.wait(lambda: not stack.containers("migrate"), 180, "migrate to finish")
     migrate = stack.containers("migrate", running=False)
-    assert [c["ExitCode"] for c in migrate] == [0], migrate
+    assert [c["ExitCode"] for c in migrate] == [0], stack.logs()
+    stack.compose("up", "-d", "--no-deps", "--no-recreate", "--scale", "worker=2", "api", "worker")
     assert len(stack.containers("worker")) == 2
     stack.wait(lambda: stack.healthy("api"), 300, "api healthy (GET /health: model, catalog and broker)")
 
@@ -203,7 +215,7 @@ def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
         shutil.copy(clip, media / clip.name)
     clips = sorted(media.glob("*.mp4"))
     assert len(clips) >= 6, clips  # CI has shared/ beside the clone
-    stack.copy_media(media, "/media/")
+    stack.copy_media(f"{media}/.", "/media/")
 
     with httpx.Client(base_url=f"http://127.0.0.1:{stack.port}", timeout=120) as client:
         health = client.get("/health").json()
@@ -215,7 +227,7 @@ def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
         log.info("indexed %d clips in the containers in %.1f s", len(clips), time.monotonic() - started)
         assert (job["state"], job["done"], job["failed"]) == ("done", len(clips), 0), job
 
-        query = clips[0]
+        query = media / "synth_31_000000.mp4"  # a synthetic clip: what the demo model was trained on
         with query.open("rb") as handle:
             response = client.post(
                 "/search/audio-to-video",
@@ -242,7 +254,7 @@ def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
         # a second job; one worker container SIGKILLed while it runs: the job still ends, every file indexed
         second = tmp_path / "second"
         generate(second, 6, seed=47)
-        stack.copy_media(second, "/media/second/")
+        stack.copy_media(str(second), "/media/")  # -> /media/second
         job_id = _index(client, stack, ["/media/second"], 6)
         stack.wait(lambda: client.get(f"/jobs/{job_id}").json()["state"] == "running", 120, "the second job running")
         victim = stack.containers("worker")[0]["Names"][0]
