@@ -33,10 +33,11 @@ from typing import Any
 import httpx
 import pytest
 
+from ..conftest import SHARED
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 BUILD = REPO / "docker" / "local" / "build.sh"
-SHARED_MEDIA = REPO.parent / "shared" / "media"  # real sample clips, beside the checkout (CI: a copy)
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]  # crun refuses here (cgroups v1)
 log = logging.getLogger(__name__)
 
@@ -211,10 +212,10 @@ def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
     media = tmp_path / "media"
     generate(tmp_path / "synth", 4, seed=31)
     media.mkdir()
-    for clip in sorted((tmp_path / "synth").glob("*.mp4")) + sorted(SHARED_MEDIA.glob("*.mp4")):
+    for clip in sorted((tmp_path / "synth").glob("*.mp4")) + sorted((SHARED / "media").glob("*.mp4")):
         shutil.copy(clip, media / clip.name)
     clips = sorted(media.glob("*.mp4"))
-    assert len(clips) >= 6, clips  # CI has shared/ beside the clone
+    assert len(clips) >= 6, f"{SHARED / 'media'}: the real sample clips are missing"
     stack.copy_media(f"{media}/.", "/media/")
 
     with httpx.Client(base_url=f"http://127.0.0.1:{stack.port}", timeout=120) as client:
