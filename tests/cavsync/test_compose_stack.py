@@ -271,14 +271,20 @@ def test_compose_stack_in_containers(stack: Stack, tmp_path: Path) -> None:
 
         # a second job; one worker container SIGKILLed while it runs: the job still ends, every file indexed
         second = tmp_path / "second"
-        generate(second, 6, seed=47)
+        generate(second, 10, seed=47)
         stack.copy_media(str(second), "/media/")  # -> /media/second
-        job_id = _index(client, stack, ["/media/second"], 6)
-        stack.wait(lambda: client.get(f"/jobs/{job_id}").json()["state"] == "running", 120, "the second job running")
+        job_id = _index(client, stack, ["/media/second"], 10)
+
+        def running() -> bool:
+            state = client.get(f"/jobs/{job_id}").json()["state"]
+            assert state not in {"done", "failed"}, "the second job ended before a worker could be killed"
+            return state == "running"
+
+        stack.wait(running, 120, "the second job running", every_s=0.2)
         victim = stack.containers("worker")[0]["Names"][0]
         killed = _run([*PODMAN, "kill", "--signal", "KILL", victim], timeout_s=60)
         assert killed.returncode == 0, killed.stderr
         started = time.monotonic()
         job = stack.wait(lambda: _job(client, job_id), 600, f"job {job_id} after a worker was killed", every_s=2.0)
         log.info("second job ended %.1f s after %s was killed: %s", time.monotonic() - started, victim, job["state"])
-        assert (job["state"], job["done"], job["failed"]) == ("done", 6, 0), job
+        assert (job["state"], job["done"], job["failed"]) == ("done", 10, 0), job
