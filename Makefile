@@ -11,19 +11,34 @@ install: system-deps $(STAMP)
 
 # Debian's ffmpeg reproduces the official fbank exactly; without it (no apt, not root) the binary
 # that the imageio-ffmpeg wheel ships is used instead. Debian's chromium runs the web page's browser tests
-# (playwright drives it by its path: `playwright install` is never run).
+# (playwright drives it by its path: `playwright install` is never run). podman, mmdebstrap and runc build
+# and run the compose stack's images (tests/cavsync/test_compose_stack.py, docker/local/build.sh), CNI's
+# dnsname plugin lets its containers find each other by service name; podman-compose is in the dev extra.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
+	test -x /usr/lib/cni/dnsname || missing="$$missing golang-github-containernetworking-plugin-dnsname"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "note: missing$$missing and no apt-get as root: imageio-ffmpeg's binary stands in for ffmpeg;" \
-	      "the browser tests need chromium (CAVSYNC_CHROMIUM names another build)"; \
+	      "the browser tests need chromium (CAVSYNC_CHROMIUM names another build);" \
+	      "the compose stack test needs podman, mmdebstrap, runc and golang-github-containernetworking-plugin-dnsname"; \
 	  fi; \
+	fi
+	@# podman's default ulimits are refused here (setrlimit: OCI permission denied): none, once
+	@conf=/etc/containers/containers.conf; \
+	if command -v podman >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && ! grep -qs '^default_ulimits' $$conf; then \
+	  echo "writing default_ulimits = [] into $$conf"; \
+	  mkdir -p /etc/containers; \
+	  if grep -qs '^\[containers\]' $$conf; then sed -i '/^\[containers\]/a default_ulimits = []' $$conf; \
+	  else printf '[containers]\ndefault_ulimits = []\n' >> $$conf; fi; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -76,9 +76,9 @@ def _under(path: str, root: str) -> bool:
 def test_services_healthchecks_and_start_order(compose: dict) -> None:
     services = compose["services"]
     assert {"api", "worker", "redis", "postgres"} <= set(services)
-    assert services["redis"]["image"].split(":")[1].startswith("7")
+    assert _interpolate(services["redis"]["image"]).split(":")[1].startswith("7")
     assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
-    assert services["postgres"]["image"].split(":")[1].startswith("16")
+    assert _interpolate(services["postgres"]["image"]).split(":")[1].startswith("16")
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["api"]["healthcheck"]["test"])
     for name in APP_SERVICES:
