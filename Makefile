@@ -18,7 +18,7 @@ system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+	command -v podman >/dev/null 2>&1 || missing="$$missing podman containernetworking-plugins fuse-overlayfs slirp4netns uidmap"; \
 	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
 	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
 	test -x /usr/lib/cni/dnsname || missing="$$missing golang-github-containernetworking-plugin-dnsname"; \
