@@ -88,7 +88,7 @@ def broker(settings: Settings, celery: Celery | None = None) -> RedisBroker:
 
 
 def publisher(celery: Celery) -> Send:
-    """Publishes one index task per call on the app's broker (what the API's job runner is given)."""
+    """Publishes one index task per call on the app's broker (`RedisBroker`'s `send`)."""
     task = celery.tasks[TASK_NAME]
 
     def publish(job_id: str, path: str, ctx: TaskContext) -> None:

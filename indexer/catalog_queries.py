@@ -5,7 +5,8 @@ Each function takes the catalog's `sessionmaker` (`indexer.catalog.open_catalog`
 short session of its own, and returns plain frozen values, never ORM rows: nothing lazy-loads after the session
 closed, and callers cannot write through what they read. "Not there" is `None` (or absent from a mapping); what
 that means for a request (404, and its message) is the caller's to say. Writes of the index path (new videos,
-repairs, deletions) stay with the indexer (`indexer.pipeline`, `indexer.tasks`); jobs' tables with the jobs code.
+repairs, deletions) stay with the indexer (`indexer.commit`, `indexer.pipeline`, `indexer.jobs.task`); jobs'
+tables with the jobs code.
 """
 
 from __future__ import annotations

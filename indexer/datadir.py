@@ -50,7 +50,3 @@ class DataDir:
     def catalog_url(self) -> str:
         """The catalog's SQLAlchemy URL: the given one, else SQLite at `<root>/catalog.db`."""
         return catalog_url(self.root, self.database_url)
-
-    def resolved(self) -> DataDir:
-        """The same layout with an absolute root (what crosses to a worker)."""
-        return DataDir(self.root.resolve(), self.database_url)

@@ -6,8 +6,8 @@ each with its exact `score` against the target modality. Where they are placed:
   modality is unknown or the video lacks it;
 - on the video's track of the query's own modality when both are known (an audio excerpt: where the
   video sounds like it, a far finer localisation than sound against pictures), keeping the placements
-  that match there as well as the best (within `MomentRule.match_tolerance`, by default the tolerance
-  within which placements fit equally everywhere else, TIE_TOLERANCE); that similarity is the moment's
+  that match there as well as the best (within MATCH_TOLERANCE: the tolerance within which placements fit
+  equally everywhere else, TIE_TOLERANCE); that similarity is the moment's
   `match`. The target's score is far coarser in time: `tests/service/test_moments.py` measured the first
   moment covering a 3-s excerpt for 19/20 with this tolerance (also at 0.005 and 0.01), 11/20 when the
   own-modality placements were kept whatever their match and ordered by the target's score, and 10/20
@@ -73,15 +73,18 @@ class MomentRule:
     strategy: Strategy
     count: int  # moments per hit, at most
     own: str | None = None  # the query's own modality, where moments are placed when the video has it
-    match_tolerance: float = MATCH_TOLERANCE
 
 
 def ranked_hits(
     version: StoreVersion, query: FloatArray, scored: list[Scored], k: int, rule: MomentRule
 ) -> list[TrackHit]:
     """The k best hits by their score (their first moment's). A moment's score is the track's score at one
-    of its offsets, so a track's best scored offset bounds its hit: tracks are visited best bound first and
-    the visit stops once no bound left can reach the k-th hit found (usually a few more than k visited)."""
+    of its offsets, so where every offset was scored (the exhaustive scheme) a track's best scored offset bounds
+    its hit: tracks are visited best bound first and the visit stops once no bound left can reach the k-th hit
+    found (usually a few more than k visited). Under the votes or the scan only windows of offsets are scored,
+    and a moment placed on the query's own modality may lie outside them and score above that bound: there the
+    order of the visit is as approximate as the candidates themselves (a track is not visited because its scored
+    windows fell short, as it would not have been a candidate)."""
     bounds = np.array([s.scores.max() for s in scored])
     hits: list[tuple[float, int, TrackHit]] = []  # (-score, visit order, hit), best first
     for rank, i in enumerate(np.argsort(-bounds, kind="stable").tolist()):
@@ -102,7 +105,7 @@ def track_hit(version: StoreVersion, query: FloatArray, scored: Scored, rule: Mo
         offsets, scores, placed_on_own = own.offsets, own.scores[0], True
     chosen = pick_moments(offsets, scores, scored.aligned, rule.count)
     if placed_on_own:
-        chosen = [i for i in chosen if scores[i] >= scores[chosen[0]] - rule.match_tolerance]
+        chosen = [i for i in chosen if scores[i] >= scores[chosen[0]] - MATCH_TOLERANCE]
     found = [
         moment_at(version, query, scored, int(offsets[i]), rule, float(scores[i]) if placed_on_own else None)
         for i in chosen
@@ -133,5 +136,5 @@ def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strate
     longer than the track over all of its frames, as `indexer.sliding` does)."""
     if len(query) <= len(track):
         return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
-    found = score_offsets(query, track[None], strategy)
-    return float(found.scores[0, int(np.searchsorted(found.offsets, offset))])
+    found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous
+    return float(found.scores[0, offset - int(found.offsets[0])])

@@ -3,7 +3,7 @@ its best moments. Arrays in, dataclasses out; the catalog is looked up a layer a
 
 A video is one track of per-frame tokens per modality (`indexer.tracks`). A query of any length is
 scored at every frame offset of a track by the exact strategy of `indexer.sliding` (diagonal_mean:
-the mean cosine of the aligned frame pairs). Which tracks and offsets get scored:
+(1/Q) sum of the cosines of the aligned frame pairs). Which tracks and offsets get scored:
 - "exhaustive" (automatic up to EXHAUSTIVE_BELOW live frames): every offset of every live track;
 - "votes" (automatic for queries of up to SCAN_ABOVE frames): each query frame's `per_frame` nearest
   frames in the FAISS index vote, with their cosine, for the (track, offset) hypothesis they imply
@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from indexer.moments import MATCH_TOLERANCE, MomentRule, Scored, TrackHit, ranked_hits
+from indexer.moments import MomentRule, Scored, TrackHit, ranked_hits
 from indexer.scan import (
     SCAN_STRATEGIES,
     approximate_products,
@@ -213,7 +213,6 @@ def search(
     scheme: Scheme = "auto",
     moments: int = 3,
     moment_from: Modality | None = None,
-    match_tolerance: float = MATCH_TOLERANCE,
     per_frame: int = 2048,
     hypotheses: int = 1024,
     bin_frames: int = 4,
@@ -223,7 +222,7 @@ def search(
 
     `moment_from`: the query's own modality; when given, each hit's moments are the query's best
     placements on the track of that modality (an audio excerpt on the video's soundtrack: where it
-    sounds like the excerpt), those within `match_tolerance` of the best kept; else the target's best
+    sounds like the excerpt), those that match as well as the best kept; else the target's best
     offsets. Moments are sorted by their score against the target; a hit's score is its first moment's
     (`indexer.moments`).
     """
@@ -246,7 +245,7 @@ def search(
         scored = rescore(version, q, target, strategy, voted, bin_frames=bin_frames, radius=radius, k=k)
     if not scored:
         return []
-    rule = MomentRule(target, strategy, moments, moment_from, match_tolerance)
+    rule = MomentRule(target, strategy, moments, moment_from)
     return ranked_hits(version, q, scored, k, rule)
 
 

@@ -3,15 +3,14 @@
 A query q (Q, D) placed at offset o of a track c (L, D) aligns n = min(Q, L) frame pairs: track frame
 max(o, 0) + j with query frame max(-o, 0) + j, j < n. A query no longer than the track slides inside it
 (o = 0 .. L - Q); a longer one slides over the whole track (o = L - Q .. 0: the track starts inside
-the query). The strategies of `model.similarity` score the aligned block: diagonal_mean (the mean of
-the n aligned cosines), diagonal_max, mean (of all n x n cosines) and max. A query longer than the
-track is scored over all of its Q frames, the query frames outside the track counting 0: the track is
-zero-padded to Q frames at its place, so diagonal_mean is (1/Q) sum of the n aligned cosines (the inner
-product of the two concatenations over the query's, Q), mean is the sum of all Q x L cosines over Q^2,
-and the maxima include the padding's 0. So a short track matching part of a long query scores its
-share of it (n/Q of a perfect match at most), never more than a source matching the whole query as
-well; a query no longer than the track (n = Q), and the official clip-vs-clip scores, are unchanged.
-Windows within
+the query). The strategies of `model.similarity` score the aligned block, the track zero-padded to the
+query's Q frames at its place when it is shorter (the query's frames outside it count 0): diagonal_mean is
+(1/Q) sum of the n aligned cosines (the inner product of the two concatenations over the query's, Q; the
+mean of the aligned cosines when n = Q), diagonal_max their maximum, mean the sum of all Q x n cosines over
+Q^2, max the largest of them (the maxima include the padding's 0 when n < Q). So a short track matching
+part of a long query scores its share of it (n/Q of a perfect match at most), never more than a source
+matching the whole query as well; a query no longer than the track (n = Q), and the official clip-vs-clip
+scores, are unchanged. Windows within
 `TIE_TOLERANCE` of a best one fit equally well (still scenes give equal tokens): a moment is the
 centre of such a run, and further moments are the best runs among offsets whose frames do not
 overlap any chosen moment's.

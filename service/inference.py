@@ -2,7 +2,7 @@
 tokens, and the localization map over a whole picture (model.localization; JSON or a PNG heat map).
 
 A query gives one token per frame, every one of them (an audio query: one segment per 0.64 s, from
-`load_query_audio`; a video: its frames, one per 0.64 s past one clip), up to the longest query
+`read_query_audio`; a video: its frames, one per 0.64 s past one clip), up to the longest query
 (`PreprocessConfig.max_query_s`: a file up to `max_query_slack_s` longer is cut to it, reported `truncated`, a
 longer one refused); the search slides them over every video's track.
 """

@@ -53,7 +53,7 @@ class Moment(Model):
     )
     frame_scores: list[float] = Field(
         description="Cosine of each aligned (query frame, video frame) pair of the target modality; their "
-        "mean is the diagonal_mean score."
+        "sum over the query's frames is the diagonal_mean score (their mean when the query fits in the video)."
     )
 
 

@@ -52,9 +52,6 @@ class Send(Protocol):
     def __call__(self, job_id: str, path: str, ctx: TaskContext) -> None: ...
 
 
-Publish = Send  # the name the API and the root used before the broker object
-
-
 class Broker(Protocol):
     """What the job subsystem needs of a queue."""
 

@@ -39,6 +39,8 @@ STOPPED = "not indexed: the server stopped first; index it again (indexed files 
 DISK_FULL = "waiting: the server's disk is full ({error}); the job goes on once space is freed"
 BROKER_LOST = "the broker lost its queue (restarted empty): {n} file(s) sent again"
 
+log = logging.getLogger(__name__)
+
 
 class QueueUnavailable(RuntimeError):
     """The broker did not take a job's tasks; the job has been marked failed. `unsent`: the files not queued."""
@@ -199,8 +201,6 @@ def indexed_videos(sessions: sessionmaker[Session], sha: str, model_id: str) -> 
     with sessions() as session:
         return list(session.scalars(query).all())
 
-
-log = logging.getLogger(__name__)
 
 LOST = (
     "not indexed: its task was lost {n} time(s) (a worker, the API or the broker stopped while it was queued "

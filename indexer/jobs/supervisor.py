@@ -252,13 +252,8 @@ def _disk_problem(exc: BaseException) -> str | None:
     """What a job shows while the catalog's disk is full; None for any other failure."""
     if not disk_full(exc):
         return None
-    return records.DISK_FULL.format(error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    return records.DISK_FULL.format(error=_first_line(exc))
 
-
-__all__ = ["Supervisor", "SupervisorConfig"]
-
-
-log = logging.getLogger(__name__)
 
 Blocked = Callable[[str, str | None], None]  # (job id, why it cannot progress, None once it does again)
 

@@ -1,10 +1,10 @@
-"""Sweeping what a dead or failed writer left in the data dir: partial token-store versions, temp shard
-files and catalog rows of a merge that died half-way (`indexer.commit.recover`), temp files of pending shards, the
-API's uploads once their job files are settled, managed copies of uploads (`indexer.files`) that no video and
-no pending shard names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of
-processes that are gone (`dead_decode_folders`). Run at API start and after each merge,
-under the merge lock (no other merger is writing then); temp files younger than `grace_s` may belong to a live
-writer and stay.
+"""Sweeping what a dead or failed writer left in the data dir: partial token-store versions, temp shard files and
+catalog rows of a merge that died half-way (`indexer.commit.recover`), temp files of pending shards, the API's
+uploads once their job files are settled, managed copies of uploads (`indexer.files`) that no video and no pending
+shard names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of processes that are
+gone (`dead_decode_folders`). The supervisor runs it at start, under the merge lock (no other merger is writing
+then), and the decode folders every reconcile round; temp files younger than `grace_s` may belong to a live writer
+and stay.
 """
 
 from __future__ import annotations

@@ -83,8 +83,9 @@ async def audio_to_video(
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
     A query of 1 to 60 s gives one token per 0.64 s, every one used; it is slid over each video's
-    whole track, one frame at a time. Videos are ranked by their best placement; each comes with up
-    to `moments` non-overlapping moments, placed where the video's own soundtrack sounds like the query.
+    whole track, one frame at a time. Each video comes with up to `moments` non-overlapping moments, placed
+    where the video's own soundtrack sounds like the query and sorted by score; videos are ranked by their
+    first moment's score.
     """
     one_source(file, video_id, ("file", "video_id"))
     options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)

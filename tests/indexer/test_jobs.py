@@ -1,7 +1,7 @@
-"""Index jobs as the catalog records them (indexer.jobs: records, dispatch and task run in process): every file settled
-(indexed, skipped, or failed with its error), the job done whatever its last file's outcome, failed when every
-file failed; uploads keep the name they were sent with; transient
-errors retried, then recorded; a publisher that fails marks the job failed with a typed error."""
+"""Index jobs as the catalog records them (indexer.jobs: records, the supervisor's dispatch and the task, run in
+process): every file settled (indexed, skipped, or failed with its error), the job done whatever its last file's
+outcome, failed when every file failed; uploads keep the name they were sent with; transient errors retried, then
+recorded; a publisher that fails marks the job failed with a typed error."""
 
 from __future__ import annotations
 
