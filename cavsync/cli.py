@@ -251,7 +251,6 @@ def search(
     from service import queries
     from service.engine import Engine
     from service.errors import ServiceError
-    from service.routes.search import time_range
 
     config = _settings_with(model_path=model, data_dir=data_dir, database_url=database_url).service_config()
     require_model(config.model_path, "--model" if model else env_name("model_path"))
@@ -264,9 +263,8 @@ def search(
         if query is not None:
             answer = queries.search_file(engine, engine.version, query, modality=modality, options=options)
         else:
-            part = time_range(video_id, start, end)
-            work = queries.search_media
-            answer = work(
+            part = queries.time_range(video_id, start, end)
+            answer = queries.search_media(
                 engine, engine.version, modality=modality, upload=None, video_id=video_id, options=options, part=part
             )
     except (MediaError, ServiceError) as exc:

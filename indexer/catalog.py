@@ -115,7 +115,7 @@ def new_video(
         model_id=model_id,
         modalities=",".join(modalities),
         duration=max(float(start + length) for start, length, _ in clips),
-        name=name or Path(uri).name,
+        name=display_name(name, uri),
         file_size=identity[0] if identity else None,
         file_mtime_ns=identity[1] if identity else None,
     )

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import Clip, Video, VideoStatus, display_name
-from indexer.files import FileIdentity
+from indexer.files import FileIdentity, recorded_identity
 
 Sessions: TypeAlias = sessionmaker[Session]  # the catalog's session factory (`indexer.catalog.open_catalog`)
 
@@ -154,9 +154,7 @@ def video_file(sessions: Sessions, video_id: int) -> VideoFile | None:
         video = session.get(Video, video_id)
         if video is None:
             return None
-        recorded = None
-        if video.file_size is not None and video.file_mtime_ns is not None:
-            recorded = FileIdentity(video.file_size, video.file_mtime_ns)
+        recorded = recorded_identity(video)
         return VideoFile(
             video_id=video.id,
             status=video.status,

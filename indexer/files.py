@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
+from indexer.catalog import Video
 from indexer.datadir import UPLOADS_DIR, DataDir
+from model.media import NotRegularFileError
 
 _UPLOAD = re.compile(r"^[0-9a-f]{12}-(?P<name>.+)$")
 _SHA = re.compile(r"^[0-9a-f]{64}")
@@ -48,6 +50,13 @@ class FileIdentity(NamedTuple):
 
     size: int
     mtime_ns: int
+
+
+def recorded_identity(video: Video) -> FileIdentity | None:
+    """A video's file identity as indexed; None for rows indexed before it was recorded."""
+    if video.file_size is None or video.file_mtime_ns is None:
+        return None
+    return FileIdentity(video.file_size, video.file_mtime_ns)
 
 
 def identity_of(status: os.stat_result) -> FileIdentity:
@@ -140,12 +149,13 @@ def is_intact(uri: str, sha256: str, recorded: FileIdentity | None) -> bool:
 def hash_with_identity(path: Path) -> tuple[str, FileIdentity]:
     """The sha256 of a regular file and its identity, both of the one opened file (identity read before the
     bytes: a file written meanwhile then fails its first check and is hashed again by its reader). Raises
-    OSError, or ValueError for what is not a regular file (a FIFO would block; it is not read)."""
+    OSError, or NotRegularFileError (a MediaError) for what is not a regular file: it is opened non-blocking and
+    checked before a byte is read (a FIFO would block)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            raise ValueError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
+            raise NotRegularFileError(f"{path.name}: not a regular file (a FIFO, device or socket); give a media file")
         return hash_fd(fd), identity_of(status)
     finally:
         os.close(fd)

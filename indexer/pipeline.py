@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from indexer import commit, files
-from indexer.catalog import Clip, Video, VideoStatus, new_video
+from indexer.catalog import Clip, Video, VideoStatus, display_name, new_video
 from indexer.store import TokenStore
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
@@ -76,24 +76,15 @@ def list_media(target: str | os.PathLike[str]) -> list[Path]:
 
 
 def content_hash(path: Path) -> str:
-    """The sha256 of a regular file's bytes. A FIFO or device raises NotRegularFileError (a MediaError) without
-    blocking: the file is opened non-blocking and checked before a byte is read."""
-    return hashed(path)[0]
-
-
-def hashed(path: Path) -> tuple[str, files.FileIdentity]:
-    """The sha256 of a regular file and its identity (size, mtime) as it was hashed (`indexer.files`); a FIFO or
-    device raises NotRegularFileError without blocking."""
-    try:
-        return files.hash_with_identity(path)
-    except ValueError as exc:
-        raise NotRegularFileError(str(exc)) from exc
+    """The sha256 of a regular file's bytes (`files.hash_with_identity`: a FIFO or device raises
+    NotRegularFileError without blocking)."""
+    return files.hash_with_identity(path)[0]
 
 
 def needs_repair(session: Session, sha: str, model_id: str) -> bool:
     """Whether an indexed video of this content has lost its file (gone, or something else at its path)."""
     query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
-    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in session.scalars(query).all())
+    return any(not files.is_intact(v.uri, v.sha256, files.recorded_identity(v)) for v in session.scalars(query).all())
 
 
 def repair_location(
@@ -107,20 +98,13 @@ def repair_location(
         if video.uri == uri:  # the same file, just hashed: its identity now
             video.file_size, video.file_mtime_ns = identity
             continue
-        if files.is_intact(video.uri, video.sha256, recorded_identity(video)):
+        if files.is_intact(video.uri, video.sha256, files.recorded_identity(video)):
             continue
         log.info("video %d: its file is no longer at %s; it is at %s now", video.id, video.uri, uri)
-        video.uri, video.name = uri, name or Path(uri).name
+        video.uri, video.name = uri, display_name(name, uri)
         video.file_size, video.file_mtime_ns = identity
         repaired += 1
     return repaired
-
-
-def recorded_identity(video: Video) -> files.FileIdentity | None:
-    """A video's file identity as indexed; None for rows indexed before it was recorded."""
-    if video.file_size is None or video.file_mtime_ns is None:
-        return None
-    return files.FileIdentity(video.file_size, video.file_mtime_ns)
 
 
 def model_id_of(checkpoint: str | os.PathLike[str]) -> str:
@@ -175,11 +159,18 @@ def decode_file(
 ) -> Decoded:
     """Worker-process side: hash and decode one file; errors come back as text, never raised."""
     try:
-        sha, identity = hashed(path)
+        sha, identity = files.hash_with_identity(path)
     except (OSError, NotRegularFileError) as exc:
         return Decoded(path, None, error=f"cannot read: {exc}")
     if sha in known:
         return Decoded(path, sha, known=True, identity=identity)
+    return decode_hashed(path, sha, identity, config, prep)
+
+
+def decode_hashed(
+    path: Path, sha: str, identity: files.FileIdentity, config: ModelConfig, prep: PreprocessConfig
+) -> Decoded:
+    """Decode a file whose content hash and identity are known; a media error comes back as text."""
     try:
         return Decoded(path, sha, load_clips(path, config, prep), identity=identity)
     except MediaError as exc:

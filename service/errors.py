@@ -196,8 +196,7 @@ INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
     InterfaceError,
     DisconnectionError,
     PoolTimeout,
-    *PUBLISH_ERRORS,  # the broker's (kombu's, redis') errors
-    OSError,
+    *PUBLISH_ERRORS,  # the broker's (kombu's, redis') errors, and OSError (a full disk among them)
 )
 
 

@@ -13,7 +13,7 @@ from indexer import files
 from indexer.catalog import FileState, IndexJob, JobFile, JobState
 from indexer.jobs import records
 from indexer.jobs.supervisor import Supervisor
-from indexer.pipeline import content_hash, list_media, recorded_identity
+from indexer.pipeline import content_hash, list_media
 from model import PreprocessConfig
 from model.features import checked_duration
 from model.media import MediaError, MediaTooLongError
@@ -94,7 +94,7 @@ def reuse_indexed(kept: list[Path], sessions: SessionFactory, model_id: str) -> 
     paths: list[Path] = []
     for path in kept:
         videos = records.indexed_videos(sessions, content_hash(path), model_id)
-        intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, recorded_identity(v))]
+        intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, files.recorded_identity(v))]
         if intact and Path(intact[0]).parent.resolve() != path.parent:
             path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
             path = Path(intact[0])

@@ -29,7 +29,6 @@ from indexer.datadir import DataDir
 from indexer.files import FileChanged, FileGone, Opened, fd_path, open_indexed
 from model.features import PreprocessConfig
 from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, max_pixels_args, run_tool
-from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
@@ -127,21 +126,12 @@ def media_type(path: Path) -> str:
 
 
 def poster_jpeg(
-    path: Path, at: float, width: int, prep: PreprocessConfig, name: str | None = None, duration: float | None = None
+    path: Path, at: float, width: int, prep: PreprocessConfig, name: str, duration: float | None
 ) -> tuple[bytes, float]:
-    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped
-    inside the video; 422 past its end or for a file without pictures). `name`: the file as errors call it.
-    `duration`: the video's, when the catalog knows it (no probe run: one ffmpeg run in all). The decode is
-    bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
-    name, timeout_s = name or path.name, prep.timeout_s
-    if duration is None:
-        try:
-            info = probe(path, timeout_s, prep.limits)
-        except MediaError as exc:
-            raise InvalidInput(f"{name}: {exc}".replace(str(path), name)) from exc
-        if not info.has_video:
-            raise InvalidInput(f"{name} has no pictures (an audio file): no poster")
-        duration = info.duration
+    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped inside
+    the video's `duration` as the catalog records it: one ffmpeg run, no probe). `name`: the file as errors call
+    it. The decode is bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
+    timeout_s = prep.timeout_s
     if duration is not None:
         at = clamped_time(at, duration)
     args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *max_pixels_args(prep.limits.max_pixels)]

@@ -83,6 +83,15 @@ class TimeRange:
     end: float | None = None
 
 
+def time_range(video_id: int | None, start: float, end: float | None) -> TimeRange:
+    """The part of an indexed video a request asks for (422 for a range without a video, or ending first)."""
+    if (start or end is not None) and video_id is None:
+        raise InvalidInput("`start` and `end` choose part of an indexed video: give them with `video_id`")
+    if end is not None and end <= start:
+        raise InvalidInput(f"end ({end}) must come after start ({start})")
+    return TimeRange(start, end)
+
+
 def stored_query(
     engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
 ) -> QueryTokens:
@@ -104,7 +113,7 @@ def stored_query(
         if len(inside) == 0:
             raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
         low, high = int(inside[0]), int(inside[-1]) + 1
-    longest = max(1, round(engine.prep.max_query_s / version.frame_s))
+    longest = engine.prep.max_query_frames(version.frames)  # the store matches the model: the same frame_s
     tokens = version.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
     return QueryTokens(tokens, high - low > longest, 0.0, 0.0)
 

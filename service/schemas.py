@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
-from indexer.catalog import FileState, JobState, VideoStatus
+from indexer.catalog import FileState, JobState, VideoStatus, display_name
 from indexer.moments import MATCH_TOLERANCE
 from model import Modality, Strategy
 
@@ -207,7 +206,7 @@ class VideoInfo(Model):
     @field_validator("name", mode="before")
     @classmethod
     def _named(cls, value: str | None, info: ValidationInfo) -> str:
-        return value or Path(str(info.data.get("uri", ""))).name  # rows indexed before names were recorded
+        return display_name(value, str(info.data.get("uri", "")))  # rows indexed before names were recorded
 
 
 class VideoDetail(VideoInfo):

@@ -17,6 +17,7 @@ restarted without persistence) and the supervisor sends the files it had queued 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -91,7 +92,7 @@ class RedisBroker:
     timeout_s: float = 5.0
 
     def _client(self) -> redis.Redis[bytes]:
-        return redis.Redis.from_url(self.url, socket_connect_timeout=self.timeout_s, socket_timeout=self.timeout_s)
+        return _redis(self.url, self.timeout_s)
 
     def publish(self, job_id: str, path: str, ctx: TaskContext) -> None:
         self.send(job_id, path, ctx)
@@ -118,16 +119,19 @@ class RedisBroker:
 
     def ping(self) -> bool:
         try:
-            client = redis.Redis.from_url(
-                self.url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
-            )
-            return bool(client.ping())
+            return bool(_redis(self.url, PROBE_TIMEOUT_S).ping())
         except redis.RedisError as exc:  # any failure to reach it is the answer
             log.warning("broker %s unreachable: %s", self.url.split("@")[-1], exc)
             return False
 
     def merge_lock(self, wait_s: float = MERGE_LOCK_WAIT_S) -> AbstractContextManager[None]:
         return renewed_lock(self.url, MERGE_LOCK, self.lock_ttl_s, wait_s)
+
+
+@functools.lru_cache(maxsize=8)
+def _redis(url: str, timeout_s: float) -> redis.Redis[bytes]:
+    """One client (and connection pool, thread-safe) per URL and timeout, not one per call: `/health` pings."""
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
 
 
 def queue_state(broker: Broker | None) -> str:

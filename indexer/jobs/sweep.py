@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import commit
+from indexer import commit, files
 from indexer.catalog import FileState, JobFile, Video, VideoStatus
 from indexer.datadir import DataDir
 from indexer.store import TokenStore
@@ -30,9 +30,8 @@ log = logging.getLogger(__name__)
 
 def drop_upload(uploads: Path, path: str) -> None:
     """Delete a file of a settled job when it is one of the API's uploads (kept only to be indexed)."""
-    file = Path(path)
-    if file.parent.resolve() == uploads.resolve():
-        file.unlink(missing_ok=True)
+    if files.is_upload(path, uploads):
+        Path(path).unlink(missing_ok=True)
 
 
 def old_files(folder: Path, pattern: str, grace_s: float) -> list[Path]:

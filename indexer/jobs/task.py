@@ -37,9 +37,8 @@ from indexer.jobs.sweep import drop_upload
 from indexer.pipeline import (
     MEDIA_SUFFIXES,
     Decoded,
-    decode_file,
+    decode_hashed,
     encode_clips,
-    hashed,
     model_id_of,
     needs_repair,
     repair_location,
@@ -143,7 +142,7 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     copy (`indexer.files`), the video's file.
     """
     model_id = model_id_of(ctx.model_path)
-    sha, identity = hashed(Path(path))
+    sha, identity = files.hash_with_identity(Path(path))
     target = ctx.data.pending / f"{sha}.{model_id}.npz"
     with res.sessions(ctx.database_url)() as session:
         if records.indexed(session, sha, model_id):
@@ -155,9 +154,9 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
     if target.exists():
         return sha
     model = res.model(ctx.model_path)
-    item = decode_file(Path(path), model.config, PreprocessConfig())
+    item = decode_hashed(Path(path), sha, identity, model.config, PreprocessConfig())
     if item.error is None:
-        source = _source(ctx, path, sha, item.identity or identity)
+        source = _source(ctx, path, sha, identity)
     else:  # a failed file is not kept: recorded where it was, with the name it was sent with
         source = Source(str(Path(path).resolve()), files.sent_name(path) or Path(path).name, identity)
     ctx.data.pending.mkdir(parents=True, exist_ok=True)

@@ -49,14 +49,6 @@ EndForm = Annotated[
 ]
 
 
-def time_range(video_id: int | None, start: float, end: float | None) -> queries.TimeRange:
-    if (start or end is not None) and video_id is None:
-        raise InvalidInput("`start` and `end` choose part of an indexed video: give them with `video_id`")
-    if end is not None and end <= start:
-        raise InvalidInput(f"end ({end}) must come after start ({start})")
-    return queries.TimeRange(start, end)
-
-
 async def run_inference(engine: Engine, work: Callable[[], T]) -> T:
     """Blocking work in a worker thread, holding one of the engine's inference slots."""
     async with engine.slots.hold():
@@ -97,7 +89,7 @@ async def audio_to_video(
         upload=file,
         video_id=video_id,
         options=options,
-        part=time_range(video_id, start, end),
+        part=queries.time_range(video_id, start, end),
     )
     return await run_inference(engine, work)
 
@@ -127,7 +119,7 @@ async def video_to_audio(
         upload=file,
         video_id=video_id,
         options=options,
-        part=time_range(video_id, start, end),
+        part=queries.time_range(video_id, start, end),
     )
     return await run_inference(engine, work)
 
