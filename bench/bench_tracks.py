@@ -36,7 +36,7 @@ from indexer.sliding import pick_moments, score_offsets
 from indexer.store import TokenStore
 
 T, D, FRAME_S = 16, 768, 0.64
-QUERY_SECONDS = (2, 5, 10, 30, 60)
+QUERY_SECONDS = (2, 5, 10, 30, 60, 180)
 
 
 def video_lengths(total: int, rng: np.random.Generator) -> list[int]:
@@ -122,7 +122,7 @@ def _track_best(pairs: np.ndarray, length: int) -> np.ndarray:
             total += pairs[j : j + frames - length + 1, :, j]
         else:  # track frame j on query frame s + j, s = 0 .. Q - L
             total += pairs[j, :, j : j + length - frames + 1].T
-    return total.max(axis=0) / aligned
+    return total.max(axis=0) / length  # over the query's Q frames: those outside a shorter track count 0
 
 
 def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 2**20, ge=0, description="Largest request body (uploads included).")
     max_media_duration_s: float = Field(3600.0, gt=0, description="Longest media a query or an upload may be.")
     max_query_s: float = Field(
-        60.0,
+        180.0,
         gt=0,
         description="Longest query, seconds: one token per 0.64 s, every one used; an upload up to 1 s longer "
         "is cut to it, a longer one refused.",

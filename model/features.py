@@ -51,8 +51,8 @@ class PreprocessConfig:
     fast_video_decode: bool = True  # skip the h264/hevc deblocking filter: invisible at 224 px, ~20% faster
     max_duration_s: float = 4 * 3600.0
     min_query_s: float = 1.0
-    max_query_s: float = 60.0  # the longest query used (`max_query_frames`); a longer one is cut to it ...
-    max_query_slack_s: float = 1.0  # ... when at most this much longer (`ffmpeg -t 60` gives 60.3-60.7 s), else 413
+    max_query_s: float = 180.0  # the longest query used (`max_query_frames`); a longer one is cut to it ...
+    max_query_slack_s: float = 1.0  # ... when at most this much longer (`ffmpeg -t 180` gives 180.3-180.7 s), else 413
     timeout_s: float = 120.0
     max_pixels: int | None = 36_000_000  # width x height of a frame (8K UHD is 33.2 M); more: refused at probe
     max_frames: int | None = 1_000_000  # frames of a video stream (an hour at 240 fps is 864 k)
@@ -70,7 +70,7 @@ class PreprocessConfig:
         return self.clip_s / frames_per_clip
 
     def max_query_frames(self, frames_per_clip: int) -> int:
-        """The most frames a query uses: round(max_query_s / frame_s) (94 for 60 s at 0.64 s)."""
+        """The most frames a query uses: round(max_query_s / frame_s) (281 for 180 s at 0.64 s)."""
         return max(1, round(self.max_query_s / self.frame_s(frames_per_clip)))
 
 
@@ -314,8 +314,8 @@ class QueryInput(NamedTuple):
 
 
 def _query_too_long(info: MediaInfo, what: str, prep: PreprocessConfig) -> None:
-    """MediaTooLongError for a query over the longest one and its slack (a cut made by `ffmpeg -t 60` lasts
-    60.3-60.7 s: accepted, its first `max_query_s` used)."""
+    """MediaTooLongError for a query over the longest one and its slack (a cut made by `ffmpeg -t 180` lasts
+    180.3-180.7 s: accepted, its first `max_query_s` used)."""
     if info.duration is not None and info.duration > prep.max_query_s + prep.max_query_slack_s:
         raise MediaTooLongError(
             f"{info.path.name}: lasts {info.duration:.1f} s; {what} may last {prep.max_query_s:.0f} s at most "

@@ -30,7 +30,7 @@ class ServiceConfig:
     media_roots: tuple[Path, ...] = ()  # folders whose files POST /index may index by path
     max_upload_bytes: int = 512 * 2**20  # largest request body (uploads included)
     max_media_duration_s: float = 3600.0  # longest media a query or an upload may be
-    max_query_s: float = 60.0  # longest query (s); an upload up to 1 s longer is cut to it
+    max_query_s: float = 180.0  # longest query (s); an upload up to 1 s longer is cut to it
     max_concurrent_inferences: int = 4  # inferences at once; more get 503
     inference_wait_s: float = 0.0  # how long a request waits for a free inference slot
     retry_after_s: int = 1  # Retry-After of a 503 answer

@@ -96,7 +96,7 @@ class QueryInfo(Model):
     frames: int = Field(description="Query frames used: one per 0.64 s (16 for a 10-s query), every one of them.")
     truncated: bool = Field(
         description="The query used less than the media given: the upload, or the indexed video (its start-end "
-        "part), holds more frames than the longest query (CAVSYNC_MAX_QUERY_S, 60 s by default), and its first "
+        "part), holds more frames than the longest query (CAVSYNC_MAX_QUERY_S, 180 s by default), and its first "
         "frames up to that length were used. An upload up to 1 s longer than the longest query is accepted and cut "
         "so; a longer one is refused (413)."
     )

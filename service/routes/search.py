@@ -28,12 +28,12 @@ StrategyForm = Annotated[Strategy, Form(description="How aligned frames are scor
 MomentsForm = Annotated[int, Form(ge=1, le=MAX_MOMENTS, description="Non-overlapping moments per video, at most.")]
 VideoIdForm = Annotated[
     int | None,
-    Form(ge=1, le=MAX_ID, description="An indexed video: its stored track is the query (its first 60 s at most)."),
+    Form(ge=1, le=MAX_ID, description="An indexed video: its stored track is the query (its first 180 s at most)."),
 ]
 AUDIO_TIME = "Where in the audio: the 4.16-s segment centred nearest this time is used."
 Seconds = Annotated[float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 # What a search by `video_id` uses without an `end` (stored_query): the page's "To (s)" placeholder says the same.
-END_DEFAULT = "default: to the video's end, the longest query (60 s by default) at most"
+END_DEFAULT = "default: to the video's end, the longest query (180 s by default) at most"
 StartForm = Annotated[
     float, Form(ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="With `video_id`: where the query starts, s.")
 ]
@@ -74,7 +74,7 @@ async def audio_to_video(
 ) -> SearchResponse:
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
-    A query of 1 to 60 s gives one token per 0.64 s, every one used; it is slid over each video's
+    A query of 1 to 180 s gives one token per 0.64 s, every one used; it is slid over each video's
     whole track, one frame at a time. Each video comes with up to `moments` non-overlapping moments, placed
     where the video's own soundtrack sounds like the query and sorted by score; videos are ranked by their
     first moment's score.

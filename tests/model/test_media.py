@@ -268,7 +268,7 @@ def test_video_without_audio(tmp_path: Path) -> None:
 def test_query_audio_limits(tmp_path: Path) -> None:
     path = mf.audio_only(tmp_path / "long.wav", ["-c:a", "pcm_s16le"], d=70.0)
     with pytest.raises(MediaTooLongError, match="60 s at most"):
-        load_query_audio(path, TINY)
+        load_query_audio(path, TINY, PreprocessConfig(max_query_s=60))
     assert load_query_audio(path, TINY, PreprocessConfig(max_query_s=80)).shape[0] == round(70 * 16 / 10.24)
 
 
@@ -433,19 +433,19 @@ def _tone(path: Path, seconds: float) -> Path:
 
 
 def test_a_query_up_to_the_slack_past_the_longest_is_cut_and_reported(tmp_path: Path) -> None:
-    """max_query_s (60 s) uses 94 frames (round(60 / 0.64)); a file up to max_query_slack_s (1 s) longer is
-    accepted, its first 94 used and `truncated` says so when it had more; past the slack: refused."""
+    """max_query_s (180 s) uses 281 frames (round(180 / 0.64)); a file up to max_query_slack_s (1 s) longer is
+    accepted, its first 281 used and `truncated` says so when it had more; past the slack: refused."""
     from model.features import read_query_audio, read_query_frames
 
     prep = PreprocessConfig()
     longest = prep.max_query_frames(TINY.frames_per_clip)
-    assert longest == 94
-    exact = read_query_audio(_tone(tmp_path / "60.3.wav", 60.3), TINY)
-    assert (len(exact.inputs), exact.truncated) == (94, False)  # 60.3 s holds 94 frames: nothing is left out
-    over = read_query_audio(_tone(tmp_path / "60.9.wav", 60.9), TINY)
-    assert (len(over.inputs), over.truncated) == (94, True)  # 95 frames given
-    with pytest.raises(MediaTooLongError, match="60 s at most"):
-        read_query_audio(_tone(tmp_path / "61.2.wav", 61.2), TINY)
+    assert longest == 281
+    exact = read_query_audio(_tone(tmp_path / "180.0.wav", 180.0), TINY)
+    assert (len(exact.inputs), exact.truncated) == (281, False)  # 180 s holds 281 frames: nothing is left out
+    over = read_query_audio(_tone(tmp_path / "180.9.wav", 180.9), TINY)
+    assert (len(over.inputs), over.truncated) == (281, True)  # 283 frames given
+    with pytest.raises(MediaTooLongError, match="180 s at most"):
+        read_query_audio(_tone(tmp_path / "181.2.wav", 181.2), TINY)
     shorter = PreprocessConfig(max_query_s=10.0)  # the limit is the config's, whatever it is
     cut = read_query_audio(_tone(tmp_path / "10.9.wav", 10.9), TINY, shorter)
     assert (len(cut.inputs), cut.truncated) == (round(10.0 / 0.64), True)
@@ -456,7 +456,8 @@ def test_a_query_up_to_the_slack_past_the_longest_is_cut_and_reported(tmp_path: 
 
 
 def test_a_60_s_cut_made_by_ffmpeg_is_a_query(tmp_path: Path) -> None:
-    """`ffmpeg -t 60 -c copy` of a longer video ends at a packet past 60 s: a query of the first 60 s."""
+    """`ffmpeg -t 60 -c copy` of a longer video ends at a packet past 60 s: with the longest query set to 60 s,
+    a query of its first 60 s."""
     from model.features import read_query_audio, read_query_frames
 
     long = mf.av_file(
@@ -466,7 +467,8 @@ def test_a_60_s_cut_made_by_ffmpeg_is_a_query(tmp_path: Path) -> None:
     mf.ffmpeg("-i", str(long), "-t", "60", "-c", "copy", str(cut))
     duration = probe(cut).duration
     assert duration is not None and 60.0 < duration < 61.0, duration
-    audio, frames = read_query_audio(cut, TINY), read_query_frames(cut, TINY)
+    prep = PreprocessConfig(max_query_s=60.0)
+    audio, frames = read_query_audio(cut, TINY, prep), read_query_frames(cut, TINY, prep)
     assert len(audio.inputs) == len(frames.inputs) == 94
     given = round(duration / 0.64)
     assert audio.truncated == frames.truncated == (given > 94)

@@ -155,8 +155,10 @@ def build(
 
 
 def excerpt(source: Path, start: float, length: float, target: Path) -> Path:
+    """The audio of source's [start, start + length) s; cut after decoding (-ss after -i), so it starts and
+    lasts exactly as asked (an input seek may land up to 2 s early in these files)."""
     ffmpeg(
-        "-ss", f"{start:.3f}", "-t", f"{length:.3f}", "-i", str(source), "-vn", "-ac", "1", "-ar", "16000", str(target)
+        "-i", str(source), "-ss", f"{start:.3f}", "-t", f"{length:.3f}", "-vn", "-ac", "1", "-ar", "16000", str(target)
     )
     return target
 

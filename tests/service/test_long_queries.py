@@ -60,3 +60,27 @@ def test_a_long_excerpt_ranks_its_source_above_the_clips_it_contains(
     count = EXCERPTS[length]
     print(f"\n{length:.0f}-s excerpts: source first {first}/{count}; misses {misses}")
     assert first >= count - 1
+
+
+@pytest.mark.parametrize("length", [90.0, 178.0])
+def test_queries_up_to_the_longest_are_served_and_placed(
+    clips_client: TestClient, clips_corpus: LongCorpus, tmp_path: Path, length: float
+) -> None:
+    """The longest query is 180 s (281 frames of 0.64 s): excerpts of 90 s and of ~180 s of the 210-s video are
+    served (not 413), rank it first and place its first moment where they were cut. (A cut of these files lasts
+    ~1% longer than asked: 178 s gives ~180 s, 180 s would give 182 s, refused as over the 1-s slack.)"""
+    video = int(np.argmax(clips_corpus.durations))
+    rng = np.random.default_rng([SEED, int(length), 7])
+    for q in range(3):
+        start = float(rng.uniform(0.0, clips_corpus.durations[video] - length - 0.1))
+        cut = excerpt(clips_corpus.videos[video], start, length, tmp_path / f"long{q}.wav")
+        response = clips_client.post("/search/audio-to-video", files=upload(cut), data={"top_k": "3"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        frames = body["query"]["frames"]  # one per 0.64 s of the cut, 281 at most
+        assert round(length / 0.64) <= frames <= 281, body["query"]
+        assert_moments_in_order(body["results"])
+        best = body["results"][0]
+        assert best["video_id"] == video + 1, (start, [(r["video_id"], r["score"]) for r in body["results"]])
+        stretch = max(0.0, frames * 0.64 - length)  # what the cut holds past its asked length, spread over it
+        assert abs(best["moments"][0]["start"] - start) <= 0.64 + stretch / 2, (start, stretch, best["moments"][0])

@@ -222,18 +222,18 @@ def test_a_time_range_of_an_indexed_video_is_the_query(client: TestClient) -> No
 
 
 def test_a_search_by_id_without_end_uses_what_the_docs_and_the_page_say(client: TestClient) -> None:
-    """No `end`: to the video's end (60 s at most); the OpenAPI field and the page's placeholder say so."""
+    """No `end`: to the video's end (180 s at most); the OpenAPI field and the page's placeholder say so."""
     whole = client.post("/search/audio-to-video", data={"video_id": 4, "start": 2.0, "top_k": 1}).json()["query"]
     assert (whole["frames"], whole["truncated"]) == (12, False)  # 2.0 s to the 10-s clip's end: frames 4..15
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     form = next(v for k, v in schema.items() if k.startswith("Body_audio_to_video"))
     assert (
-        "default: to the video's end, the longest query (60 s by default) at most"
+        "default: to the video's end, the longest query (180 s by default) at most"
         in form["properties"]["end"]["description"]
     )
     page = client.get("/ui/").text
     [end] = re.findall(r'<input id="range-end"[^>]*>', page)
-    assert 'placeholder="video end, 60 s max"' in end and "60 s by default" in end
+    assert 'placeholder="video end, 180 s max"' in end and "180 s by default" in end
 
 
 def test_codec_parameters_name_and_rounded_times(client: TestClient, corpus: Corpus, tmp_path: Path) -> None:

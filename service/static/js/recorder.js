@@ -1,5 +1,5 @@
 // Recording the microphone with MediaRecorder: a level meter (an AnalyserNode's RMS), a timer, stop, re-record.
-const MAX_SECONDS = 60;
+const MAX_SECONDS = 180;
 
 export class Recorder {
   constructor({ onLevel, onTick, onStop }) {
