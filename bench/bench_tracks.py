@@ -1,4 +1,4 @@
-"""Track search at scale: synthetic token tracks, off-grid queries of 2 to 60 s, against the exact
+"""Track search at scale: synthetic token tracks, off-grid queries of 2 to 180 s, against the exact
 brute-force sliding search over every track.
 
     python bench/bench_tracks.py --frames 1600000 --queries 40 [--store DIR]
@@ -11,7 +11,9 @@ video's events in another order (reordered twins). A query of n seconds is round
 at a uniformly random off-grid offset: each query frame interpolates two consecutive track frames
 (the query's grid falls between the track's), plus noise. Truth: the exact diagonal_mean of every
 query at every frame offset of every track (a batched brute force, independent of the retrieval
-core), its top-10 videos, and the best offset of its first video (moments picked as the core does).
+core; a track shorter than the query scored over the query's frames), each track shown at the centre of
+its run of offsets within TIE_TOLERANCE of its best (the score a search shows: its first moment's), the
+top-10 videos by that score, and the offset of its first video (moments picked as the core does).
 Reported per query length and candidate scheme (votes at per_frame:hypotheses, or the scan): recall@1
 and @10 of videos against the truth, the first moment's start error against the truth's offset,
 p50/p99 latency (one query at a time, encoding excluded); build time and bytes per frame. `--store`
@@ -34,6 +36,7 @@ import numpy as np
 from indexer.search import search
 from indexer.sliding import pick_moments, score_offsets
 from indexer.store import TokenStore
+from model.similarity import TIE_TOLERANCE
 
 T, D, FRAME_S = 16, 768, 0.64
 QUERY_SECONDS = (2, 5, 10, 30, 60, 180)
@@ -93,7 +96,8 @@ def make_queries(tracks: list[np.ndarray], frames: int, count: int, seed: int, n
 
 
 def exact_scores(tracks: list[np.ndarray], queries: np.ndarray, chunk_frames: int = 32_768) -> np.ndarray:
-    """Brute force: (n, V) best diagonal_mean over every offset of every track; queries (n, Q, D)."""
+    """Brute force: (n, V) each track's score for each query (n, Q, D) by the product's rule: the diagonal_mean
+    at every offset, then the centre of the run of offsets within TIE_TOLERANCE of the best (`_shown`)."""
     count, length, _ = queries.shape
     flat_q = queries.reshape(-1, D).T  # (D, n * Q)
     best = np.full((count, len(tracks)), -np.inf, dtype=np.float32)
@@ -106,23 +110,39 @@ def exact_scores(tracks: list[np.ndarray], queries: np.ndarray, chunk_frames: in
         pairs = (frames @ flat_q).reshape(len(frames), count, length)  # (F, n, Q) cosines
         start = 0
         for g in group:
-            best[:, g] = _track_best(pairs[start : start + len(tracks[g])], length)
+            best[:, g] = _shown(_track_curve(pairs[start : start + len(tracks[g])], length))
             start += len(tracks[g])
         group = [v] if v < len(tracks) else []
     return best
 
 
-def _track_best(pairs: np.ndarray, length: int) -> np.ndarray:
-    """pairs (L, n, Q) of one track -> (n,) best mean over the aligned diagonal at any offset."""
+def _track_curve(pairs: np.ndarray, length: int) -> np.ndarray:
+    """pairs (L, n, Q) of one track -> (offsets, n): the mean over the query's Q frames of the aligned cosines
+    at each offset, ascending (0 .. L - Q; a track shorter than the query: L - Q .. 0, its frames outside
+    the track counting 0)."""
     frames = len(pairs)
-    aligned = min(length, frames)
     total = np.zeros((abs(frames - length) + 1, pairs.shape[1]), dtype=np.float32)
-    for j in range(aligned):
+    for j in range(min(length, frames)):
         if length <= frames:  # query frame j on track frame o + j, o = 0 .. L - Q
             total += pairs[j : j + frames - length + 1, :, j]
-        else:  # track frame j on query frame s + j, s = 0 .. Q - L
+        else:  # track frame j on query frame s + j, i.e. offset o = -s, s = 0 .. Q - L
             total += pairs[j, :, j : j + length - frames + 1].T
-    return total.max(axis=0) / length  # over the query's Q frames: those outside a shorter track count 0
+    curve = total / length
+    return curve if length <= frames else curve[::-1]
+
+
+def _shown(curve: np.ndarray) -> np.ndarray:
+    """(offsets, n) -> (n,) the score a search shows for the track (its first moment's): at the centre of the
+    run of consecutive offsets within TIE_TOLERANCE of the best one (indexer.sliding's documented rule)."""
+    out = np.empty(curve.shape[1], dtype=np.float32)
+    for i in range(curve.shape[1]):
+        column = curve[:, i]
+        best = int(np.argmax(column))
+        below = np.flatnonzero(column < column[best] - TIE_TOLERANCE)
+        first = int(below[below < best].max()) + 1 if (below < best).any() else 0
+        last = int(below[below > best].min()) - 1 if (below > best).any() else len(column) - 1
+        out[i] = column[(first + last + 1) // 2]
+    return out
 
 
 def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:
