@@ -227,6 +227,15 @@ class RaySearcher:
             for s, p in enumerate(held)
         ]
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every replica answers (a fresh start takes a worker process per replica); whether they do."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(s.alive == s.replicas for s in self.states(None)):
+                return True
+            time.sleep(0.2)
+        return False
+
     def close(self) -> None:
         """Forget the replicas (detached ones keep running for the next API process; `stop` ends them)."""
         self.actors = [[] for _ in self.actors]
