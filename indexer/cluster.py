@@ -19,6 +19,7 @@ from the same data, and a video deleted before the request was made is in none o
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -91,7 +92,8 @@ class ShardServer:
         import ray
 
         loaded = list(self._versions)
-        return {"shard": self.shard, "node": ray.get_runtime_context().get_node_id(), "versions": loaded}
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident bytes
+        return {"shard": self.shard, "node": ray.get_runtime_context().get_node_id(), "versions": loaded, "rss": rss}
 
 
 def _names(version: CorpusVersion) -> tuple[str | None, ...]:
