@@ -23,12 +23,12 @@ from indexer.scatter import LocalSearcher, SearchRequest, ShardUnavailable
 from indexer.sharding import ShardedStore, ShardedVersion
 from indexer.store import TokenStore
 
+from ..ray_cluster import RESOURCE, LocalCluster
 from .shard_corpus import T, add, assert_same_hits, cases, queries, videos
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
-S, R, RESOURCE = 3, 2, "cavsync_shard"
-NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "resources": {RESOURCE: 6}}
+S, R = 3, 2
 
 
 @dataclass
@@ -42,27 +42,19 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def deployment(ray_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("cluster")
     single, sharded = TokenStore(root / "single"), ShardedStore(root / "sharded", S)
     corpus = videos(210, seed=5)
     for start in range(0, len(corpus), 105):
         add(single, corpus[start : start + 105])
         add(sharded, corpus[start : start + 105])
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    workers = [cluster.add_node(**NODE) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="cavsync-test", log_to_driver=False)
     config = ClusterConfig(
-        cluster.address, root / "sharded", S, R, RESOURCE, "cavsync-test", detached=False, call_timeout_s=20
+        ray_cluster.address, root / "sharded", S, R, RESOURCE, ray_cluster.namespace, detached=False, call_timeout_s=20
     )
     searcher = RaySearcher.start(config)
     assert searcher.wait_ready(120), searcher.states(None)
-    try:
-        yield Deployment(cluster, workers, single, sharded, searcher, corpus)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    yield Deployment(ray_cluster.cluster, ray_cluster.workers, single, sharded, searcher, corpus)
 
 
 def _report(name: str, **figures: Any) -> None:
