@@ -13,7 +13,9 @@ replicas all fail is a `ShardUnavailable` (503 naming it), never a silent partia
 
 Consistency: each request names the store version of every shard (the API's loaded generation,
 `indexer.sharding`); a replica opens that version (two kept open), so replicas that lag or restarted answer
-from the same data, and a video deleted before the request was made is in none of them.
+from the same data, and a video deleted before the request was made is in none of them. A version pruned by
+later writes before a replica opened it is a `VersionGone`, raised to the caller (the API then searches the live
+generation: `service.engine.Engine.search`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from indexer.moments import TrackHit
-from indexer.scatter import SearchRequest, ShardState, ShardUnavailable, merge_hits, parts
+from indexer.scatter import SearchRequest, ShardState, ShardUnavailable, VersionGone, merge_hits, parts
 from indexer.sharding import CorpusVersion, ShardedVersion, shard_name
 from indexer.store import StoreError
 from indexer.version import StoreVersion
@@ -78,6 +80,8 @@ class ShardServer:
                 version = StoreVersion(self.root, name, self.gpu)
                 version.index  # noqa: B018  (read now, so that a prune cannot take them)
             except (OSError, RuntimeError) as exc:
+                if not (self.root / "versions" / name / "manifest.json").exists():  # pruned before or while opened
+                    raise VersionGone(self.shard, name) from exc
                 raise StoreError(f"shard {self.shard}: version {name} cannot be opened ({exc}); retry") from exc
             self._versions[name] = version
             while len(self._versions) > self.keep:
@@ -167,7 +171,9 @@ class RaySearcher:
             if timed_out:
                 raise GetTimeoutError(f"no answer in {self.config.call_timeout_s} s")
             return list(ray.get(ref, timeout=self.config.call_timeout_s))
-        except RayTaskError as exc:  # the search itself failed (a bad request): the caller's error
+        except RayTaskError as exc:  # the search itself failed (a bad request, a pruned version): the caller's
+            if isinstance(exc.cause, VersionGone):
+                raise exc.cause from None  # plain: the engine searches the live generation instead
             raise exc.as_instanceof_cause() from None  # type: ignore[no-untyped-call]  # ray is untyped
         except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
             self._failed(call, exc)

@@ -25,6 +25,7 @@ import numpy as np
 from indexer.moments import TrackHit
 from indexer.search import Scheme, search
 from indexer.sharding import CorpusVersion, ShardedVersion
+from indexer.store import StoreError
 from indexer.version import StoreVersion
 from model.network import Modality
 from model.similarity import Strategy
@@ -36,6 +37,27 @@ class ShardUnavailable(RuntimeError):
     def __init__(self, shard: int, reason: str, retry_after_s: int = 1) -> None:
         super().__init__(f"shard {shard} has no live replica ({reason}); retry later")
         self.shard, self.reason, self.retry_after_s = shard, reason, retry_after_s
+
+
+class IndexMoved(ShardUnavailable):
+    """A shard's version named by the searched generation was pruned and no newer generation could be searched
+    in its place (503: a retry reads the live generation)."""
+
+    def __init__(self, shard: int, version: str, retry_after_s: int = 1) -> None:
+        super().__init__(shard, f"its version {version} was pruned", retry_after_s)
+        self.args = (f"shard {shard}: version {version} is gone, the index moved on; retry",)
+
+
+class VersionGone(StoreError):
+    """A shard's version that a request names no longer exists (pruned by later writes before a replica opened
+    it): the caller searches the live generation instead (`service.engine.Engine.search`)."""
+
+    def __init__(self, shard: int, version: str) -> None:
+        super().__init__(f"shard {shard}: version {version} was pruned (the index moved on)")
+        self.shard, self.version = shard, version
+
+    def __reduce__(self) -> tuple[type[VersionGone], tuple[int, str]]:  # raised in a Ray actor, unpickled here
+        return (VersionGone, (self.shard, self.version))
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,17 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import anyio
+import numpy as np
 import torch
 
 from indexer.catalog import open_catalog
 from indexer.catalog_queries import Sessions
+from indexer.moments import TrackHit
 from indexer.pipeline import model_id_of
-from indexer.scatter import LocalSearcher, Searcher
+from indexer.scatter import IndexMoved, LocalSearcher, Searcher, SearchRequest, VersionGone
 from indexer.sharding import Corpus, CorpusVersion, open_corpus
 from model import CAVMAESync, PreprocessConfig, load_localization_head, load_model
 from model.config import PRESETS
@@ -72,6 +75,13 @@ class InferenceSlots:
             yield
         finally:
             self._semaphore.release()
+
+
+class Searched(NamedTuple):
+    """A search's hits and the version they were found in (the live one when the searched one was pruned)."""
+
+    version: CorpusVersion
+    hits: list[TrackHit]
 
 
 def preset_name(model: CAVMAESync) -> str:
@@ -165,6 +175,22 @@ class Engine:
             except (OSError, ValueError, RuntimeError) as exc:  # keep serving the loaded one; the next poll retries
                 log.warning("could not open index version %s: %s", name, exc)
         return self.version
+
+    def search(self, version: CorpusVersion, tokens: np.ndarray, request: SearchRequest) -> Searched:
+        """The searcher's answer over `version` (blocking). A shard version of it pruned before a replica opened
+        it (writers moved the index on during the request): the live generation is loaded and searched once
+        more; a second miss is a 503 (`IndexMoved`, Retry-After), never a 500."""
+        try:
+            return Searched(version, self.searcher.search(version, tokens, request))
+        except VersionGone as gone:
+            log.info("%s: searching the live index version instead", gone)
+            fresh = self.reload()
+            if fresh is None or fresh.name == version.name:
+                raise IndexMoved(gone.shard, gone.version, self.config.retry_after_s) from gone
+        try:
+            return Searched(fresh, self.searcher.search(fresh, tokens, request))
+        except VersionGone as again:
+            raise IndexMoved(again.shard, again.version, self.config.retry_after_s) from again
 
     async def current_version(self) -> CorpusVersion | None:
         """The loaded version, reopened off the event loop first when the store moved on."""

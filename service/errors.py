@@ -258,7 +258,8 @@ DESCRIPTIONS = {
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",
-    503: "Too many inferences at once, or the database or queue is unreachable (retry after Retry-After seconds)",
+    503: "Too many inferences at once, the database or queue unreachable, or a shard of the index with no live "
+    "replica (retry after Retry-After seconds)",
     507: "The server's disk is full",
 }
 

@@ -143,10 +143,11 @@ def _results(
     target: Modality,
     options: SearchOptions,
     modality: Modality | None,
-) -> list[VideoResult]:
-    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only)."""
+) -> tuple[CorpusVersion | None, list[VideoResult]]:
+    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only); and the version
+    searched (the live one when `version` was pruned under the request: `Engine.search`)."""
     if version is None:
-        return []
+        return None, []
     request = SearchRequest(
         target=target,
         k=options.top_k + SPARE_HITS,
@@ -154,10 +155,10 @@ def _results(
         moments=options.moments,
         moment_from=modality,
     )
-    hits = engine.searcher.search(version, tokens, request)  # in process, or scattered over the shards
+    version, hits = engine.search(version, tokens, request)  # in process, or scattered over the shards
     videos = indexed_videos_of_clips(engine.sessions, [h.clip_id for h in hits])
     found = [(h, videos[h.clip_id]) for h in hits if h.clip_id in videos][: options.top_k]
-    return [
+    return version, [
         VideoResult(
             video_id=video.id,
             uri=video.uri,
@@ -182,7 +183,7 @@ def answer(
 ) -> SearchResponse:
     """`modality`: the query tokens' own (None: unknown), where the query's moments are looked for."""
     searching = time.perf_counter()
-    results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
+    version, results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
     search_ms = ms(time.perf_counter() - searching)
     timings = Timings(
         decode_ms=query.decode_ms,

@@ -19,8 +19,8 @@ from ray.cluster_utils import Cluster
 
 from indexer.cluster import ClusterConfig, RaySearcher
 from indexer.moments import TrackHit
-from indexer.scatter import LocalSearcher, SearchRequest, ShardUnavailable
-from indexer.sharding import ShardedStore, ShardedVersion
+from indexer.scatter import LocalSearcher, SearchRequest, ShardUnavailable, VersionGone
+from indexer.sharding import ShardedStore, ShardedVersion, shard_of
 from indexer.store import TokenStore
 
 from ..ray_cluster import RESOURCE, LocalCluster
@@ -212,6 +212,25 @@ def _wait(condition: Any, timeout_s: float) -> float:
         assert time.monotonic() < deadline, f"not within {timeout_s} s"
         time.sleep(0.1)
     return time.monotonic()
+
+
+def test_a_version_pruned_before_the_replicas_opened_it_is_version_gone(deployment: Deployment) -> None:
+    """The API's generation names a shard version that later writes pruned before any replica opened it: the
+    searcher raises `VersionGone` naming the shard (the API then searches the live generation), not a 500."""
+    store, searcher = deployment.sharded, deployment.searcher
+    mine = [v for v, *_ in deployment.corpus[1:] if shard_of(v, S) == 2][-4:]  # never deleted before
+    store.delete([mine[0] * 100 + r for r in range(200)])
+    view = store.open(indexes=False)  # a generation no replica has opened
+    assert view is not None
+    for video in mine[1:]:  # 3 more versions of shard 2: the view's one is pruned
+        store.delete([video * 100 + r for r in range(200)])
+    query, request = queries(1)[1], SearchRequest("visual", k=8, scheme="exhaustive")
+    with pytest.raises(VersionGone) as gone:
+        searcher.search(view, query, request)
+    assert (gone.value.shard, gone.value.version) == (2, view.generation.versions[2])
+    live, local = store.open(indexes=False), store.open()
+    assert live is not None and local is not None
+    assert_same_hits(searcher.search(live, query, request), LocalSearcher().search(local, query, request))
 
 
 def test_a_shard_without_a_live_replica_is_refused_by_name(deployment: Deployment) -> None:

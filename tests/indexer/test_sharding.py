@@ -4,6 +4,7 @@ against the single store over the same corpus."""
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from indexer.datadir import DataDir
-from indexer.scatter import LocalSearcher, SearchRequest, merge_hits
+from indexer.scatter import LocalSearcher, SearchRequest, VersionGone, merge_hits
 from indexer.sharding import ShardedStore, ShardedVersion, open_corpus, shard_name, shard_of
 from indexer.store import StoreError, TokenStore
 
@@ -126,3 +127,29 @@ def test_the_layout_is_checked(tmp_path: Path) -> None:
     assert isinstance(open_corpus(DataDir(tmp_path / "c")), TokenStore)
     sharded = open_corpus(DataDir(tmp_path / "d", shards=4))
     assert isinstance(sharded, ShardedStore) and (tmp_path / "d" / "index" / shard_name(3)).is_dir()
+
+
+def test_a_shard_version_pruned_before_a_replica_opens_it_is_version_gone(tmp_path: Path) -> None:
+    """`ShardServer` (the Ray actor's class, plain here): the version a request names was pruned by later writes
+    to its shard before the replica opened it: `VersionGone` (the API searches the live generation instead)."""
+    from indexer.cluster import ShardServer
+
+    store = ShardedStore(tmp_path / "index", S)
+    corpus = videos(30, seed=3)
+    add(store, corpus)
+    old = store.generation()
+    assert old is not None and old.versions[0] is not None
+    for video in [v for v, *_ in corpus if shard_of(v, S) == 0][:3]:  # 3 later versions of shard 0: v1 pruned
+        store.delete([video * 100 + r for r in range(20)])
+    server = ShardServer(str(store.root / shard_name(0)), 0)
+    with pytest.raises(VersionGone) as gone:
+        server.version(old.versions[0])
+    assert (gone.value.shard, gone.value.version) == (0, old.versions[0]) and isinstance(gone.value, StoreError)
+    copy = pickle.loads(pickle.dumps(gone.value))  # how a Ray actor's error reaches the searcher
+    assert isinstance(copy, VersionGone) and (copy.shard, copy.version) == (0, old.versions[0])
+    live = store.generation()
+    assert live is not None and live.versions[0] is not None
+    opened = store.open(indexes=False)
+    assert opened is not None and opened.parts[0] is not None
+    assert len(server.version(live.versions[0])) == len(opened.parts[0])
+    assert ShardServer(str(store.root / shard_name(1)), 1).version(old.versions[1] or "")  # shard 1 untouched

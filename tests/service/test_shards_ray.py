@@ -1,7 +1,8 @@
 """The API on the Ray path, end to end: `cavsync.app.build_app` from `Settings` with a cluster address (a local
 3-node Ray cluster, tests/ray_cluster.py) over the demo corpus indexed with the real model into 3 shards. HTTP
-searches (by stored video, both directions, by upload, by tokens) answer as the single-store app; both replicas of a shard
-ended for good: 503 with Retry-After naming it, /health degraded naming it."""
+searches (by stored video, both directions, by upload, by tokens) answer as the single-store app; a generation
+pruned before the replicas opened it is searched again at the live one; both replicas of a shard ended for good:
+503 with Retry-After naming it, /health degraded naming it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from fastapi.testclient import TestClient
@@ -16,8 +18,11 @@ from fastapi.testclient import TestClient
 from cavsync.app import build_app
 from cavsync.settings import Settings
 from indexer.cluster import RaySearcher
+from indexer.scatter import LocalSearcher, SearchRequest
+from indexer.sharding import ShardedStore, ShardedVersion, shard_of
 from service.engine import Engine
 
+from ..indexer.shard_corpus import assert_same_hits
 from ..ray_cluster import RESOURCE, LocalCluster
 from .conftest import DEMO_CHECKPOINT, SHARDS, Corpus, same_results, upload
 
@@ -86,6 +91,31 @@ def test_the_api_on_ray_answers_as_the_single_store(client: TestClient, on_ray: 
     for strategy in ("mean", "max"):
         body = {"tokens": tokens, "target": "visual", "top_k": 6, "strategy": strategy}
         same_results(on_ray.post("/search/tokens", json=body).json(), client.post("/search/tokens", json=body).json())
+
+
+def test_a_generation_pruned_before_the_replicas_opened_it_is_searched_again_live(on_ray: TestClient) -> None:
+    """Deletes move shard 0 on by 3 versions while a request holds a generation no replica opened yet: the
+    engine gets `VersionGone`, loads the live generation and answers from it (not a 500)."""
+    engine = _engine(on_ray)
+    store = engine.store
+    assert isinstance(store, ShardedStore)
+    doomed = [v for v in range(2, 25) if v != 6 and shard_of(v, SHARDS) == 0][:4]
+    assert len(doomed) == 4
+    assert on_ray.delete(f"/videos/{doomed[0]}").json()["deleted"] is True
+    held = engine.reload()  # the generation the request holds; no replica has opened its shard 0 version
+    assert held is not None
+    for video in doomed[1:]:
+        assert on_ray.delete(f"/videos/{video}").json()["deleted"] is True
+    assert isinstance(held, ShardedVersion)
+    assert not (store.stores[0].root / "versions" / str(held.generation.versions[0])).exists()  # pruned
+    tokens = np.asarray(on_ray.get("/videos/6/embeddings").json()["clips"][0]["audio"], np.float32)
+    request = SearchRequest("visual", k=8, moment_from="audio")
+    searched = engine.search(held, tokens, request)
+    live = store.open()
+    assert live is not None and searched.version.name == live.name != held.name
+    assert_same_hits(searched.hits, LocalSearcher().search(live, tokens, request))
+    found = on_ray.post("/search/audio-to-video", data={"video_id": "6", "top_k": "30"}).json()
+    assert not set(doomed) & {r["video_id"] for r in found["results"]} and found["index_version"] == live.name
 
 
 def test_a_shard_without_a_live_replica_is_a_503_naming_it(on_ray: TestClient) -> None:
