@@ -40,20 +40,21 @@ class ShardUnavailable(RuntimeError):
 
 
 class IndexMoved(ShardUnavailable):
-    """A shard's version named by the searched generation was pruned and no newer generation could be searched
-    in its place (503: a retry reads the live generation)."""
+    """A shard's version named by the searched generation is gone and no newer generation could be searched in
+    its place (503: a retry reads the live generation)."""
 
     def __init__(self, shard: int, version: str, retry_after_s: int = 1) -> None:
         super().__init__(shard, f"its version {version} was pruned", retry_after_s)
-        self.args = (f"shard {shard}: version {version} is gone, the index moved on; retry",)
+        self.args = (f"shard {shard}: version {version} is gone (the index moved on) or not on its node yet; retry",)
 
 
 class VersionGone(StoreError):
-    """A shard's version that a request names no longer exists (pruned by later writes before a replica opened
-    it): the caller searches the live generation instead (`service.engine.Engine.search`)."""
+    """A shard's version that a request names is not in the replica's folder: pruned by later writes before the
+    replica opened it (or, with per-node copies of the index, not copied there yet). The caller searches the live
+    generation instead (`service.engine.Engine.search`)."""
 
     def __init__(self, shard: int, version: str) -> None:
-        super().__init__(f"shard {shard}: version {version} was pruned (the index moved on)")
+        super().__init__(f"shard {shard}: version {version} is not there (pruned: the index moved on)")
         self.shard, self.version = shard, version
 
     def __reduce__(self) -> tuple[type[VersionGone], tuple[int, str]]:  # raised in a Ray actor, unpickled here

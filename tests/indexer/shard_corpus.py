@@ -72,7 +72,7 @@ def queries(count: int, seed: int = 1) -> list[np.ndarray]:
 
 def cases() -> list[tuple[str, str, str | None]]:
     """(strategy, target, moment_from): every strategy, both targets, moments by the target or the own modality."""
-    out = []
+    out: list[tuple[str, str, str | None]] = []
     for strategy, target, own in product(STRATEGIES, ("audio", "visual"), (False, True)):
         out.append((strategy, target, ("visual" if target == "audio" else "audio") if own else None))
     return out

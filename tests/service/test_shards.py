@@ -8,9 +8,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from indexer.moments import TrackHit
+from indexer.scatter import LocalSearcher, SearchRequest, VersionGone
+from indexer.sharding import CorpusVersion
 from service.app import create_app
 
 from .conftest import API_KEY, SHARDS, Corpus, make_config, same_results
@@ -60,3 +64,19 @@ def test_a_deleted_video_is_never_found_again(sharded: TestClient) -> None:
     body = {"tokens": sharded.get("/videos/10/embeddings").json()["clips"][0]["audio"], "target": "visual", "top_k": 30}
     answer = sharded.post("/search/tokens", json=body).json()
     assert 9 not in [r["video_id"] for r in answer["results"]] and answer["index_version"] != before
+
+
+class AlwaysGone(LocalSearcher):
+    """Every search names a shard 1 version that is not there (what a replica raises for a pruned one, and what
+    it would raise again were the live generation pruned too before the retry: the race no test provokes)."""
+
+    def search(self, version: CorpusVersion, query: np.ndarray, request: SearchRequest) -> list[TrackHit]:
+        raise VersionGone(1, "v000001")
+
+
+def test_a_version_still_gone_after_the_reload_is_a_503_naming_the_shard(corpus: Corpus, sharded_data: Path) -> None:
+    app = create_app(make_config(corpus, sharded_data, shards=S, retry_after_s=4), searcher=AlwaysGone())
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = test_client.post("/search/audio-to-video", data={"video_id": "1"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "4", response.text
+    assert response.json()["detail"].startswith("shard 1: version v000001 is gone (the index moved on)")
