@@ -14,14 +14,20 @@ from service.app import create_app as create_service
 
 def build_app(settings: Settings) -> FastAPI:
     """The service over `settings`; with a broker URL, index jobs are published to the Celery workers through
-    the one broker object (`cavsync.worker.broker`)."""
+    the one broker object (`cavsync.worker.broker`); with a cluster address, searches are scattered to the
+    shards' replicas on that Ray cluster (`indexer.cluster.RaySearcher`), else run in the API process."""
     use_ffmpeg(settings.ffmpeg)
     jobs_broker = None
     if settings.broker_url:
         from cavsync.worker import broker
 
         jobs_broker = broker(settings)
-    return create_service(settings.service_config(), jobs_broker)
+    searcher = None
+    if (cluster := settings.cluster()) is not None:  # ray is imported only here, and only with an address
+        from indexer.cluster import RaySearcher
+
+        searcher = RaySearcher.start(cluster)
+    return create_service(settings.service_config(), jobs_broker, searcher)
 
 
 def create_app() -> FastAPI:

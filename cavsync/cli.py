@@ -147,7 +147,7 @@ def index(
 
     from indexer.catalog import open_catalog
     from indexer.pipeline import Indexer, model_id_of
-    from indexer.store import TokenStore
+    from indexer.sharding import open_corpus
     from model import load_model
     from model.inference import default_device
 
@@ -161,7 +161,7 @@ def index(
     indexer = Indexer(
         net,
         model_id_of(path),
-        TokenStore(data.index, factory=factory),
+        open_corpus(data, factory=factory),  # one store, or CAVSYNC_SHARDS shards
         open_catalog(data.catalog_url),
         workers=workers,
         batch_clips=batch_clips,
@@ -295,10 +295,10 @@ def delete(
     managed copies of uploaded ones (files of your own are never deleted)."""
     from indexer.catalog import open_catalog
     from indexer.pipeline import delete_videos
-    from indexer.store import TokenStore
+    from indexer.sharding import open_corpus
 
     data = _settings_with(data_dir=data_dir, database_url=database_url).data()
-    store, sessions = TokenStore(data.index), open_catalog(data.catalog_url)
+    store, sessions = open_corpus(data), open_catalog(data.catalog_url)
     removed = delete_videos(video_ids, store, sessions, data.media)
     typer.echo(f"deleted {removed} video(s)")
 
@@ -309,10 +309,10 @@ def compact(
     factory: Annotated[str | None, FACTORY] = None,
 ) -> None:
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
-    from indexer.store import TokenStore
+    from indexer.sharding import open_corpus
 
-    index_dir = _settings_with(data_dir=data_dir).data().index
-    version = TokenStore(index_dir, factory=factory).compact()
+    data = _settings_with(data_dir=data_dir).data()
+    version = open_corpus(data, factory=factory).compact()
     typer.echo(f"compacted into {version}" if version else "nothing to compact")
 
 

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
+    from indexer.cluster import ClusterConfig
     from indexer.datadir import DataDir
     from indexer.jobs.records import LeaseConfig
     from service.config import ServiceConfig
@@ -84,6 +85,20 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long stopping waits for the file being indexed.")
     max_pixels: int = Field(36_000_000, gt=0, description="Largest frame (width x height) decoded; more: 413.")
     max_frames: int = Field(1_000_000, gt=0, description="Most frames of a video decoded; more: 413.")
+    # Shards (indexer.sharding) and the Ray cluster that serves them (indexer.cluster). shards=1 and no cluster
+    # address: one token store searched in the API process, as before shards. The API, the workers and the
+    # command line must use one shard count (a store written with another is refused).
+    shards: int = Field(1, ge=1, le=4096, description="Shards of the token store (index/shard-NN/ when > 1).")
+    cluster_address: str | None = Field(
+        None, description="Ray cluster serving the shards ('auto', 'host:6379', 'ray://host:10001'); unset: in process."
+    )
+    replicas: int = Field(2, ge=1, description="Replicas of each shard on the Ray cluster.")
+    cluster_index_dir: Path | None = Field(
+        None, description="The index/ folder as the cluster's nodes see it (default: the data dir's index/)."
+    )
+    shard_resource: str = Field("cavsync_shard", min_length=1, description="Ray resource a shard replica takes.")
+    shard_gpus: float = Field(0.0, ge=0, description="GPUs per shard replica (FAISS on the GPU when > 0).")
+    shard_timeout_s: float = Field(30.0, gt=0, description="A replica slower than this is given up for another.")
 
     @field_validator("media_roots", "cors_origins", mode="before")
     @classmethod
@@ -105,7 +120,7 @@ class Settings(BaseSettings):
             raise ValueError("is blank: set a real key, or unset CAVSYNC_API_KEY to run without one")
         return value
 
-    @field_validator("database_url", "broker_url", "ffmpeg", mode="before")
+    @field_validator("database_url", "broker_url", "ffmpeg", "cluster_address", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -138,7 +153,24 @@ class Settings(BaseSettings):
         """The data dir's layout (and the catalog's URL) every command, the API and the workers use."""
         from indexer.datadir import DataDir
 
-        return DataDir(self.data_dir, self.database_url)
+        return DataDir(self.data_dir, self.database_url, self.shards)
+
+    def cluster(self) -> ClusterConfig | None:
+        """The Ray cluster serving the shards, None without `cluster_address` (searches run in the API)."""
+        if self.cluster_address is None:
+            return None
+        from indexer.cluster import ClusterConfig
+
+        return ClusterConfig(
+            address=self.cluster_address,
+            index_root=(self.cluster_index_dir or self.data().index).resolve(),
+            shards=self.shards,
+            replicas=self.replicas,
+            resource=self.shard_resource,
+            gpus_per_replica=self.shard_gpus,
+            call_timeout_s=self.shard_timeout_s,
+            retry_after_s=self.retry_after_s,
+        )
 
     def leases(self) -> LeaseConfig:
         from indexer.jobs.records import LeaseConfig

@@ -62,6 +62,7 @@ def make_app(settings: Settings) -> Celery:
             broker=jobs_broker[0] if jobs_broker else None,
             lease_s=settings.lease_s,
             queue_lease_s=settings.queue_lease_s,
+            shards=settings.shards,
         )
         retry = tasks.index_file(ctx, path, resources, self.request.retries)
         if retry is not None:

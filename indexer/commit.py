@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog import Video, VideoStatus
-from indexer.store import TokenStore
+from indexer.sharding import Corpus
 from model import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ ORPHAN_GRACE_S = 600.0  # a pending row younger than this may be a live writer's
 
 def commit_videos(
     session: Session,
-    store: TokenStore,
+    store: Corpus,
     model_id: str,
     videos: list[Video],
     audio: np.ndarray,
@@ -88,7 +88,7 @@ def track_valid_frames(durations: list[float], frames: int, frame_s: float) -> n
     return np.array(inside, dtype=np.int16)
 
 
-def recover(store: TokenStore, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S) -> int:
+def recover(store: Corpus, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S) -> int:
     """What a dead or failed writer left: the store's partial versions and temp shards, then its pending rows
     (`settle_orphan_rows`). Run by the one writer (the offline indexer, grace_s=0: the killed run it finishes
     was the only writer) or under the merge lock (after each merge). Returns the rows settled."""
@@ -104,7 +104,7 @@ def _older_than(when: datetime | None, seconds: float) -> bool:
 
 
 def settle_orphan_rows(
-    store: TokenStore, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S
+    store: Corpus, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S
 ) -> int:
     """Pending videos of `model_id` older than `grace_s` (a writer died between its catalog rows and its
     tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task

@@ -1,7 +1,8 @@
 """The data dir's layout, spelled once: every command, the API and the workers find their folders through a
 `DataDir` built by the composition root (`cavsync.settings.Settings.data`, `service.ServiceConfig.data`).
 
-    <root>/index/        the token store (`TokenStore`)
+    <root>/index/        the token store (`TokenStore`; with shards > 1 a `ShardedStore`: `index/shard-NN/`, each a
+                         `TokenStore`, and the generations naming their versions, `indexer.sharding`)
     <root>/pending/      finished index tasks' shards waiting for the merge (`<sha256>.<model>.npz`)
     <root>/uploads/      the API's uploads, kept until their job file settles
     <root>/media/        managed copies of indexed uploads (`indexer.files`)
@@ -21,10 +22,12 @@ INDEX_DIR, PENDING_DIR, UPLOADS_DIR, MEDIA_DIR, POSTERS_DIR = "index", "pending"
 
 @dataclass(frozen=True)
 class DataDir:
-    """One data dir (`root`) and, when the catalog is not its SQLite file, the catalog's URL."""
+    """One data dir (`root`), when the catalog is not its SQLite file the catalog's URL, and how many shards its
+    token store is split into (1: one `TokenStore`, the layout before shards)."""
 
     root: Path
     database_url: str | None = None
+    shards: int = 1
 
     @property
     def index(self) -> Path:

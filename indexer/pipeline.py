@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from indexer import commit, files
 from indexer.catalog import Clip, Video, VideoStatus, display_name, new_video
-from indexer.store import TokenStore
+from indexer.sharding import Corpus
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
@@ -194,7 +194,7 @@ class Indexer:
         self,
         model: CAVMAESync,
         model_id: str,
-        store: TokenStore,
+        store: Corpus,
         sessions: sessionmaker[Session],
         prep: PreprocessConfig | None = None,
         workers: int = 2,
@@ -292,7 +292,7 @@ class Indexer:
 
 
 def delete_videos(
-    video_ids: list[int], store: TokenStore, sessions: sessionmaker[Session], media_dir: Path | None = None
+    video_ids: list[int], store: Corpus, sessions: sessionmaker[Session], media_dir: Path | None = None
 ) -> int:
     """Mark videos deleted in the catalog and remove their clips from the live index; returns how many this
     call deleted. Each video is claimed by a conditional UPDATE (to deleted where it was not), so of concurrent

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.jobs.broker import Broker
 from indexer.jobs.supervisor import Supervisor
+from indexer.scatter import Searcher
 from service.config import ServiceConfig
 from service.engine import Engine
 from service.errors import CatchAll, error_answer, install_handlers
@@ -163,9 +164,11 @@ def allow_head(app: FastAPI, routers: list[APIRouter]) -> None:
             app.router.routes.append(twin)
 
 
-def create_app(config: ServiceConfig, broker: Broker | None = None) -> FastAPI:
+def create_app(config: ServiceConfig, broker: Broker | None = None, searcher: Searcher | None = None) -> FastAPI:
     """The API over the model and data dir of `config`. Index jobs go through `broker` (built by the
-    composition root for `config.broker_url`, which then needs one) or, without one, run in this process."""
+    composition root for `config.broker_url`, which then needs one) or, without one, run in this process.
+    Searches go through `searcher` (the composition root's `indexer.cluster.RaySearcher` for a cluster) or,
+    without one, run in this process (`indexer.scatter.LocalSearcher`, every shard one after the other)."""
     if config.broker_url and broker is None:
         raise ValueError(
             f"broker_url={config.broker_url!r} but no broker: build the app with cavsync.app.create_app, "
@@ -175,7 +178,7 @@ def create_app(config: ServiceConfig, broker: Broker | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await anyio.to_thread.run_sync(Engine.start, config)
+        engine = await anyio.to_thread.run_sync(Engine.start, config, searcher)
         app.state.engine = engine
         app.state.jobs = Supervisor(config.jobs, engine.sessions, broker)
         await anyio.to_thread.run_sync(app.state.jobs.start)  # sweep, reconcile once, then every interval
@@ -183,6 +186,7 @@ def create_app(config: ServiceConfig, broker: Broker | None = None) -> FastAPI:
             yield
         finally:
             app.state.jobs.close()
+            engine.searcher.close()
 
     app = FastAPI(
         title="cavsync",

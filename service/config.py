@@ -42,6 +42,7 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0  # how long stopping waits for the file being indexed in process
     max_pixels: int | None = 36_000_000  # largest frame (width x height) decoded: a bomb gets 413 at probe
     max_frames: int | None = 1_000_000  # most frames of a video decoded
+    shards: int = 1  # the token store's shards (1: one store, the layout before shards; indexer.sharding)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
@@ -50,7 +51,7 @@ class ServiceConfig:
     @property
     def data(self) -> DataDir:
         """The data dir's layout (and the catalog's URL)."""
-        return DataDir(self.data_dir, self.database_url)
+        return DataDir(self.data_dir, self.database_url, self.shards)
 
     @property
     def catalog_url(self) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from indexer.version import StoreVersion
+from indexer.sharding import CorpusVersion
 from service.engine import Engine
 from service.errors import Forbidden, Unauthorized
 
@@ -20,12 +20,12 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-async def current_version(engine: EngineDep) -> StoreVersion | None:
+async def current_version(engine: EngineDep) -> CorpusVersion | None:
     """The index version to read, reopened first when another process published a new one."""
     return await engine.current_version()
 
 
-VersionDep = Annotated[StoreVersion | None, Depends(current_version)]
+VersionDep = Annotated[CorpusVersion | None, Depends(current_version)]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when CAVSYNC_API_KEY is set.")
 

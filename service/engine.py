@@ -2,8 +2,10 @@
 and the inference slots. Built once by the lifespan (`Engine.start`); requests share it.
 
 A new index version (written by `cavsync index`, a Celery worker or this process's own jobs) is
-picked up without a restart: before a request that reads the index, `CURRENT` is compared with the
-loaded version's name (one small file read) and the version is reopened when they differ.
+picked up without a restart: before a request that reads the index, `CURRENT` (a sharded store's
+`GENERATION`) is compared with the loaded version's name (one small file read) and the version is reopened
+when they differ. Searches run through the engine's `Searcher`: in this process, or on the shards' replicas
+of a Ray cluster, which are told the shard versions of the loaded generation with every request.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import anyio
+import numpy as np
 import torch
 
 from indexer.catalog import open_catalog
 from indexer.catalog_queries import Sessions
+from indexer.moments import TrackHit
 from indexer.pipeline import model_id_of
-from indexer.store import TokenStore
-from indexer.version import StoreVersion
+from indexer.scatter import IndexMoved, LocalSearcher, Searcher, SearchRequest, VersionGone
+from indexer.sharding import Corpus, CorpusVersion, open_corpus
 from model import CAVMAESync, PreprocessConfig, load_localization_head, load_model
 from model.config import PRESETS
 from model.inference import default_device, model_device
@@ -72,6 +77,13 @@ class InferenceSlots:
             self._semaphore.release()
 
 
+class Searched(NamedTuple):
+    """A search's hits and the version they were found in (the live one when the searched one was pruned)."""
+
+    version: CorpusVersion
+    hits: list[TrackHit]
+
+
 def preset_name(model: CAVMAESync) -> str:
     return next((name for name, config in PRESETS.items() if config == model.config), "custom")
 
@@ -81,17 +93,19 @@ class Engine:
     config: ServiceConfig
     model: CAVMAESync
     model_id: str
-    store: TokenStore
+    store: Corpus  # one TokenStore, or the shards' ShardedStore (indexer.sharding)
     sessions: Sessions
     slots: InferenceSlots
     prep: PreprocessConfig
-    version: StoreVersion | None = None
+    searcher: Searcher  # in process, or the shards' replicas on a cluster (indexer.scatter)
+    version: CorpusVersion | None = None  # a store version, or a generation of the shards' versions
     head: LocalizationHead | None = None  # the checkpoint's localization head: POST /localize's default method
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, config: ServiceConfig) -> Engine:
-        """Load the model, migrate and open the catalog, open the current index version (blocking)."""
+    def start(cls, config: ServiceConfig, searcher: Searcher | None = None) -> Engine:
+        """Load the model, migrate and open the catalog, open the current index version (blocking). Searches go
+        through `searcher` (default: in this process)."""
         device = default_device(config.device)
         model = load_model(config.model_path).to(device).eval()
         prep = PreprocessConfig(
@@ -105,10 +119,11 @@ class Engine:
             config,
             model,
             model_id_of(config.model_path),
-            TokenStore(config.data.index),
+            open_corpus(config.data),
             open_catalog(config.catalog_url),
             slots,
             prep,
+            searcher or LocalSearcher(),
             head=load_localization_head(config.model_path, model),
         )
         engine.reload()
@@ -148,20 +163,36 @@ class Engine:
         """Whether the store's CURRENT names another version than the loaded one (one small file read)."""
         return self.store.current_name() != self.version_name
 
-    def reload(self) -> StoreVersion | None:
+    def reload(self) -> CorpusVersion | None:
         """Open the store's current version if it changed (blocking: reads the FAISS indexes)."""
         with self._reload_lock:
             name = self.store.current_name()
             if name == self.version_name:
                 return self.version
             try:  # TokenStore.open itself retries a version pruned while being opened
-                self.version = self.store.open()
+                self.version = self.store.open(indexes=self.searcher.needs_indexes)  # a cluster reads its own
                 log.info("loaded index version %s (%d live clips)", self.version_name, len(self.version or ()))
             except (OSError, ValueError, RuntimeError) as exc:  # keep serving the loaded one; the next poll retries
                 log.warning("could not open index version %s: %s", name, exc)
         return self.version
 
-    async def current_version(self) -> StoreVersion | None:
+    def search(self, version: CorpusVersion, tokens: np.ndarray, request: SearchRequest) -> Searched:
+        """The searcher's answer over `version` (blocking). A shard version of it pruned before a replica opened
+        it (writers moved the index on during the request): the live generation is loaded and searched once
+        more; a second miss is a 503 (`IndexMoved`, Retry-After), never a 500."""
+        try:
+            return Searched(version, self.searcher.search(version, tokens, request))
+        except VersionGone as gone:
+            log.info("%s: searching the live index version instead", gone)
+            fresh = self.reload()
+            if fresh is None or fresh.name == version.name:
+                raise IndexMoved(gone.shard, gone.version, self.config.retry_after_s) from gone
+        try:
+            return Searched(fresh, self.searcher.search(fresh, tokens, request))
+        except VersionGone as again:
+            raise IndexMoved(again.shard, again.version, self.config.retry_after_s) from again
+
+    async def current_version(self) -> CorpusVersion | None:
         """The loaded version, reopened off the event loop first when the store moved on."""
         if self.stale():
             await anyio.to_thread.run_sync(self.reload)

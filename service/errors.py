@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.files import FileChanged, FileGone
 from indexer.jobs.broker import PUBLISH_ERRORS
 from indexer.jobs.task import disk_full
+from indexer.scatter import ShardUnavailable
 from model.media import (
     MediaError,
     MediaTimeoutError,
@@ -186,6 +187,14 @@ async def _infrastructure_error(request: Request, exc: Exception) -> JSONRespons
     return _answer(503, f"the {what} is unreachable; retry later", _retry_after(request))
 
 
+async def _shard_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A shard none of whose replicas answered: 503 naming it, with Retry-After (Ray restarts its replicas);
+    never an answer without that shard's videos."""
+    assert isinstance(exc, ShardUnavailable)
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return _answer(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return _answer(500, f"internal error ({type(exc).__name__}); the server's log has the details")
@@ -237,6 +246,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     for kind in INFRASTRUCTURE_ERRORS:
         app.add_exception_handler(kind, _infrastructure_error)
+    app.add_exception_handler(ShardUnavailable, _shard_unavailable)
 
 
 DESCRIPTIONS = {
@@ -248,7 +258,8 @@ DESCRIPTIONS = {
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",
-    503: "Too many inferences at once, or the database or queue is unreachable (retry after Retry-After seconds)",
+    503: "Too many inferences at once, the database or queue unreachable, or a shard of the index with no live "
+    "replica (retry after Retry-After seconds)",
     507: "The server's disk is full",
 }
 

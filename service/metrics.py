@@ -6,9 +6,12 @@ Each app has its own registry (several apps may live in one process, in tests fo
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from indexer.scatter import ShardState
 
 UNMATCHED = "<unmatched>"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -37,6 +40,22 @@ class Metrics:
             "cavsync_index_version", "Number of the loaded index version (0: empty index)", registry=self.registry
         )
         self.inferences = Gauge("cavsync_inferences_in_progress", "Inference slots in use", registry=self.registry)
+        self.shard_gauges = {
+            name: Gauge(f"cavsync_shard_{metric}", text, ["shard"], registry=self.registry)
+            for name, metric, text in (
+                ("replicas", "replicas", "Replicas meant to serve the shard"),
+                ("alive", "replicas_alive", "Replicas of the shard that answered a ping"),
+                ("clips", "clips", "Live clips in the shard's loaded version"),
+                ("failovers", "failovers", "Calls moved from a failed replica to another (cumulative)"),
+                ("unavailable", "unavailable", "Searches refused for want of a live replica (cumulative)"),
+            )
+        }
+
+    def shards(self, states: Sequence[ShardState]) -> None:
+        """Each shard's gauges, from the searcher's states (`indexer.scatter.ShardState`)."""
+        for state in states:
+            for name, gauge in self.shard_gauges.items():
+                gauge.labels(str(state.shard)).set(getattr(state, name))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

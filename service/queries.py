@@ -18,8 +18,8 @@ from starlette.datastructures import UploadFile
 from indexer.catalog import VideoStatus
 from indexer.catalog_queries import Sessions, indexed_videos_of_clips, video_clips
 from indexer.moments import Moment as CoreMoment
-from indexer.search import search
-from indexer.version import StoreVersion
+from indexer.scatter import SearchRequest
+from indexer.sharding import CorpusVersion, version_part
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.network import Modality
@@ -59,8 +59,9 @@ def indexed_clips(sessions: Sessions, video_id: int) -> list[tuple[int, float, f
     return list(found.clips)
 
 
-def stored_row(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> int:
-    """The store row of a clip; 404 when it is not in the version, 422 without the modality."""
+def stored_row(version: CorpusVersion | None, clip_id: int, modality: str, video_id: int) -> int:
+    """The store row of a clip (in its video's shard); 404 when it is not in the version, 422 without the modality."""
+    version = version_part(version, video_id)
     if version is None or len(rows := version.rows_of([clip_id])) == 0:
         raise NotFound(f"video {video_id} is not in the loaded index version")
     if not version.present[modality][rows[0]]:
@@ -68,11 +69,12 @@ def stored_row(version: StoreVersion | None, clip_id: int, modality: str, video_
     return int(rows[0])
 
 
-def stored_tokens(version: StoreVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
+def stored_tokens(version: CorpusVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
     """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
     row = stored_row(version, clip_id, modality, video_id)
-    assert version is not None
-    return version.gather(modality, np.array([row]))[0]
+    part = version_part(version, video_id)
+    assert part is not None
+    return part.gather(modality, np.array([row]))[0]
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,14 @@ def time_range(video_id: int | None, start: float, end: float | None) -> TimeRan
 
 
 def stored_query(
-    engine: Engine, version: StoreVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
+    engine: Engine, version: CorpusVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
 ) -> QueryTokens:
     """An indexed video's track of `modality` (the frames of `part` of it: one per 0.64 s, from the first at or
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
     first = indexed_clips(engine.sessions, video_id)[0][0]
     check_catalog_file(engine.sessions, video_id)  # its media gone or replaced: refused as the media is
     row = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
+    version = version_part(version, video_id)  # its shard's
     assert version is not None
     track = int(version.tracks.track_of_row[row])
     frames = int(version.tracks.length[track])
@@ -134,28 +137,28 @@ def _moment(moment: CoreMoment, duration: float | None) -> Moment:
 
 def _results(
     engine: Engine,
-    version: StoreVersion | None,
+    version: CorpusVersion | None,
     tokens: np.ndarray,
     *,
     target: Modality,
     options: SearchOptions,
     modality: Modality | None,
-) -> list[VideoResult]:
-    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only)."""
+) -> tuple[CorpusVersion | None, list[VideoResult]]:
+    """The retrieval core's tracks, then one catalog query for their videos (indexed ones only); and the version
+    searched (the live one when `version` was pruned under the request: `Engine.search`)."""
     if version is None:
-        return []
-    hits = search(
-        version,
-        tokens,
+        return None, []
+    request = SearchRequest(
         target=target,
         k=options.top_k + SPARE_HITS,
         strategy=options.strategy,
         moments=options.moments,
         moment_from=modality,
     )
+    version, hits = engine.search(version, tokens, request)  # in process, or scattered over the shards
     videos = indexed_videos_of_clips(engine.sessions, [h.clip_id for h in hits])
     found = [(h, videos[h.clip_id]) for h in hits if h.clip_id in videos][: options.top_k]
-    return [
+    return version, [
         VideoResult(
             video_id=video.id,
             uri=video.uri,
@@ -169,7 +172,7 @@ def _results(
 
 def answer(
     engine: Engine,
-    version: StoreVersion | None,
+    version: CorpusVersion | None,
     query: QueryTokens,
     info: QueryInfo,
     *,
@@ -180,7 +183,7 @@ def answer(
 ) -> SearchResponse:
     """`modality`: the query tokens' own (None: unknown), where the query's moments are looked for."""
     searching = time.perf_counter()
-    results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
+    version, results = _results(engine, version, query.tokens, target=target, options=options, modality=modality)
     search_ms = ms(time.perf_counter() - searching)
     timings = Timings(
         decode_ms=query.decode_ms,
@@ -200,7 +203,7 @@ def answer(
 
 def search_media(
     engine: Engine,
-    version: StoreVersion | None,
+    version: CorpusVersion | None,
     *,
     modality: Modality,
     upload: UploadFile | None,
@@ -230,7 +233,7 @@ def file_query(engine: Engine, path: Path, modality: Modality) -> QueryTokens:
 
 
 def search_file(
-    engine: Engine, version: StoreVersion | None, path: Path, *, modality: Modality, options: SearchOptions
+    engine: Engine, version: CorpusVersion | None, path: Path, *, modality: Modality, options: SearchOptions
 ) -> SearchResponse:
     """A local media file as the query, searched as an upload is (the command line's `cavsync search FILE`)."""
     started = time.perf_counter()
@@ -253,7 +256,7 @@ def token_matrix(rows: list[list[float]], dim: int) -> np.ndarray:
     return (tokens / norms).astype(np.float32)
 
 
-def search_tokens(engine: Engine, version: StoreVersion | None, body: TokensQuery) -> SearchResponse:
+def search_tokens(engine: Engine, version: CorpusVersion | None, body: TokensQuery) -> SearchResponse:
     started = time.perf_counter()
     tokens = token_matrix(body.tokens, engine.model.config.embed_dim)
     query = QueryTokens(tokens, False, 0.0, 0.0)
@@ -299,7 +302,7 @@ def uploaded_audio_token(engine: Engine, upload: UploadFile, at: float) -> tuple
 
 
 def stored_audio_token(
-    engine: Engine, version: StoreVersion | None, video_id: int, at: float
+    engine: Engine, version: CorpusVersion | None, video_id: int, at: float
 ) -> tuple[np.ndarray, float]:
     """(D,) stored audio token of an indexed video at `at` s (its clip's segment nearest `at`), its centre."""
     clips = indexed_clips(engine.sessions, video_id)
@@ -340,7 +343,7 @@ def localization_head(engine: Engine, method: LocalizeMethod | None) -> Localiza
 
 
 def localize(
-    engine: Engine, version: StoreVersion | None, inputs: LocalizeInputs, png: bool
+    engine: Engine, version: CorpusVersion | None, inputs: LocalizeInputs, png: bool
 ) -> LocalizeResponse | bytes:
     """The localization map over a whole frame: JSON (map, crops with their grids, peak) or a PNG heat map."""
     started = time.perf_counter()

@@ -320,10 +320,22 @@ class ModelInfo(Model):
     grid_size: int
 
 
+class ShardInfo(Model):
+    shard: int
+    version: str | None = Field(description="The shard's store version the loaded generation names (null: empty).")
+    clips: int = Field(description="Live clips in the shard.")
+    replicas: int = Field(description="Replicas meant to serve it (1 in process).")
+    alive: int = Field(description="Replicas that answered a ping just now.")
+    nodes: list[str] = Field(description="Where the live replicas run (cluster node ids; 'local' in process).")
+    failovers: int = Field(0, description="Calls moved from a failed replica to another, since the API started.")
+    unavailable: int = Field(0, description="Searches refused (503) for want of a live replica, since the start.")
+
+
 class IndexInfo(Model):
-    version: str | None
+    version: str | None = Field(description="The loaded version (a sharded index: its generation, gNNNNNN).")
     clips: int = Field(description="Live clips in the loaded version.")
     videos: int = Field(description="Indexed videos in the catalog.")
+    shards: list[ShardInfo] = Field(default_factory=list, description="Each shard (one for an unsharded index).")
 
 
 class HealthResponse(Model):

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -122,3 +123,12 @@ def lying_bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("lying-bombs")
     return {"mp4": lying_h264_mp4(folder / "lying.mp4"), "png": png_bomb(folder / "wide.png", 20001, 13000)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster of 3 nodes for one test module (tests/ray_cluster.py; ray is imported only here)."""
+    from .ray_cluster import local_cluster
+
+    with local_cluster() as cluster:
+        yield cluster

@@ -88,6 +88,7 @@ class Supervisor:
             broker=self.broker,
             lease_s=c.leases.lease_s,
             queue_lease_s=self.queue_wait_s,
+            shards=c.data.shards,
         )
 
     def blocked(self, job_id: str) -> str | None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer import commit, files
 from indexer.catalog import FileState, JobFile, Video, VideoStatus
 from indexer.datadir import DataDir
-from indexer.store import TokenStore
+from indexer.sharding import open_corpus
 from model.media import DECODE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def stale_poster_folders(sessions: sessionmaker[Session], data: DataDir) -> list
 
 def sweep_data_dir(data: DataDir, sessions: sessionmaker[Session], model_id: str, grace_s: float) -> int:
     """Everything a dead writer can leave in the data dir (see the module); returns the files deleted."""
-    commit.recover(TokenStore(data.index), sessions, model_id)
+    commit.recover(open_corpus(data), sessions, model_id)
     stale = old_files(data.pending, ".*.tmp.npz", grace_s)
     wanted = unsettled_uploads(sessions, data.uploads)
     stale += [p for p in old_files(data.uploads, "*", grace_s) if str(p.resolve()) not in wanted]

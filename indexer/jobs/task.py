@@ -43,7 +43,7 @@ from indexer.pipeline import (
     needs_repair,
     repair_location,
 )
-from indexer.store import TokenStore
+from indexer.sharding import Corpus, open_corpus
 from model import CAVMAESync, PreprocessConfig, load_model
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,12 @@ class TaskContext:
     broker: Broker | None = field(default=None, compare=False)  # merges take its lock (one merger); None: in process
     lease_s: float = 60.0  # a worked-on file's lease (indexer.jobs.records), renewed every third of it
     queue_lease_s: float = 900.0  # how long a dispatched file may wait for a task before it counts as lost
+    shards: int = 1  # the token store's shards (the process's own setting; a store of another count is refused)
 
     @property
     def data(self) -> DataDir:
         """The data dir's layout (the catalog's URL as given)."""
-        return DataDir(Path(self.data_dir), self.database_url)
+        return DataDir(Path(self.data_dir), self.database_url, self.shards)
 
 
 @dataclass
@@ -338,10 +339,10 @@ def merge_shards(ctx: TaskContext, res: Resources, own: OwnShard | None = None) 
     try:
         merged = _merge_all(ctx, res, model_id, own)
     except BaseException:  # under the merge lock: no other merger has rows or a version half-written
-        commit.recover(TokenStore(ctx.data.index), res.sessions(ctx.database_url), model_id)
+        commit.recover(open_corpus(ctx.data), res.sessions(ctx.database_url), model_id)
         raise
     if merged.shards:
-        commit.recover(TokenStore(ctx.data.index), res.sessions(ctx.database_url), model_id)
+        commit.recover(open_corpus(ctx.data), res.sessions(ctx.database_url), model_id)
     return merged
 
 
@@ -357,7 +358,7 @@ def _merge_all(ctx: TaskContext, res: Resources, model_id: str, own: OwnShard | 
             if records.indexed(session, sha, model_id):
                 state, error = FileState.SKIPPED, None
             else:
-                state, error = _merge_one(session, TokenStore(ctx.data.index), data, sha, model_id)
+                state, error = _merge_one(session, open_corpus(ctx.data), data, sha, model_id)
             if _is_own(ctx, data, own):
                 outcome = (state, error)
             else:
@@ -375,7 +376,7 @@ def _is_own(ctx: TaskContext, data: dict[str, Any], own: OwnShard | None) -> boo
 
 
 def _merge_one(
-    session: Session, store: TokenStore, data: dict[str, Any], sha: str, model_id: str
+    session: Session, store: Corpus, data: dict[str, Any], sha: str, model_id: str
 ) -> tuple[FileState, str | None]:
     """One shard into the catalog and the store (`indexer.commit`); returns its file's state and error."""
     uri = str(data["uri"])

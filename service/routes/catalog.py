@@ -16,6 +16,7 @@ from indexer.catalog import VideoStatus
 from indexer.catalog_queries import video_detail, video_page, video_status
 from indexer.files import managed_dir
 from indexer.pipeline import delete_videos
+from indexer.sharding import version_part
 from indexer.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import NotFound, responses
@@ -123,9 +124,10 @@ def embeddings(
     every = indexed_clips(engine.sessions, video_id)
     clips = every[offset : offset + limit]
     ids = [c[0] for c in clips]
-    if version is None or len(version.rows_of(ids)) != len(ids):
+    part = version_part(version, video_id)  # the version of its shard
+    if version is None or part is None or len(part.rows_of(ids)) != len(ids):
         raise NotFound(f"video {video_id} is not in the loaded index version")
-    audio, visual = _clip_tokens(version, ids, "audio"), _clip_tokens(version, ids, "visual")
+    audio, visual = _clip_tokens(part, ids, "audio"), _clip_tokens(part, ids, "visual")
     return EmbeddingsResponse(
         video_id=video_id,
         model_id=version.manifest.model_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import anyio
 from fastapi import APIRouter, Request
@@ -12,9 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from indexer.catalog import VideoStatus
 from indexer.catalog_queries import Sessions, count_videos
 from indexer.jobs.broker import queue_state
+from indexer.sharding import version_number
 from service.deps import EngineDep, VersionDep
 from service.engine import preset_name
-from service.schemas import HealthResponse, IndexInfo, ModelInfo
+from service.schemas import HealthResponse, IndexInfo, ModelInfo, ShardInfo
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
@@ -45,10 +47,16 @@ async def health(request: Request, engine: EngineDep, version: VersionDep) -> He
         image_size=config.image_size,
         grid_size=config.visual_grid[0],
     )
+    states = await anyio.to_thread.run_sync(engine.searcher.states, version)
+    shards = [ShardInfo(**{**asdict(s), "nodes": list(s.nodes)}) for s in states]
     index = IndexInfo(
-        version=version.name if version else None, clips=len(version) if version else 0, videos=videos or 0
+        version=version.name if version else None,
+        clips=len(version) if version else 0,
+        videos=videos or 0,
+        shards=shards,
     )
-    healthy = videos is not None and queue != "unreachable"
+    served = all(s.alive > 0 for s in states if s.version is not None)  # a shard without replica: 503 to searches
+    healthy = videos is not None and queue != "unreachable" and served
     return HealthResponse(
         status="ok" if healthy else "degraded",
         model=model,
@@ -66,6 +74,7 @@ async def metrics(request: Request, engine: EngineDep, version: VersionDep) -> R
     """Prometheus metrics: requests and latencies per route template, the index size, inferences in progress."""
     registry = request.app.state.metrics
     registry.index_clips.set(len(version) if version else 0)
-    registry.index_version.set(version.manifest.version if version else 0)
+    registry.index_version.set(version_number(version))
     registry.inferences.set(engine.slots.in_use)
+    registry.shards(await anyio.to_thread.run_sync(engine.searcher.states, version))
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = REPO / "checkpoints" / "cavsync_tiny_demo.safetensors"
 CORPUS_CLIPS, CORPUS_SEED = 24, 7
 API_KEY = "test-key-0123"
+SHARDS = 3  # the sharded data dir's (tests/service/test_shards*.py)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,29 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     summary = indexer.index(list_media(root / "media"), show_progress=False)
     assert (summary.indexed, summary.failed) == (CORPUS_CLIPS, 0), summary
     return Corpus(root / "media", data, clips)
+
+
+@pytest.fixture(scope="session")
+def sharded_data(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus's media indexed again, the same way, into SHARDS shards (a fresh catalog: the same video ids).
+    Read only: a test that writes copies it."""
+    from indexer.catalog import open_catalog
+    from indexer.pipeline import Indexer, list_media, model_id_of
+    from indexer.sharding import ShardedStore
+    from model import load_model
+
+    data = tmp_path_factory.mktemp("sharded") / "data"
+    indexer = Indexer(
+        load_model(DEMO_CHECKPOINT),
+        model_id_of(DEMO_CHECKPOINT),
+        ShardedStore(data / "index", SHARDS),
+        open_catalog(f"sqlite:///{data / 'catalog.db'}"),
+        workers=1,
+        batch_clips=32,
+    )
+    summary = indexer.index(list_media(corpus.media), show_progress=False)
+    assert summary.failed == 0 and summary.indexed == len(corpus.clips)
+    return data
 
 
 def make_config(corpus: Corpus, data: Path | None = None, **overrides: Any) -> ServiceConfig:
@@ -112,6 +136,16 @@ def bad_files(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[
     ffmpeg("-i", str(clip), "-vn", "-ac", "1", "-ar", "16000", str(files["audio_only"]))
     ffmpeg("-i", str(clip), "-vn", "-ac", "1", "-ar", "16000", "-t", "0.3", str(files["short_wav"]))
     return files
+
+
+def same_results(got: dict, expected: dict) -> None:
+    """Two search answers name the same videos in the same order, scores to 1e-6, the same moments."""
+    assert [r["video_id"] for r in got["results"]] == [r["video_id"] for r in expected["results"]]
+    np.testing.assert_allclose(
+        [r["score"] for r in got["results"]], [r["score"] for r in expected["results"]], atol=1e-6
+    )
+    for mine, theirs in zip(got["results"], expected["results"], strict=True):
+        assert [(m["start"], m["end"]) for m in mine["moments"]] == [(m["start"], m["end"]) for m in theirs["moments"]]
 
 
 def upload(path: Path, field: str = "file") -> dict:
