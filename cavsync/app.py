@@ -5,11 +5,15 @@ uvicorn --factory cavsync.app:create_app
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
 from cavsync.settings import Settings
 from model.media import use_ffmpeg
 from service.app import create_app as create_service
+
+log = logging.getLogger(__name__)
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -27,6 +31,8 @@ def build_app(settings: Settings) -> FastAPI:
         from indexer.cluster import RaySearcher
 
         searcher = RaySearcher.start(cluster)
+        if not searcher.wait_ready(cluster.call_timeout_s):  # fresh replicas start a worker process each
+            log.warning("not every shard replica answered within %.0f s; /health names them", cluster.call_timeout_s)
     return create_service(settings.service_config(), jobs_broker, searcher)
 
 

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,10 +244,3 @@ def test_a_shard_without_a_live_replica_is_refused_by_name(deployment: Deploymen
     states = searcher.states(view)
     assert [s.alive for s in states] == [2, 0, 2] and states[1].unavailable == 1
     _report("a shard with no live replica", answer="ShardUnavailable -> 503 + Retry-After", shard=1)
-
-
-def test_placement_keeps_replicas_of_a_shard_apart_on_the_nodes_with_the_resource(tmp_path: Path) -> None:
-    """Pure: the node of replica r of shard s is (s + r) mod n (see indexer.cluster)."""
-    nodes = ["a", "b", "c"]
-    placed = {(s, r): nodes[(s + r) % len(nodes)] for s in range(S) for r in range(R)}
-    assert all(placed[(s, 0)] != placed[(s, 1)] for s in range(S))
