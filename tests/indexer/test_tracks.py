@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from indexer import scan
 from indexer.scan import SCAN_STRATEGIES
 from indexer.search import Scheme, search
 from indexer.sliding import pick_moments, score_offsets
@@ -234,3 +236,27 @@ def test_a_query_matching_a_still_scene_lands_in_its_middle() -> None:
     found = score_offsets(np.repeat(scene[1:2], 3, axis=0), track[None])
     (first,) = pick_moments(found.offsets, found.scores[0], found.aligned, 1)
     assert found.offsets[first] == 7  # the tied windows start at 4..10: the centre, not the first or last
+
+
+@pytest.mark.parametrize("native_half", [True, False])
+def test_the_scans_products_agree_with_float32_on_either_kind_of_cpu(
+    monkeypatch: pytest.MonkeyPatch, native_half: bool
+) -> None:
+    """float16 products (CPUs with AVX-512) and float32 ones after converting (AVX2 only) are both within a
+    float16 rounding of the exact products, written whole or into a view."""
+    rng = np.random.default_rng(11)
+    query = rng.standard_normal((20, 64)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    frames = rng.standard_normal((500, 64)).astype(np.float32)
+    frames = (frames / np.linalg.norm(frames, axis=1, keepdims=True)).astype(np.float16)
+    monkeypatch.setattr(scan, "NATIVE_HALF", native_half)
+    exact = query @ frames.astype(np.float32).T
+    whole = scan.approximate_products(query, frames)
+    assert whole.dtype == np.float32 and whole.shape == (20, 500)
+    assert np.abs(whole - exact).max() <= 2**-10
+    if not native_half:  # converted first: the float32 product itself
+        np.testing.assert_allclose(whole, exact, atol=1e-5)
+    into = torch.zeros((20, 600), dtype=torch.float32)
+    scan.approximate_products(query, frames, into=into[:, 50:550])
+    np.testing.assert_array_equal(into.numpy()[:, 50:550], whole)
+    assert not into.numpy()[:, :50].any() and not into.numpy()[:, 550:].any()
