@@ -32,8 +32,10 @@ SCAN_FRAMES = 32_768  # stored frames per GEMM block
 SCAN_TOLERANCE = 2e-3  # bounds the float16 products' error on a mean of cosines
 SCAN_STRATEGIES: tuple[Strategy, ...] = ("diagonal_mean", "diagonal_max")
 # float16 GEMMs run natively on CPUs with AVX-512 (AVX512-FP16 / AMX on the Xeons measured); on AVX2-only CPUs
-# torch converts inside the GEMM, and converting the block to float32 first is twice as fast (BENCHMARKS.md)
+# torch's float16 GEMM costs ~2 ms per query frame per 32k stored frames, converting the block to float32 ~60 ms
+# once and then ~0.4 ms per query frame: converting first pays for queries of more than CONVERT_ABOVE frames
 NATIVE_HALF = torch.backends.cpu.get_cpu_capability() == "AVX512"
+CONVERT_ABOVE = 32  # query frames
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -181,9 +183,9 @@ def near_kth(best: FloatArray, k: int) -> IntArray:
 
 def approximate_products(query: FloatArray, frames: np.ndarray, into: torch.Tensor | None = None) -> FloatArray:
     """query (Q, D) x frames (n, D) -> (Q, n) float32, written into `into` (a (Q, n) float32 view) when given:
-    in the frames' own dtype where the CPU multiplies it natively (a float16 GEMM, no conversion pass), else
-    (float16 without AVX-512: twice as slow as converting, BENCHMARKS.md) in float32 after converting them."""
-    half = frames.dtype == np.float16 and not NATIVE_HALF
+    in the frames' own dtype (a float16 GEMM, no conversion pass), except for a query of more than
+    CONVERT_ABOVE frames on a CPU without native float16 products: in float32 after converting the frames."""
+    half = frames.dtype == np.float16 and not NATIVE_HALF and len(query) > CONVERT_ABOVE
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32 if half else frames.dtype))
     stored = as_tensor(frames).float() if half else as_tensor(frames)
     products = q @ stored.T

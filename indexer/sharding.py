@@ -20,18 +20,17 @@ the plain `TokenStore` at `root`, as before shards.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from indexer.datadir import DataDir
+from indexer.shards import writer_lock
 from indexer.store import OPEN_ATTEMPTS, StoreError, TokenStore
 from indexer.version import Manifest, StoreVersion
 
@@ -177,15 +176,6 @@ class ShardedStore:
             yield version
 
     # ------------------------------------------------------------------------------------ writing
-    @contextmanager
-    def _writer(self) -> Iterator[None]:
-        with open(self.root / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def add(
         self,
         clip_ids: np.ndarray,
@@ -203,7 +193,7 @@ class ShardedStore:
         clip_ids = np.asarray(clip_ids, dtype=np.int64)
         owners = np.asarray(clip_ids if tracks is None else tracks, dtype=np.int64)
         shard = np.array([shard_of(int(t), self.shards) for t in owners], dtype=np.int64)
-        with self._writer():
+        with writer_lock(self.root):
             changed = False
             for s in np.unique(shard).tolist():
                 rows = shard == s
@@ -224,7 +214,7 @@ class ShardedStore:
 
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search (in the shards holding them); the generation published, or None."""
-        with self._writer():
+        with writer_lock(self.root):
             changed = False
             for store in self.stores:
                 version = store.open(gpu=False, indexes=False)  # ids only: which shards hold the clips
@@ -234,14 +224,14 @@ class ShardedStore:
 
     def compact(self) -> str | None:
         """`TokenStore.compact` of every shard, then one generation."""
-        with self._writer():
+        with writer_lock(self.root):
             changed = [store.compact() is not None for store in self.stores]
             return self._publish() if any(changed) else None
 
     def sweep_partial(self) -> int:
         """What dead writers left in every shard; and the shard versions a writer published without living to
         publish their generation are published now (each is complete)."""
-        with self._writer():
+        with writer_lock(self.root):
             swept = sum(store.sweep_partial() for store in self.stores)
             current = self.generation()
             if tuple(s.current_name() for s in self.stores) != (current.versions if current else (None,) * self.shards):

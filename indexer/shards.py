@@ -1,14 +1,17 @@
 """The files of a token store's shards: arrays saved atomically, mapped without holding a file descriptor
 (`map_array`), per-row track parts (shards from before tracks read as one track per clip), and FAISS index writes
-whose failure (a full disk) is the OSError it is."""
+whose failure (a full disk) is the OSError it is, and the writers' lock of a store folder."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -80,3 +83,14 @@ def map_array(path: Path) -> np.ndarray:
     array: np.ndarray = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     array.flags.writeable = False
     return array
+
+
+@contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """The exclusive lock of a store's writers (`root/.lock`, flock), held for the `with` block."""
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

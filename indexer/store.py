@@ -31,15 +31,12 @@ read, and the next version written has neither (the old folders go when pruned).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -106,15 +103,6 @@ class TokenStore:
         raise StoreError(f"{self.root}: the live version changed {OPEN_ATTEMPTS} times while being opened")
 
     # ------------------------------------------------------------------------------------ writing
-    @contextmanager
-    def _writer(self) -> Iterator[None]:
-        with open(self.root / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def add(
         self,
         clip_ids: np.ndarray,
@@ -148,7 +136,7 @@ class TokenStore:
         valid = np.full(len(clip_ids), audio.shape[1], dtype=np.int16) if valid is None else np.asarray(valid)
         if track_ids.shape != clip_ids.shape or valid.shape != clip_ids.shape:
             raise StoreError(f"tracks and valid must be ({len(clip_ids)},); got {track_ids.shape}, {valid.shape}")
-        with self._writer():
+        with shards.writer_lock(self.root):
             current = self.open(gpu=False)  # the writer clones CPU indexes
             manifest = self._next_manifest(current, audio, model_id, frame_s)
             if current is not None:
@@ -166,7 +154,7 @@ class TokenStore:
 
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search: their vectors leave the FAISS indexes. None if absent."""
-        with self._writer():
+        with shards.writer_lock(self.root):
             current = self.open(gpu=False)  # the writer clones CPU indexes
             if current is None:
                 return None
@@ -182,7 +170,7 @@ class TokenStore:
     def compact(self) -> str | None:
         """Rewrite the live rows into one shard, rebuild the indexes (type chosen for the size) without the
         deleted clips, and delete the shards that no kept version uses."""
-        with self._writer():
+        with shards.writer_lock(self.root):
             current = self.open(gpu=False, indexes=False)  # rebuilt from the tokens
             if current is None:
                 return None
@@ -313,7 +301,7 @@ class TokenStore:
     def sweep_partial(self) -> int:
         """Delete what writers that died (a full disk, a kill) left: staging folders of versions never
         published, temp shard files, temp CURRENT pointers; returns how many. Takes the writer's lock."""
-        with self._writer():
+        with shards.writer_lock(self.root):
             return self._drop_staging()
 
     def _drop_staging(self) -> int:

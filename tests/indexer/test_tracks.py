@@ -242,21 +242,21 @@ def test_a_query_matching_a_still_scene_lands_in_its_middle() -> None:
 def test_the_scans_products_agree_with_float32_on_either_kind_of_cpu(
     monkeypatch: pytest.MonkeyPatch, native_half: bool
 ) -> None:
-    """float16 products (CPUs with AVX-512) and float32 ones after converting (AVX2 only) are both within a
-    float16 rounding of the exact products, written whole or into a view."""
+    """float16 products (CPUs with AVX-512) and float32 ones after converting (AVX2 only, queries of more than
+    CONVERT_ABOVE frames) are both within a float16 rounding of the exact products, written whole or into a view."""
     rng = np.random.default_rng(11)
-    query = rng.standard_normal((20, 64)).astype(np.float32)
+    query = rng.standard_normal((scan.CONVERT_ABOVE + 1, 64)).astype(np.float32)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     frames = rng.standard_normal((500, 64)).astype(np.float32)
     frames = (frames / np.linalg.norm(frames, axis=1, keepdims=True)).astype(np.float16)
     monkeypatch.setattr(scan, "NATIVE_HALF", native_half)
     exact = query @ frames.astype(np.float32).T
     whole = scan.approximate_products(query, frames)
-    assert whole.dtype == np.float32 and whole.shape == (20, 500)
+    assert whole.dtype == np.float32 and whole.shape == (len(query), 500)
     assert np.abs(whole - exact).max() <= 2**-10
     if not native_half:  # converted first: the float32 product itself
         np.testing.assert_allclose(whole, exact, atol=1e-5)
-    into = torch.zeros((20, 600), dtype=torch.float32)
+    into = torch.zeros((len(query), 600), dtype=torch.float32)
     scan.approximate_products(query, frames, into=into[:, 50:550])
     np.testing.assert_array_equal(into.numpy()[:, 50:550], whole)
     assert not into.numpy()[:, :50].any() and not into.numpy()[:, 550:].any()
