@@ -4,7 +4,8 @@ Per-frame neighbours cannot rank a long query's candidates: the videos that come
 60-s query are the best partial overlaps of 47 or 94 frames with unrelated videos, decided by every
 frame of the placement (BENCHMARKS.md measures votes finding a fifth of them). The scan computes what
 the brute force does, fast: blocks of SCAN_FRAMES stored frames times the query, in the store's own
-dtype (one float16 GEMM per block, no conversion pass), then along each diagonal of the block's
+dtype (one float16 GEMM per block, no conversion pass; converted to float32 first where that is faster,
+`approximate_products`), then along each diagonal of the block's
 products (stored frame p + j with query frame j) the sum (diagonal_mean: prefix sums, so any run of a
 diagonal is one subtraction) or the max. A track of length L >= Q gets its offsets 0..L-Q from
 whole diagonals; a shorter one (diagonal_mean) slides inside the query, offsets L-Q..0, from runs of
