@@ -80,3 +80,32 @@ def test_a_version_still_gone_after_the_reload_is_a_503_naming_the_shard(corpus:
         response = test_client.post("/search/audio-to-video", data={"video_id": "1"})
     assert response.status_code == 503 and response.headers["Retry-After"] == "4", response.text
     assert response.json()["detail"].startswith("shard 1: version v000001 is gone (the index moved on)")
+
+
+def test_an_index_job_writes_each_new_video_into_its_shard(corpus: Corpus, sharded_data: Path, tmp_path: Path) -> None:
+    """POST /index on a sharded data dir (the job's files run through the same task code as a Celery worker's):
+    each new video lands in shard shard_of(its id) only, one generation names it, and a search finds it."""
+    from indexer.sharding import ShardedStore, shard_of
+    from training.synth import generate
+
+    from .test_catalog import _wait_for_job
+
+    media = generate(tmp_path / "media" / "new", 3, seed=4242)
+    data = Path(shutil.copytree(sharded_data, tmp_path / "data"))
+    config = make_config(corpus, data, shards=S, api_key=API_KEY, media_roots=[media])
+    with TestClient(create_app(config), headers={"X-API-Key": API_KEY}) as client:
+        before = client.get("/health").json()["index"]["version"]
+        job = _wait_for_job(client, client.post("/index", json={"paths": [str(media)]}).json()["job_id"])
+        assert (job["state"], job["done"], job["failed"]) == ("done", 3, 0), job
+        items = client.get("/videos", params={"limit": 100}).json()["items"]
+        new_ids = sorted(v["id"] for v in items if v["uri"].startswith(str(media)))
+        assert len(new_ids) == 3
+        version = ShardedStore(data / "index", S).open(indexes=False)
+        assert version is not None and version.name != before
+        for video_id in new_ids:
+            clips = [c["clip_id"] for c in client.get(f"/videos/{video_id}/embeddings").json()["clips"]]
+            holders = [s for s, part in enumerate(version.parts) if part is not None and len(part.rows_of(clips))]
+            assert holders == [shard_of(video_id, S)], (video_id, holders)
+            tokens = client.get(f"/videos/{video_id}/embeddings").json()["clips"][0]["audio"]
+            found = client.post("/search/tokens", json={"tokens": tokens, "target": "audio", "top_k": 1}).json()
+            assert found["results"][0]["video_id"] == video_id
