@@ -227,7 +227,7 @@ def test_health_and_metrics(client: TestClient) -> None:
 def test_an_empty_index(corpus: Corpus, tmp_path: Path) -> None:
     with TestClient(create_app(make_config(corpus, tmp_path / "empty"))) as client:
         health = client.get("/health").json()
-        assert health["index"] == {"version": None, "clips": 0, "videos": 0} and health["status"] == "ok"
+        assert health["index"] == {"version": None, "clips": 0, "videos": 0, "shards": []} and health["status"] == "ok"
         body = client.post("/search/tokens", json={"tokens": [[0.1] * 128], "target": "visual"}).json()
         assert body["results"] == [] and body["index_version"] is None
         assert client.post("/search/audio-to-video", files=upload(corpus.clips[0])).json()["results"] == []
