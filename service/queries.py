@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from indexer.catalog_queries import Sessions, indexed_videos_of_clips, video_cli
 from indexer.moments import Moment as CoreMoment
 from indexer.scatter import SearchRequest
 from indexer.sharding import CorpusVersion, version_part
+from indexer.version import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.network import Modality
@@ -59,21 +61,26 @@ def indexed_clips(sessions: Sessions, video_id: int) -> list[tuple[int, float, f
     return list(found.clips)
 
 
-def stored_row(version: CorpusVersion | None, clip_id: int, modality: str, video_id: int) -> int:
+class StoredRow(NamedTuple):
+    """Where a clip's tokens are: the store version holding it (its video's shard's) and its row there."""
+
+    version: StoreVersion
+    row: int
+
+
+def stored_row(version: CorpusVersion | None, clip_id: int, modality: str, video_id: int) -> StoredRow:
     """The store row of a clip (in its video's shard); 404 when it is not in the version, 422 without the modality."""
-    version = version_part(version, video_id)
-    if version is None or len(rows := version.rows_of([clip_id])) == 0:
+    part = version_part(version, video_id)
+    if part is None or len(rows := part.rows_of([clip_id])) == 0:
         raise NotFound(f"video {video_id} is not in the loaded index version")
-    if not version.present[modality][rows[0]]:
+    if not part.present[modality][rows[0]]:
         raise InvalidInput(f"video {video_id} has no {modality} track")
-    return int(rows[0])
+    return StoredRow(part, int(rows[0]))
 
 
 def stored_tokens(version: CorpusVersion | None, clip_id: int, modality: str, video_id: int) -> np.ndarray:
     """The stored tokens (T, D) of a clip; 404 when it is not in the version, 422 without the modality."""
-    row = stored_row(version, clip_id, modality, video_id)
-    part = version_part(version, video_id)
-    assert part is not None
+    part, row = stored_row(version, clip_id, modality, video_id)
     return part.gather(modality, np.array([row]))[0]
 
 
@@ -101,23 +108,21 @@ def stored_query(
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
     first = indexed_clips(engine.sessions, video_id)[0][0]
     check_catalog_file(engine.sessions, video_id)  # its media gone or replaced: refused as the media is
-    row = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
-    version = version_part(version, video_id)  # its shard's
-    assert version is not None
-    track = int(version.tracks.track_of_row[row])
-    frames = int(version.tracks.length[track])
+    stored = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
+    shard, track = stored.version, int(stored.version.tracks.track_of_row[stored.row])  # its shard's
+    frames = int(shard.tracks.length[track])
     low, high = 0, frames  # the track's frames [low, high) inside `part`
     if part != TimeRange():
-        end = part.end if part.end is not None else frames * version.frame_s
+        end = part.end if part.end is not None else frames * shard.frame_s
         if end - part.start < engine.prep.min_query_s:
             raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
-        times = version.frame_s * np.arange(frames)  # each frame's time in the video
+        times = shard.frame_s * np.arange(frames)  # each frame's time in the video
         inside = np.flatnonzero((times >= part.start - 1e-6) & (times < end - 1e-6))
         if len(inside) == 0:
             raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
         low, high = int(inside[0]), int(inside[-1]) + 1
-    longest = engine.prep.max_query_frames(version.frames)  # the store matches the model: the same frame_s
-    tokens = version.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
+    longest = engine.prep.max_query_frames(shard.frames)  # the store matches the model: the same frame_s
+    tokens = shard.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
     return QueryTokens(tokens, high - low > longest, 0.0, 0.0)
 
 

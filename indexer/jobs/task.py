@@ -335,18 +335,18 @@ def merge_shards(ctx: TaskContext, res: Resources, own: OwnShard | None = None) 
     it once its merge (every other shard, the sweep) is over, so its job is never final while the task still
     merges shards of earlier, failed tasks (which a test or a user would then see left in `pending/`).
     """
-    model_id = model_id_of(ctx.model_path)
+    model_id, store = model_id_of(ctx.model_path), open_corpus(ctx.data)
     try:
-        merged = _merge_all(ctx, res, model_id, own)
+        merged = _merge_all(ctx, res, store, model_id, own)
     except BaseException:  # under the merge lock: no other merger has rows or a version half-written
-        commit.recover(open_corpus(ctx.data), res.sessions(ctx.database_url), model_id)
+        commit.recover(store, res.sessions(ctx.database_url), model_id)
         raise
     if merged.shards:
-        commit.recover(open_corpus(ctx.data), res.sessions(ctx.database_url), model_id)
+        commit.recover(store, res.sessions(ctx.database_url), model_id)
     return merged
 
 
-def _merge_all(ctx: TaskContext, res: Resources, model_id: str, own: OwnShard | None) -> Merged:
+def _merge_all(ctx: TaskContext, res: Resources, store: Corpus, model_id: str, own: OwnShard | None) -> Merged:
     shards = sorted(
         ctx.data.pending.glob(f"*.{model_id}.npz"), key=lambda s: (own is not None and s.name.startswith(own.sha), s)
     )
@@ -358,7 +358,7 @@ def _merge_all(ctx: TaskContext, res: Resources, model_id: str, own: OwnShard | 
             if records.indexed(session, sha, model_id):
                 state, error = FileState.SKIPPED, None
             else:
-                state, error = _merge_one(session, open_corpus(ctx.data), data, sha, model_id)
+                state, error = _merge_one(session, store, data, sha, model_id)
             if _is_own(ctx, data, own):
                 outcome = (state, error)
             else:
