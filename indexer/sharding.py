@@ -215,12 +215,8 @@ class ShardedStore:
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search (in the shards holding them); the generation published, or None."""
         with writer_lock(self.root):
-            changed = False
-            for store in self.stores:
-                version = store.open(gpu=False, indexes=False)  # ids only: which shards hold the clips
-                if version is not None and len(version.rows_of(clip_ids)):
-                    changed |= store.delete(clip_ids) is not None
-            return self._publish() if changed else None
+            changed = [store.delete(clip_ids) is not None for store in self.stores]  # a shard without them: None
+            return self._publish() if any(changed) else None
 
     def compact(self) -> str | None:
         """`TokenStore.compact` of every shard, then one generation."""

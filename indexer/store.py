@@ -155,7 +155,7 @@ class TokenStore:
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search: their vectors leave the FAISS indexes. None if absent."""
         with shards.writer_lock(self.root):
-            current = self.open(gpu=False)  # the writer clones CPU indexes
+            current = self.open(gpu=False, indexes=False)  # ids first; CPU indexes read (to clone) only if needed
             if current is None:
                 return None
             rows = current.rows_of(clip_ids)
