@@ -25,11 +25,13 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import numpy as np
+import torch
 
 from indexer.moments import MomentRule, Scored, TrackHit, ranked_hits
 from indexer.scan import (
     SCAN_STRATEGIES,
     approximate_products,
+    as_tensor,
     diagonal_reduce,
     frames_at,
     near_kth,
@@ -45,6 +47,7 @@ Scheme = Literal["auto", "exhaustive", "votes", "scan"]
 SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes", "scan")
 EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
 SCAN_ABOVE = 16  # query frames (one clip) above which "auto" scans rather than votes
+BAND_VALUES = 1 << 20  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
 
 
 def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
@@ -72,18 +75,39 @@ def vote(
     version: StoreVersion, query: FloatArray, target: str, *, per_frame: int, hypotheses: int, bin_frames: int
 ) -> dict[int, list[int]]:
     """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted."""
-    table, index = version.tracks, version.index[target]
+    index = version.index[target]
     sims, ids = index.search(query, min(per_frame, index.ntotal))  # (Q, k)
-    found = ids >= 0
-    track, place = table.place(np.where(found, ids, 0))
+    starts = np.arange(len(query), dtype=np.int64)
+    return tally(
+        version, target, len(query), Neighbours(sims, ids, starts), hypotheses=hypotheses, bin_frames=bin_frames
+    )
+
+
+class Neighbours(NamedTuple):
+    """Stored frames (or windows of frames) found for parts of a query, as a FAISS search returns them."""
+
+    sims: FloatArray  # (P, k) inner products
+    ids: IntArray  # (P, k) FAISS ids (row * T + frame of the stored part's first frame), -1: none
+    starts: IntArray  # (P,) query frame where each probing part starts
+
+
+def tally(
+    version: StoreVersion, target: str, length: int, found: Neighbours, *, hypotheses: int, bin_frames: int
+) -> dict[int, list[int]]:
+    """The votes of `found` for a query of `length` frames: each neighbour votes, with its inner product, for
+    the (track, offset bin) it implies (offset = its place in its track - its probe's start); track index ->
+    the offset bins (ascending) among the `hypotheses` best-voted."""
+    table, ids = version.tracks, found.ids
+    hit = ids >= 0
+    track, place = table.place(np.where(hit, ids, 0))
     alive = table.live[track] & version.present[target][table.first_row[track]] & (place < table.length[track])
-    offsets = place - np.arange(len(query))[:, None]
-    spare = table.length[track] - len(query)  # offsets run from min(0, spare) to max(0, spare)
-    keep = found & alive & (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
+    offsets = place - found.starts[:, None]
+    spare = table.length[track] - length  # offsets run from min(0, spare) to max(0, spare)
+    keep = hit & alive & (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
     bins = np.floor_divide(offsets, bin_frames)[keep]
     keys = track[keep] * (1 << 32) + (bins + (1 << 31))
     unique, inverse = np.unique(keys, return_inverse=True)
-    votes = np.bincount(inverse, weights=sims[keep].astype(np.float64))
+    votes = np.bincount(inverse, weights=found.sims[keep].astype(np.float64))
     best = np.sort(unique[np.argsort(-votes, kind="stable")[:hypotheses]])  # by track, then bin
     voted: dict[int, list[int]] = {}
     for key in best.tolist():
@@ -185,10 +209,36 @@ def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy
     length, frames, at = len(query), windows.frames, windows.at
     if len(frames) == 0:
         return [np.zeros(0, dtype=np.float32) for _ in range(len(at) - 1)]
+    if exact and strategy == "diagonal_mean":
+        return band_means(query, windows)
     products = query @ np.asarray(frames, dtype=np.float32).T if exact else approximate_products(query, frames)
     cosines = np.pad(products, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
     placed = diagonal_reduce(cosines, int(at[-1]), strategy)  # (n,): the query's first frame on frame i
     return [placed[at[i] : at[i + 1] - length + 1] for i in range(len(at) - 1)]
+
+
+def band_means(query: FloatArray, windows: WindowFrames) -> list[FloatArray]:
+    """diagonal_mean at every offset of each window, in float32, from the aligned pairs alone (Q x D products
+    per offset, not the Q x (n + Q - 1) of all pairs): windows of one width in one matrix-vector product per
+    offset, a few at a time (converted to float32 while they fit the cache)."""
+    length, dim = len(query), query.shape[1]
+    flat_query = torch.from_numpy(np.ascontiguousarray(query).reshape(-1))  # (Q * D,)
+    sizes = np.diff(windows.at)
+    out: list[FloatArray] = [np.zeros(0, dtype=np.float32)] * len(sizes)
+    stored = as_tensor(windows.frames)
+    per_batch = max(1, BAND_VALUES // (int(sizes.max()) * dim))
+    for size in np.unique(sizes).tolist():
+        picked = np.flatnonzero(sizes == size)
+        for low in range(0, len(picked), per_batch):
+            batch = picked[low : low + per_batch]
+            rows = torch.from_numpy(windows.at[batch][:, None] + np.arange(size)[None, :])
+            block = stored[rows.reshape(-1)].float().reshape(len(batch), size, dim)  # (b, n, D)
+            scores = torch.stack(
+                [block[:, s : s + length].reshape(len(batch), -1) @ flat_query for s in range(size - length + 1)], 1
+            )  # (b, n - Q + 1)
+            for i, row in zip(batch.tolist(), (scores / length).numpy(), strict=True):
+                out[i] = row
+    return out
 
 
 def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:

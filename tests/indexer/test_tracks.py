@@ -12,7 +12,7 @@ import torch
 
 from indexer import scan
 from indexer.scan import SCAN_STRATEGIES
-from indexer.search import Scheme, search
+from indexer.search import Scheme, WindowFrames, band_means, search
 from indexer.sliding import pick_moments, score_offsets
 from indexer.store import TokenStore
 from model.similarity import STRATEGIES, TIE_TOLERANCE
@@ -260,3 +260,20 @@ def test_the_scans_products_agree_with_float32_on_either_kind_of_cpu(
     scan.approximate_products(query, frames, into=into[:, 50:550])
     np.testing.assert_array_equal(into.numpy()[:, 50:550], whole)
     assert not into.numpy()[:, :50].any() and not into.numpy()[:, 550:].any()
+
+
+@pytest.mark.parametrize("length", [1, 5, 40])
+def test_the_band_scorer_equals_the_aligned_pairs_mean_at_every_offset(length: int) -> None:
+    """band_means (the exact stage's diagonal_mean from the aligned pairs alone, windows of several widths
+    batched) equals a naive per-offset mean of the aligned cosines, float16 frames read as float32."""
+    rng = np.random.default_rng(length)
+    query = _unit(rng.standard_normal((length, D)))
+    sizes = [length, length + 3, length + 9, length + 3, length]  # 1, 4, 10, 4, 1 offsets
+    frames = _unit(rng.standard_normal((sum(sizes), D))).astype(np.float16)
+    windows = WindowFrames(frames, np.r_[0, np.cumsum(sizes)].astype(np.int64))
+    found = band_means(query, windows)
+    for i, size in enumerate(sizes):
+        block = frames[windows.at[i] : windows.at[i + 1]].astype(np.float32)
+        naive = [np.mean(np.sum(block[o : o + length] * query, axis=1)) for o in range(size - length + 1)]
+        assert found[i].dtype == np.float32
+        np.testing.assert_allclose(found[i], naive, atol=1e-6)
