@@ -14,8 +14,10 @@ query at every frame offset of every track (a batched brute force, independent o
 core; a track shorter than the query scored over the query's frames), each track shown at the centre of
 its run of offsets within TIE_TOLERANCE of its best (the score a search shows: its first moment's), the
 top-10 videos by that score, and the offset of its first video (moments picked as the core does).
-Reported per query length and candidate scheme (votes at per_frame:hypotheses, or the scan): recall@1
-and @10 of videos against the truth, the first moment's start error against the truth's offset,
+Reported per query length and candidate scheme (votes at per_frame:hypotheses, the scan, or the windows
+experiment of `window_stage.py`): recall@1 and @10 of videos against the truth, recall_clear (of the
+truth's top 10, only the videos scoring CLEAR_MARGIN above its 11th: the ones not decided by
+differences of noise), the first moment's start error against the truth's offset,
 p50/p99 latency (one query at a time, encoding excluded); build time and bytes per frame. `--store`
 keeps the built store in DIR and reuses it on the next run of the same --frames (the corpus is
 seeded by it). The tokens are stored as the visual modality only (the audio index is not
@@ -29,10 +31,14 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import window_stage
 
+from indexer.moments import TrackHit
 from indexer.search import search
 from indexer.sliding import pick_moments, score_offsets
 from indexer.store import TokenStore
@@ -40,6 +46,7 @@ from model.similarity import TIE_TOLERANCE
 
 T, D, FRAME_S = 16, 768, 0.64
 QUERY_SECONDS = (2, 5, 10, 30, 60, 180)
+CLEAR_MARGIN = 0.01  # "recall_clear": of the truth's top 10, the videos scoring this much above its 11th
 
 
 def video_lengths(total: int, rng: np.random.Generator) -> list[int]:
@@ -163,27 +170,38 @@ def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float
     return store, time.perf_counter() - started
 
 
-def measure(version, queries: list[dict], truth: dict, **options: int | str) -> dict:  # noqa: ANN001
-    times, at1, at10, errors = [], [], [], []
-    search(version, queries[0]["tokens"], target="visual", k=10, moments=1, **options)  # warm-up
+def searcher(version, setting: str, root: Path) -> Callable[[np.ndarray], list[TrackHit]]:  # noqa: ANN001
+    """The search a setting names: the product's (auto, scan, votes per_frame:hypotheses) or the windows
+    experiment (`window_stage`, its index built once under the store)."""
+    if setting == "windows":
+        index = window_stage.window_index(version, "visual", root / "bench-windows")
+        return partial(window_stage.search_windows, version, index, target="visual", k=10, moments=1)
+    return partial(search, version, target="visual", k=10, moments=1, **options_of(setting))
+
+
+def measure(run: Callable[[np.ndarray], list[TrackHit]], queries: list[dict], truth: dict) -> dict:
+    times, at1, at10, errors, clear = [], [], [], [], []
+    run(queries[0]["tokens"])  # warm-up
     for i, query in enumerate(queries):
         started = time.perf_counter()
-        hits = search(version, query["tokens"], target="visual", k=10, moments=1, **options)
+        hits = run(query["tokens"])
         times.append(time.perf_counter() - started)
         if i in truth["top10"]:
             expected = truth["top10"][i]
             found = [h.track_id for h in hits]
             at1.append(bool(found) and found[0] == expected[0])
             at10.append(len(set(found) & set(expected)) / len(expected))
+            clear += [v in found for v in truth["clear"][i]]
             if found and found[0] == expected[0]:
                 errors.append(abs(hits[0].moments[0].offset - truth["offset"][i]) * FRAME_S)
     ms = np.array(times) * 1000
     p50, p99 = np.percentile(ms, [50, 99]).round(2).tolist()
     errors_s = np.array(errors) if errors else np.zeros(1)
     return {
-        **options,
         "recall_at_1": round(float(np.mean(at1)), 4),
         "recall_at_10": round(float(np.mean(at10)), 4),
+        "recall_clear": round(float(np.mean(clear)), 4) if clear else None,
+        "clear_per_query": round(len(clear) / max(1, len(at1)), 2),
         "moment_within_0.64s": round(float(np.mean(errors_s <= FRAME_S + 1e-9)), 4),
         "moment_error_p50_s": round(float(np.median(errors_s)), 3),
         "p50_ms": p50,
@@ -199,12 +217,14 @@ def truth_for(tracks: list[np.ndarray], queries: list[dict], count: int) -> dict
     block = np.stack([q["tokens"] for q in queries[:count]])
     best = exact_scores(tracks, block)
     top10 = {i: np.argsort(-best[i], kind="stable")[:10].tolist() for i in range(count)}
+    eleventh = {i: float(np.sort(best[i])[-11]) if best.shape[1] > 10 else -np.inf for i in range(count)}
+    clear = {i: [v for v in top10[i] if best[i, v] >= eleventh[i] + CLEAR_MARGIN] for i in range(count)}
     offsets = {}
     for i in range(count):
         track = tracks[top10[i][0]].astype(np.float32)
         found = score_offsets(block[i], track[None])
         offsets[i] = int(found.offsets[pick_moments(found.offsets, found.scores[0], found.aligned, 1)[0]])
-    return {"top10": top10, "offset": offsets}
+    return {"top10": top10, "clear": clear, "offset": offsets}
 
 
 def main() -> None:
@@ -216,7 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--settings",
         default="auto,1024:512,2048:1024,scan",
-        help="comma-separated: auto (the default scheme and settings), per_frame:hypotheses (the votes), scan",
+        help="comma-separated: auto (the default scheme and settings), per_frame:hypotheses (the votes), scan, "
+        "windows (the window-token experiment, window_stage.py)",
     )
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary store")
     parser.add_argument("--store", type=Path, default=None, help="build the store here once and reuse it")
@@ -260,8 +281,25 @@ def main() -> None:
             truth = truth_for(tracks, queries, args.queries)
             truth_s = round(time.perf_counter() - t0, 1)
             for setting in args.settings.split(","):
-                run = measure(version, queries, truth, **options_of(setting))
-                print(json.dumps({"seconds": seconds, "frames": length, "truth_s": truth_s, **run}), flush=True)
+                if setting == "windows" and length < window_stage.WINDOWS.frames:
+                    continue  # a query shorter than a window has none
+                started = time.perf_counter()
+                run = searcher(version, setting, root)  # the windows: built on first use
+                ready_s = round(time.perf_counter() - started, 1)
+                found = measure(run, queries, truth)
+                print(
+                    json.dumps(
+                        {
+                            "seconds": seconds,
+                            "frames": length,
+                            "truth_s": truth_s,
+                            "setting": setting,
+                            "ready_s": ready_s,
+                            **found,
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 def options_of(setting: str) -> dict[str, int | str]:
