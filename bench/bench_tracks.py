@@ -17,7 +17,7 @@ top-10 videos by that score, and the offset of its first video (moments picked a
 Reported per query length and candidate scheme (votes at per_frame:hypotheses, the scan, or the windows
 experiment of `window_stage.py`): recall@1 and @10 of videos against the truth, recall_clear (of the
 truth's top 10, only the videos scoring CLEAR_MARGIN above its 11th: the ones not decided by
-differences of noise), the first moment's start error against the truth's offset,
+near-ties), the first moment's start error against the truth's offset,
 p50/p99 latency (one query at a time, encoding excluded); build time and bytes per frame. `--store`
 keeps the built store in DIR and reuses it on the next run of the same --frames (the corpus is
 seeded by it). The tokens are stored as the visual modality only (the audio index is not

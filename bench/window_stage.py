@@ -5,11 +5,11 @@ A window is W consecutive frames of a track; its vector is the concatenation of 
 projected on the d principal directions of such concatenations (uncentred: the directions that keep
 inner products, measured on a sample of the store's windows). The inner product of a query window with
 a stored one approximates the sum of their W aligned cosines, W x their diagonal mean, so a query's
-windows find (track, offset) placements with far less noise than single frames do. Each modality's
-windows, at a stride of s frames along every track of at least W frames (and its last W frames), are
-in one FAISS index per store version (built once beside the bench's store): the projection (a
-`LinearTransform`) in front of an IVF over the projected vectors, id = the window's first frame's
-(row * T + frame), so a window is placed like a frame (`TrackTable.place`).
+windows point at (track, offset) placements with fewer probes than its frames (what they find:
+BENCHMARKS.md). Each modality's windows, at a stride of s frames along every track of at least W frames
+(and its last W frames), are in one FAISS index per store version (built once beside the bench's store):
+the projection (a `LinearTransform`) in front of an IVF over the projected vectors, id = the window's
+first frame's (row * T + frame), so a window is placed like a frame (`TrackTable.place`).
 
 Searching: every window of the query (starts 0 .. Q - W) asks for its `per_window` nearest stored
 windows; each answer votes, with its inner product, for the placement it implies (offset = the stored
@@ -120,7 +120,7 @@ def build_windows(read: WindowRead, ids: IntArray, width: int, config: WindowCon
 
 def add_windows(index: faiss.Index, read: WindowRead, ids: IntArray) -> None:
     """Add the windows `ids` to `index`, a chunk at a time."""
-    chunk = CHUNK_CLIPS * 16  # windows (~400 MB of float32 at W = 8)
+    chunk = CHUNK_CLIPS * 4  # windows (~400 MB of float32 at W = 8, D = 768)
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         index.add_with_ids(read(part), part)
