@@ -226,9 +226,8 @@ def band_means(query: FloatArray, windows: WindowFrames) -> list[FloatArray]:
     sizes = np.diff(windows.at)
     out: list[FloatArray] = [np.zeros(0, dtype=np.float32)] * len(sizes)
     stored = as_tensor(windows.frames)
-    per_batch = max(1, BAND_VALUES // (int(sizes.max()) * dim))
     for size in np.unique(sizes).tolist():
-        picked = np.flatnonzero(sizes == size)
+        picked, per_batch = np.flatnonzero(sizes == size), max(1, BAND_VALUES // (size * dim))
         for low in range(0, len(picked), per_batch):
             batch = picked[low : low + per_batch]
             rows = torch.from_numpy(windows.at[batch][:, None] + np.arange(size)[None, :])

@@ -11,28 +11,18 @@ import numpy as np
 
 from indexer.sliding import score_offsets
 from indexer.store import TokenStore
+from tests.indexer.test_tracks import D, _add, _unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import window_stage  # noqa: E402  (a script folder, not a package)
 
-T, D = 16, 32
-
 
 def _store(root: Path, lengths: list[int]) -> tuple[TokenStore, list[np.ndarray]]:
-    """One video per length: random unit tokens, its clips as rows (the last cut to its valid frames)."""
+    """One video per length (its id its index): random unit tokens, its clips as rows (`test_tracks._add`)."""
     rng = np.random.default_rng(5)
-    tracks = [rng.standard_normal((n, D)).astype(np.float32) for n in lengths]
-    tracks = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in tracks]
-    ids, owners, valid, rows = [], [], [], []
-    for video, track in enumerate(tracks):
-        for r in range(-(-len(track) // T)):
-            clip = np.zeros((T, D), np.float32)
-            part = track[r * T : (r + 1) * T]
-            clip[: len(part)] = part
-            ids.append(video * 100 + r), owners.append(video), valid.append(len(part)), rows.append(clip)
+    tracks = [_unit(rng.standard_normal((n, D))) for n in lengths]
     store = TokenStore(root)
-    tokens = np.stack(rows)
-    store.add(np.array(ids), tokens, tokens, "m", tracks=np.array(owners), valid=np.array(valid))
+    _add(store, [(video, track, track) for video, track in enumerate(tracks)])
     return store, tracks
 
 

@@ -103,9 +103,10 @@ def test_an_index_job_writes_each_new_video_into_its_shard(corpus: Corpus, shard
         version = ShardedStore(data / "index", S).open(indexes=False)
         assert version is not None and version.name != before
         for video_id in new_ids:
-            clips = [c["clip_id"] for c in client.get(f"/videos/{video_id}/embeddings").json()["clips"]]
+            stored = client.get(f"/videos/{video_id}/embeddings").json()["clips"]
+            clips = [c["clip_id"] for c in stored]
             holders = [s for s, part in enumerate(version.parts) if part is not None and len(part.rows_of(clips))]
             assert holders == [shard_of(video_id, S)], (video_id, holders)
-            tokens = client.get(f"/videos/{video_id}/embeddings").json()["clips"][0]["audio"]
+            tokens = stored[0]["audio"]
             found = client.post("/search/tokens", json={"tokens": tokens, "target": "audio", "top_k": 1}).json()
             assert found["results"][0]["video_id"] == video_id
