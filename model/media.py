@@ -5,6 +5,13 @@ ffmpeg is the system binary when there is one (the official fbank is reproduced 
 ffmpeg), else the one the imageio-ffmpeg wheel ships; `use_ffmpeg` (given the CAVSYNC_FFMPEG setting by the
 composition root) overrides both. Commands are built with ffmpeg-python and run as argument lists (never
 through a shell), with a timeout and a bound on how many bytes they may write. Every failure is a `MediaError` subclass.
+
+Every ffmpeg and ffprobe run over a file (`model.probe`, the decoders here, the service's posters) reads that file
+only: `input_guard` / `input_guard_args` (input options, before `-i`) is the one allow-list. Containers (ffmpeg's
+demuxer names): mov,mp4,m4a,3gp,3g2,mj2 (one demuxer), matroska,webm, avi, mpeg, mpegts, wav, flac, mp3, ogg, aac;
+pictures png_pipe, jpeg_pipe, webp_pipe, bmp_pipe, gif; protocols: file. No playlist (hls), concat list,
+image-sequence pattern (image2), network or device input is opened; a refusal is an `UnsupportedMediaError` (415)
+naming the format and what to send (`refused_input`).
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class MediaInfo:
     still_image: bool = False
     frames: int | None = None  # frames of the video stream, when the container says
     max_pixels: int | None = None  # every decoder of this media refuses a larger frame (ffmpeg's -max_pixels)
+    video_duration: float | None = None  # the video stream's own end (an audio track may outlast it)
 
     @property
     def has_audio(self) -> bool:
@@ -129,6 +137,48 @@ def ffprobe_binary() -> str | None:
     return str(sibling) if sibling.is_file() else shutil.which("ffprobe")
 
 
+# ------------------------------------------------------------------------------------ what may be opened
+# The demuxers a reader may open (names as `ffmpeg -demuxers` lists them; ffmpeg accepts a demuxer when any part of
+# its comma-separated name is listed): MEDIA_SUFFIXES' containers (indexer.pipeline), the browsers' recordings
+# (webm, mp4, ogg) and still pictures, read whole from the one file by the *_pipe demuxers (never image2, whose
+# name can be a sequence pattern). Protocols: a path only (/proc/<pid>/fd/<n> too), never concat:, http:, pipe:...
+ACCEPTED_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpeg,mpegts,"  # .mp4 .m4v .mov .m4a, .mkv .webm, .avi, .mpg, .ts
+    "wav,flac,mp3,ogg,aac,"  # .ogg .oga .opus; ADTS .aac
+    "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,gif"
+)
+ACCEPTED_PROTOCOLS = "file"
+ACCEPTED_NAMES = (
+    "mp4, mov, m4a, mkv, webm, avi, mpg, ts, wav, flac, mp3, ogg, opus, aac; pictures: png, jpeg, webp, bmp, gif"
+)
+
+
+def input_guard() -> dict[str, str]:
+    """The input options that confine ffmpeg / ffprobe to the file given (the one allow-list, see the module)."""
+    return {"format_whitelist": ACCEPTED_FORMATS, "protocol_whitelist": ACCEPTED_PROTOCOLS}
+
+
+def input_guard_args() -> list[str]:
+    """`input_guard` as command-line arguments, to put before the `-i` of every input read from a user's file."""
+    return [arg for name, value in input_guard().items() for arg in (f"-{name}", value)]
+
+
+# What ffmpeg logs when the allow-lists refuse an input: the demuxer (the log line's context) or the protocol.
+_FORMAT_REFUSED = re.compile(rb"\[([\w,]+) @ (?:0x)?[0-9a-fA-F]+\] Format not on whitelist")
+_PROTOCOL_REFUSED = re.compile(rb"Protocol '([^']*)' not on whitelist")
+
+
+def refused_input(report: bytes) -> UnsupportedMediaError | None:
+    """The error for an input the allow-lists refused, as ffmpeg reported it in `report` (its stderr), if any."""
+    if (found := _FORMAT_REFUSED.search(report)) is not None:
+        kind = f"format {found.group(1).decode('ascii', 'replace')}"
+    elif (found := _PROTOCOL_REFUSED.search(report)) is not None:
+        kind = f"protocol {found.group(1).decode('ascii', 'replace')}"
+    else:
+        return None
+    return UnsupportedMediaError(f"{kind} is not accepted; send a media file ({ACCEPTED_NAMES})")
+
+
 # ------------------------------------------------------------------------------------ running
 # What a decoder bounded by -max_pixels logs (libavutil's av_image_check_size2) when a frame is larger.
 _OVER_MAX_PIXELS = re.compile(rb"Picture size (\d+)x(\d+) exceeds specified max pixel count (\d+)")
@@ -153,20 +203,21 @@ def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> byt
 
     Raises MediaTimeoutError past `timeout`, MediaTooLongError past `max_output` bytes,
     MediaTooLargeError when a decoder bounded by -max_pixels met a larger frame (whatever the exit status:
-    ffprobe reports such a stream as 0x0 and succeeds) and UnreadableMediaError on a non-zero exit, with the
-    last lines ffmpeg wrote to stderr.
+    ffprobe reports such a stream as 0x0 and succeeds), UnsupportedMediaError for an input the allow-lists
+    refused (`input_guard_args`) and UnreadableMediaError on a non-zero exit, with the last lines ffmpeg wrote
+    to stderr.
     """
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes (PIPE above)
     stderr_tail: deque[bytes] = deque(maxlen=20)
-    oversized: list[MediaTooLargeError] = []  # the first frame over -max_pixels that a decoder reported
+    reported: list[MediaError] = []  # the first frame over -max_pixels or refused input that ffmpeg reported
 
     def read_stderr() -> None:
         for line in stderr:
             stderr_tail.append(line)
-            if not oversized and (error := over_max_pixels(line)) is not None:
-                oversized.append(error)
+            if not reported and (error := over_max_pixels(line) or refused_input(line)) is not None:
+                reported.append(error)
 
     drain = threading.Thread(target=read_stderr, daemon=True)
     drain.start()
@@ -187,8 +238,8 @@ def run_tool(args: list[str], timeout: float, max_output: int, what: str) -> byt
         timer.cancel()
         drain.join(timeout=5)
     message = b"".join(stderr_tail).decode("utf-8", "replace").strip()
-    if oversized:
-        raise MediaTooLargeError(f"{what}: {oversized[0]}")
+    if reported:
+        raise type(reported[0])(f"{what}: {reported[0]}")
     if overflow:
         raise MediaTooLongError(f"{what}: more output than the {max_output} bytes expected; the file is too long")
     if timed_out:
@@ -268,7 +319,7 @@ def decode_window(
     frames = frames if info.has_video else None  # the frames wanted, when there are any
     if not (want_audio or frames is not None):
         raise NoUsableStreamError(f"{info.path.name}: no {'audio' if audio else 'video'} stream")
-    options = _seek(start) | _bounded(info)  # both inputs: every decoder opened is bounded
+    options = _seek(start) | _input_options(info)  # both inputs: guarded, every decoder opened bounded
     with tempfile.TemporaryDirectory(prefix=decode_folder_prefix()) as tmp:
         audio_path = Path(tmp) / "audio.s16"
         outputs = []
@@ -319,11 +370,11 @@ def decode_audio(
 
 
 def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = DEFAULT_TIMEOUT_S) -> np.ndarray:
-    """One RGB frame (an image, or a video's frame at `at` seconds), short side to `size`, centre crop.
-
-    Returns uint8 (size, size, 3).
+    """One RGB frame (an image, or a video's frame at `at` seconds, `frame_time`), short side to `size`, centre
+    crop. Returns uint8 (size, size, 3).
     """
-    stream = ffmpeg.input(str(info.path), **_seek(at), **_bounded(info))
+    at = frame_time(info, at)
+    stream = ffmpeg.input(str(info.path), **_seek(at), **_input_options(info))
     video = _resize_and_crop(stream.video, size)
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     raw = run_tool(_compile(out), timeout, size * size * 3, f"{info.path.name}: image")
@@ -335,9 +386,10 @@ def decode_still(info: MediaInfo, size: int, at: float = 0.0, timeout: float = D
 def decode_picture(
     info: MediaInfo, width: int, height: int, at: float = 0.0, timeout: float = DEFAULT_TIMEOUT_S
 ) -> np.ndarray:
-    """One RGB frame (an image, or a video's frame at `at` seconds), the whole picture scaled (bicubic)
-    to exactly width x height. Returns uint8 (height, width, 3)."""
-    stream = ffmpeg.input(str(info.path), **_seek(at), **_bounded(info))
+    """One RGB frame (an image, or a video's frame at `at` seconds, `frame_time`), the whole picture scaled
+    (bicubic) to exactly width x height. Returns uint8 (height, width, 3)."""
+    at = frame_time(info, at)
+    stream = ffmpeg.input(str(info.path), **_seek(at), **_input_options(info))
     video = stream.video.filter("scale", w=width, h=height, flags="bicubic")
     out = video.output("pipe:", format="rawvideo", pix_fmt="rgb24", **{"frames:v": 1})
     size = width * height * 3
@@ -347,13 +399,30 @@ def decode_picture(
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
 
 
+def frame_time(info: MediaInfo, at: float) -> float:
+    """Where to seek for the frame of `info` at `at` s: 0 for a still image; a time past the start of the
+    video's last frame moves back to it (ffmpeg keeps the frames that start at or after the time sought, so a
+    seek past that start decodes nothing). The last frame starts one frame interval (of the probed rate; 0.1 s
+    when unknown) before the video stream's end (the container's when the stream does not say), less 1 ms so
+    that a time rounded to the millisecond stays on it."""
+    if info.still_image:
+        return 0.0
+    end = info.video_duration or info.duration
+    if end is None:
+        return max(0.0, at)
+    interval = 1.0 / info.frame_rate if info.frame_rate else 0.1
+    return max(0.0, min(at, end - interval - 0.001))
+
+
 def _seek(at: float) -> dict[str, str]:
     return {"ss": seconds_arg(at)} if at > 0 else {}
 
 
-def _bounded(info: MediaInfo) -> dict[str, str]:
-    """ffmpeg-python input options bounding every decoder of the input by `info.max_pixels` (see `run_tool`)."""
-    return {} if info.max_pixels is None else {"max_pixels": str(info.max_pixels)}
+def _input_options(info: MediaInfo) -> dict[str, str]:
+    """ffmpeg-python input options: the allow-lists (`input_guard`) and every decoder of the input bounded by
+    `info.max_pixels` (see `run_tool`)."""
+    bound = {} if info.max_pixels is None else {"max_pixels": str(info.max_pixels)}
+    return input_guard() | bound
 
 
 def _resize_and_crop(stream: ffmpeg.nodes.FilterableStream, size: int) -> ffmpeg.nodes.FilterableStream:

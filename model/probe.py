@@ -33,9 +33,11 @@ from model.media import (
     UnreadableMediaError,
     ffmpeg_binary,
     ffprobe_binary,
+    input_guard_args,
     last_line,
     max_pixels_args,
     over_max_pixels,
+    refused_input,
     regular_file,
     run_tool,
 )
@@ -103,9 +105,11 @@ def probe(
     path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT_S, limits: SizeLimits | None = None
 ) -> MediaInfo:
     """Streams, duration, rates of a file. Raises UnreadableMediaError for anything that is not media,
-    NotRegularFileError for a FIFO or device, MediaTooLargeError past `limits`: from the header, from a decoder
-    of the probe (bounded by `limits.max_pixels`) or from the sizes the probe found. The info returned carries
-    `limits.max_pixels`: every decode of it is bounded by it too."""
+    UnsupportedMediaError for a container or protocol the allow-lists refuse (`model.media.input_guard_args`: a
+    playlist, a concat list, an image-sequence pattern name), NotRegularFileError for a FIFO or device,
+    MediaTooLargeError past `limits`: from the header, from a decoder of the probe (bounded by
+    `limits.max_pixels`) or from the sizes the probe found. The info returned carries `limits.max_pixels`:
+    every decode of it is bounded by it too."""
     path = Path(path)
     if regular_file(path).st_size == 0:
         raise UnreadableMediaError(f"{path}: empty file")
@@ -114,8 +118,8 @@ def probe(
         check_header(path, limits)
     prober = ffprobe_binary()
     if prober:
-        args = [prober, "-v", "error", *max_pixels_args(max_pixels), "-print_format", "json", "-show_format"]
-        args += ["-show_streams", str(path)]
+        args = [prober, "-v", "error", *input_guard_args(), *max_pixels_args(max_pixels)]
+        args += ["-print_format", "json", "-show_format", "-show_streams", str(path)]
         info = _info_from_ffprobe(path, json.loads(run_tool(args, timeout, 1 << 22, f"{path.name}: probe")))
     else:
         info = _probe_with_ffmpeg(path, timeout, max_pixels)
@@ -150,9 +154,7 @@ def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
     format_name = fmt.get("format_name", "")
     still = video is not None and (
-        video.get("disposition", {}).get("attached_pic") == 1
-        or format_name.endswith("_pipe")
-        or format_name == "image2"
+        video.get("disposition", {}).get("attached_pic") == 1 or format_name.endswith("_pipe")
     )
     stream_durations = [_number(s.get("duration")) for s in (audio, video) if s is not None]
     known = [d for d in stream_durations if d is not None]
@@ -169,7 +171,20 @@ def _info_from_ffprobe(path: Path, data: dict[str, Any]) -> MediaInfo:
         frame_rate=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) if video else None,
         still_image=still,
         frames=int(_number(video.get("nb_frames")) or 0) or None if video else None,
+        video_duration=_stream_duration(video) if video else None,
     )
+
+
+def _stream_duration(stream: dict[str, Any]) -> float | None:
+    """A stream's own duration: ffprobe's field, else the DURATION tag Matroska muxers write (HH:MM:SS.f)."""
+    if (seconds := _number(stream.get("duration"))) is not None:
+        return seconds
+    tag = next((v for k, v in stream.get("tags", {}).items() if k.upper() == "DURATION"), None)
+    parts = str(tag).split(":") if tag else []
+    if len(parts) != 3:
+        return None
+    hours, minutes, rest = (_number(part) or 0.0 for part in parts)
+    return _number(hours * 3600 + minutes * 60 + rest)
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -181,13 +196,14 @@ _FPS = re.compile(r"Stream #0:\d+.*?: Video: [^\n]*?, ([\d.]+) fps")
 
 def _probe_with_ffmpeg(path: Path, timeout: float, max_pixels: int | None) -> MediaInfo:
     """Fallback without ffprobe (imageio-ffmpeg ships none): parse `ffmpeg -i`'s report (decoders bounded)."""
-    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", *max_pixels_args(max_pixels), "-i", str(path)]
+    args = [ffmpeg_binary(), "-hide_banner", "-nostdin", *input_guard_args(), *max_pixels_args(max_pixels)]
+    args += ["-i", str(path)]
     try:
         proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         raise MediaTimeoutError(f"{path.name}: probe: ffmpeg did not finish within {timeout:.0f} s") from exc
-    if (oversized := over_max_pixels(proc.stderr)) is not None:
-        raise MediaTooLargeError(f"{path.name}: probe: {oversized}")
+    if (refused := over_max_pixels(proc.stderr) or refused_input(proc.stderr)) is not None:
+        raise type(refused)(f"{path.name}: probe: {refused}")
     report = proc.stderr.decode("utf-8", "replace")[-65536:]
     fmt = _INPUT.search(report)
     if fmt is None:

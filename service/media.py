@@ -28,7 +28,17 @@ from indexer.catalog_queries import Sessions, VideoFile, record_file_identity, v
 from indexer.datadir import DataDir
 from indexer.files import FileChanged, FileGone, Opened, fd_path, open_indexed
 from model.features import PreprocessConfig
-from model.media import MediaError, UnreadableMediaError, ffmpeg_binary, max_pixels_args, run_tool
+from model.media import (
+    MediaError,
+    MediaInfo,
+    UnreadableMediaError,
+    ffmpeg_binary,
+    frame_time,
+    input_guard_args,
+    max_pixels_args,
+    run_tool,
+)
+from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
@@ -112,35 +122,35 @@ class OpenedFileResponse(FileResponse):
             self._close()
 
 
-def clamped_time(at: float, duration: float) -> float:
-    """`at` seconds inside a video of `duration` s (the last frame starts before the container's end); 422 past
-    its end, beyond the rounding of container durations."""
-    if at > duration + TIME_SLACK_S:
-        raise InvalidInput(f"time {at:.3f} s is past the end of the video ({duration:.3f} s)")
-    return max(0.0, min(at, duration - 0.1))
-
-
 def media_type(path: Path) -> str:
     """The Content-Type of a media file, by its extension (what a browser needs to pick a decoder)."""
     return EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
-def poster_jpeg(
-    path: Path, at: float, width: int, prep: PreprocessConfig, name: str, duration: float | None
-) -> tuple[bytes, float]:
-    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (clamped inside
-    the video's `duration` as the catalog records it: one ffmpeg run, no probe). `name`: the file as errors call
-    it. The decode is bounded by `prep`'s size limits (a frame over them: 413), as every decode is."""
-    timeout_s = prep.timeout_s
-    if duration is not None:
-        at = clamped_time(at, duration)
-    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *max_pixels_args(prep.limits.max_pixels)]
-    args += ["-i", str(path), "-frames:v", "1"]
+def video_time(at: float, info: MediaInfo) -> float:
+    """The time (ms) at which the frame asked for at `at` s of the probed media is read and answered: 0 for a
+    still image; 422 past the end, beyond the rounding of container durations; a time past the start of the
+    video's last frame is that frame's (`model.media.frame_time`, the one place that knows where it starts)."""
+    if info.still_image:
+        return 0.0
+    if info.duration is not None and at > info.duration + TIME_SLACK_S:
+        raise InvalidInput(f"time {at:.3f} s is past the end of the video ({info.duration:.3f} s)")
+    return round(frame_time(info, at), 3)
+
+
+def poster_jpeg(path: Path, at: float, width: int, prep: PreprocessConfig, name: str) -> tuple[bytes, float]:
+    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (`video_time`).
+    `name`: the file as errors call it. A probe, then one ffmpeg run, both confined to the file as every reader
+    is (`model.media.input_guard_args`: a playlist or list is a 415) and bounded by `prep`'s size limits (a frame
+    over them: 413)."""
+    at = video_time(at, probe(path, prep.timeout_s, prep.limits))
+    args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *input_guard_args()]
+    args += [*max_pixels_args(prep.limits.max_pixels), "-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
-    data = run_tool(args, timeout_s, POSTER_MAX_BYTES, name)
+    data = run_tool(args, prep.timeout_s, POSTER_MAX_BYTES, name)
     if not data:
         raise UnreadableMediaError(f"{name}: no frame could be decoded at {at:.3f} s")
-    return data, round(at, 3)
+    return data, at
 
 
 def poster_folder(data_dir: Path, video_id: int) -> Path:
@@ -162,7 +172,7 @@ def cached_poster(
         if not entry.has_pictures:
             raise InvalidInput(f"{entry.name} has no pictures (an audio file): no poster")
         with named_errors(opened.fd, entry.name) as path:
-            data, used = poster_jpeg(Path(path), at, width, prep, entry.name, entry.duration)
+            data, used = poster_jpeg(Path(path), at, width, prep, entry.name)
     finally:
         os.close(opened.fd)
     with contextlib.suppress(OSError):  # a full disk or a read-only data dir: the poster is still answered

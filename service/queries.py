@@ -31,7 +31,7 @@ from service import inference
 from service.engine import Engine
 from service.errors import InvalidInput, NotFound
 from service.inference import QueryTokens, ms
-from service.media import TIME_SLACK_S, check_catalog_file, clamped_time, named_errors, open_catalog_file
+from service.media import TIME_SLACK_S, check_catalog_file, named_errors, open_catalog_file, video_time
 from service.schemas import (
     Crop,
     LocalizeMethod,
@@ -274,12 +274,13 @@ def search_tokens(engine: Engine, version: CorpusVersion | None, body: TokensQue
 
 # ------------------------------------------------------------------------------------ localization
 def frame_of(engine: Engine, path: Path, at: float, uploaded: bool = False) -> tuple[Picture, float]:
-    """The whole picture of an image (time ignored) or of a video at `at` s, and its time. An `uploaded`
-    video longer than the duration limit is refused, as for every other upload."""
+    """The whole picture of an image (time ignored) or of a video at `at` s, and the time it was read at
+    (`video_time`: the last frame's for a time past its start). An `uploaded` video longer than the duration
+    limit is refused, as for every other upload."""
     info = probe(path, engine.prep.timeout_s, engine.prep.limits)
     if uploaded:
         checked_duration(info, engine.prep)
-    at = 0.0 if info.still_image or info.duration is None else clamped_time(at, info.duration)
+    at = video_time(at, info)
     return load_picture(path, engine.model.config, engine.prep, at=at), at
 
 
