@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     inference_wait_s: float = Field(0.0, ge=0, description="How long a request waits for a free inference slot.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503 answer.")
     api_key: SecretStr | None = Field(None, description="When set, write endpoints need the X-API-Key header.")
+    api_access: Literal["writes", "all"] = Field(
+        "writes",
+        description="Which routes need the API key: `writes` (POST /index, DELETE) or `all` (every route but "
+        "/health, the page's files and the docs; needs CAVSYNC_API_KEY).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins.")
     device: str | None = Field(None, description="torch device of the model (default: cuda when available).")
     ffmpeg: str | None = Field(None, description="ffmpeg binary (default: the system one, else imageio-ffmpeg's).")
@@ -118,6 +123,21 @@ class Settings(BaseSettings):
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         if isinstance(text, str) and not text.strip():
             raise ValueError("is blank: set a real key, or unset CAVSYNC_API_KEY to run without one")
+        return value
+
+    @field_validator("api_access", mode="before")
+    @classmethod
+    def _blank_access_is_writes(cls, value: object) -> object:
+        """Set but empty (compose's `${CAVSYNC_BIND:+all}` with CAVSYNC_BIND unset) is the default."""
+        return "writes" if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_access")
+    @classmethod
+    def _all_needs_a_key(cls, value: str, info: ValidationInfo) -> str:
+        """`all` without a key would claim to protect reads and protect nothing: refused at start, naming both
+        variables (a field error, so that the command line names CAVSYNC_API_ACCESS)."""
+        if value == "all" and info.data.get("api_key") is None:
+            raise ValueError("CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY: set a key, or CAVSYNC_API_ACCESS=writes")
         return value
 
     @field_validator("database_url", "broker_url", "ffmpeg", "cluster_address", mode="before")

@@ -27,11 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.jobs.broker import Broker
 from indexer.jobs.supervisor import Supervisor
 from indexer.scatter import Searcher
+from service.access import KeyGate
 from service.config import ServiceConfig
+from service.csrf import CrossSiteGuard
 from service.engine import Engine
 from service.errors import CatchAll, error_answer, install_handlers
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import catalog, jobs, search, system, web
+from service.routes import catalog, jobs, search, session, system, web
 from service.schemas import MAX_QUERY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -202,12 +204,15 @@ def create_app(config: ServiceConfig, broker: Broker | None = None, searcher: Se
     install_handlers(app)
     app.add_middleware(TokensBodyLimit, max_upload_bytes=config.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if config.api_access == "all":  # every route but /health, the page and the docs needs the key
+        app.add_middleware(KeyGate, api_key=config.api_key)
+    app.add_middleware(CrossSiteGuard, cors_origins=config.cors_origins)  # before any key: forged writes refused
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     app.add_middleware(CatchAll)  # outermost of ours: an unhandled error is a JSON 500, the connection kept
-    routers = [module.router for module in (search, catalog, jobs, system, web)]
+    routers = [module.router for module in (search, catalog, jobs, system, session, web)]
     for router in routers:
         app.include_router(router)
     allow_head(app, routers)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import SecretStr
 
 from indexer.datadir import DataDir
 from indexer.jobs.records import LeaseConfig
 from indexer.jobs.supervisor import SupervisorConfig
+
+# Which routes need the API key: `writes` (POST /index, DELETE) or `all` (every route but /health, the page's
+# files and the docs: service/access.py).
+ApiAccess = Literal["writes", "all"]
+ACCESS_WITHOUT_KEY = "CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY: set a key, or CAVSYNC_API_ACCESS=writes"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class ServiceConfig:
     inference_wait_s: float = 0.0  # how long a request waits for a free inference slot
     retry_after_s: int = 1  # Retry-After of a 503 answer
     api_key: SecretStr | None = field(default=None, repr=False)  # when set, write endpoints need X-API-Key
+    api_access: ApiAccess = "writes"  # `all`: reads need the key too (which must then be set)
     cors_origins: tuple[str, ...] = ()
     device: str | None = None  # torch device of the model (default: cuda when available)
     leases: LeaseConfig = LeaseConfig()  # index job files: lease, queue wait, dispatches before failing
@@ -47,6 +54,10 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("api_key (CAVSYNC_API_KEY) is blank: set a real key, or None to run without one")
+        if self.api_access not in get_args(ApiAccess):
+            raise ValueError(f"api_access (CAVSYNC_API_ACCESS) is {self.api_access!r}: 'writes' or 'all'")
+        if self.api_access == "all" and self.api_key is None:
+            raise ValueError(ACCESS_WITHOUT_KEY)
 
     @property
     def data(self) -> DataDir:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyCookie, APIKeyHeader
 
 from indexer.sharding import CorpusVersion
+from service.access import KEY_HEADER, SESSION_COOKIE, WRITES_NEED, check_key
 from service.engine import Engine
-from service.errors import Forbidden, Unauthorized
 
 
 def get_engine(request: Request) -> Engine:
@@ -27,16 +27,15 @@ async def current_version(engine: EngineDep) -> CorpusVersion | None:
 
 VersionDep = Annotated[CorpusVersion | None, Depends(current_version)]
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when CAVSYNC_API_KEY is set.")
+api_key_header = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="Needed when CAVSYNC_API_KEY is set.")
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE, auto_error=False, description="The session cookie POST /session sets: in place of X-API-Key."
+)
+KeyHeader = Annotated[str | None, Security(api_key_header)]
+SessionCookie = Annotated[str | None, Security(session_cookie)]
 
 
-def require_api_key(engine: EngineDep, key: Annotated[str | None, Security(api_key_header)] = None) -> None:
-    """Write routes: 401 without the key, 403 with a wrong one (only when an API key is configured)."""
-    expected = engine.config.api_key
-    if expected is None:
-        return
-    if not key:
-        raise Unauthorized("this endpoint needs the X-API-Key header")
-    sent = key.encode("latin-1", "replace")  # the header's bytes: Starlette decodes headers as latin-1
-    if not secrets.compare_digest(sent, expected.get_secret_value().encode("utf-8")):
-        raise Forbidden("wrong API key")
+def require_api_key(engine: EngineDep, key: KeyHeader = None, session: SessionCookie = None) -> None:
+    """Write routes (only when an API key is configured): 401 without the key or with a stale session, 403 with
+    a wrong key. The key comes as X-API-Key or as the session cookie (service/access.py)."""
+    check_key(engine.config.api_key, key, session, time.time(), WRITES_NEED)

@@ -39,9 +39,18 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def _interpolate(value: str) -> str:
-    """Compose's `${NAME:-default}` / `${NAME}` / `$$`, with nothing set in the environment (the defaults)."""
-    value = re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's `${NAME:-default}` / `${NAME-default}` / `${NAME:+alternative}` / `${NAME}` / `$$`, with the
+    variables of `env` set (none: the defaults)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, word = match.group(1), match.group(2) or "", match.group(3) or ""
+        set_to = (env or {}).get(name, "")
+        if operator == ":+":
+            return word if set_to else ""
+        return set_to or word
+
+    value = re.sub(r"\$\{(\w+)(?:(:?[-+])([^}]*))?\}", one, value)
     return value.replace("$$", "$")
 
 
@@ -89,6 +98,31 @@ def test_services_healthchecks_and_start_order(compose: dict) -> None:
             assert depends["migrate"]["condition"] == "service_completed_successfully", name
     if "migrate" in services:
         assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_api_is_published_beyond_loopback_only_with_every_route_locked(
+    compose: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 28: by default the API's port is published on 127.0.0.1 only; CAVSYNC_BIND (another address) also
+    sets CAVSYNC_API_ACCESS=all, which refuses to start without CAVSYNC_API_KEY."""
+    from pydantic import ValidationError
+
+    from cavsync.settings import Settings
+
+    api = compose["services"]["api"]
+    [published] = api["ports"]
+    assert _interpolate(published) == "127.0.0.1:8000:8000"
+    assert _interpolate(published, {"CAVSYNC_BIND": "0.0.0.0"}) == "0.0.0.0:8000:8000"
+    access = str(api["environment"]["CAVSYNC_API_ACCESS"])
+    for name in [n for n in os.environ if n.startswith("CAVSYNC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CAVSYNC_API_ACCESS", _interpolate(access))
+    assert Settings().api_access == "writes"  # loopback: today's behaviour (the variable set, but empty)
+    monkeypatch.setenv("CAVSYNC_API_ACCESS", _interpolate(access, {"CAVSYNC_BIND": "0.0.0.0"}))
+    with pytest.raises(ValidationError, match="CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY"):
+        Settings()
+    monkeypatch.setenv("CAVSYNC_API_KEY", "k")
+    assert Settings().api_access == "all"
 
 
 def test_worker_scales(compose: dict) -> None:

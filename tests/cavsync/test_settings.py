@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cavsync.settings import DEMO_CHECKPOINT, Settings
 from indexer.catalog import catalog_url
@@ -43,3 +44,23 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert settings.media_roots == [Path("/media/a"), Path("/media/c")]
     assert settings.api_key.get_secret_value() == "secret" and "secret" not in repr(settings)
     assert settings.service_config().catalog_url == "postgresql+psycopg://u@db/cavsync"
+
+
+def test_api_access_is_writes_by_default_and_all_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAVSYNC_API_ACCESS: `writes` (reads open, the default) or `all` (every route but /health needs the key);
+    `all` without CAVSYNC_API_KEY is an error at start that names both variables."""
+    for name in [n for n in os.environ if n.startswith("CAVSYNC_")]:
+        monkeypatch.delenv(name)
+    assert Settings().api_access == "writes" and Settings().service_config().api_access == "writes"
+    monkeypatch.setenv("CAVSYNC_API_ACCESS", " ")  # set but empty (docker-compose.yml on loopback): the default
+    assert Settings().api_access == "writes"
+    monkeypatch.setenv("CAVSYNC_API_ACCESS", "all")
+    with pytest.raises(ValidationError, match=r"CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY") as refused:
+        Settings()
+    assert [e["loc"] for e in refused.value.errors()] == [("api_access",)]  # the command line names the variable
+    monkeypatch.setenv("CAVSYNC_API_KEY", "secret")
+    config = Settings().service_config()
+    assert config.api_access == "all" and config.api_key is not None
+    monkeypatch.setenv("CAVSYNC_API_ACCESS", "everything")
+    with pytest.raises(ValidationError, match="'writes' or 'all'"):
+        Settings()

@@ -1,5 +1,8 @@
 // Talking to the cavsync API (same origin). Every call has a timeout; a failure to reach the server is an
-// ApiUnreachable (the banner says so), an HTTP error an ApiError with the server's `detail`.
+// ApiUnreachable (the banner says so), an HTTP error an ApiError with the server's `detail`. A 401 asks for the API
+// key (session.js) and, once a session is open, sends the call again.
+import { askForKey } from "./session.js";
+
 const TIMEOUT_MS = 180000;
 const listeners = new Set();
 
@@ -21,19 +24,18 @@ function report(reachable, message) {
   for (const fn of listeners) fn(reachable, message);
 }
 
-export function apiKey() {
-  return sessionStorage.getItem("cavsync.apiKey") || "";
-}
-
-export function setApiKey(key) {
-  if (key) sessionStorage.setItem("cavsync.apiKey", key);
-  else sessionStorage.removeItem("cavsync.apiKey");
-}
-
 /** fetch(path) as JSON (or the Response with raw: true); throws ApiError / ApiUnreachable. */
-export async function api(path, { method = "GET", body, timeoutMs = TIMEOUT_MS, raw = false, signal } = {}) {
+export async function api(path, options = {}) {
+  try {
+    return await call(path, options);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401 || !(await askForKey())) throw error;
+    return call(path, options);
+  }
+}
+
+async function call(path, { method = "GET", body, timeoutMs = TIMEOUT_MS, raw = false, signal } = {}) {
   const headers = {};
-  if (apiKey()) headers["X-API-Key"] = apiKey();
   if (body && !(body instanceof FormData)) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(body);
@@ -67,7 +69,7 @@ export async function api(path, { method = "GET", body, timeoutMs = TIMEOUT_MS, 
 /** A user-facing sentence for any error a call can throw. */
 export function explain(error) {
   if (error instanceof ApiError) {
-    const hint = { 401: " Enter the API key at the top right.", 403: "", 413: "", 415: "", 503: " Try again in a moment." };
+    const hint = { 401: " The API key is asked for again on the next try.", 403: "", 413: "", 415: "", 503: " Try again in a moment." };
     return `${error.message}${hint[error.status] ?? ""} (HTTP ${error.status})`;
   }
   return error.message || String(error);

@@ -1,7 +1,7 @@
 // Indexing jobs: index paths under the media roots (shown) or uploads; the jobs with progress, how they ended
 // (done, done with errors, failed: each its colour, the failed count) and each failed file's error (uploads named
 // as they were sent), refreshed while any job is still running.
-import { api, apiKey, explain, setApiKey } from "./api.js";
+import { api, explain } from "./api.js";
 import { writeState } from "./state.js";
 import { announce, fileName, h, showError } from "./util.js";
 
@@ -87,8 +87,6 @@ async function loadRoots() {
       ? list.map((root, i) => h("code", { text: root + (i < list.length - 1 ? "  " : "") }))
       : [h("em", { text: "none configured (CAVSYNC_MEDIA_ROOTS): only uploads can be indexed" })]));
     if (list.length && !$("paths").value) $("paths").placeholder = `${list[0]}/…`;
-    const keyBox = document.querySelector(".api-key");
-    keyBox.hidden = !roots.api_key_required;
   } catch { /* the banner says why */ }
 }
 
@@ -115,7 +113,4 @@ export function initJobs() {
   });
   $("jobs-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE_SIZE); writeState({ jobs: offset || null }); loadJobs(); });
   $("jobs-next").addEventListener("click", () => { offset += PAGE_SIZE; writeState({ jobs: offset }); loadJobs(); });
-  const key = $("api-key");
-  key.value = apiKey();
-  key.addEventListener("change", () => setApiKey(key.value.trim()));
 }
