@@ -14,7 +14,9 @@ from pathlib import Path
 from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker, validates
+
+from indexer.names import decode_original, encode_original, shown_name
 
 
 def _now() -> datetime:
@@ -77,6 +79,7 @@ class Video(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(String(1024))  # shown: the name an upload was sent with, a file's name
+    original_name: Mapped[str | None] = mapped_column(Text)  # that name percent-encoded, when `name` shows it escaped
     file_size: Mapped[int | None] = mapped_column(BigInteger)  # the file as hashed (indexer.files.FileIdentity)
     file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=_now)
@@ -84,6 +87,15 @@ class Video(Base):
     clips: Mapped[list[Clip]] = relationship(
         back_populates="video", cascade="all, delete-orphan", order_by="Clip.start"
     )
+
+    @validates("name")
+    def _shown(self, _key: str, name: str | None) -> str | None:
+        """A name set is stored as shown (`indexer.names.shown_name`), the original kept when that differs (the
+        shown name set again keeps the original it shows)."""
+        kept = self.original_name
+        if name is None or kept is None or shown_name(decode_original(kept)) != name:
+            self.original_name = encode_original(name)
+        return None if name is None else shown_name(name)
 
 
 class Clip(Base):
@@ -115,7 +127,7 @@ def new_video(
         model_id=model_id,
         modalities=",".join(modalities),
         duration=max(float(start + length) for start, length, _ in clips),
-        name=display_name(name, uri),
+        name=name or Path(uri).name,  # stored as shown, the original kept (`Video._shown`)
         file_size=identity[0] if identity else None,
         file_mtime_ns=identity[1] if identity else None,
     )
@@ -124,8 +136,16 @@ def new_video(
 
 
 def display_name(name: str | None, uri: str) -> str:
-    """What a video is called: its recorded name, else (rows indexed before names were) its file's name."""
-    return name or Path(uri).name
+    """What a video is called, safe to show (`indexer.names.shown_name`): its recorded name, else (rows indexed
+    before names were) its file's name."""
+    return shown_name(name or Path(uri).name)
+
+
+def original_name(video: Video) -> str:
+    """A video's name exactly as it was sent or found (for export; `display_name` is what is shown)."""
+    if video.original_name is not None:
+        return decode_original(video.original_name)
+    return video.name or Path(video.uri).name  # as recorded (rows from before names were shown escaped: as sent)
 
 
 class IndexJob(Base):
@@ -149,12 +169,17 @@ class JobFile(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("index_jobs.id", ondelete="CASCADE"), primary_key=True)
     path: Mapped[str] = mapped_column(String(2048), primary_key=True)
-    name: Mapped[str | None] = mapped_column(String(1024))  # an upload's file name as sent; None: given by path
+    name: Mapped[str | None] = mapped_column(String(1024))  # an upload's file name as sent, shown; None: by path
     state: Mapped[str] = mapped_column(String(16), default=FileState.QUEUED)  # a FileState value
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))  # the task working on it (indexer.jobs.records)
     lease_until: Mapped[float | None] = mapped_column(Float)  # epoch seconds; past it the file counts as lost
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times sent to run
+
+    @validates("name")
+    def _shown(self, _key: str, name: str | None) -> str | None:
+        """A name set is stored as shown (`indexer.names.shown_name`); the video keeps the original."""
+        return None if name is None else shown_name(name)
 
 
 class IndexVersion(Base):

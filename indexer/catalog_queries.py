@@ -19,7 +19,7 @@ from typing import TypeAlias
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import Clip, Video, VideoStatus, display_name
+from indexer.catalog import Clip, Video, VideoStatus, display_name, original_name
 from indexer.files import FileIdentity, recorded_identity
 
 Sessions: TypeAlias = sessionmaker[Session]  # the catalog's session factory (`indexer.catalog.open_catalog`)
@@ -42,6 +42,7 @@ class VideoRow:
     id: int
     uri: str
     name: str | None  # as recorded; None for rows indexed before names were (see `display_name`)
+    original_name: str  # exactly as sent or found, for export (`indexer.catalog.original_name`)
     status: VideoStatus
     model_id: str
     duration: float | None
@@ -95,6 +96,7 @@ def _row(video: Video) -> VideoRow:
         id=video.id,
         uri=video.uri,
         name=video.name,
+        original_name=original_name(video),
         status=video.status,
         model_id=video.model_id,
         duration=video.duration,

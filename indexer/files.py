@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote
 
 from indexer.catalog import Video
 from indexer.datadir import UPLOADS_DIR, DataDir
+from indexer.names import shown_name
 from model.media import NotRegularFileError
 
 _UPLOAD = re.compile(r"^[0-9a-f]{12}-(?P<name>.+)$")
@@ -42,7 +43,12 @@ class FileGone(LookupError):
 
 
 class FileChanged(RuntimeError):
-    """Something else stands at the indexed path: a link, a folder swapped for a link, or other content."""
+    """Something else stands at the indexed path: a link, a folder swapped for a link, or other content. The
+    message names the paths (for the server's log); `reason` says what changed without any path (for answers)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class FileIdentity(NamedTuple):
@@ -93,16 +99,18 @@ def open_indexed(uri: str, sha256: str, recorded: FileIdentity | None) -> Opened
         real = os.path.realpath(uri, strict=True)
     except OSError as exc:  # missing, or a dangling or looping link
         if os.path.lexists(uri):
-            raise FileChanged(f"{uri} is now a broken link, not the indexed file") from exc
+            raise FileChanged(f"{uri} is now a broken link, not the indexed file", "a broken link is there") from exc
         raise FileGone(f"{uri} is gone") from exc
     if real != uri:
-        raise FileChanged(f"{uri} now leads elsewhere through a link ({real}); it is not the indexed file")
+        raise FileChanged(
+            f"{uri} now leads elsewhere through a link ({real})", "its path leads elsewhere through a link"
+        )
     try:
         fd = os.open(uri, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise FileGone(f"{uri} is gone") from exc
     except OSError as exc:  # ELOOP: a link put in its place meanwhile
-        raise FileChanged(f"{uri} cannot be opened as the indexed file: {exc.strerror}") from exc
+        raise FileChanged(f"{uri} cannot be opened: {exc.strerror}", f"it cannot be opened ({exc.strerror})") from exc
     try:
         return _checked(fd, uri, sha256, recorded)
     except BaseException:
@@ -113,17 +121,20 @@ def open_indexed(uri: str, sha256: str, recorded: FileIdentity | None) -> Opened
 def _checked(fd: int, uri: str, sha256: str, recorded: FileIdentity | None) -> Opened:
     status = os.fstat(fd)
     if not stat.S_ISREG(status.st_mode):
-        raise FileChanged(f"{uri} is no longer a regular file")
+        raise FileChanged(f"{uri} is no longer a regular file", "it is no longer a regular file")
     with contextlib.suppress(OSError):  # no /proc (not Linux): the realpath check above stands alone
         if os.readlink(f"/proc/self/fd/{fd}") != uri:
-            raise FileChanged(f"{uri} moved behind a link while it was opened")
+            raise FileChanged(
+                f"{uri} moved behind a link while it was opened", "its path leads elsewhere through a link"
+            )
     now = identity_of(status)
     if recorded is not None and now == recorded:
         return Opened(fd, status, None)
     if recorded is not None and now.size != recorded.size:
-        raise FileChanged(f"{uri} has changed since it was indexed ({now.size} bytes, was {recorded.size})")
+        changed = f"it has changed since it was indexed ({now.size} bytes, was {recorded.size})"
+        raise FileChanged(f"{uri}: {changed}", changed)
     if hash_fd(fd) != sha256:
-        raise FileChanged(f"{uri} has changed since it was indexed (other content)")
+        raise FileChanged(f"{uri} has changed since it was indexed (other content)", "it holds other content now")
     return Opened(fd, status, now)
 
 
@@ -183,6 +194,13 @@ def sent_name(path: str | os.PathLike[str]) -> str | None:
     if file.parent.name != UPLOADS_DIR or found is None:
         return None
     return unquote(found["name"])
+
+
+def named_as_sent(error: str, path: str, name: str) -> str:
+    """An upload's error as its user knows the file: its kept path and file name replaced by the name it was sent
+    with, shown (`/data/uploads/817e490bbb18-mine_a.mp4: ...` -> `mine_a.mp4: ...`)."""
+    shown = shown_name(name)
+    return error.replace(path, shown).replace(Path(path).name, shown)
 
 
 def is_upload(path: str | os.PathLike[str], uploads: Path) -> bool:

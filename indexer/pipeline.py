@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from indexer import commit, files
-from indexer.catalog import Clip, Video, VideoStatus, display_name, new_video
+from indexer.catalog import Clip, Video, VideoStatus, new_video
 from indexer.sharding import Corpus
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
@@ -101,7 +101,7 @@ def repair_location(
         if files.is_intact(video.uri, video.sha256, files.recorded_identity(video)):
             continue
         log.info("video %d: its file is no longer at %s; it is at %s now", video.id, video.uri, uri)
-        video.uri, video.name = uri, display_name(name, uri)
+        video.uri, video.name = uri, name or Path(uri).name  # stored as shown (`Video._shown`)
         video.file_size, video.file_mtime_ns = identity
         repaired += 1
     return repaired

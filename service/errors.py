@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.files import FileChanged, FileGone
 from indexer.jobs.broker import PUBLISH_ERRORS
 from indexer.jobs.task import disk_full
+from indexer.names import shown_name
 from indexer.scatter import ShardUnavailable
 from model.media import (
     MediaError,
@@ -121,7 +122,9 @@ def media_status(exc: MediaError) -> int:
 def _answer(
     status: int, detail: str, headers: dict[str, str] | None = None, errors: list | None = None
 ) -> JSONResponse:
-    body = ErrorResponse(detail=detail, errors=errors)
+    """Every error answer; the detail may name a file as it was sent: its control and bidi characters are shown as
+    `\\uXXXX` (`indexer.names`), so it displays as what it is."""
+    body = ErrorResponse(detail=shown_name(detail, None), errors=errors)
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
@@ -252,9 +255,10 @@ def install_handlers(app: FastAPI) -> None:
 DESCRIPTIONS = {
     400: "Malformed request body",
     401: "Missing API key (X-API-Key)",
-    403: "Wrong API key, or a path outside the media roots",
+    403: "Wrong API key, or a path outside the media roots (the answer names the path as given, never the roots)",
     404: "Unknown id",
-    409: "The indexed file was replaced (a link or other content now stands at its path): index it again",
+    409: "The indexed file was replaced (a link or other content now stands at its path; the answer names the "
+    "video, never a path): index it again",
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -30,60 +29,75 @@ def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
+ROOTS_LISTED = "GET /index/roots lists them"  # answers never echo the roots themselves, nor where a link leads
+
+
 def resolve_media_paths(paths: list[str], media_roots: tuple[Path, ...]) -> list[Path]:
-    """Absolute paths of files or folders under the media roots -> the media files to index.
+    """Absolute paths of files or folders under the media roots -> the media files to index, each once, in order.
 
     403 for anything outside the roots (after resolving symlinks and `..`), 404 for a missing path,
-    422 for an invalid one or when no media file is found. Folders are walked for media files.
+    422 for an invalid one or when no media file is found. Folders are walked for media files. Each distinct
+    path is checked once (a path repeated is one path: the job lists it once). Answers name a path as it was
+    given (or a file under it), never where it resolves to; the log has that.
     """
     if not media_roots:
         raise Forbidden("indexing by path is disabled: no media roots are configured (CAVSYNC_MEDIA_ROOTS is empty)")
     roots = [root.resolve() for root in media_roots]
-    setting = f"CAVSYNC_MEDIA_ROOTS={json.dumps([str(root) for root in media_roots])}"
     found: dict[Path, None] = {}
-    for raw in paths:
-        if not raw or "\x00" in raw or not Path(raw).is_absolute():
-            raise InvalidInput(f"{raw!r}: give an absolute path under a media root")
-        try:
-            path = Path(raw).resolve()
-            if not _inside(path, roots):
-                raise Forbidden(f"{raw}: outside the media roots ({setting}); add its folder there to index it")
-            if not path.exists():
-                raise NotFound(f"{raw}: no such file or folder")
-            if not (path.is_dir() or path.is_file()):  # a FIFO would block the job that opens it
-                raise InvalidInput(f"{raw}: not a regular file (a FIFO, device or socket); give media files")
-            files = [f.resolve() for f in list_media(path)] if path.is_dir() else [path]
-        except OSError as exc:
-            raise InvalidInput(f"{raw}: {exc.strerror or exc}") from exc
-        except RuntimeError as exc:  # Path.resolve() on a symlink loop (Python < 3.13)
-            raise InvalidInput(f"{raw}: {exc}") from exc
-        outside = [f for f in files if not _inside(f, roots)]
-        if outside:
-            raise Forbidden(f"{outside[0]}: a link out of the media roots ({setting})")
-        found.update(dict.fromkeys(files))
+    for raw in dict.fromkeys(paths):
+        found.update(dict.fromkeys(_media_under(raw, roots)))
     if not found:
         raise InvalidInput("no media file under the given paths")
     return list(found)
+
+
+def _media_under(raw: str, roots: list[Path]) -> list[Path]:
+    """The media files one given path names (itself, or those found in its folder), resolved, all in the roots."""
+    if not raw or "\x00" in raw or not Path(raw).is_absolute():
+        raise InvalidInput(f"{raw!r}: give an absolute path under a media root")
+    try:
+        path = Path(raw).resolve()
+        if not _inside(path, roots):
+            log.info("POST /index: %s (%s) is outside the media roots %s", raw, path, roots)
+            raise Forbidden(f"{raw}: outside the media roots ({ROOTS_LISTED}); add its folder there to index it")
+        if not path.exists():
+            raise NotFound(f"{raw}: no such file or folder")
+        if not (path.is_dir() or path.is_file()):  # a FIFO would block the job that opens it
+            raise InvalidInput(f"{raw}: not a regular file (a FIFO, device or socket); give media files")
+        listed = list_media(path) if path.is_dir() else [path]
+        media = [f.resolve() for f in listed]
+    except OSError as exc:
+        raise InvalidInput(f"{raw}: {exc.strerror or type(exc).__name__}") from exc
+    except RuntimeError as exc:  # Path.resolve() on a symlink loop (Python < 3.13)
+        raise InvalidInput(f"{raw}: a loop of links") from exc
+    for given, real in zip(listed, media, strict=True):
+        if not _inside(real, roots):
+            log.info("POST /index: %s leads to %s, outside the media roots %s", given, real, roots)
+            shown = Path(raw) / given.relative_to(path) if given != path else Path(raw)
+            raise Forbidden(f"{shown}: a link out of the media roots ({ROOTS_LISTED})")
+    return media
 
 
 PROBED_NAMED_FILES = 100  # files a request names that are probed before its job starts (~0.1 s each)
 
 
 def check_named_files(paths: list[str], prep: PreprocessConfig) -> None:
-    """The files a request names itself (the first PROBED_NAMED_FILES; not those found by walking a folder)
-    are probed before the job starts, as uploads are: a decompression bomb (whatever its header says: the
+    """The files a request names itself (the first PROBED_NAMED_FILES distinct ones; not those found by walking a
+    folder) are probed before the job starts, as uploads are: a decompression bomb (whatever its header says: the
     probe's decoders are bounded) or a file over the duration limit is a MediaTooLongError (413) and no job is
     made. Unreadable files are left for their task to record as failed; files found in folders (and past
     PROBED_NAMED_FILES) are checked by their tasks, which fail them with the same message."""
-    named = [Path(raw).resolve() for raw in paths if Path(raw).is_file()][:PROBED_NAMED_FILES]
-    for path in named:
+    named: dict[Path, str] = {}
+    for raw in dict.fromkeys(paths):
+        if Path(raw).is_file():
+            named.setdefault(Path(raw).resolve(), raw)
+    for path, raw in list(named.items())[:PROBED_NAMED_FILES]:
         try:
-            info = probe(path, prep.timeout_s, prep.limits)
-        except MediaTooLongError:
-            raise
+            checked_duration(probe(path, prep.timeout_s, prep.limits), prep)
+        except MediaTooLongError as exc:  # named as given, not as resolved
+            raise type(exc)(str(exc).replace(str(path), raw)) from exc
         except MediaError:
             continue
-        checked_duration(info, prep)
 
 
 def reuse_indexed(kept: list[Path], sessions: SessionFactory, model_id: str) -> list[Path]:
@@ -122,14 +136,17 @@ def shown_error(error: str | None, path: str, name: str | None) -> str | None:
     was sent with (`817e490bbb18-mine_a.mp4: ...` -> `mine_a.mp4: ...`)."""
     if error is None or name is None:
         return error
-    return error.replace(path, name).replace(Path(path).name, name)
+    return files.named_as_sent(error, path, name)
 
 
 def _file_info(row: JobFile) -> JobFileInfo:
+    """A job's file as its user knows it: an upload by the name it was sent with, never by where the server kept
+    it (`path` null); a file given by path by that path."""
+    uploaded = row.name is not None
     return JobFileInfo(
-        path=row.path,
+        path=None if uploaded else row.path,
         name=row.name or row.path,
-        uploaded=row.name is not None,
+        uploaded=uploaded,
         state=row.state,
         error=shown_error(row.error, row.path, row.name),
     )
@@ -137,12 +154,10 @@ def _file_info(row: JobFile) -> JobFileInfo:
 
 def _summary(job: IndexJob, failures: list[JobFileInfo], blocked: str | None = None) -> dict:
     names = ("id", "state", "total", "done", "failed", "skipped", "created_at", "updated_at")
-    shown = {f.path: f.error or "" for f in failures}
-    errors = {path: shown.get(path, error) for path, error in (job.errors or {}).items()}
     partial = job.state == JobState.DONE and job.failed > 0
     waiting = blocked if job.state in (JobState.QUEUED, JobState.RUNNING) else None
     return {name: getattr(job, name) for name in names} | {
-        "errors": errors,
+        "errors": {f.name: f.error or "" for f in failures},
         "partial": partial,
         "failures": failures,
         "blocked": waiting,

@@ -12,6 +12,7 @@ posters a video (the oldest go), and a video's folder goes when the video is del
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 import os
 import shutil
@@ -41,6 +42,8 @@ from model.media import (
 from model.probe import probe
 from service.errors import InvalidInput, NotFound
 
+log = logging.getLogger(__name__)
+
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
 POSTER_CACHE_PER_VIDEO = 64  # posters kept per video (time x width); the oldest go first
 TIME_SLACK_S = 0.05  # container durations are rounded
@@ -62,13 +65,18 @@ def open_catalog_file(sessions: Sessions, video_id: int, *, indexed: bool = Fals
     deleted or its file gone, 409 when something else now stands at its path. An identity checked by hash (not
     recorded yet, or a new mtime on the same content) is recorded for the next time."""
     entry = catalog_entry(sessions, video_id, indexed=indexed)
+    what = f"the media file of video {video_id} ({entry.name})"  # never its path: the answer names the video
+    if not entry.uri:  # an upload that failed: nothing of it was kept
+        raise NotFound(f"{what} was not kept: the upload could not be indexed")
     try:
         opened = open_indexed(entry.uri, entry.sha256, entry.identity)
     except FileGone as exc:
-        raise FileGone(f"the media file of video {video_id} is gone (it was at {entry.uri})") from exc
+        log.warning("video %d: %s", video_id, exc)
+        raise FileGone(f"{what} is gone; index it again where it is now") from exc
     except FileChanged as exc:
+        log.warning("video %d: %s", video_id, exc)
         raise FileChanged(
-            f"the media file of video {video_id} is no longer the one indexed: {exc}; index the file again"
+            f"{what} is no longer the one indexed: {exc.reason}; index the file again", exc.reason
         ) from exc
     if opened.refreshed is not None:
         with contextlib.suppress(Exception):  # only a shortcut for the next reader

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, 
 
 from indexer.catalog import FileState, JobState, VideoStatus, display_name
 from indexer.moments import MATCH_TOLERANCE
+from indexer.names import shown_name
 from model import Modality, Strategy
 
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
@@ -29,6 +30,15 @@ Seconds = Annotated[float, AfterValidator(_ms)]
 
 # The catalog writes UTC; SQLite gives it back without a zone. Answers always carry the offset (RFC 3339).
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _shown(text: str) -> str:
+    return shown_name(text, None)
+
+
+# Text that names a file (a name, a path, an error): its control and bidi characters shown as `\uXXXX`, so it
+# displays as what it is (`indexer.names`).
+Shown = Annotated[str, AfterValidator(_shown)]
 
 
 class Model(BaseModel):
@@ -56,13 +66,20 @@ class Moment(Model):
     )
 
 
-NAME = "What to call the video: the name an upload was sent with, else its file's name."
+NAME = (
+    "What to call the video: the name an upload was sent with, else its file's name; control and bidirectional "
+    "characters (NUL, U+202E, ...) written as the text `\\uXXXX`, so it shows as what it is."
+)
+URI = (
+    "Where its file is on the server (an upload: its managed copy, named by content; empty for an upload that "
+    "could not be indexed: nothing of it is kept); control and bidirectional characters written as in `name`."
+)
 
 
 class VideoResult(Model):
     video_id: int
-    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
-    name: str = Field(description=NAME)
+    uri: Shown = Field(description=URI)
+    name: Shown = Field(description=NAME)
     score: float = Field(
         description="The score of the video's first moment (the best of its moments); videos are ranked by it."
     )
@@ -193,13 +210,13 @@ class ClipInfo(Model):
 
 class VideoInfo(Model):
     id: int
-    uri: str = Field(description="Where its file is on the server (an upload: its managed copy, named by content).")
+    uri: Shown = Field(description=URI)
     name: str = Field(description=NAME)
     status: VideoStatus
     model_id: str
     duration: Seconds | None
     modalities: str
-    error: str | None
+    error: Shown | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
@@ -210,6 +227,10 @@ class VideoInfo(Model):
 
 
 class VideoDetail(VideoInfo):
+    original_name: str = Field(
+        description="The name exactly as it was sent (an upload) or found (a file's name), for export: `name` is "
+        "it with its control and bidirectional characters written out. Not for display: it may read as another."
+    )
     clips: list[ClipInfo]
 
 
@@ -264,11 +285,17 @@ class JobAccepted(Model):
 
 
 class JobFileInfo(Model):
-    path: str = Field(description="The file on the server (an upload: where it was kept to be indexed).")
-    name: str = Field(description="The file as its user named it: an upload's file name as it was sent, else its path.")
+    path: Shown | None = Field(
+        description="The file on the server, as given by path or found in a folder given; null for an upload "
+        "(where the server keeps it is its own business)."
+    )
+    name: Shown = Field(
+        description="The file as its user named it: an upload's file name as it was sent, else its path (control "
+        "and bidirectional characters written as `\\uXXXX`)."
+    )
     uploaded: bool = Field(description="Whether the file was sent as an upload (else given by its path).")
     state: FileState = Field(description="What became of the file: queued, then indexed, skipped or failed.")
-    error: str | None = Field(description="Why it failed (an upload named as it was sent).")
+    error: Shown | None = Field(description="Why it failed (an upload named as it was sent, never by a server path).")
 
 
 class JobSummary(Model):
@@ -286,7 +313,10 @@ class JobSummary(Model):
     done: int = Field(description="Files indexed.")
     failed: int = Field(description="Files that failed (each with its error in `failures`).")
     skipped: int = Field(description="Files already indexed with this model (same content).")
-    errors: dict[str, str] = Field(description="The error of each failed file, by server path (see `failures`).")
+    errors: dict[Shown, Shown] = Field(
+        description="The error of each failed file by its `name` (two uploads sent with one name: one entry; "
+        "`failures` lists every file)."
+    )
     failures: list[JobFileInfo] = Field(description="Each failed file: its name as sent, its path and error.")
     blocked: str | None = Field(
         None,

@@ -125,12 +125,15 @@ class Source(NamedTuple):
     identity: files.FileIdentity
 
 
-def _source(ctx: TaskContext, path: str, sha: str, identity: files.FileIdentity) -> Source:
-    """An upload becomes a managed copy named by its content and shown by the name it was sent with; any other
-    file is indexed where it is."""
+def _source(ctx: TaskContext, path: str, sha: str, identity: files.FileIdentity, decoded: bool = True) -> Source:
+    """An upload that decodes becomes a managed copy named by its content and shown by the name it was sent with;
+    one that failed is not kept: recorded by that name alone, no path (`uri` empty: its temporary file goes once
+    its job file is settled). Any other file is indexed, or recorded failed, where it is."""
     if not files.is_upload(path, ctx.data.uploads):
         return Source(str(Path(path).resolve()), Path(path).name, identity)
     name = files.sent_name(path) or Path(path).name
+    if not decoded:
+        return Source("", name, identity)
     managed = files.keep_managed(Path(path), sha, ctx.data.media, files.managed_suffix(name, MEDIA_SUFFIXES))
     return Source(str(managed), name, files.identity_of(managed.stat()))
 
@@ -156,10 +159,9 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
         return sha
     model = res.model(ctx.model_path)
     item = decode_hashed(Path(path), sha, identity, model.config, PreprocessConfig())
-    if item.error is None:
-        source = _source(ctx, path, sha, identity)
-    else:  # a failed file is not kept: recorded where it was, with the name it was sent with
-        source = Source(str(Path(path).resolve()), files.sent_name(path) or Path(path).name, identity)
+    source = _source(ctx, path, sha, identity, decoded=item.error is None)
+    if item.error is not None and not source.uri:  # a failed upload: named as it was sent, never by its temp file
+        item.error = files.named_as_sent(item.error, path, source.name)
     ctx.data.pending.mkdir(parents=True, exist_ok=True)
     tmp = ctx.data.pending / f".{sha}.{uuid.uuid4().hex}.tmp.npz"
     try:

@@ -147,12 +147,12 @@ def test_index_uploads(writable_client: TestClient, corpus: Corpus, tmp_path: Pa
     assert response.status_code == 202, response.text
     job = _wait_for_job(writable_client, response.json()["job_id"])
     assert (job["state"], job["done"]) == ("done", 1), job
-    kept = Path(job["files"][0]["path"])
-    assert kept.parent.name == "uploads" and kept.name.endswith(clip.name)
-    assert not kept.exists() and list(kept.parent.iterdir()) == []  # an upload is deleted once indexed (issue 13)
+    assert (job["files"][0]["name"], job["files"][0]["path"]) == (clip.name, None)  # where it was kept: not shown
+    uploads = Path(writable_client.app.state.config.data.uploads)  # type: ignore[attr-defined]
+    assert list(uploads.iterdir()) == []  # an upload is deleted once indexed (issue 13)
     [video] = writable_client.get("/videos", params={"offset": CORPUS_CLIPS}).json()["items"]
     managed = Path(video["uri"])  # the video's file: a managed copy named by its content (issue 19)
-    assert managed.parent == (kept.parent.parent / "media").resolve() and managed.suffix == ".mp4"
+    assert managed.parent == (uploads.parent / "media").resolve() and managed.suffix == ".mp4"
     assert managed.read_bytes() == clip.read_bytes() and video["name"] == clip.name
     assert writable_client.post("/index", files={"other": ("x.txt", b"x")}).status_code == 422
 
