@@ -32,6 +32,7 @@ from service.config import ServiceConfig
 from service.csrf import CrossSiteGuard
 from service.engine import Engine
 from service.errors import CatchAll, error_answer, install_handlers
+from service.headers import SecurityHeaders
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import catalog, jobs, search, session, system, web
 from service.schemas import MAX_QUERY_TOKENS
@@ -216,7 +217,8 @@ def create_app(config: ServiceConfig, broker: Broker | None = None, searcher: Se
     for router in routers:
         app.include_router(router)
     allow_head(app, routers)
-    stack = app.build_middleware_stack  # DeclaredBodyLimit goes around all of it, FastAPI's body limit included
-    app.build_middleware_stack = lambda: DeclaredBodyLimit(stack(), config.max_upload_bytes)  # type: ignore[method-assign]  # Starlette builds the stack with this method on first call
+    stack = app.build_middleware_stack  # DeclaredBodyLimit goes around all of it, FastAPI's body limit included,
+    # and SecurityHeaders around that: every answer, a 413 or 500 made outside the routes too, carries its headers
+    app.build_middleware_stack = lambda: SecurityHeaders(DeclaredBodyLimit(stack(), config.max_upload_bytes))  # type: ignore[method-assign]  # Starlette builds the stack with this method on first call
     web.mount_static(app)
     return app

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mimetypes
 import os
 import shutil
 import uuid
@@ -21,8 +20,9 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+from starlette.datastructures import Headers
 from starlette.responses import FileResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.catalog import VideoStatus
 from indexer.catalog_queries import Sessions, VideoFile, record_file_identity, video_file
@@ -40,14 +40,14 @@ from model.media import (
     run_tool,
 )
 from model.probe import probe
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, error_answer
 
 log = logging.getLogger(__name__)
 
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
 POSTER_CACHE_PER_VIDEO = 64  # posters kept per video (time x width); the oldest go first
 TIME_SLACK_S = 0.05  # container durations are rounded
-EXTRA_TYPES = {".mkv": "video/x-matroska", ".webm": "video/webm", ".m4a": "audio/mp4", ".flac": "audio/flac"}
+SHOWN_RANGE_CHARS = 100  # of a refused Range header, in its error
 
 
 def catalog_entry(sessions: Sessions, video_id: int, *, indexed: bool = False) -> VideoFile:
@@ -114,8 +114,9 @@ def named_errors(fd: int, name: str) -> Iterator[str]:
 
 class OpenedFileResponse(FileResponse):
     """A FileResponse over an already opened file (`/proc/self/fd/N`: the same file, whatever its path now
-    holds), Range answered 206 as FileResponse does; the descriptor is closed once the answer is sent or given
-    up (or, never sent, when the response is collected)."""
+    holds), Range answered 206 as FileResponse does, a Range it cannot serve in JSON as every error
+    (`json_range_errors`); the descriptor is closed once the answer is sent or given up (or, never sent, when
+    the response is collected)."""
 
     def __init__(self, opened: Opened, media_type: str, headers: dict[str, str]) -> None:
         super().__init__(
@@ -125,14 +126,39 @@ class OpenedFileResponse(FileResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, json_range_errors(scope, receive, send))
         finally:
             self._close()
 
 
-def media_type(path: Path) -> str:
-    """The Content-Type of a media file, by its extension (what a browser needs to pick a decoder)."""
-    return EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+def json_range_errors(scope: Scope, receive: Receive, send: Send) -> Send:
+    """`send` for a FileResponse, whose only error answers are its plain-text ones to a Range it cannot serve
+    (400 malformed, 416 outside the file with `Content-Range: bytes */size`): those are answered as JSON
+    `{"detail", "errors": null}` instead, the Content-Range kept."""
+    held: list[Message] = []  # the refused answer's start, then its body
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (400, 416):
+            held.append(message)
+        elif not held:
+            await send(message)
+        elif message["type"] == "http.response.body":
+            held.append(message)
+            if not message.get("more_body", False):
+                await _range_error(held, scope)(scope, receive, send)
+
+    return sending
+
+
+def _range_error(held: list[Message], scope: Scope) -> ASGIApp:
+    asked = repr(Headers(scope=scope).get("range", "")[:SHOWN_RANGE_CHARS])
+    status, answered = held[0]["status"], Headers(raw=held[0]["headers"])
+    if status == 416:
+        size = answered.get("content-range", "").rsplit("/", 1)[-1]
+        detail = f"Range {asked} is outside the file ({size} bytes)"
+        return error_answer(416, detail, {"Content-Range": answered.get("content-range", f"bytes */{size}")})
+    reason = b"".join(m.get("body", b"") for m in held[1:]).decode("utf-8", "replace").strip().rstrip(".")
+    return error_answer(400, f"Range {asked} cannot be served: {reason or 'malformed'}")
 
 
 def video_time(at: float, info: MediaInfo) -> float:

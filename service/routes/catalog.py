@@ -5,7 +5,7 @@ Plain `def` endpoints: FastAPI runs them in a worker thread (catalog, store and 
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
+import os
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,8 +19,8 @@ from indexer.pipeline import delete_videos
 from indexer.sharding import version_part
 from indexer.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
-from service.errors import NotFound, responses
-from service.media import OpenedFileResponse, cached_poster, forget_posters, media_type, open_catalog_file
+from service.errors import ErrorResponse, NotFound, responses
+from service.media import OpenedFileResponse, cached_poster, forget_posters, open_catalog_file
 from service.queries import indexed_clips
 from service.schemas import (
     MAX_ID,
@@ -31,6 +31,7 @@ from service.schemas import (
     VideoInfo,
     VideoPage,
 )
+from service.served_types import TYPES, content_disposition
 
 router = APIRouter(tags=["catalog"])
 VideoId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of the video.")]
@@ -58,12 +59,28 @@ def get_video(engine: EngineDep, video_id: VideoId) -> VideoDetail:
     return VideoDetail.model_validate(video)
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 MEDIA: dict[str, Any] = {
-    "content": {"video/*": {"schema": {"type": "string", "format": "binary"}}},
-    "description": "The whole file (200) or, for a `Range: bytes=a-b` request, those bytes (206).",
-    "headers": {"Accept-Ranges": {"schema": {"type": "string"}, "description": "bytes"}},
+    "content": {"video/*": BINARY, "audio/*": BINARY, "application/octet-stream": BINARY},
+    "description": "The whole file (200) or, for a `Range: bytes=a-b` request, those bytes (206), typed as what "
+    "the file is (its probed container; application/octet-stream when unknown).",
+    "headers": {
+        "Accept-Ranges": {"schema": {"type": "string"}, "description": "bytes"},
+        "Content-Disposition": {
+            "schema": {"type": "string"},
+            "description": "inline, with the video's name (ASCII `filename`, UTF-8 `filename*`)",
+        },
+    },
 }
 PARTIAL: dict[str, Any] = {"description": "The requested byte range (Content-Range says which)."}
+RANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A malformed Range header"},
+    416: {
+        "model": ErrorResponse,
+        "description": "A Range starting past the end of the file",
+        "headers": {"Content-Range": {"schema": {"type": "string"}, "description": "bytes */<file size>"}},
+    },
+}
 JPEG: dict[str, Any] = {
     "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
     "description": "A JPEG frame",
@@ -73,16 +90,23 @@ JPEG: dict[str, Any] = {
 @router.get(
     "/videos/{video_id}/media",
     response_class=FileResponse,
-    responses={200: MEDIA, 206: PARTIAL, 416: {"description": "A range outside the file"}, **responses(404, 409)},
+    responses={200: MEDIA, 206: PARTIAL, **RANGE_ERRORS, **responses(404, 409)},
 )
 def video_media(engine: EngineDep, video_id: VideoId) -> FileResponse:
-    """The video's original file, as indexed (any state but deleted), with its Content-Type by extension.
-    HTTP Range requests are answered 206 with the bytes asked for, so players can seek. Only files of the
-    catalog are served, and only as they were indexed: 404 when the video is unknown or deleted, or its file
-    is gone; 409 when something else now stands at its path (a link, other content)."""
+    """The video's original file, as indexed (any state but deleted), with the Content-Type of what it is (its
+    container, probed: `video/mp4`, `audio/wav`, ...; `application/octet-stream` when unknown), never of the
+    name it was sent with, and `Content-Disposition: inline` with that name made safe (ending with an extension
+    of the type). HTTP Range requests are answered 206 with the bytes asked for, so players can seek. Only files
+    of the catalog are served, and only as they were indexed: 404 when the video is unknown or deleted, or its
+    file is gone; 409 when something else now stands at its path (a link, other content)."""
     entry, opened = open_catalog_file(engine.sessions, video_id)
-    kind = media_type(FilePath(entry.uri)) if FilePath(entry.uri).suffix else media_type(FilePath(entry.name))
-    return OpenedFileResponse(opened, kind, {"Cache-Control": "no-cache"})
+    try:
+        served = TYPES.served_type(entry.sha256, opened, engine.prep.timeout_s, engine.prep.limits.max_pixels)
+    except BaseException:
+        os.close(opened.fd)
+        raise
+    headers = {"Cache-Control": "no-cache", "Content-Disposition": content_disposition(entry.name, served)}
+    return OpenedFileResponse(opened, served.media_type, headers)
 
 
 @router.get("/videos/{video_id}/poster", response_class=Response, responses={200: JPEG, **responses(404, 409)})

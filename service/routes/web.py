@@ -1,7 +1,8 @@
 """The web page and the interactive docs, both served by the API itself (same origin, nothing from a CDN):
 `/` redirects to the page in `service/static/` (plain HTML, ES modules and CSS: no build step), `/docs` is
 Swagger UI and `/redoc` ReDoc, their scripts served from the `fastapi-offline` package's files (ReDoc's with
-its footer logo served from here: nothing is fetched from another host)."""
+its footer logo served from here: nothing is fetched from another host). Swagger UI's inline scripts carry the
+answer's CSP nonce (`service.headers`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+
+from service.headers import csp_nonce, nonce_scripts
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
@@ -26,10 +29,16 @@ def home() -> RedirectResponse:
     return RedirectResponse(f"{PAGE_URL}/", status_code=307)
 
 
+def nonced(request: Request, page: HTMLResponse) -> HTMLResponse:
+    """A docs page with this answer's CSP nonce on its scripts (its inline one runs under the page's policy,
+    `service.headers`)."""
+    return HTMLResponse(nonce_scripts(bytes(page.body), csp_nonce(request)))
+
+
 @router.get("/docs")
 def swagger(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "")
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=f"{root}/openapi.json",
         title="cavsync - Swagger UI",
         swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
@@ -37,11 +46,12 @@ def swagger(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{root}{PAGE_URL}/favicon.svg",
         oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
     )
+    return nonced(request, page)
 
 
 @router.get("/docs/oauth2-redirect")
-def swagger_redirect() -> HTMLResponse:
-    return get_swagger_ui_oauth2_redirect_html()
+def swagger_redirect(request: Request) -> HTMLResponse:
+    return nonced(request, get_swagger_ui_oauth2_redirect_html())
 
 
 # ReDoc's bundle draws its "API docs by Redocly" logo from this URL; the page serves its own picture instead.

@@ -8,6 +8,7 @@ export function h(tag, attrs = {}, ...children) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
+    else if (key === "style") node.style.cssText = value;  // through the CSSOM: the page's CSP allows no style attribute
     else node.setAttribute(key, value === true ? "" : value);
   }
   for (const child of children.flat()) {

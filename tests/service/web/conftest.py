@@ -144,3 +144,27 @@ def shot(page: Page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path
+
+
+CSP_REPORT = "Content Security Policy"  # in every message Chromium logs for a blocked script, style, fetch...
+WATCH_CSP = """document.addEventListener('securitypolicyviolation', e => window.cspViolation(
+    `${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`));"""
+
+
+@pytest.fixture()
+def csp_violations(page: Page) -> list[str]:
+    """Every Content-Security-Policy violation in the test's page, as it navigates: the `securitypolicyviolation`
+    events of each document and the console messages Chromium logs for them."""
+    seen: list[str] = []
+    page.expose_function("cspViolation", lambda text: seen.append(str(text)))
+    page.add_init_script(WATCH_CSP)
+    page.on("console", lambda message: seen.append(message.text) if CSP_REPORT in message.text else None)
+    return seen
+
+
+@pytest.fixture()
+def no_csp_violations(csp_violations: list[str]) -> Iterator[list[str]]:
+    """`csp_violations`, the test failing if there is any at its end: the page and the docs run under their
+    policy (service/headers.py) without anything of theirs being blocked."""
+    yield csp_violations
+    assert csp_violations == [], f"blocked by the Content-Security-Policy: {csp_violations}"

@@ -24,8 +24,8 @@ EXCERPT_VIDEO = 7  # the excerpt is 4-7 s of the corpus's 7th clip (video id 7)
 
 
 @pytest.fixture()
-def app_page(page: Page, outside_requests: list[str]) -> Iterator[Page]:
-    """The page, with every uncaught script error failing the test."""
+def app_page(page: Page, outside_requests: list[str], no_csp_violations: list[str]) -> Iterator[Page]:
+    """The page, with every uncaught script error and every Content-Security-Policy violation failing the test."""
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.set_default_timeout(30_000)
