@@ -297,9 +297,12 @@ def delete_videos(
     """Mark videos deleted in the catalog and remove their clips from the live index; returns how many this
     call deleted. Each video is claimed by a conditional UPDATE (to deleted where it was not), so of concurrent
     deletes of one id exactly one counts it; its clips leave the store before the claim commits (a failure
-    rolls the claim back). Then the managed copies (uploads, in `media_dir`) no other video names are deleted;
-    files anywhere else are never touched."""
-    with sessions() as session:
+    rolls the claim back). All of it under the status lock (`indexer.commit.status_lock`), ordered with the
+    commits: a video whose commit holds it (its tokens being added) is deleted once that commit ends; a pending
+    one claimed before keeps its claim, and its commit adds none of its tokens. A deletion is never undone.
+    Then the managed copies (uploads, in `media_dir`) no other video names are deleted; files anywhere else are
+    never touched."""
+    with commit.status_lock(store), sessions() as session:
         claimed = []
         for video_id in dict.fromkeys(video_ids):
             result = session.execute(
