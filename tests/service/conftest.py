@@ -148,5 +148,19 @@ def same_results(got: dict, expected: dict) -> None:
         assert [(m["start"], m["end"]) for m in mine["moments"]] == [(m["start"], m["end"]) for m in theirs["moments"]]
 
 
+def file_readers(client: TestClient, vid: int) -> list[Any]:
+    """Every reader of indexed video `vid`'s file, asked once each: its media (whole and a Range), its poster,
+    /localize with its picture and with its sound, and both searches by its id."""
+    return [
+        client.get(f"/videos/{vid}/media"),
+        client.get(f"/videos/{vid}/media", headers={"Range": "bytes=0-99"}),
+        client.get(f"/videos/{vid}/poster", params={"time": 1.0}),
+        client.post("/localize", data={"video_id": vid, "audio_video_id": 2}),
+        client.post("/localize", data={"video_id": 2, "audio_video_id": vid}),
+        client.post("/search/audio-to-video", data={"video_id": vid}),
+        client.post("/search/video-to-audio", data={"video_id": vid}),
+    ]
+
+
 def upload(path: Path, field: str = "file") -> dict:
     return {field: (path.name, path.read_bytes(), "application/octet-stream")}

@@ -34,7 +34,7 @@ from PIL import Image
 from service.app import create_app
 
 from ..model.media_files import ffmpeg
-from .conftest import API_KEY, Corpus, make_config
+from .conftest import API_KEY, Corpus, file_readers, make_config
 
 EVIL = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
 PASSWD = Path("/etc/passwd").read_bytes()[:32]
@@ -233,15 +233,7 @@ def _index_one(client: TestClient, path: Path) -> int:
 
 
 def _readers(client: TestClient, vid: int, tally: Tally, secrets: list[bytes]) -> list[int]:
-    answers = [
-        client.get(f"/videos/{vid}/media"),
-        client.get(f"/videos/{vid}/media", headers={"Range": "bytes=0-99"}),
-        client.get(f"/videos/{vid}/poster", params={"time": 1.0}),
-        client.post("/localize", data={"video_id": vid, "audio_video_id": 2}),
-        client.post("/localize", data={"video_id": 2, "audio_video_id": vid}),
-        client.post("/search/audio-to-video", data={"video_id": vid}),
-        client.post("/search/video-to-audio", data={"video_id": vid}),
-    ]
+    answers = file_readers(client, vid)
     return [tally.check(f"reader of swapped video {vid}", a, secrets).status_code for a in answers]
 
 

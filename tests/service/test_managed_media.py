@@ -18,7 +18,7 @@ from PIL import Image
 
 from service.app import create_app
 
-from .conftest import API_KEY, CORPUS_CLIPS, Corpus, make_config, upload
+from .conftest import API_KEY, CORPUS_CLIPS, Corpus, file_readers, make_config, upload
 from .test_catalog import _wait_for_job
 
 pytestmark = pytest.mark.slow  # the demo corpus, indexed once per session
@@ -117,15 +117,7 @@ def test_a_video_whose_file_is_gone_is_repaired_by_path_and_by_upload(
 
 def _refused(client: TestClient, vid: int, secret: bytes) -> list[int]:
     """Every reader of video `vid`'s file: each status, none of them with the secret's bytes."""
-    answers = [
-        client.get(f"/videos/{vid}/media"),
-        client.get(f"/videos/{vid}/media", headers={"Range": "bytes=0-99"}),
-        client.get(f"/videos/{vid}/poster", params={"time": 1.0}),
-        client.post("/localize", data={"video_id": vid, "audio_video_id": 2}),
-        client.post("/localize", data={"video_id": 2, "audio_video_id": vid}),
-        client.post("/search/audio-to-video", data={"video_id": vid}),
-        client.post("/search/video-to-audio", data={"video_id": vid}),
-    ]
+    answers = file_readers(client, vid)
     for answer in answers:
         assert secret[:64] not in answer.content and b"root:" not in answer.content
     return [a.status_code for a in answers]
