@@ -25,8 +25,15 @@ def settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{env_name(str(e['loc'][0]))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
-        raise typer.BadParameter(problems, param_hint="environment") from exc
+        raise typer.BadParameter("; ".join(map(_problem, exc.errors())), param_hint="environment") from exc
+
+
+def _problem(error: Any) -> str:
+    """One invalid setting, named by its variable with the value given; a rule over several settings (no `loc`)
+    by its message alone (its input is every setting, the API key among them: never printed)."""
+    if not error["loc"]:
+        return str(error["msg"])
+    return f"{env_name(str(error['loc'][0]))}: {error['msg']} (got {error['input']!r})"
 
 
 @app.callback()

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         description="Which routes need the API key: `writes` (POST /index, DELETE) or `all` (every route but "
         "/health, the page's files and the docs; needs CAVSYNC_API_KEY).",
     )
+    wrong_keys_per_minute: int = Field(
+        10, ge=1, description="Wrong API keys one address may send in a minute; more answer 429 until it passes."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Allowed CORS origins.")
     device: str | None = Field(None, description="torch device of the model (default: cuda when available).")
     ffmpeg: str | None = Field(None, description="ffmpeg binary (default: the system one, else imageio-ffmpeg's).")

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
+import threading
 import time
+from collections import deque
 
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Forbidden, ServiceError, Unauthorized, error_answer
+from service.errors import Forbidden, ServiceError, TooManyAttempts, Unauthorized, error_answer
 
 KEY_HEADER = "X-API-Key"
 SESSION_COOKIE = "cavsync_session"
@@ -65,13 +68,61 @@ def valid_session(token: str, key: SecretStr, now: float) -> bool:
     return hmac.compare_digest(match[2], _signature(key, int(match[1])))
 
 
-def check_key(expected: SecretStr | None, header: str | None, cookie: str | None, now: float, needs: str) -> None:
+class WrongKeys:
+    """Wrong keys by client address (OWASP: throttle guesses): after `limit` wrong keys within `window_s`, that
+    address's next key is refused with 429 and Retry-After, right or wrong, until its oldest wrong key is
+    `window_s` old. Kept in memory, for at most `max_clients` addresses (the quietest forgotten first)."""
+
+    def __init__(self, limit: int = 10, window_s: float = 60.0, max_clients: int = 10_000) -> None:
+        self.limit, self.window_s, self.max_clients = limit, window_s, max_clients
+        self._wrong: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        times = self._wrong.get(client, deque())
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return times
+
+    def check(self, client: str, now: float) -> None:
+        """429 while `client` has had `limit` wrong keys within the window."""
+        with self._lock:
+            times = self._recent(client, now)
+            if len(times) >= self.limit:
+                wait = math.ceil(times[0] + self.window_s - now)
+                raise TooManyAttempts(f"too many wrong API keys from this address; retry in {wait} s", max(1, wait))
+
+    def failed(self, client: str, now: float) -> None:
+        with self._lock:
+            times = self._recent(client, now)
+            times.append(now)
+            self._wrong.pop(client, None)
+            self._wrong[client] = times  # the most recent last: the first are the quietest
+            while len(self._wrong) > self.max_clients:
+                del self._wrong[next(iter(self._wrong))]
+
+
+def check_key(
+    expected: SecretStr | None,
+    header: str | None,
+    cookie: str | None,
+    now: float,
+    needs: str,
+    *,
+    wrong: WrongKeys | None = None,
+    client: str = "",
+) -> None:
     """Passes without a configured key, with the right key in the header or a live session cookie. Raises
-    Forbidden for a wrong key, Unauthorized (saying `needs`) without one or for a stale session."""
+    Forbidden for a wrong key (counted in `wrong` for `client`), TooManyAttempts when `client` has sent too many
+    (the key is not even compared), Unauthorized (saying `needs`) without one or for a stale session."""
     if expected is None:
         return
     if header:
+        if wrong is not None:
+            wrong.check(client, now)
         if not key_matches(header, expected):
+            if wrong is not None:
+                wrong.failed(client, now)
             raise Forbidden("wrong API key")
         return
     if cookie:
@@ -79,6 +130,12 @@ def check_key(expected: SecretStr | None, header: str | None, cookie: str | None
             raise Unauthorized(STALE)
         return
     raise Unauthorized(needs)
+
+
+def client_of(scope: Scope) -> str:
+    """The request's client address (the peer's; behind a proxy, what uvicorn's proxy headers made of it)."""
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def is_open(scope: Scope) -> bool:
@@ -93,17 +150,18 @@ class KeyGate:
     """CAVSYNC_API_ACCESS=all, pure ASGI: a request for any path but the open ones (an unknown path too) needs
     the key, else it is answered 401 / 403 here. Deny by default: a new route is closed until listed."""
 
-    def __init__(self, app: ASGIApp, api_key: SecretStr | None) -> None:
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None, wrong: WrongKeys) -> None:
         if api_key is None:
             raise ValueError("CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY")
-        self.app, self.api_key = app, api_key
+        self.app, self.api_key, self.wrong = app, api_key, wrong
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope):
             request = Request(scope)
             header, cookie = request.headers.get(KEY_HEADER), request.cookies.get(SESSION_COOKIE)
             try:
-                check_key(self.api_key, header, cookie, time.time(), ALL_NEED)
+                now, client = time.time(), client_of(scope)
+                check_key(self.api_key, header, cookie, now, ALL_NEED, wrong=self.wrong, client=client)
             except ServiceError as exc:
                 await error_answer(exc.status_code, exc.detail, exc.headers)(scope, receive, send)
                 return

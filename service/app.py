@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.jobs.broker import Broker
 from indexer.jobs.supervisor import Supervisor
 from indexer.scatter import Searcher
-from service.access import KeyGate
+from service.access import KeyGate, WrongKeys
 from service.config import ServiceConfig
 from service.csrf import CrossSiteGuard
 from service.engine import Engine
@@ -201,12 +201,13 @@ def create_app(config: ServiceConfig, broker: Broker | None = None, searcher: Se
         redoc_url=None,
     )
     app.state.config, app.state.metrics = config, metrics
+    app.state.wrong_keys = WrongKeys(config.wrong_keys_per_minute)  # by address, on every route that takes the key
     app.openapi = lambda: openapi_with_exclusive_fields(app)  # type: ignore[method-assign]  # FastAPI's documented schema hook
     install_handlers(app)
     app.add_middleware(TokensBodyLimit, max_upload_bytes=config.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if config.api_access == "all":  # every route but /health, the page and the docs needs the key
-        app.add_middleware(KeyGate, api_key=config.api_key)
+        app.add_middleware(KeyGate, api_key=config.api_key, wrong=app.state.wrong_keys)
     app.add_middleware(CrossSiteGuard, cors_origins=config.cors_origins)  # before any key: forged writes refused
     if config.cors_origins:
         app.add_middleware(

@@ -42,6 +42,7 @@ class ServiceConfig:
     retry_after_s: int = 1  # Retry-After of a 503 answer
     api_key: SecretStr | None = field(default=None, repr=False)  # when set, write endpoints need X-API-Key
     api_access: ApiAccess = "writes"  # `all`: reads need the key too (which must then be set)
+    wrong_keys_per_minute: int = 10  # wrong keys one address may send in a minute; then 429 (service/access.py)
     cors_origins: tuple[str, ...] = ()
     device: str | None = None  # torch device of the model (default: cuda when available)
     leases: LeaseConfig = LeaseConfig()  # index job files: lease, queue wait, dispatches before failing

@@ -9,7 +9,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, APIKeyHeader
 
 from indexer.sharding import CorpusVersion
-from service.access import KEY_HEADER, SESSION_COOKIE, WRITES_NEED, check_key
+from service.access import KEY_HEADER, SESSION_COOKIE, WRITES_NEED, WrongKeys, check_key, client_of
 from service.engine import Engine
 
 
@@ -35,7 +35,19 @@ KeyHeader = Annotated[str | None, Security(api_key_header)]
 SessionCookie = Annotated[str | None, Security(session_cookie)]
 
 
-def require_api_key(engine: EngineDep, key: KeyHeader = None, session: SessionCookie = None) -> None:
+def wrong_keys(request: Request) -> WrongKeys:
+    """The app's count of wrong keys by client address (`service.access.WrongKeys`)."""
+    return request.app.state.wrong_keys
+
+
+WrongKeysDep = Annotated[WrongKeys, Depends(wrong_keys)]
+
+
+def require_api_key(
+    request: Request, engine: EngineDep, wrong: WrongKeysDep, key: KeyHeader = None, session: SessionCookie = None
+) -> None:
     """Write routes (only when an API key is configured): 401 without the key or with a stale session, 403 with
-    a wrong key. The key comes as X-API-Key or as the session cookie (service/access.py)."""
-    check_key(engine.config.api_key, key, session, time.time(), WRITES_NEED)
+    a wrong key, 429 after too many wrong ones from one address. The key comes as X-API-Key or as the session
+    cookie (service/access.py)."""
+    client = client_of(request.scope)
+    check_key(engine.config.api_key, key, session, time.time(), WRITES_NEED, wrong=wrong, client=client)

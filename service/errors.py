@@ -84,6 +84,13 @@ class NotFound(ServiceError):
     status_code = 404
 
 
+class TooManyAttempts(ServiceError):
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
+
 class UnsupportedMedia(ServiceError):
     status_code = 415
 
@@ -262,6 +269,7 @@ DESCRIPTIONS = {
     413: "Request body or media over the configured limit",
     415: "Not a media file the decoder can read (empty, corrupt, truncated, text; a still image as audio)",
     422: "Invalid parameters, or media that is readable but unusable (no audio/video track, too short)",
+    429: "Too many wrong API keys from this address (retry after Retry-After seconds)",
     503: "Too many inferences at once, the database or queue unreachable, or a shard of the index with no live "
     "replica (retry after Retry-After seconds)",
     507: "The server's disk is full",
@@ -272,8 +280,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error codes (422 always: every route validates its input)."""
     wanted = sorted(set(codes) | {422})
     out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorResponse, "description": DESCRIPTIONS[c]} for c in wanted}
-    if 503 in out:
-        out[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
+    for code in {503, 429} & out.keys():
+        out[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
     if 401 in out:
         out[401]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return out

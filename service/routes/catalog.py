@@ -167,12 +167,13 @@ def embeddings(
 @router.delete(
     "/videos/{video_id}",
     response_model=DeleteResponse,
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 429),
     dependencies=[Depends(require_api_key)],
 )
 def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
     """Remove a video from search (its tokens leave the index at once) and mark it deleted in the catalog; its
-    managed copy (an indexed upload) and cached posters go too. Files under the media roots are never deleted."""
+    managed copy (an indexed upload) and cached posters go too. Files under the media roots are never deleted.
+    A delete of a video whose job is committing it waits for that commit, then deletes: never undone by it."""
     if video_status(engine.sessions, video_id) is None:
         raise NotFound(f"no video {video_id}")
     removed = delete_videos([video_id], engine.store, engine.sessions, managed_dir(engine.config.data_dir))

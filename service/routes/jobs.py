@@ -86,7 +86,7 @@ async def _uploaded_files(request: Request, engine: Engine) -> tuple[list[FilePa
     response_model=JobAccepted,
     status_code=202,
     openapi_extra=INDEX_BODY,
-    responses=responses(400, 401, 403, 404, 413, 415, 503, 507),
+    responses=responses(400, 401, 403, 404, 413, 415, 429, 503, 507),
     dependencies=[Depends(require_api_key)],
 )
 async def index(request: Request, engine: EngineDep, jobs: Annotated[Supervisor, Depends(get_jobs)]) -> JobAccepted:

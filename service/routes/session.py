@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.access import SESSION_COOKIE, SESSION_TTL_S, key_matches, session_token
-from service.deps import EngineDep, KeyHeader
+from service.access import SESSION_COOKIE, SESSION_TTL_S, client_of, key_matches, session_token
+from service.deps import EngineDep, KeyHeader, WrongKeysDep
 from service.errors import BadRequest, Forbidden, Unauthorized, responses
 
 router = APIRouter(tags=["session"])
@@ -25,19 +25,24 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-@router.post("/session", status_code=204, response_class=Response, responses={**NO_CONTENT, **responses(400, 401, 403)})
-def login(request: Request, engine: EngineDep, key: KeyHeader = None) -> Response:
+@router.post(
+    "/session", status_code=204, response_class=Response, responses={**NO_CONTENT, **responses(400, 401, 403, 429)}
+)
+def login(request: Request, engine: EngineDep, wrong: WrongKeysDep, key: KeyHeader = None) -> Response:
     """Open a session: with the right key in X-API-Key, the answer sets the `cavsync_session` cookie, valid for
-    12 hours or until the key changes, accepted wherever the key is. 400 when the API has no key."""
-    expected = engine.config.api_key
+    12 hours or until the key changes, accepted wherever the key is. 400 when the API has no key; 429 (with
+    Retry-After) after 10 wrong keys from one address within a minute, as on every route that takes the key."""
+    expected, client, now = engine.config.api_key, client_of(request.scope), time.time()
     if expected is None:
         raise BadRequest("this API has no key (CAVSYNC_API_KEY is unset): no session is needed")
     if not key:
         raise Unauthorized("send the API key as the X-API-Key header to open a session")
+    wrong.check(client, now)
     if not key_matches(key, expected):
+        wrong.failed(client, now)
         raise Forbidden("wrong API key")
     response = Response(status_code=204)
-    token = session_token(expected, time.time())
+    token = session_token(expected, now)
     response.set_cookie(
         SESSION_COOKIE, token, max_age=SESSION_TTL_S, path="/", secure=_https(request), httponly=True, samesite="strict"
     )

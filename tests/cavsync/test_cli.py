@@ -264,3 +264,13 @@ def test_the_demo_checks_its_port_first(tmp_path: Path) -> None:
     assert done.returncode == 1 and time.monotonic() - started < 10, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "DEMO_PORT=" in done.stderr, done.stderr
     assert not (tmp_path / "demo" / "media" / "synth").exists()  # nothing was done before the check
+
+
+def test_a_rule_over_several_settings_is_a_usage_error_that_prints_no_secret() -> None:
+    """A setting that breaks a rule over several (the reconcile interval must be under the lease) is exit 2 with
+    the rule's message, not a traceback; the settings given with it (an API key) are not printed."""
+    env = {"CAVSYNC_RECONCILE_INTERVAL_S": "100", "CAVSYNC_API_KEY": "s3cret-key-value", "COLUMNS": "300"}
+    refused = runner.invoke(app, ["migrate"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "CAVSYNC_RECONCILE_INTERVAL_S=100.0 must be under CAVSYNC_LEASE_S=60.0" in refused.output
+    assert "s3cret-key-value" not in refused.output and "Traceback" not in refused.output

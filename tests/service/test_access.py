@@ -45,8 +45,9 @@ OPEN_MOUNTS = {"/ui": "/ui/", "/docs-assets": "/docs-assets/swagger-ui.css"}
 
 @pytest.fixture(scope="module")
 def locked(corpus: Corpus) -> Iterator[TestClient]:
-    """The corpus (read only) served with CAVSYNC_API_ACCESS=all; the client sends no key by itself."""
-    config = make_config(corpus, api_key=API_KEY, api_access="all")
+    """The corpus (read only) served with CAVSYNC_API_ACCESS=all; the client sends no key by itself (its wrong
+    keys are not throttled here: the throttle has its own test)."""
+    config = make_config(corpus, api_key=API_KEY, api_access="all", wrong_keys_per_minute=10_000)
     with TestClient(create_app(config), raise_server_exceptions=False) as client:
         yield client
 
@@ -167,3 +168,24 @@ def test_login_without_a_configured_key_says_none_is_needed(client: TestClient) 
 def test_all_without_a_key_cannot_be_built(corpus: Corpus) -> None:
     with pytest.raises(ValueError, match="CAVSYNC_API_ACCESS=all.*CAVSYNC_API_KEY"):
         ServiceConfig(model_path=corpus.data, api_access="all")
+
+
+def test_wrong_keys_are_throttled_per_address(corpus: Corpus, private_data: Path) -> None:
+    """OWASP: key guesses are throttled. The 11th wrong key from one address within a minute, and then even the
+    right one, answer 429 with Retry-After, on the login route and on every route that takes the key; another
+    address is not held up."""
+    config = make_config(corpus, private_data, api_key=API_KEY, api_access="all")
+    with TestClient(create_app(config), raise_server_exceptions=False) as client:
+        wrong = [client.post("/session", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(10)]
+        assert wrong == [403] * 10
+        for attempt in (
+            client.post("/session", headers={"X-API-Key": "guess-10"}),
+            client.post("/session", headers={"X-API-Key": API_KEY}),
+            client.get("/videos", headers={"X-API-Key": API_KEY}),
+            client.delete("/videos/1", headers={"X-API-Key": API_KEY}),
+        ):
+            assert attempt.status_code == 429, attempt.text
+            assert 1 <= int(attempt.headers["Retry-After"]) <= 60
+            assert "too many wrong API keys" in attempt.json()["detail"]
+        elsewhere = TestClient(client.app, client=("192.0.2.7", 50000))
+        assert elsewhere.get("/videos", headers={"X-API-Key": API_KEY}).status_code == 200
