@@ -41,7 +41,7 @@ def hostile_videos(live_server: Server, tmp_path_factory: pytest.TempPathFactory
     clips = sorted(generate(tmp_path_factory.mktemp("hostile"), 4, seed=2828).glob("*.mp4"))
     api = httpx.Client(base_url=live_server.url, timeout=60)
     sent = [(name, clip.read_bytes()) for name, clip in zip(NAMES.values(), clips, strict=False)]
-    sent.append(("report.html", clips[3].read_bytes() + POLYGLOT_PAGE))
+    sent.append(("attack notes.html", clips[3].read_bytes() + POLYGLOT_PAGE))
     sent.append((NAMES["img"].replace(".mp4", " broken.mp4"), b"not a video" * 100))
     job = api.post("/index", files=[("files", (name, data, "video/mp4")) for name, data in sent]).json()["job_id"]
     state = _wait_job(api, job)
@@ -49,7 +49,7 @@ def hostile_videos(live_server: Server, tmp_path_factory: pytest.TempPathFactory
     listed = api.get("/videos", params={"limit": 1000, "status": "indexed"}).json()["items"]
     by_name = {v["name"]: v["id"] for v in listed}
     ids = {kind: next(i for n, i in by_name.items() if n.startswith(name[:7])) for kind, name in NAMES.items()}
-    ids["polyglot"] = by_name["report.html"]
+    ids["polyglot"] = by_name["attack notes.html"]
     every = [v["id"] for v in api.get("/videos", params={"limit": 1000}).json()["items"]]
     ids["offset"] = every.index(min(ids.values()))  # the catalog page that shows them first
     return ids
