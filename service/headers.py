@@ -13,11 +13,16 @@ The Content-Security-Policy depends on what the answer is:
   carry it, see `nonce_scripts`); never 'unsafe-inline' or 'unsafe-eval' for scripts. The page needs no inline
   style; Swagger UI and ReDoc insert `<style>` elements at run time and their bundles take no nonce, so `/docs*`
   and `/redoc` allow 'unsafe-inline' *styles* (CSS cannot run script), and ReDoc its search worker from `blob:`.
-- anything else (JSON, media, posters, the page's scripts, styles and pictures, and any HTML elsewhere):
-  `default-src 'none'; sandbox`:
-  were it ever opened as a document (a media file that is also HTML), it could load and run nothing, and would
-  have an opaque origin. A subresource's policy is not applied to the page that uses it (a `<video>` still plays
-  a media answer, a `<script>` still runs a JS file).
+- media and pictures (video/*, audio/*, image/* but SVG, which is a document: media files, posters):
+  `default-src 'none'; media-src 'self'; img-src 'self'`: opened as a document (a link to a video), the
+  browser's own player plays it (it loads that same URL) and nothing else loads, no script at all runs
+  (script-src falls back to 'none'); a file that is also HTML is still served as its media type, never parsed
+  as a page (nosniff). No `sandbox` here: a sandboxed document's origin is opaque, `'self'` no longer matches
+  and its own player cannot load it;
+- anything else (JSON, the page's scripts and styles, SVG, and any HTML elsewhere): `default-src 'none';
+  sandbox`: were it ever opened as a document, it could load and run nothing, and would have an opaque origin.
+A subresource's policy is not applied to the page that uses it (a `<video>` still plays a media answer, a
+`<script>` still runs a JS file).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 NONCE_KEY = "csp_nonce"  # in the request's state (scope["state"])
 COMMON = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
 NOTHING = "default-src 'none'; frame-ancestors 'none'; sandbox"
+# A media answer opened as a document itself (a link to it, "open in a new tab"): the browser's own player
+# document loads the very same URL as its media; nothing else.
+MEDIA_ITSELF = "default-src 'none'; media-src 'self'; img-src 'self'; frame-ancestors 'none'"
+MEDIA_TYPES = ("video/", "audio/", "image/")
 DOCUMENT = (
     "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src {styles}; img-src 'self' data: blob:; "
     "media-src 'self' blob:; connect-src 'self'; worker-src 'self'{workers}; object-src 'none'; base-uri 'none'; "
@@ -50,8 +59,10 @@ def is_docs(path: str) -> bool:
 def policy(path: str, content_type: str, nonce: str) -> str:
     """The CSP of an answer at `path` (relative to the app's root): the documents' for the HTML of the page and
     the docs (nowhere else does the API answer HTML), else one that allows nothing."""
-    html = content_type.lower().startswith("text/html")
-    return document_policy(path, nonce) if html and (path.startswith(PAGE_PREFIX) or is_docs(path)) else NOTHING
+    kind = content_type.lower()
+    if kind.startswith("text/html") and (path.startswith(PAGE_PREFIX) or is_docs(path)):
+        return document_policy(path, nonce)
+    return MEDIA_ITSELF if kind.startswith(MEDIA_TYPES) and not kind.startswith("image/svg") else NOTHING
 
 
 def document_policy(path: str, nonce: str) -> str:

@@ -1,6 +1,7 @@
 """Issue 28, item 6: every answer of the API carries `X-Content-Type-Options: nosniff`, frame options and a
 referrer policy; the page, /docs and /redoc a Content-Security-Policy allowing only the API's own origin (inline
-script only by a per-answer nonce), everything else a policy that allows nothing (`default-src 'none'; sandbox`)."""
+script only by a per-answer nonce), media and posters only the browser's own player of themselves, everything
+else a policy that allows nothing (`default-src 'none'; sandbox`)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ OTHER = [
     "/openapi.json",
     "/health",
     "/videos/999",  # a JSON 404
-    "/videos/5/media",
-    "/videos/5/poster",
 ]
+MEDIA = ["/videos/5/media", "/videos/5/poster"]
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\ssrc=)([^>]*)>", re.IGNORECASE)
 
 
@@ -82,6 +82,18 @@ def test_every_other_answer_allows_nothing(client: TestClient, path: str) -> Non
     common(answer.headers, str(answer.request.url))
     rules = policy(answer.headers)
     assert rules["default-src"] == ["'none'"] and rules["sandbox"] == [], (path, rules)
+
+
+@pytest.mark.parametrize("path", MEDIA)
+def test_media_answers_let_only_the_browsers_own_player_load_them(client: TestClient, path: str) -> None:
+    """Opened as a document (a link to a video), a media answer is shown by the browser's own player, which
+    loads that same URL: media and pictures from 'self', nothing else, no script of any kind."""
+    answer = client.get(path)
+    assert answer.status_code == 200, (path, answer.status_code)
+    common(answer.headers, str(answer.request.url))
+    rules = policy(answer.headers)
+    assert rules["default-src"] == ["'none'"] and "script-src" not in rules, (path, rules)
+    assert rules["media-src"] == ["'self'"] and rules["img-src"] == ["'self'"], (path, rules)
 
 
 def test_range_errors_and_head_answers_carry_the_headers(client: TestClient) -> None:

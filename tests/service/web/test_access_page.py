@@ -29,7 +29,7 @@ def locked_server(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_the_page_asks_for_the_key_once_then_everything_loads(
-    page: Page, outside_requests: list[str], locked_server: Server
+    page: Page, outside_requests: list[str], no_csp_violations: list[str], locked_server: Server
 ) -> None:
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -1,7 +1,7 @@
 """Issue 28 in a real browser: an uploaded file that is both an mp4 and an HTML page, opened by its media URL,
-runs nothing (it is served as the video it is, with nosniff and a sandboxing policy); the page and the docs run
-under a Content-Security-Policy that blocks any script they did not ship (and, by `app_page` in test_page.py,
-every flow of the page runs with no violation of it)."""
+runs nothing (it is served as the video it is, with nosniff and a policy that allows no script); the page and
+the docs run under a Content-Security-Policy that blocks any script they did not ship (and, by `app_page` in
+test_page.py, every flow of the page runs with no violation of it)."""
 
 from __future__ import annotations
 
