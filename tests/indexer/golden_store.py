@@ -36,7 +36,8 @@ SCHEMES = ("exhaustive", "votes", "scan")
 QUERIES = [(2, 5, 8, "visual"), (4, 3, 24, "audio"), (6, 10, 12, "visual"), (0, 0, 40, "audio")]
 
 
-def _tokens(clips: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seeded_tokens(clips: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Audio and visual tokens (clips, T, D), L2-normalised, of one seed, and their presence (clips, 2)."""
     rng = np.random.default_rng(seed)
     audio, visual = (rng.standard_normal((clips, T, D)).astype(np.float32) for _ in range(2))
     for x in (audio, visual):
@@ -56,12 +57,12 @@ def write(data: Path, shards: int) -> None:
         clips = [(i * 10.24, 10.24, "audio,visual") for i in range(2 + n % 2)]
         video = new_video(f"/media/golden_{n}.mp4", f"{n:02d}" * 32, MODEL, clips)
         with sessions() as session:
-            commit.commit_videos(session, store, MODEL, [video], *_tokens(len(clips), seed=n), frame_s=FRAME_S)
+            commit.commit_videos(session, store, MODEL, [video], *seeded_tokens(len(clips), seed=n), frame_s=FRAME_S)
     delete_videos([9], store, sessions)
 
 
 def _query(index: int, first: int, frames: int) -> np.ndarray:
-    audio, visual, _ = _tokens(2 + index % 2, seed=index)
+    audio, visual, _ = seeded_tokens(2 + index % 2, seed=index)
     track = visual.reshape(-1, D)  # (clips * T, D): the video's frames in time order
     part = track[first : first + frames]
     part = np.concatenate([part, np.zeros((frames - len(part), D), np.float32)]) if len(part) < frames else part

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,9 +23,11 @@ from indexer.pipeline import delete_videos
 from indexer.sharding import Corpus, ShardedStore, version_part
 from indexer.store import TokenStore
 
+from .golden_store import seeded_tokens
+
 pytestmark = pytest.mark.integration  # PostgreSQL too
 
-T, D, MODEL, SHA = 16, 32, "m", "c0ffee" * 10
+MODEL, SHA = "m", "c0ffee" * 10
 HOLD_S = 30.0  # the longest any step here may wait for the other thread
 
 
@@ -34,18 +35,10 @@ def _store(kind: str, root: Path) -> Corpus:
     return TokenStore(root) if kind == "single" else ShardedStore(root, 3)
 
 
-def _tokens(clips: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    audio, visual = (rng.standard_normal((clips, T, D)).astype(np.float32) for _ in range(2))
-    for x in (audio, visual):
-        x /= np.linalg.norm(x, axis=-1, keepdims=True)
-    return audio, visual, np.ones((clips, 2), dtype=bool)
-
-
 def _commit(session: Session, store: Corpus, sha: str = SHA, seed: int = 0) -> Video:
     """One video of two clips (its content `sha`) committed with random tokens."""
     video = new_video(f"/media/{sha[:8]}.mp4", sha, MODEL, [(0.0, 10.24, "audio,visual"), (10.24, 5.0, "audio")])
-    commit.commit_videos(session, store, MODEL, [video], *_tokens(2, seed), frame_s=0.64)
+    commit.commit_videos(session, store, MODEL, [video], *seeded_tokens(2, seed), frame_s=0.64)
     return video
 
 
