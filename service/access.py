@@ -109,8 +109,8 @@ def check_key(
     now: float,
     needs: str,
     *,
-    wrong: WrongKeys | None = None,
-    client: str = "",
+    wrong: WrongKeys,
+    client: str,
 ) -> None:
     """Passes without a configured key, with the right key in the header or a live session cookie. Raises
     Forbidden for a wrong key (counted in `wrong` for `client`), TooManyAttempts when `client` has sent too many
@@ -118,11 +118,9 @@ def check_key(
     if expected is None:
         return
     if header:
-        if wrong is not None:
-            wrong.check(client, now)
+        wrong.check(client, now)
         if not key_matches(header, expected):
-            if wrong is not None:
-                wrong.failed(client, now)
+            wrong.failed(client, now)
             raise Forbidden("wrong API key")
         return
     if cookie:

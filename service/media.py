@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 POSTER_MAX_BYTES = 8 << 20  # a JPEG frame of at most 1280 px wide is far smaller
 POSTER_CACHE_PER_VIDEO = 64  # posters kept per video (time x width); the oldest go first
 TIME_SLACK_S = 0.05  # container durations are rounded
+LAST_FRAME_MARGIN_S = 2.0  # a poster asked for further than this before the end needs no probe (no frame lasts 2 s)
 SHOWN_RANGE_CHARS = 100  # of a refused Range header, in its error
 
 
@@ -172,12 +173,23 @@ def video_time(at: float, info: MediaInfo) -> float:
     return round(frame_time(info, at), 3)
 
 
-def poster_jpeg(path: Path, at: float, width: int, prep: PreprocessConfig, name: str) -> tuple[bytes, float]:
-    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (`video_time`).
-    `name`: the file as errors call it. A probe, then one ffmpeg run, both confined to the file as every reader
-    is (`model.media.input_guard_args`: a playlist or list is a 415) and bounded by `prep`'s size limits (a frame
-    over them: 413)."""
-    at = video_time(at, probe(path, prep.timeout_s, prep.limits))
+def poster_time(path: Path, at: float, prep: PreprocessConfig, duration: float | None) -> float:
+    """The time a poster asked for at `at` s is read at: as asked while it is over LAST_FRAME_MARGIN_S before the
+    video's end (its `duration` as the catalog records it: no frame there can be the last), else `video_time` of
+    a probe of the file (which knows where the last frame starts; 422 past the end)."""
+    if duration is not None and at < duration - LAST_FRAME_MARGIN_S:
+        return round(at, 3)
+    return video_time(at, probe(path, prep.timeout_s, prep.limits))
+
+
+def poster_jpeg(
+    path: Path, at: float, width: int, prep: PreprocessConfig, name: str, duration: float | None
+) -> tuple[bytes, float]:
+    """The frame of a video at `at` s as a JPEG `width` px wide (aspect kept), and the time used (`poster_time`:
+    one probe near the end only). `name`: the file as errors call it. Every ffmpeg run confined to the file as
+    every reader is (`model.media.input_guard_args`: a playlist or list is a 415) and bounded by `prep`'s size
+    limits (a frame over them: 413)."""
+    at = poster_time(path, at, prep, duration)
     args = [ffmpeg_binary(), "-nostdin", "-v", "error", "-ss", f"{at:.3f}", *input_guard_args()]
     args += [*max_pixels_args(prep.limits.max_pixels), "-i", str(path), "-frames:v", "1"]
     args += ["-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-vcodec", "mjpeg", "pipe:1"]
@@ -206,7 +218,7 @@ def cached_poster(
         if not entry.has_pictures:
             raise InvalidInput(f"{entry.name} has no pictures (an audio file): no poster")
         with named_errors(opened.fd, entry.name) as path:
-            data, used = poster_jpeg(Path(path), at, width, prep, entry.name)
+            data, used = poster_jpeg(Path(path), at, width, prep, entry.name, entry.duration)
     finally:
         os.close(opened.fd)
     with contextlib.suppress(OSError):  # a full disk or a read-only data dir: the poster is still answered

@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.access import SESSION_COOKIE, SESSION_TTL_S, client_of, key_matches, session_token
+from service.access import SESSION_COOKIE, SESSION_TTL_S, check_key, client_of, session_token
 from service.deps import EngineDep, KeyHeader, WrongKeysDep
-from service.errors import BadRequest, Forbidden, Unauthorized, responses
+from service.errors import BadRequest, responses
 
 router = APIRouter(tags=["session"])
 NO_CONTENT: dict[int | str, dict[str, Any]] = {
@@ -31,16 +31,12 @@ def _https(request: Request) -> bool:
 def login(request: Request, engine: EngineDep, wrong: WrongKeysDep, key: KeyHeader = None) -> Response:
     """Open a session: with the right key in X-API-Key, the answer sets the `cavsync_session` cookie, valid for
     12 hours or until the key changes, accepted wherever the key is. 400 when the API has no key; 429 (with
-    Retry-After) after 10 wrong keys from one address within a minute, as on every route that takes the key."""
-    expected, client, now = engine.config.api_key, client_of(request.scope), time.time()
+    Retry-After) past CAVSYNC_WRONG_KEYS_PER_MINUTE wrong keys from one address, as on every route that takes it."""
+    expected, now = engine.config.api_key, time.time()
     if expected is None:
         raise BadRequest("this API has no key (CAVSYNC_API_KEY is unset): no session is needed")
-    if not key:
-        raise Unauthorized("send the API key as the X-API-Key header to open a session")
-    wrong.check(client, now)
-    if not key_matches(key, expected):
-        wrong.failed(client, now)
-        raise Forbidden("wrong API key")
+    needs = "send the API key as the X-API-Key header to open a session"
+    check_key(expected, key, None, now, needs, wrong=wrong, client=client_of(request.scope))  # the cookie is no key
     response = Response(status_code=204)
     token = session_token(expected, now)
     response.set_cookie(
