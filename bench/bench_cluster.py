@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.scatter import SearchRequest, merge_hits  # noqa: E402
-from indexer.sharding import ShardedStore  # noqa: E402
-from indexer.store import TokenStore  # noqa: E402
+from indexer.cluster.corpus import ShardedStore  # noqa: E402
+from indexer.cluster.scatter import SearchRequest, merge_hits  # noqa: E402
+from indexer.store.token_store import TokenStore  # noqa: E402
 
 T, D = 16, 768
 
@@ -66,7 +66,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from indexer.cluster import ClusterConfig, RaySearcher
+    from indexer.cluster.ray_serve import ClusterConfig, RaySearcher
 
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     ids, tracks, audio, visual, valid = corpus(args.videos, 0)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.search import search
-from indexer.store import TokenStore, default_factory
+from indexer.search.ranking import search
+from indexer.store.token_store import TokenStore, default_factory
 
 T, D = 16, 768
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from indexer.catalog import open_catalog
-from indexer.pipeline import Indexer, list_media, model_id_of
-from indexer.store import TokenStore
+from indexer.catalog.tables import open_catalog
+from indexer.ingest.pipeline import Indexer, list_media, model_id_of
+from indexer.store.token_store import TokenStore
 from model import CAVMAESync, load_model, preset, save_checkpoint
 
 SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"

@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import window_stage
 
-from indexer.moments import TrackHit
-from indexer.search import search
-from indexer.sliding import pick_moments, score_offsets
-from indexer.store import TokenStore
+from indexer.search.moments import TrackHit
+from indexer.search.ranking import search
+from indexer.search.sliding import pick_moments, score_offsets
+from indexer.store.token_store import TokenStore
 from model.similarity import TIE_TOLERANCE
 
 T, D, FRAME_S = 16, 768, 0.64
@@ -140,7 +140,7 @@ def _track_curve(pairs: np.ndarray, length: int) -> np.ndarray:
 
 def _shown(curve: np.ndarray) -> np.ndarray:
     """(offsets, n) -> (n,) the score a search shows for the track (its first moment's): at the centre of the
-    run of consecutive offsets within TIE_TOLERANCE of the best one (indexer.sliding's documented rule)."""
+    run of consecutive offsets within TIE_TOLERANCE of the best one (indexer.search.sliding's documented rule)."""
     out = np.empty(curve.shape[1], dtype=np.float32)
     for i in range(curve.shape[1]):
         column = curve[:, i]

@@ -15,7 +15,7 @@ Searching: every window of the query (starts 0 .. Q - W) asks for its `per_windo
 windows; each answer votes, with its inner product, for the placement it implies (offset = the stored
 window's place - the query window's start). Every placement is reachable: the query windows whose start
 is congruent to -offset modulo s meet the stored windows at it. The `hypotheses` best-voted placements
-are then scored exactly (`indexer.search.rescore`) around them (offsets pooled in bins of s); tracks
+are then scored exactly (`indexer.search.ranking.rescore`) around them (offsets pooled in bins of s); tracks
 shorter than W have no windows and are scored exhaustively. The cost is the probes (Q - W + 1 of them,
 each visiting `probe` inverted lists) and the exact stage (hypotheses x offsets x Q x D), not the corpus.
 """
@@ -30,13 +30,13 @@ import faiss
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from indexer.build import CHUNK_CLIPS
-from indexer.moments import MomentRule, TrackHit, ranked_hits
-from indexer.scan import frames_at
-from indexer.search import Neighbours, exhaustive, rescore, searchable_tracks, tally
-from indexer.sliding import FloatArray, IntArray
-from indexer.tracks import TrackTable
-from indexer.version import StoreVersion
+from indexer.search.moments import MomentRule, TrackHit, ranked_hits
+from indexer.search.ranking import Neighbours, exhaustive, rescore, searchable_tracks, tally
+from indexer.search.scan import frames_at
+from indexer.search.sliding import FloatArray, IntArray
+from indexer.store.build import CHUNK_CLIPS
+from indexer.store.tracks import TrackTable
+from indexer.store.version import StoreVersion
 
 WindowRead = Callable[[IntArray], FloatArray]  # window ids (n,) -> their tokens concatenated (n, W * D)
 

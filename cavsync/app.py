@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def build_app(settings: Settings) -> FastAPI:
     """The service over `settings`; with a broker URL, index jobs are published to the Celery workers through
     the one broker object (`cavsync.worker.broker`); with a cluster address, searches are scattered to the
-    shards' replicas on that Ray cluster (`indexer.cluster.RaySearcher`), else run in the API process."""
+    shards' replicas on that Ray cluster (`indexer.cluster.ray_serve.RaySearcher`), else run in the API process."""
     use_ffmpeg(settings.ffmpeg)
     jobs_broker = None
     if settings.broker_url:
@@ -28,7 +28,7 @@ def build_app(settings: Settings) -> FastAPI:
         jobs_broker = broker(settings)
     searcher = None
     if (cluster := settings.cluster()) is not None:  # ray is imported only here, and only with an address
-        from indexer.cluster import RaySearcher
+        from indexer.cluster.ray_serve import RaySearcher
 
         searcher = RaySearcher.start(cluster)
         if not searcher.wait_ready(cluster.call_timeout_s):  # fresh replicas start a worker process each

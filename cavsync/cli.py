@@ -100,7 +100,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def media_to_index(target: Path) -> list[Path]:
     """What `cavsync index TARGET` indexes: a folder's media files, a manifest's paths (announced as such), or one
     media file; an empty folder or manifest, an invalid manifest and a file that is no media are errors."""
-    from indexer.pipeline import MEDIA_SUFFIXES, list_media
+    from indexer.ingest.pipeline import MEDIA_SUFFIXES, list_media
 
     kinds = ", ".join(sorted(MEDIA_SUFFIXES))
     if target.is_dir():
@@ -152,9 +152,9 @@ def index(
     """
     import json
 
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, model_id_of
-    from indexer.sharding import open_corpus
+    from indexer.catalog.tables import open_catalog
+    from indexer.cluster.corpus import open_corpus
+    from indexer.ingest.pipeline import Indexer, model_id_of
     from model import load_model
     from model.inference import default_device
 
@@ -285,7 +285,7 @@ def migrate(
     database_url: Annotated[str | None, DATABASE_URL] = None,
 ) -> None:
     """Create or upgrade the catalog's schema (what every command also does before it uses the catalog)."""
-    from indexer.catalog import migrate as upgrade
+    from indexer.catalog.tables import migrate as upgrade
 
     data = _settings_with(data_dir=data_dir, database_url=database_url).data()
     upgrade(data.catalog_url)
@@ -300,9 +300,9 @@ def delete(
 ) -> None:
     """Remove videos from search (their tokens leave the index at once; `compact` reclaims the space) and the
     managed copies of uploaded ones (files of your own are never deleted)."""
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import delete_videos
-    from indexer.sharding import open_corpus
+    from indexer.catalog.tables import open_catalog
+    from indexer.cluster.corpus import open_corpus
+    from indexer.ingest.pipeline import delete_videos
 
     data = _settings_with(data_dir=data_dir, database_url=database_url).data()
     store, sessions = open_corpus(data), open_catalog(data.catalog_url)
@@ -316,7 +316,7 @@ def compact(
     factory: Annotated[str | None, FACTORY] = None,
 ) -> None:
     """Rewrite the token store without deleted clips, with index types chosen for its size (or given)."""
-    from indexer.sharding import open_corpus
+    from indexer.cluster.corpus import open_corpus
 
     data = _settings_with(data_dir=data_dir).data()
     version = open_corpus(data, factory=factory).compact()

@@ -1,7 +1,7 @@
 """The one settings class: every `CAVSYNC_*` environment variable is read here and nowhere else.
 
 The composition root (`cavsync.cli`, `cavsync.worker`, `cavsync.app`) reads `Settings()` and hands the
-libraries what they need as plain values or frozen configs (`service.ServiceConfig`, `indexer.datadir.DataDir`,
+libraries what they need as plain values or frozen configs (`service.ServiceConfig`, `indexer.store.datadir.DataDir`,
 `cavsync.worker.broker`,
 `model.media.use_ffmpeg`). Lists (`CAVSYNC_MEDIA_ROOTS`, `CAVSYNC_CORS_ORIGINS`) are a JSON list or
 comma-separated. The default model is the demo checkpoint of this repository, found relative to the installed
@@ -19,9 +19,9 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
-    from indexer.cluster import ClusterConfig
-    from indexer.datadir import DataDir
+    from indexer.cluster.ray_serve import ClusterConfig
     from indexer.jobs.records import LeaseConfig
+    from indexer.store.datadir import DataDir
     from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,9 +93,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long stopping waits for the file being indexed.")
     max_pixels: int = Field(36_000_000, gt=0, description="Largest frame (width x height) decoded; more: 413.")
     max_frames: int = Field(1_000_000, gt=0, description="Most frames of a video decoded; more: 413.")
-    # Shards (indexer.sharding) and the Ray cluster that serves them (indexer.cluster). shards=1 and no cluster
-    # address: one token store searched in the API process, as before shards. The API, the workers and the
-    # command line must use one shard count (a store written with another is refused).
+    # Shards (indexer.cluster.corpus) and the Ray cluster that serves them (indexer.cluster.ray_serve). shards=1
+    # and no cluster address: one token store searched in the API process, as before shards. The API, the workers
+    # and the command line must use one shard count (a store written with another is refused).
     shards: int = Field(1, ge=1, le=4096, description="Shards of the token store (index/shard-NN/ when > 1).")
     cluster_address: str | None = Field(
         None, description="Ray cluster serving the shards ('auto', 'host:6379', 'ray://host:10001'); unset: in process."
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
 
     def data(self) -> DataDir:
         """The data dir's layout (and the catalog's URL) every command, the API and the workers use."""
-        from indexer.datadir import DataDir
+        from indexer.store.datadir import DataDir
 
         return DataDir(self.data_dir, self.database_url, self.shards)
 
@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         """The Ray cluster serving the shards, None without `cluster_address` (searches run in the API)."""
         if self.cluster_address is None:
             return None
-        from indexer.cluster import ClusterConfig
+        from indexer.cluster.ray_serve import ClusterConfig
 
         return ClusterConfig(
             address=self.cluster_address,

@@ -139,7 +139,7 @@ def ffprobe_binary() -> str | None:
 
 # ------------------------------------------------------------------------------------ what may be opened
 # The demuxers a reader may open (names as `ffmpeg -demuxers` lists them; ffmpeg accepts a demuxer when any part of
-# its comma-separated name is listed): MEDIA_SUFFIXES' containers (indexer.pipeline), the browsers' recordings
+# its comma-separated name is listed): MEDIA_SUFFIXES' containers (indexer.ingest.pipeline), the browsers' recordings
 # (webm, mp4, ogg) and still pictures, read whole from the one file by the *_pipe demuxers (never image2, whose
 # name can be a sequence pattern). Protocols: a path only (/proc/<pid>/fd/<n> too), never concat:, http:, pipe:...
 ACCEPTED_FORMATS = (

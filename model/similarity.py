@@ -6,7 +6,7 @@ A clip is T per-frame global tokens (T, D), L2-normalised. Strategies, for query
 - diagonal_max: max_t cos(q_t, c_t);
 - mean: the mean of cos(q_s, c_t) over all T x T pairs, i.e. <mean_s q_s, mean_t c_t> (mean pooling);
 - max: the max of cos(q_s, c_t) over all T x T pairs.
-Queries of other lengths slide over whole tracks in `indexer.sliding` (numpy), with the same
+Queries of other lengths slide over whole tracks in `indexer.search.sliding` (numpy), with the same
 strategies; TIE_TOLERANCE is where windows fit a query equally well (frames showing the same scene give
 the same tokens), so a moment is the centre of the run of such windows around the best one.
 """

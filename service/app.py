@@ -24,9 +24,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.cluster.scatter import Searcher
 from indexer.jobs.broker import Broker
 from indexer.jobs.supervisor import Supervisor
-from indexer.scatter import Searcher
 from service.access import KeyGate, WrongKeys
 from service.config import ServiceConfig
 from service.csrf import CrossSiteGuard
@@ -170,8 +170,8 @@ def allow_head(app: FastAPI, routers: list[APIRouter]) -> None:
 def create_app(config: ServiceConfig, broker: Broker | None = None, searcher: Searcher | None = None) -> FastAPI:
     """The API over the model and data dir of `config`. Index jobs go through `broker` (built by the
     composition root for `config.broker_url`, which then needs one) or, without one, run in this process.
-    Searches go through `searcher` (the composition root's `indexer.cluster.RaySearcher` for a cluster) or,
-    without one, run in this process (`indexer.scatter.LocalSearcher`, every shard one after the other)."""
+    Searches go through `searcher` (the composition root's `indexer.cluster.ray_serve.RaySearcher` for a cluster) or,
+    without one, run in this process (`indexer.cluster.scatter.LocalSearcher`, every shard one after the other)."""
     if config.broker_url and broker is None:
         raise ValueError(
             f"broker_url={config.broker_url!r} but no broker: build the app with cavsync.app.create_app, "

@@ -1,7 +1,7 @@
 """What the API is built from: one frozen dataclass, filled by the composition root (`cavsync`), which reads
 the `CAVSYNC_*` settings. The service itself reads no environment.
 
-The data dir has the layout `cavsync index` uses (`indexer.datadir.DataDir`, the `data` property): the token
+The data dir has the layout `cavsync index` uses (`indexer.store.datadir.DataDir`, the `data` property): the token
 store, the SQLite catalog unless a database URL is given, the API's uploads for indexing, its poster cache.
 """
 
@@ -13,9 +13,9 @@ from typing import Literal, get_args
 
 from pydantic import SecretStr
 
-from indexer.datadir import DataDir
 from indexer.jobs.records import LeaseConfig
 from indexer.jobs.supervisor import SupervisorConfig
+from indexer.store.datadir import DataDir
 
 # Which routes need the API key: `writes` (POST /index, DELETE) or `all` (every route but /health, the page's
 # files and the docs: service/access.py).
@@ -50,7 +50,7 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0  # how long stopping waits for the file being indexed in process
     max_pixels: int | None = 36_000_000  # largest frame (width x height) decoded: a bomb gets 413 at probe
     max_frames: int | None = 1_000_000  # most frames of a video decoded
-    shards: int = 1  # the token store's shards (1: one store, the layout before shards; indexer.sharding)
+    shards: int = 1  # the token store's shards (1: one store, the layout before shards; indexer.cluster.corpus)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():

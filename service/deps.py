@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, APIKeyHeader
 
-from indexer.sharding import CorpusVersion
+from indexer.cluster.corpus import CorpusVersion
 from service.access import KEY_HEADER, SESSION_COOKIE, WRITES_NEED, WrongKeys, check_key, client_of
 from service.engine import Engine
 

@@ -21,12 +21,12 @@ import anyio
 import numpy as np
 import torch
 
-from indexer.catalog import open_catalog
-from indexer.catalog_queries import Sessions
-from indexer.moments import TrackHit
-from indexer.pipeline import model_id_of
-from indexer.scatter import IndexMoved, LocalSearcher, Searcher, SearchRequest, VersionGone
-from indexer.sharding import Corpus, CorpusVersion, open_corpus
+from indexer.catalog.queries import Sessions
+from indexer.catalog.tables import open_catalog
+from indexer.cluster.corpus import Corpus, CorpusVersion, open_corpus
+from indexer.cluster.scatter import IndexMoved, LocalSearcher, Searcher, SearchRequest, VersionGone
+from indexer.ingest.pipeline import model_id_of
+from indexer.search.moments import TrackHit
 from model import CAVMAESync, PreprocessConfig, load_localization_head, load_model
 from model.config import PRESETS
 from model.inference import default_device, model_device
@@ -93,11 +93,11 @@ class Engine:
     config: ServiceConfig
     model: CAVMAESync
     model_id: str
-    store: Corpus  # one TokenStore, or the shards' ShardedStore (indexer.sharding)
+    store: Corpus  # one TokenStore, or the shards' ShardedStore (indexer.cluster.corpus)
     sessions: Sessions
     slots: InferenceSlots
     prep: PreprocessConfig
-    searcher: Searcher  # in process, or the shards' replicas on a cluster (indexer.scatter)
+    searcher: Searcher  # in process, or the shards' replicas on a cluster (indexer.cluster.scatter)
     version: CorpusVersion | None = None  # a store version, or a generation of the shards' versions
     head: LocalizationHead | None = None  # the checkpoint's localization head: POST /localize's default method
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -24,11 +24,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.files import FileChanged, FileGone
+from indexer.catalog.names import shown_name
+from indexer.cluster.scatter import ShardUnavailable
+from indexer.ingest.files import FileChanged, FileGone
 from indexer.jobs.broker import PUBLISH_ERRORS
 from indexer.jobs.task import disk_full
-from indexer.names import shown_name
-from indexer.scatter import ShardUnavailable
 from model.media import (
     MediaError,
     MediaTimeoutError,
@@ -130,7 +130,7 @@ def _answer(
     status: int, detail: str, headers: dict[str, str] | None = None, errors: list | None = None
 ) -> JSONResponse:
     """Every error answer; the detail may name a file as it was sent: its control and bidi characters are shown as
-    `\\uXXXX` (`indexer.names`), so it displays as what it is."""
+    `\\uXXXX` (`indexer.catalog.names`), so it displays as what it is."""
     body = ErrorResponse(detail=shown_name(detail, None), errors=errors)
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 

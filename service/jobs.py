@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from indexer import files
-from indexer.catalog import FileState, IndexJob, JobFile, JobState
+from indexer.catalog.tables import FileState, IndexJob, JobFile, JobState
+from indexer.ingest import files
+from indexer.ingest.pipeline import content_hash, list_media
 from indexer.jobs import records
 from indexer.jobs.supervisor import Supervisor
-from indexer.pipeline import content_hash, list_media
 from model import PreprocessConfig
 from model.features import checked_duration
 from model.media import MediaError, MediaTooLongError

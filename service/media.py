@@ -1,7 +1,7 @@
 """The catalog's media files for the web page: a video's original file (players seek it with HTTP Range) and a
 JPEG poster frame (cached). Only files the catalog points at are ever opened: the routes take a catalog id, never
 a path; a video that is deleted or whose file is gone is a 404, and a file that is no longer the one indexed (a
-link now in its place, other content) a 409 (`indexer.files.open_indexed`). The file is opened once and read
+link now in its place, other content) a 409 (`indexer.ingest.files.open_indexed`). The file is opened once and read
 through that descriptor only: the media answer streams it, ffmpeg reads it as `/proc/<pid>/fd/<n>`.
 
 The poster cache (`<data_dir>/posters/<video id>/`) keys each JPEG by the file's content (hash, size, mtime),
@@ -24,10 +24,10 @@ from starlette.datastructures import Headers
 from starlette.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.catalog import VideoStatus
-from indexer.catalog_queries import Sessions, VideoFile, record_file_identity, video_file
-from indexer.datadir import DataDir
-from indexer.files import FileChanged, FileGone, Opened, fd_path, open_indexed
+from indexer.catalog.queries import Sessions, VideoFile, record_file_identity, video_file
+from indexer.catalog.tables import VideoStatus
+from indexer.ingest.files import FileChanged, FileGone, Opened, fd_path, open_indexed
+from indexer.store.datadir import DataDir
 from model.features import PreprocessConfig
 from model.media import (
     MediaError,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.scatter import ShardState
+from indexer.cluster.scatter import ShardState
 
 UNMATCHED = "<unmatched>"
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -52,7 +52,7 @@ class Metrics:
         }
 
     def shards(self, states: Sequence[ShardState]) -> None:
-        """Each shard's gauges, from the searcher's states (`indexer.scatter.ShardState`)."""
+        """Each shard's gauges, from the searcher's states (`indexer.cluster.scatter.ShardState`)."""
         for state in states:
             for name, gauge in self.shard_gauges.items():
                 gauge.labels(str(state.shard)).set(getattr(state, name))

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from starlette.datastructures import UploadFile
 
-from indexer.catalog import VideoStatus
-from indexer.catalog_queries import Sessions, indexed_videos_of_clips, video_clips
-from indexer.moments import Moment as CoreMoment
-from indexer.scatter import SearchRequest
-from indexer.sharding import CorpusVersion, version_part
-from indexer.version import StoreVersion
+from indexer.catalog.queries import Sessions, indexed_videos_of_clips, video_clips
+from indexer.catalog.tables import VideoStatus
+from indexer.cluster.corpus import CorpusVersion, version_part
+from indexer.cluster.scatter import SearchRequest
+from indexer.search.moments import Moment as CoreMoment
+from indexer.store.version import StoreVersion
 from model.features import Picture, checked_duration, load_picture
 from model.localization import VALUE_RANGE, LocalizationHead
 from model.network import Modality

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
-from indexer.catalog import FileState, JobState, VideoStatus, display_name
-from indexer.moments import MATCH_TOLERANCE
-from indexer.names import shown_name
+from indexer.catalog.names import shown_name
+from indexer.catalog.tables import FileState, JobState, VideoStatus, display_name
+from indexer.search.moments import MATCH_TOLERANCE
 from model import Modality, Strategy
 
 MAX_ID = 2**31 - 1  # catalog ids are 32-bit integers (PostgreSQL INTEGER)
@@ -37,7 +37,7 @@ def _shown(text: str) -> str:
 
 
 # Text that names a file (a name, a path, an error): its control and bidi characters shown as `\uXXXX`, so it
-# displays as what it is (`indexer.names`).
+# displays as what it is (`indexer.catalog.names`).
 Shown = Annotated[str, AfterValidator(_shown)]
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from indexer.files import Opened, fd_path
+from indexer.ingest.files import Opened, fd_path
 from model.media import MediaError, MediaInfo, MediaTimeoutError
 from model.probe import SizeLimits, probe
 

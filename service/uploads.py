@@ -16,8 +16,8 @@ from pathlib import Path
 
 from starlette.datastructures import UploadFile
 
-from indexer.files import upload_file_name
-from indexer.pipeline import MEDIA_SUFFIXES
+from indexer.ingest.files import upload_file_name
+from indexer.ingest.pipeline import MEDIA_SUFFIXES
 from model import PreprocessConfig
 from model.features import checked_duration
 from model.media import MediaError, MediaTooLongError
@@ -62,7 +62,7 @@ def saved_upload(upload: UploadFile) -> Iterator[Path]:
 
 
 def keep_uploads(uploads: list[UploadFile], folder: Path, prep: PreprocessConfig) -> list[Path]:
-    """Save uploads for indexing as `<folder>/<random>-<the sent name, percent-encoded>` (`indexer.files.
+    """Save uploads for indexing as `<folder>/<random>-<the sent name, percent-encoded>` (`indexer.ingest.files.
     upload_file_name`: the video is shown by that name); the task that settles each deletes it (one indexed
     lives on as a managed copy under the data dir's media/).
     The paths are absolute: they cross the broker to workers that may run in another folder. An upload

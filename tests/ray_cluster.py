@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-RESOURCE = "cavsync_shard"  # what a shard replica takes (indexer.cluster.ClusterConfig.resource)
+RESOURCE = "cavsync_shard"  # what a shard replica takes (indexer.cluster.ray_serve.ClusterConfig.resource)
 NODE: dict[str, Any] = {"num_cpus": 1, "object_store_memory": 100 * 2**20, "resources": {RESOURCE: 6}}
 
 

@@ -31,7 +31,7 @@ from typing import NamedTuple
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import FINAL_JOB_STATES, SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
+from indexer.catalog.tables import FINAL_JOB_STATES, SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
 
 Sessions = sessionmaker[Session]  # the catalog's session factory, as the API holds it
 

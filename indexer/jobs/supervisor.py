@@ -32,12 +32,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.datadir import DataDir
+from indexer.ingest.pipeline import model_id_of
 from indexer.jobs import records, sweep
 from indexer.jobs.broker import PUBLISH_ERRORS, Broker, Send
 from indexer.jobs.records import LeaseConfig, QueueUnavailable
 from indexer.jobs.task import MAX_RETRIES, Resources, TaskContext, disk_full, fail_file, index_file
-from indexer.pipeline import model_id_of
+from indexer.store.datadir import DataDir
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Sweeping what a dead or failed writer left in the data dir: partial token-store versions, temp shard files and
-catalog rows of a merge that died half-way (`indexer.commit.recover`), temp files of pending shards, the API's
-uploads once their job files are settled, managed copies of uploads (`indexer.files`) that no video and no pending
-shard names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of processes that are
-gone (`dead_decode_folders`). The supervisor runs it at start, under the merge lock (no other merger is writing
+catalog rows of a merge that died half-way (`indexer.ingest.commit.recover`), temp files of pending shards, the API's
+uploads once their job files are settled, managed copies of uploads (`indexer.ingest.files`) that no video and no
+pending shard names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of processes
+that are gone (`dead_decode_folders`). The supervisor runs it at start, under the merge lock (no other merger is writing
 then), and the decode folders every reconcile round; temp files younger than `grace_s` may belong to a live writer
 and stay.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import commit, files
-from indexer.catalog import FileState, JobFile, Video, VideoStatus
-from indexer.datadir import DataDir
-from indexer.sharding import open_corpus
+from indexer.catalog.tables import FileState, JobFile, Video, VideoStatus
+from indexer.cluster.corpus import open_corpus
+from indexer.ingest import commit, files
+from indexer.store.datadir import DataDir
 from model.media import DECODE_PREFIX
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ other error, the file is recorded failed with the error.
 
 Merging: finished tasks' pending shards (`pending/<sha256>.<model>.npz`) into the catalog and the token
 store, one merger at a time (the broker's merge lock; in process the store's file lock), through the one commit
-path (`indexer.commit`, which `cavsync index` uses too); after each merge what a dead merger left is recovered.
+path (`indexer.ingest.commit`, which `cavsync index` uses too); after each merge what a dead merger left is recovered.
 """
 
 from __future__ import annotations
@@ -28,13 +28,10 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import commit, files
-from indexer.catalog import FileState, new_video, open_catalog
-from indexer.datadir import DataDir
-from indexer.jobs import records
-from indexer.jobs.broker import TRANSIENT_ERRORS, Broker, merge_lock
-from indexer.jobs.sweep import drop_upload
-from indexer.pipeline import (
+from indexer.catalog.tables import FileState, new_video, open_catalog
+from indexer.cluster.corpus import Corpus, open_corpus
+from indexer.ingest import commit, files
+from indexer.ingest.pipeline import (
     MEDIA_SUFFIXES,
     Decoded,
     decode_hashed,
@@ -43,7 +40,10 @@ from indexer.pipeline import (
     needs_repair,
     repair_location,
 )
-from indexer.sharding import Corpus, open_corpus
+from indexer.jobs import records
+from indexer.jobs.broker import TRANSIENT_ERRORS, Broker, merge_lock
+from indexer.jobs.sweep import drop_upload
+from indexer.store.datadir import DataDir
 from model import CAVMAESync, PreprocessConfig, load_model
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def encode_to_shard(ctx: TaskContext, path: str, res: Resources) -> str:
 
     Nothing is written for content already indexed with the model (whose video, when its file is gone, points
     at this file from now on), or whose shard is already pending. An upload that decodes is kept as a managed
-    copy (`indexer.files`), the video's file.
+    copy (`indexer.ingest.files`), the video's file.
     """
     model_id = model_id_of(ctx.model_path)
     sha, identity = files.hash_with_identity(Path(path))
@@ -380,7 +380,7 @@ def _is_own(ctx: TaskContext, data: dict[str, Any], own: OwnShard | None) -> boo
 def _merge_one(
     session: Session, store: Corpus, data: dict[str, Any], sha: str, model_id: str
 ) -> tuple[FileState, str | None]:
-    """One shard into the catalog and the store (`indexer.commit`); returns its file's state and error."""
+    """One shard into the catalog and the store (`indexer.ingest.commit`); returns its file's state and error."""
     uri = str(data["uri"])
     name = str(data["name"]) if "name" in data else Path(uri).name  # shards written before names were
     identity = (int(data["identity"][0]), int(data["identity"][1])) if "identity" in data else None

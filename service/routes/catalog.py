@@ -12,12 +12,12 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, Response
 
-from indexer.catalog import VideoStatus
-from indexer.catalog_queries import video_detail, video_page, video_status
-from indexer.files import managed_dir
-from indexer.pipeline import delete_videos
-from indexer.sharding import version_part
-from indexer.version import StoreVersion
+from indexer.catalog.queries import video_detail, video_page, video_status
+from indexer.catalog.tables import VideoStatus
+from indexer.cluster.corpus import version_part
+from indexer.ingest.files import managed_dir
+from indexer.ingest.pipeline import delete_videos
+from indexer.store.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import ErrorResponse, NotFound, responses
 from service.media import OpenedFileResponse, cached_poster, forget_posters, open_catalog_file

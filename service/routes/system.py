@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from indexer.catalog import VideoStatus
-from indexer.catalog_queries import Sessions, count_videos
+from indexer.catalog.queries import Sessions, count_videos
+from indexer.catalog.tables import VideoStatus
+from indexer.cluster.corpus import version_number
 from indexer.jobs.broker import queue_state
-from indexer.sharding import version_number
 from service.deps import EngineDep, VersionDep
 from service.engine import preset_name
 from service.schemas import HealthResponse, IndexInfo, ModelInfo, ShardInfo

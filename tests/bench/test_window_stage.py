@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.sliding import score_offsets
-from indexer.store import TokenStore
+from indexer.search.sliding import score_offsets
+from indexer.store.token_store import TokenStore
 from tests.indexer.test_tracks import D, _add, _unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

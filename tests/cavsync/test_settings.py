@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from cavsync.settings import DEMO_CHECKPOINT, Settings
-from indexer.catalog import catalog_url
+from indexer.store.datadir import catalog_url
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

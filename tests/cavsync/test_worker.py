@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from cavsync.app import build_app
 from cavsync.settings import Settings
 from cavsync.worker import make_app, publisher
-from indexer.catalog import Clip, IndexJob, JobState, Video, VideoStatus, open_catalog
+from indexer.catalog.tables import Clip, IndexJob, JobState, Video, VideoStatus, open_catalog
 from indexer.jobs import supervisor as tasks
 from indexer.jobs.task import Resources, TaskContext
-from indexer.store import TokenStore
+from indexer.store.token_store import TokenStore
 
 from ..conftest import redis_db
 

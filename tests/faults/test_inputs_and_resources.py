@@ -53,9 +53,9 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, media: list[Path]) -> Path:
     """A data dir with the first three clips indexed."""
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, model_id_of
-    from indexer.store import TokenStore
+    from indexer.catalog.tables import open_catalog
+    from indexer.ingest.pipeline import Indexer, model_id_of
+    from indexer.store.token_store import TokenStore
     from model import load_model
 
     data = tmp_path_factory.mktemp("indexed")
@@ -242,7 +242,7 @@ def test_a_fifo_is_refused(client: TestClient, tmp_path: Path) -> None:
 
 def test_a_fifo_met_by_a_task_fails_its_file_without_blocking(tmp_path: Path) -> None:
     """A path that became a FIFO after the API checked it: the task fails the file, it never blocks on it."""
-    from indexer.pipeline import content_hash
+    from indexer.ingest.pipeline import content_hash
     from model.media import NotRegularFileError
 
     fifo = tmp_path / "late.mp4"
@@ -273,8 +273,8 @@ def open_fds() -> int:
 
 
 def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
-    from indexer.store import TokenStore
-    from indexer.version import Manifest
+    from indexer.store.token_store import TokenStore
+    from indexer.store.version import Manifest
 
     store, rng = TokenStore(tmp_path / "index", factory="IDMap2,Flat"), np.random.default_rng(0)
     manifest = Manifest(1, 2, 8, "float16", "m", factory="")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
-from indexer.catalog import Clip, Video, VideoStatus
+from indexer.catalog.tables import Clip, Video, VideoStatus
 
 from .conftest import (
     FINAL,

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from indexer import commit
-from indexer.catalog import VideoStatus, new_video, open_catalog
-from indexer.catalog_queries import video_page
-from indexer.pipeline import delete_videos
-from indexer.scatter import LocalSearcher, SearchRequest
-from indexer.sharding import Corpus, ShardedStore
-from indexer.store import TokenStore
+from indexer.catalog.queries import video_page
+from indexer.catalog.tables import VideoStatus, new_video, open_catalog
+from indexer.cluster.corpus import Corpus, ShardedStore
+from indexer.cluster.scatter import LocalSearcher, SearchRequest
+from indexer.ingest import commit
+from indexer.ingest.pipeline import delete_videos
+from indexer.store.token_store import TokenStore
 
 T, D, MODEL, FRAME_S = 16, 32, "golden-model", 0.64
 LAYOUTS = {"single": 1, "sharded": 3}

@@ -7,9 +7,9 @@ from itertools import product
 
 import numpy as np
 
-from indexer.moments import TrackHit
-from indexer.sharding import ShardedStore
-from indexer.store import TokenStore
+from indexer.cluster.corpus import ShardedStore
+from indexer.search.moments import TrackHit
+from indexer.store.token_store import TokenStore
 from model.similarity import STRATEGIES
 
 T, D = 16, 32

@@ -36,9 +36,9 @@ class Corpus:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, list_media, model_id_of
-    from indexer.store import TokenStore
+    from indexer.catalog.tables import open_catalog
+    from indexer.ingest.pipeline import Indexer, list_media, model_id_of
+    from indexer.store.token_store import TokenStore
     from model import load_model
     from training.synth import generate
 
@@ -63,9 +63,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 def sharded_data(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The corpus's media indexed again, the same way, into SHARDS shards (a fresh catalog: the same video ids).
     Read only: a test that writes copies it."""
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, list_media, model_id_of
-    from indexer.sharding import ShardedStore
+    from indexer.catalog.tables import open_catalog
+    from indexer.cluster.corpus import ShardedStore
+    from indexer.ingest.pipeline import Indexer, list_media, model_id_of
     from model import load_model
 
     data = tmp_path_factory.mktemp("sharded") / "data"

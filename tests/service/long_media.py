@@ -119,9 +119,9 @@ def build(
     """Long video v of clips[v] clips of groups[v]'s objects under root/media (ids 1..len(groups)), its
     clips under root/media/clips (indexed after the long videos when `index_clips`, else root/clips), all
     indexed with the demo checkpoint into root/data."""
-    from indexer.catalog import open_catalog
-    from indexer.pipeline import Indexer, list_media, model_id_of
-    from indexer.store import TokenStore
+    from indexer.catalog.tables import open_catalog
+    from indexer.ingest.pipeline import Indexer, list_media, model_id_of
+    from indexer.store.token_store import TokenStore
     from model import load_model
 
     rng = np.random.default_rng(seed)

@@ -44,7 +44,7 @@ def test_one_video(client: TestClient, corpus: Corpus) -> None:
 
 
 def test_embeddings_are_the_stored_tokens(client: TestClient, corpus: Corpus) -> None:
-    from indexer.store import TokenStore
+    from indexer.store.token_store import TokenStore
 
     body = client.get("/videos/7/embeddings").json()
     assert (body["frames_per_clip"], body["dim"], len(body["clips"])) == (16, 128, 1)

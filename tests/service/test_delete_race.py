@@ -25,11 +25,11 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog import Video, VideoStatus, open_catalog
-from indexer.files import hash_with_identity
+from indexer.catalog.tables import Video, VideoStatus, open_catalog
+from indexer.cluster.corpus import open_corpus
+from indexer.ingest.files import hash_with_identity
+from indexer.ingest.pipeline import model_id_of
 from indexer.jobs.task import Resources, TaskContext, merge_pending
-from indexer.pipeline import model_id_of
-from indexer.sharding import open_corpus
 from service.app import create_app
 from service.config import ServiceConfig
 
@@ -179,15 +179,15 @@ def _reindexed(bench: Bench, seed: int) -> int | None:
 
 def _interleaved(caplog: pytest.LogCaptureFixture) -> bool:
     """Whether the race's DELETE and commit met in the commit's window: one waited for the other's status
-    lock, or the commit found its row deleted before adding its tokens (`indexer.commit` logs both)."""
-    said = [r.getMessage() for r in caplog.records if r.name == "indexer.commit"]
+    lock, or the commit found its row deleted before adding its tokens (`indexer.ingest.commit` logs both)."""
+    said = [r.getMessage() for r in caplog.records if r.name == "indexer.ingest.commit"]
     return any("waits for" in m or "deleted while being committed" in m for m in said)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_delete_raced_with_its_commit_is_never_undone(bench: Bench, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="indexer.commit")
+    caplog.set_level(logging.INFO, logger="indexer.ingest.commit")
     rng = random.Random(28)
     undone, raced, met, acknowledged, refused, merge_s = [], 0, 0, 0, 0, 0.03
     for race in range(RACES):

@@ -159,7 +159,7 @@ def test_the_poster_and_frame_of_a_row_naming_such_a_file_are_refused(
 ) -> None:
     """A catalog row whose file is such a list (indexed before it was refused, say): every reader of its file
     refuses it, as the uploads are."""
-    from indexer.catalog import Video, open_catalog
+    from indexer.catalog.tables import Video, open_catalog
 
     target = hostile_root / HOSTILE_FILES[kind]
     sessions = open_catalog(f"sqlite:///{private_data / 'catalog.db'}")

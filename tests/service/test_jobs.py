@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import jobs
-from indexer.catalog import IndexJob, open_catalog
+from indexer.catalog.tables import IndexJob, open_catalog
 from indexer.jobs import supervisor as tasks
 from indexer.jobs.broker import RedisBroker
 from indexer.jobs.supervisor import Supervisor

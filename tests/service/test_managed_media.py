@@ -90,7 +90,7 @@ def test_a_video_whose_file_is_gone_is_repaired_by_path_and_by_upload(
         job = _wait_for_job(client, client.post("/index", json={"paths": [str(first)]}).json()["job_id"])
         assert (job["skipped"], client.get("/videos/1").json()["uri"]) == (1, str(corpus.clips[0].resolve()))
 
-        from indexer.catalog import Video, open_catalog
+        from indexer.catalog.tables import Video, open_catalog
 
         sessions = open_catalog(config.catalog_url)
         with sessions() as session:  # its file moves away (as if the corpus folder were renamed)
@@ -134,7 +134,7 @@ def test_a_swapped_or_replaced_file_is_never_read(corpus: Corpus, private_data: 
     config = make_config(corpus, private_data, media_roots=[media], api_key=API_KEY)
     with TestClient(create_app(config), headers={"X-API-Key": API_KEY}) as client:
         # the corpus's copy of this content is indexed as video 4; index this copy as a new video of its own:
-        from indexer.catalog import Video, open_catalog
+        from indexer.catalog.tables import Video, open_catalog
 
         sessions = open_catalog(config.catalog_url)
         with sessions() as session:

@@ -90,7 +90,7 @@ def _private_roots(corpus: Corpus, data: Path, media: Path) -> TestClient:
 def test_a_file_swapped_for_a_link_is_refused_naming_the_video_not_a_path(
     corpus: Corpus, private_data: Path, tmp_path: Path
 ) -> None:
-    from indexer.catalog import Video, open_catalog
+    from indexer.catalog.tables import Video, open_catalog
 
     media = tmp_path / "media"
     media.mkdir()

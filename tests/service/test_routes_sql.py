@@ -1,5 +1,5 @@
 """Routes hold no SQL: no module of service/routes imports SQLAlchemy (its catalog queries are
-indexer.catalog_queries'). The same rule is an import-linter contract (pyproject.toml); this test reads the
+indexer.catalog.queries'). The same rule is an import-linter contract (pyproject.toml); this test reads the
 sources themselves, imports inside functions included."""
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def sql_imports(source: str) -> set[str]:
 def test_the_check_sees_every_way_of_importing_sqlalchemy() -> None:
     source = "import sqlalchemy.orm as orm\ndef f():\n    from sqlalchemy import select\n\nimport sqlalchemyx\n"
     assert sql_imports(source) == {"sqlalchemy.orm", "sqlalchemy"}
-    assert sql_imports("from indexer.catalog_queries import video_page\nimport numpy\n") == set()
+    assert sql_imports("from indexer.catalog.queries import video_page\nimport numpy\n") == set()
 
 
 def test_no_route_module_imports_sqlalchemy() -> None:
     modules = sorted(ROUTES.glob("*.py"))
     assert {p.name for p in modules} >= {"catalog.py", "system.py", "search.py", "jobs.py"}
     offenders = {p.name: found for p in modules if (found := sql_imports(p.read_text()))}
-    assert offenders == {}, f"routes hold no SQL: move these modules' queries to indexer.catalog_queries: {offenders}"
+    assert offenders == {}, f"routes hold no SQL: move these modules' queries to indexer.catalog.queries: {offenders}"

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.files import Opened
+from indexer.ingest.files import Opened
 from model.media import MediaInfo, MediaTimeoutError
 from service import served_types
 from service.served_types import (
@@ -99,9 +99,9 @@ def test_an_uploaded_polyglot_named_html_is_served_as_the_video_it_is(
 def test_any_name_gives_a_valid_content_disposition(
     writable_client: TestClient, private_data: Path, name: str, shown: tuple[str, ...]
 ) -> None:
-    """Whatever the catalog holds as a name (the service may show it escaped: `indexer.names`), the header is one
-    line of visible ASCII whose filename* names the file without a control or bidi character, as a .mp4."""
-    from indexer.catalog import Video, open_catalog
+    """Whatever the catalog holds as a name (the service may show it escaped: `indexer.catalog.names`), the header is
+    one line of visible ASCII whose filename* names the file without a control or bidi character, as a .mp4."""
+    from indexer.catalog.tables import Video, open_catalog
 
     sessions = open_catalog(f"sqlite:///{private_data / 'catalog.db'}")
     with sessions() as session:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.moments import TrackHit
-from indexer.scatter import LocalSearcher, SearchRequest, VersionGone
-from indexer.sharding import CorpusVersion
+from indexer.cluster.corpus import CorpusVersion
+from indexer.cluster.scatter import LocalSearcher, SearchRequest, VersionGone
+from indexer.search.moments import TrackHit
 from service.app import create_app
 
 from .conftest import API_KEY, SHARDS, Corpus, make_config, same_results
@@ -85,7 +85,7 @@ def test_a_version_still_gone_after_the_reload_is_a_503_naming_the_shard(corpus:
 def test_an_index_job_writes_each_new_video_into_its_shard(corpus: Corpus, sharded_data: Path, tmp_path: Path) -> None:
     """POST /index on a sharded data dir (the job's files run through the same task code as a Celery worker's):
     each new video lands in shard shard_of(its id) only, one generation names it, and a search finds it."""
-    from indexer.sharding import ShardedStore, shard_of
+    from indexer.cluster.corpus import ShardedStore, shard_of
     from training.synth import generate
 
     from .test_catalog import _wait_for_job

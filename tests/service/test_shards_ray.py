@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from cavsync.app import build_app
 from cavsync.settings import Settings
-from indexer.cluster import RaySearcher
-from indexer.scatter import LocalSearcher, SearchRequest
-from indexer.sharding import ShardedStore, ShardedVersion, shard_of
+from indexer.cluster.corpus import ShardedStore, ShardedVersion, shard_of
+from indexer.cluster.ray_serve import RaySearcher
+from indexer.cluster.scatter import LocalSearcher, SearchRequest
 from service.engine import Engine
 
 from ..indexer.shard_corpus import assert_same_hits

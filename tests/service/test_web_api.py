@@ -33,7 +33,7 @@ def test_media_answers_a_range_with_exactly_those_bytes(client: TestClient, corp
 
 
 def test_media_of_unknown_deleted_or_gone_videos_is_404(writable_client: TestClient, private_data: Path) -> None:
-    from indexer.catalog import Video, open_catalog
+    from indexer.catalog.tables import Video, open_catalog
 
     assert writable_client.get("/videos/999/media").status_code == 404
     assert writable_client.delete("/videos/2").status_code == 200

@@ -1,0 +1,3 @@
+"""The token store of one corpus: immutable versions (`version`), their segment files (`segments`), FAISS indexes
+(`build`), track tables (`tracks`), the store that writes them (`token_store`) and the data dir's layout
+(`datadir`). Arrays and files only: it imports no other part of the indexer."""

@@ -1,0 +1,142 @@
+"""A published version of the token store, read-only: its manifest (shards in row order, deleted rows,
+FAISS factory, sizes, frame_s), memory-mapped tokens, clip ids, per-row tracks and the FAISS indexes.
+The layout and the writer are in `indexer.store.token_store`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.store import segments as shards
+from indexer.store.build import read_index
+from indexer.store.tracks import TrackTable
+from model.features import PreprocessConfig
+
+MODALITIES = ("audio", "visual")
+
+
+# Manifest fields of retired features, dropped when a manifest is read. sketch_dim, sketch_factory: the
+# clip sketches, removed after 0.1.0. Every store written until then has them (0 and "IDMap2,Flat" unless
+# it was built with sketches, whose version folders also hold <modality>.sketch.faiss and
+# <modality>.projection.npy: never read, deleted with their folder when it is pruned).
+RETIRED_FIELDS = ("sketch_dim", "sketch_factory")
+
+
+@dataclass
+class Manifest:
+    version: int
+    frames: int
+    dim: int
+    dtype: str
+    model_id: str
+    factory: str
+    shards: list[dict[str, Any]] = field(default_factory=list)  # {"name": str, "rows": int}
+    deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
+    built_rows: int = 0  # live clips when the indexes were built (types chosen, trained); 0: the first shard's
+    frame_s: float = 0.0  # seconds between consecutive frames of a track; 0: a store from before tracks
+
+    @property
+    def build_size(self) -> int:
+        return self.built_rows or (self.shards[0]["rows"] if self.shards else 0)
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest at `path`, without the fields of retired features (`RETIRED_FIELDS`)."""
+    fields = json.loads(path.read_text())
+    for name in RETIRED_FIELDS:
+        fields.pop(name, None)
+    return Manifest(**fields)
+
+
+class StoreVersion:
+    """A read-only view of one version: memory-mapped tokens, clip ids and the FAISS indexes (read when
+    first used: `TokenStore.open` reads them at once unless asked not to)."""
+
+    def __init__(self, root: Path, name: str, gpu: bool = False, manifest: Manifest | None = None) -> None:
+        """The published version `name`, or (`manifest` given) one being built, readable for its tokens only."""
+        self.root, self.name = root, name
+        folder = root / "versions" / name
+        self.manifest = manifest or read_manifest(folder / "manifest.json")
+        entries = self.manifest.shards
+        self.tokens = {
+            m: [shards.map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in entries] for m in MODALITIES
+        }
+        ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in entries]
+        self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in entries]
+        both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
+        self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
+        self.starts = np.cumsum([0] + [s["rows"] for s in entries])
+        self.folder, self.gpu = folder, gpu
+        self.live = np.ones(len(self.clip_ids), dtype=bool)
+        self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
+        self.track_ids = shards.concat(
+            [shards.track_part(root, s["name"], "tracks", ids) for s, ids in zip(entries, ids, strict=True)]
+        )
+        self.valid = shards.concat(
+            [shards.track_part(root, s["name"], "valid", ids) for s, ids in zip(entries, ids, strict=True)]
+        )
+
+    @cached_property
+    def tracks(self) -> TrackTable:
+        """The tracks of this version: runs of consecutive rows of one video (`indexer.store.tracks`)."""
+        frames = self.manifest.frames
+        valid = np.where(self.valid > 0, self.valid, frames)  # rows from before tracks: all T frames
+        return TrackTable.from_rows(self.track_ids, valid, self.live, frames)
+
+    @property
+    def frame_s(self) -> float:
+        """Seconds between consecutive frames of a track (the preprocessing's clip length / T)."""
+        return self.manifest.frame_s or PreprocessConfig().frame_s(self.manifest.frames)
+
+    def track_frames(self, modality: str, track: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames [start, stop) of track `track` (an index into `tracks`), (n, D) float32."""
+        table = self.tracks
+        stop = int(table.length[track]) if stop is None else stop
+        frames = self.manifest.frames
+        first = int(table.first_row[track]) * frames
+        low, high = (first + start) // frames, (first + stop - 1) // frames + 1  # rows [low, high)
+        shard = int(np.searchsorted(self.starts, low, side="right")) - 1
+        if high <= self.starts[shard + 1]:  # one shard (always, but for a hand-made store): a slice, no gather
+            block = self.tokens[modality][shard][low - self.starts[shard] : high - self.starts[shard]]
+        else:
+            block = self.gather(modality, np.arange(low, high, dtype=np.int64))
+        flat = np.asarray(block, dtype=np.float32).reshape(-1, self.manifest.dim)  # (rows * T, D)
+        skip = first + start - low * frames
+        return flat[skip : skip + stop - start]
+
+    @cached_property
+    def index(self) -> dict[str, faiss.Index]:
+        """The per-frame FAISS index of each modality, read on first use (id and token readers never pay)."""
+        return {m: read_index(self.folder / f"{m}.faiss", self.gpu) for m in MODALITIES}
+
+    @property
+    def frames(self) -> int:
+        return self.manifest.frames
+
+    def __len__(self) -> int:
+        return int(self.live.sum())
+
+    def rows_of(self, clip_ids: list[int] | np.ndarray) -> np.ndarray:
+        """The live rows holding these clip ids."""
+        return np.flatnonzero(np.isin(self.clip_ids, np.asarray(clip_ids, dtype=np.int64)) & self.live)
+
+    def gather(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        """Tokens of the given rows, (len(rows), T, D) float32."""
+        out = np.empty((len(rows), self.manifest.frames, self.manifest.dim), dtype=np.float32)
+        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            picked = shard_of == shard
+            out[picked] = self.tokens[modality][shard][rows[picked] - self.starts[shard]]
+        return out
