@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from indexer.catalog.tables import FileState, IndexJob, JobFile, JobState
+from indexer.catalog.tables import FileState, IndexJob, JobFile, JobState, recorded_identity
 from indexer.ingest import files
 from indexer.ingest.pipeline import content_hash, list_media
 from indexer.jobs import records
@@ -108,7 +108,7 @@ def reuse_indexed(kept: list[Path], sessions: SessionFactory, model_id: str) -> 
     paths: list[Path] = []
     for path in kept:
         videos = records.indexed_videos(sessions, content_hash(path), model_id)
-        intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, files.recorded_identity(v))]
+        intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, recorded_identity(v))]
         if intact and Path(intact[0]).parent.resolve() != path.parent:
             path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
             path = Path(intact[0])

@@ -19,8 +19,15 @@ from typing import TypeAlias
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog.tables import Clip, Video, VideoStatus, display_name, original_name
-from indexer.ingest.files import FileIdentity, recorded_identity
+from indexer.catalog.tables import (
+    Clip,
+    FileIdentity,
+    Video,
+    VideoStatus,
+    display_name,
+    original_name,
+    recorded_identity,
+)
 
 Sessions: TypeAlias = sessionmaker[Session]  # the catalog's session factory (`indexer.catalog.tables.open_catalog`)
 

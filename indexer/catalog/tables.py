@@ -10,6 +10,7 @@ import enum
 import fcntl
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.engine import Engine
@@ -75,7 +76,7 @@ class Video(Base):
     error: Mapped[str | None] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(String(1024))  # shown: the name an upload was sent with, a file's name
     original_name: Mapped[str | None] = mapped_column(Text)  # that name percent-encoded, when `name` shows it escaped
-    file_size: Mapped[int | None] = mapped_column(BigInteger)  # the file as hashed (indexer.ingest.files.FileIdentity)
+    file_size: Mapped[int | None] = mapped_column(BigInteger)  # the file as hashed (FileIdentity)
     file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=_now)
     updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
@@ -91,6 +92,20 @@ class Video(Base):
         if name is None or kept is None or shown_name(decode_original(kept)) != name:
             self.original_name = encode_original(name)
         return None if name is None else shown_name(name)
+
+
+class FileIdentity(NamedTuple):
+    """What a file was when it was hashed: its size in bytes and its mtime in nanoseconds."""
+
+    size: int
+    mtime_ns: int
+
+
+def recorded_identity(video: Video) -> FileIdentity | None:
+    """A video's file identity as indexed; None for rows indexed before it was recorded."""
+    if video.file_size is None or video.file_mtime_ns is None:
+        return None
+    return FileIdentity(video.file_size, video.file_mtime_ns)
 
 
 class Clip(Base):
@@ -114,7 +129,7 @@ def new_video(
     identity: tuple[int, int] | None = None,
 ) -> Video:
     """A pending video with its clips, given as (start, duration, "audio,visual"); `name` shown (default: the
-    file's name), `identity` the file's (size, mtime_ns) when it was hashed (`indexer.ingest.files.FileIdentity`)."""
+    file's name), `identity` the file's (size, mtime_ns) when it was hashed (`indexer.catalog.tables.FileIdentity`)."""
     modalities = sorted({m for _, _, ms in clips for m in ms.split(",") if m})
     video = Video(
         uri=uri,

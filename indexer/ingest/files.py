@@ -29,7 +29,7 @@ from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from indexer.catalog.names import shown_name
-from indexer.catalog.tables import Video
+from indexer.catalog.tables import FileIdentity
 from indexer.store.datadir import UPLOADS_DIR, DataDir
 from model.media import NotRegularFileError
 
@@ -49,20 +49,6 @@ class FileChanged(RuntimeError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class FileIdentity(NamedTuple):
-    """What a file was when it was hashed: its size in bytes and its mtime in nanoseconds."""
-
-    size: int
-    mtime_ns: int
-
-
-def recorded_identity(video: Video) -> FileIdentity | None:
-    """A video's file identity as indexed; None for rows indexed before it was recorded."""
-    if video.file_size is None or video.file_mtime_ns is None:
-        return None
-    return FileIdentity(video.file_size, video.file_mtime_ns)
 
 
 def identity_of(status: os.stat_result) -> FileIdentity:

@@ -27,7 +27,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from indexer.catalog.tables import Clip, Video, VideoStatus, new_video
+from indexer.catalog.tables import Clip, FileIdentity, Video, VideoStatus, new_video, recorded_identity
 from indexer.cluster.corpus import Corpus
 from indexer.ingest import commit, files
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
@@ -84,11 +84,11 @@ def content_hash(path: Path) -> str:
 def needs_repair(session: Session, sha: str, model_id: str) -> bool:
     """Whether an indexed video of this content has lost its file (gone, or something else at its path)."""
     query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
-    return any(not files.is_intact(v.uri, v.sha256, files.recorded_identity(v)) for v in session.scalars(query).all())
+    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in session.scalars(query).all())
 
 
 def repair_location(
-    session: Session, sha: str, model_id: str, uri: str, identity: files.FileIdentity, name: str | None = None
+    session: Session, sha: str, model_id: str, uri: str, identity: FileIdentity, name: str | None = None
 ) -> int:
     """Indexed videos of this content whose file is gone or no longer the indexed one now point at `uri` (the
     same content, found again; `name` shown, default its file's name). The caller commits; returns how many."""
@@ -98,7 +98,7 @@ def repair_location(
         if video.uri == uri:  # the same file, just hashed: its identity now
             video.file_size, video.file_mtime_ns = identity
             continue
-        if files.is_intact(video.uri, video.sha256, files.recorded_identity(video)):
+        if files.is_intact(video.uri, video.sha256, recorded_identity(video)):
             continue
         log.info("video %d: its file is no longer at %s; it is at %s now", video.id, video.uri, uri)
         video.uri, video.name = uri, name or Path(uri).name  # stored as shown (`Video._shown`)
@@ -151,7 +151,7 @@ class Decoded:
     clips: list[MediaClip] = field(default_factory=list)
     error: str | None = None
     known: bool = False  # already indexed with this model: not decoded
-    identity: files.FileIdentity | None = None  # the file as hashed
+    identity: FileIdentity | None = None  # the file as hashed
 
 
 def decode_file(
@@ -167,9 +167,7 @@ def decode_file(
     return decode_hashed(path, sha, identity, config, prep)
 
 
-def decode_hashed(
-    path: Path, sha: str, identity: files.FileIdentity, config: ModelConfig, prep: PreprocessConfig
-) -> Decoded:
+def decode_hashed(path: Path, sha: str, identity: FileIdentity, config: ModelConfig, prep: PreprocessConfig) -> Decoded:
     """Decode a file whose content hash and identity are known; a media error comes back as text."""
     try:
         return Decoded(path, sha, load_clips(path, config, prep), identity=identity)

@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.catalog.tables import FileState, new_video, open_catalog
+from indexer.catalog.tables import FileIdentity, FileState, new_video, open_catalog
 from indexer.cluster.corpus import Corpus, open_corpus
 from indexer.ingest import commit, files
 from indexer.ingest.pipeline import (
@@ -122,10 +122,10 @@ class Source(NamedTuple):
 
     uri: str
     name: str
-    identity: files.FileIdentity
+    identity: FileIdentity
 
 
-def _source(ctx: TaskContext, path: str, sha: str, identity: files.FileIdentity, decoded: bool = True) -> Source:
+def _source(ctx: TaskContext, path: str, sha: str, identity: FileIdentity, decoded: bool = True) -> Source:
     """An upload that decodes becomes a managed copy named by its content and shown by the name it was sent with;
     one that failed is not kept: recorded by that name alone, no path (`uri` empty: its temporary file goes once
     its job file is settled). Any other file is indexed, or recorded failed, where it is."""

@@ -19,8 +19,7 @@ from indexer.catalog.queries import (
     video_page,
     video_status,
 )
-from indexer.catalog.tables import Clip, Video, VideoStatus, open_catalog
-from indexer.ingest.files import FileIdentity
+from indexer.catalog.tables import Clip, FileIdentity, Video, VideoStatus, open_catalog
 
 STATES = (VideoStatus.INDEXED, VideoStatus.PENDING, VideoStatus.DELETED, VideoStatus.INDEXED, VideoStatus.FAILED)
 
