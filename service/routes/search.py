@@ -4,14 +4,17 @@ holding an inference slot (503 with Retry-After when none is free)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Literal, TypeVar
 
 import anyio
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
+from indexer.cluster.corpus import CorpusVersion
 from model import Strategy
+from model.network import Modality
 from service import queries
 from service.deps import EngineDep, VersionDep
 from service.engine import Engine
@@ -60,17 +63,74 @@ def one_source(upload: UploadFile | None, video_id: int | None, names: tuple[str
         raise InvalidInput(f"give exactly one of `{names[0]}` (an upload) and `{names[1]}` (an indexed video)")
 
 
-@router.post("/search/audio-to-video", response_model=SearchResponse, responses=MEDIA_ERRORS)
-async def audio_to_video(
-    engine: EngineDep,
-    version: VersionDep,
-    file: Annotated[UploadFile | None, File(description="Audio, or a video whose audio track is used.")] = None,
+@dataclass(frozen=True)
+class MediaQuery:
+    """The form fields both media searches share, but the upload."""
+
+    video_id: int | None
+    options: queries.SearchOptions
+    start: float
+    end: float | None
+
+
+def media_query(
     video_id: VideoIdForm = None,
     top_k: TopK = 10,
     strategy: StrategyForm = "diagonal_mean",
     moments: MomentsForm = 3,
     start: StartForm = 0.0,
     end: EndForm = None,
+) -> MediaQuery:
+    options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
+    return MediaQuery(video_id, options, start, end)
+
+
+MediaQueryDep = Annotated[MediaQuery, Depends(media_query)]
+
+
+# Each search's upload is a dependency of its own (its description differs), solved before the shared fields: a
+# request's validation errors keep the form's order (file first).
+def audio_upload(
+    file: Annotated[UploadFile | None, File(description="Audio, or a video whose audio track is used.")] = None,
+) -> UploadFile | None:
+    return file
+
+
+def video_upload(
+    file: Annotated[UploadFile | None, File(description="A video: its frames are the query.")] = None,
+) -> UploadFile | None:
+    return file
+
+
+AudioUpload = Annotated[UploadFile | None, Depends(audio_upload)]
+VideoUpload = Annotated[UploadFile | None, Depends(video_upload)]
+
+
+async def media_search(
+    engine: Engine, version: CorpusVersion | None, modality: Modality, file: UploadFile | None, query: MediaQuery
+) -> SearchResponse:
+    """Both media searches: `modality` from an upload or from part of an indexed video, searched in the other one."""
+    one_source(file, query.video_id, ("file", "video_id"))
+    part = queries.time_range(query.video_id, query.start, query.end)
+    work = partial(
+        queries.search_media,
+        engine,
+        version,
+        modality=modality,
+        upload=file,
+        video_id=query.video_id,
+        options=query.options,
+        part=part,
+    )
+    return await run_inference(engine, work)
+
+
+@router.post("/search/audio-to-video", response_model=SearchResponse, responses=MEDIA_ERRORS)
+async def audio_to_video(
+    engine: EngineDep,
+    version: VersionDep,
+    file: AudioUpload,
+    query: MediaQueryDep,
 ) -> SearchResponse:
     """Videos whose pictures fit a sound: the query's audio tokens against the stored visual tokens.
 
@@ -79,49 +139,20 @@ async def audio_to_video(
     where the video's own soundtrack sounds like the query and sorted by score; videos are ranked by their
     first moment's score.
     """
-    one_source(file, video_id, ("file", "video_id"))
-    options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
-    work = partial(
-        queries.search_media,
-        engine,
-        version,
-        modality="audio",
-        upload=file,
-        video_id=video_id,
-        options=options,
-        part=queries.time_range(video_id, start, end),
-    )
-    return await run_inference(engine, work)
+    return await media_search(engine, version, "audio", file, query)
 
 
 @router.post("/search/video-to-audio", response_model=SearchResponse, responses=MEDIA_ERRORS)
 async def video_to_audio(
     engine: EngineDep,
     version: VersionDep,
-    file: Annotated[UploadFile | None, File(description="A video: its frames are the query.")] = None,
-    video_id: VideoIdForm = None,
-    top_k: TopK = 10,
-    strategy: StrategyForm = "diagonal_mean",
-    moments: MomentsForm = 3,
-    start: StartForm = 0.0,
-    end: EndForm = None,
+    file: VideoUpload,
+    query: MediaQueryDep,
 ) -> SearchResponse:
     """Videos whose sound fits pictures: the query's visual tokens (every frame: one per 0.64 s past
     10 s, up to 60 s) slid over every video's stored audio track; moments as for audio-to-video,
     placed on the videos' pictures."""
-    one_source(file, video_id, ("file", "video_id"))
-    options = queries.SearchOptions(top_k=top_k, strategy=strategy, moments=moments)
-    work = partial(
-        queries.search_media,
-        engine,
-        version,
-        modality="visual",
-        upload=file,
-        video_id=video_id,
-        options=options,
-        part=queries.time_range(video_id, start, end),
-    )
-    return await run_inference(engine, work)
+    return await media_search(engine, version, "visual", file, query)
 
 
 @router.post("/search/tokens", response_model=SearchResponse, responses=responses(400, 413, 503))
