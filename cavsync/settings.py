@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
     from indexer.cluster.ray_serve import ClusterConfig
-    from indexer.jobs.records import LeaseConfig
+    from indexer.jobs.leases import LeaseConfig
     from indexer.store.datadir import DataDir
     from service.config import ServiceConfig
 
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     merge_lock_ttl_s: float = Field(30.0, gt=0, description="A dead merger's lock frees this soon.")
     queue: str = Field("cavsync", min_length=1, description="Celery queue of the index tasks (one per deployment).")
-    # Leases (indexer.jobs.records): a file being indexed is renewed every third of lease_s; a lease that expires
+    # Leases (indexer.jobs.leases): a file being indexed is renewed every third of lease_s; a lease that expires
     # (its worker, the API or the broker died) is dispatched again by the API's reconciler, which runs at start
     # and every reconcile_interval_s, up to max_dispatches times, then the file fails with what to do.
     lease_s: float = Field(60.0, gt=0, description="Lease of a file being indexed; lost this long after its worker.")
@@ -167,13 +167,14 @@ class Settings(BaseSettings):
         """The frozen config of the API; its `data` is the data dir's layout every command uses (`data()`)."""
         from service.config import ServiceConfig
 
-        names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name != "leases"]
+        names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name not in ("leases", "data")]
         values = {name: getattr(self, name) for name in names}  # the same names
         values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
-        return ServiceConfig(**values, leases=self.leases())
+        return ServiceConfig(**values, data=self.data(), leases=self.leases())
 
     def data(self) -> DataDir:
-        """The data dir's layout (and the catalog's URL) every command, the API and the workers use."""
+        """The data dir's layout (the catalog's URL, the token store's shard count) every command, the API and the
+        workers use: built here and passed down (`CAVSYNC_SHARDS` reaches them only in it)."""
         from indexer.store.datadir import DataDir
 
         return DataDir(self.data_dir, self.database_url, self.shards)
@@ -196,6 +197,6 @@ class Settings(BaseSettings):
         )
 
     def leases(self) -> LeaseConfig:
-        from indexer.jobs.records import LeaseConfig
+        from indexer.jobs.leases import LeaseConfig
 
         return LeaseConfig(self.lease_s, self.queue_lease_s, self.max_dispatches)

@@ -2,7 +2,9 @@
 
     CAVSYNC_BROKER_URL=redis://127.0.0.1:6379/0 celery -A cavsync.worker worker --concurrency 2
 
-The task is a thin shell over `indexer.jobs.task.index_file`: acknowledged late with a prefetch of 1 (the task
+The task is a thin shell over `indexer.jobs.task.index_file`, given the `TaskRun` of the message it received
+(`indexer.jobs.context`: the data dir and catalog the message names, this process's shard count, leases and
+broker): acknowledged late with a prefetch of 1 (the task
 of a killed worker is delivered again), retried with backoff only for the transient errors that function
 reports. `broker(settings, app)` is the one broker object (`indexer.jobs.broker.RedisBroker`: publish through
 this app, queue depth, whether the broker kept its data, the merge lock with `CAVSYNC_MERGE_LOCK_TTL_S`) that
@@ -11,6 +13,7 @@ the API and the workers use; broker connections and publishes time out after `CA
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -18,9 +21,9 @@ from celery import Celery, Task
 
 from cavsync.settings import Settings
 from indexer.jobs import task as tasks
-from indexer.jobs.broker import RedisBroker, Send
+from indexer.jobs.broker import RedisBroker, Send, TaskMessage
+from indexer.jobs.context import Resources, TaskContext, TaskRun
 from indexer.jobs.sweep import dead_decode_folders
-from indexer.jobs.task import Resources, TaskContext
 from model.media import use_ffmpeg
 
 TASK_NAME = "cavsync.index_file"
@@ -48,23 +51,18 @@ def make_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
     )
     resources = Resources()  # one model and one catalog engine per worker process
+    own = TaskContext(
+        str(settings.model_path), settings.data(), lease_s=settings.lease_s, queue_lease_s=settings.queue_lease_s
+    )
     dead_decode_folders()  # decode folders of killed workers on this machine
     jobs_broker: list[RedisBroker] = []  # built once the task is registered (it publishes through it)
 
     @celery.task(bind=True, name=TASK_NAME, max_retries=tasks.MAX_RETRIES, shared=False)  # this app only
     def index_file(self: Task, job_id: str, path: str, model_path: str, data_dir: str, database_url: str) -> str:
-        """Encode one file into a shard, merge whatever is pending, settle the file in its job."""
-        ctx = TaskContext(
-            model_path,
-            data_dir,
-            database_url,
-            job_id or None,
-            broker=jobs_broker[0] if jobs_broker else None,
-            lease_s=settings.lease_s,
-            queue_lease_s=settings.queue_lease_s,
-            shards=settings.shards,
-        )
-        retry = tasks.index_file(ctx, path, resources, self.request.retries)
+        """Encode one file, merge whatever is pending, settle the file in its job."""
+        ctx = own.received(TaskMessage(model_path, data_dir, database_url), job_id or None)
+        ctx = dataclasses.replace(ctx, broker=jobs_broker[0] if jobs_broker else None)
+        retry = tasks.index_file(TaskRun.open(ctx, resources), path, self.request.retries)
         if retry is not None:
             raise self.retry(exc=retry.error, countdown=retry.delay_s)
         return path
@@ -92,8 +90,8 @@ def publisher(celery: Celery) -> Send:
     """Publishes one index task per call on the app's broker (`RedisBroker`'s `send`)."""
     task = celery.tasks[TASK_NAME]
 
-    def publish(job_id: str, path: str, ctx: TaskContext) -> None:
-        task.delay(job_id, path, ctx.model_path, ctx.data_dir, ctx.database_url)
+    def publish(job_id: str, path: str, message: TaskMessage) -> None:
+        task.delay(job_id, path, message.model_path, message.data_dir, message.database_url)
 
     return publish
 

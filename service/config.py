@@ -1,8 +1,9 @@
 """What the API is built from: one frozen dataclass, filled by the composition root (`cavsync`), which reads
 the `CAVSYNC_*` settings. The service itself reads no environment.
 
-The data dir has the layout `cavsync index` uses (`indexer.store.datadir.DataDir`, the `data` property): the token
-store, the SQLite catalog unless a database URL is given, the API's uploads for indexing, its poster cache.
+The data dir has the layout `cavsync index` uses (`indexer.store.datadir.DataDir`, the `data` field, built once by
+the composition root: `cavsync.settings.Settings.data`): the token store and its shard count, the SQLite catalog
+unless a database URL is given, the API's uploads for indexing, its poster cache.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal, get_args
 
 from pydantic import SecretStr
 
-from indexer.jobs.records import LeaseConfig
+from indexer.jobs.leases import LeaseConfig
 from indexer.jobs.supervisor import SupervisorConfig
 from indexer.store.datadir import DataDir
 
@@ -26,11 +27,11 @@ ACCESS_WITHOUT_KEY = "CAVSYNC_API_ACCESS=all needs CAVSYNC_API_KEY: set a key, o
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything the API needs to start. Field names are those of the settings (`CAVSYNC_<NAME>`), so an
-    error can name the setting that changes a value."""
+    error can name the setting that changes a value; `data` is the data dir's layout (`CAVSYNC_DATA_DIR`,
+    `CAVSYNC_DATABASE_URL`, `CAVSYNC_SHARDS`)."""
 
     model_path: Path  # our .safetensors or an official .pth
-    data_dir: Path = Path("data")  # token store (index/), SQLite catalog, uploads
-    database_url: str | None = None  # SQLAlchemy URL of the catalog (default: SQLite in the data dir)
+    data: DataDir = DataDir(Path("data"))  # token store (index/, its shards), SQLite catalog or the URL, uploads
     broker_url: str | None = None  # Celery broker; None: index jobs run in the API process
     queue: str = "cavsync"  # the broker queue the index tasks go to (the workers' task_default_queue)
     media_roots: tuple[Path, ...] = ()  # folders whose files POST /index may index by path
@@ -50,7 +51,6 @@ class ServiceConfig:
     shutdown_grace_s: float = 10.0  # how long stopping waits for the file being indexed in process
     max_pixels: int | None = 36_000_000  # largest frame (width x height) decoded: a bomb gets 413 at probe
     max_frames: int | None = 1_000_000  # most frames of a video decoded
-    shards: int = 1  # the token store's shards (1: one store, the layout before shards; indexer.cluster.corpus)
 
     def __post_init__(self) -> None:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
@@ -61,9 +61,9 @@ class ServiceConfig:
             raise ValueError(ACCESS_WITHOUT_KEY)
 
     @property
-    def data(self) -> DataDir:
-        """The data dir's layout (and the catalog's URL)."""
-        return DataDir(self.data_dir, self.database_url, self.shards)
+    def data_dir(self) -> Path:
+        """The data dir's root (`CAVSYNC_DATA_DIR`)."""
+        return self.data.root
 
     @property
     def catalog_url(self) -> str:

@@ -1,6 +1,6 @@
 """Index jobs from the API: which paths may be indexed, starting a job through the supervisor
-(`indexer.jobs.supervisor`), and a job as the API shows it. No SQL and no broker here: the records
-(`indexer.jobs.records`) read the catalog, the supervisor talks to the broker.
+(`indexer.jobs.supervisor`), and a job as the API shows it. No SQL and no broker here: the job records
+and views (`indexer.jobs.records`, `indexer.jobs.views`) read the catalog, the supervisor talks to the broker.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from indexer.catalog.tables import FileState, IndexJob, JobFile, JobState, recorded_identity
 from indexer.ingest import files
 from indexer.ingest.pipeline import content_hash, list_media
-from indexer.jobs import records
+from indexer.jobs import records, views
 from indexer.jobs.supervisor import Supervisor
 from model import PreprocessConfig
 from model.features import checked_duration
@@ -107,7 +107,7 @@ def reuse_indexed(kept: list[Path], sessions: SessionFactory, model_id: str) -> 
     per upload, in order (the job counts a path given twice once)."""
     paths: list[Path] = []
     for path in kept:
-        videos = records.indexed_videos(sessions, content_hash(path), model_id)
+        videos = views.indexed_videos(sessions, content_hash(path), model_id)
         intact = [v.uri for v in videos if files.is_intact(v.uri, v.sha256, recorded_identity(v))]
         if intact and Path(intact[0]).parent.resolve() != path.parent:
             path.unlink(missing_ok=True)  # (an earlier upload is not named: uploads are dropped once settled)
@@ -171,7 +171,7 @@ def _blocked(supervisor: Supervisor | None, job_id: str) -> str | None:
 def job_info(sessions: SessionFactory, job_id: str, supervisor: Supervisor | None = None) -> JobInfo:
     """A job as the catalog has it (each task recounts its job when its file is settled), with its files, and
     why it is not progressing when its supervisor knows (`blocked`)."""
-    found = records.read_job(sessions, job_id)
+    found = views.read_job(sessions, job_id)
     if found is None:
         raise NotFound(f"no index job {job_id}")
     files_ = [_file_info(row) for row in found.files]
@@ -181,7 +181,7 @@ def job_info(sessions: SessionFactory, job_id: str, supervisor: Supervisor | Non
 
 def job_page(sessions: SessionFactory, limit: int, offset: int, supervisor: Supervisor | None = None) -> JobPage:
     """Jobs newest first, `limit` at a time from `offset`, with their counts and failed files."""
-    total, found = records.read_jobs(sessions, limit, offset)
+    total, found = views.read_jobs(sessions, limit, offset)
     items = [
         JobSummary(**_summary(v.job, [_file_info(r) for r in v.files], _blocked(supervisor, v.job.id))) for v in found
     ]

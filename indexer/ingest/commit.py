@@ -1,10 +1,10 @@
 """The one way into the token store and the catalog: the offline `Indexer` (`cavsync index`) and the workers'
-merge (`indexer.jobs.task`) commit and recover through these functions.
+merge of pending encodings (`indexer.jobs.merge`) commit and recover through these functions.
 
 A commit writes the catalog rows first (pending, which allots the clip ids), then the tokens, then marks the
 rows indexed; a writer killed in between leaves pending rows that `recover` settles (indexed when all their
 clips are live in the store, else removed, to be written again) after removing the partial versions and temp
-shards of the store. Rows of the same content left by an earlier failure or a dead writer are replaced; a
+segment files of the store. Rows of the same content left by an earlier failure or a dead writer are replaced; a
 deleted one stays (its ids are never given to another row).
 
 Deletes and commits are ordered by the status lock (`status_lock`, a file lock beside the store): a commit
@@ -194,7 +194,8 @@ def track_valid_frames(durations: list[float], frames: int, frame_s: float) -> n
 
 
 def recover(store: Corpus, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S) -> int:
-    """What a dead or failed writer left: the store's partial versions and temp shards, then its pending rows
+    """What a dead or failed writer left: the store's partial versions and temp segment files, then its pending
+    rows
     (`settle_orphan_rows`). Run by the one writer (the offline indexer, grace_s=0: the killed run it finishes
     was the only writer) or under the merge lock (after each merge). Returns the rows settled."""
     store.sweep_partial()
@@ -212,7 +213,7 @@ def settle_orphan_rows(
     store: Corpus, sessions: sessionmaker[Session], model_id: str, grace_s: float = ORPHAN_GRACE_S
 ) -> int:
     """Pending videos of `model_id` older than `grace_s` (a writer died between its catalog rows and its
-    tokens): indexed when all their clips are live in the store, else removed (their shard or a retried task
+    tokens): indexed when all their clips are live in the store, else removed (their pending encoding or a retried task
     merges them again; a retried commit of the same content also replaces them at once). Under the status lock:
     no delete claims one of them meanwhile. Returns how many."""
     fixed = 0
@@ -221,7 +222,7 @@ def settle_orphan_rows(
         stale = [v for v in session.scalars(query).all() if _older_than(v.updated_at, grace_s)]
         if not stale:
             return 0
-        version = store.open(gpu=False, indexes=False)  # only now: it maps every shard
+        version = store.open(gpu=False, indexes=False)  # only now: it maps the whole corpus
         live = set(version.clip_ids[version.live].tolist()) if version is not None else set()
         for video in stale:
             if video.clips and all(c.id in live for c in video.clips):

@@ -11,8 +11,9 @@ that descriptor, never the path again: ffmpeg is given `fd_path(fd)`.
 
 Uploads indexed by the API become managed files, `<data_dir>/media/<sha256><ext>` (named by their content,
 hard-linked or copied from the upload, written temp-then-rename): the only files the service ever deletes (when
-their last video is deleted, or by the sweep when no video or pending shard names them). The name an upload was
-sent with travels in its kept file's name (`upload_file_name`) and becomes the video's display name.
+their last video is deleted, or by the sweep when no video or pending encoding names them), with the uploads
+themselves once their job files settle (`drop_upload`). The name an upload was sent with travels in its kept
+file's name (`upload_file_name`) and becomes the video's display name.
 """
 
 from __future__ import annotations
@@ -192,6 +193,12 @@ def named_as_sent(error: str, path: str, name: str) -> str:
 def is_upload(path: str | os.PathLike[str], uploads: Path) -> bool:
     """Whether `path` is one of the API's kept uploads (a file of the data dir's `uploads` folder)."""
     return Path(path).parent.resolve() == uploads.resolve()
+
+
+def drop_upload(uploads: Path, path: str) -> None:
+    """Delete a file of a settled job when it is one of the API's uploads (kept only to be indexed)."""
+    if is_upload(path, uploads):
+        Path(path).unlink(missing_ok=True)
 
 
 def managed_dir(data_dir: Path) -> Path:

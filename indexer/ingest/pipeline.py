@@ -27,9 +27,11 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
+from indexer.catalog.content import indexed_videos_of
 from indexer.catalog.tables import Clip, FileIdentity, Video, VideoStatus, new_video, recorded_identity
 from indexer.cluster.corpus import Corpus
 from indexer.ingest import commit, files
+from indexer.store.datadir import PENDING_DIR
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
@@ -83,8 +85,8 @@ def content_hash(path: Path) -> str:
 
 def needs_repair(session: Session, sha: str, model_id: str) -> bool:
     """Whether an indexed video of this content has lost its file (gone, or something else at its path)."""
-    query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
-    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in session.scalars(query).all())
+    videos = session.scalars(indexed_videos_of(sha, model_id)).all()
+    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in videos)
 
 
 def repair_location(
@@ -92,9 +94,8 @@ def repair_location(
 ) -> int:
     """Indexed videos of this content whose file is gone or no longer the indexed one now point at `uri` (the
     same content, found again; `name` shown, default its file's name). The caller commits; returns how many."""
-    query = select(Video).where(Video.sha256 == sha, Video.model_id == model_id, Video.status == VideoStatus.INDEXED)
     repaired = 0
-    for video in session.scalars(query).all():
+    for video in session.scalars(indexed_videos_of(sha, model_id)).all():
         if video.uri == uri:  # the same file, just hashed: its identity now
             video.file_size, video.file_mtime_ns = identity
             continue
@@ -329,6 +330,6 @@ def drop_unused_copies(sessions: sessionmaker[Session], video_ids: list[int], me
             return 0
         used = select(Video.uri).where(Video.uri.in_(managed), Video.status != VideoStatus.DELETED)
         unused = sorted(set(managed) - set(session.scalars(used).all()))
-    pending = media_dir.parent / "pending"  # an upload of the same content being indexed will name it
+    pending = media_dir.parent / PENDING_DIR  # an upload of the same content being indexed will name it
     unused = [uri for uri in unused if not any(pending.glob(f"{Path(uri).name[:64]}.*.npz"))]
     return files.remove_managed(unused, media_dir)

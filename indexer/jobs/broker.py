@@ -23,13 +23,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import NamedTuple, Protocol
 
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
-
-if TYPE_CHECKING:
-    from indexer.jobs.task import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +44,25 @@ MERGE_LOCK_WAIT_S = 600.0  # a task waits this long for the merge lock (then ret
 PROBE_TIMEOUT_S = 2.0  # a health check's ping
 
 
+class TaskMessage(NamedTuple):
+    """What crosses the broker with one file's task besides its job and path: plain strings (the model's
+    checkpoint, the data dir and the catalog's URL as the sender sees them; `indexer.jobs.context.TaskContext`)."""
+
+    model_path: str
+    data_dir: str
+    database_url: str
+
+
 class Send(Protocol):
     """Sends the task of one file to the workers (raises when the broker does not take it)."""
 
-    def __call__(self, job_id: str, path: str, ctx: TaskContext) -> None: ...
+    def __call__(self, job_id: str, path: str, message: TaskMessage) -> None: ...
 
 
 class Broker(Protocol):
     """What the job subsystem needs of a queue."""
 
-    def publish(self, job_id: str, path: str, ctx: TaskContext) -> None:
+    def publish(self, job_id: str, path: str, message: TaskMessage) -> None:
         """Send one file's task (raises when the broker does not take it)."""
         ...
 
@@ -94,8 +100,8 @@ class RedisBroker:
     def _client(self) -> redis.Redis[bytes]:
         return _redis(self.url, self.timeout_s)
 
-    def publish(self, job_id: str, path: str, ctx: TaskContext) -> None:
-        self.send(job_id, path, ctx)
+    def publish(self, job_id: str, path: str, message: TaskMessage) -> None:
+        self.send(job_id, path, message)
 
     def queue_depth(self) -> int:
         """Tasks waiting in the queue. A file whose queue lease expired while tasks still wait there may be one

@@ -4,24 +4,23 @@ process), keeps them alive and stops them.
 At `start` and every `reconcile_interval_s` it sweeps (`indexer.jobs.sweep`; at start the data dir, every round
 the decode folders of dead processes) and reconciles: the leases of the jobs it runs are renewed, jobs an earlier
 process never started are dispatched, files whose lease expired (their worker, an earlier API process or the
-broker's queue lost them) are sent again or failed (`indexer.jobs.records`), and a broker that came back empty
+broker's queue lost them) are sent again or failed (`indexer.jobs.leases`), and a broker that came back empty
 (`Broker.kept_data`) has every file it held sent again at once. At `close` in-process jobs stop after their
 current file and the files not done fail with `records.STOPPED`.
 
 It also knows why a job it supervises is not progressing (`blocked`): a catalog on a full disk records nothing,
 so the job cannot say so itself; the API shows it with the job.
 
-Dispatching a job: its queued files marked running and given a queue lease (`indexer.jobs.records`), then
-each file's task published through the broker (`Send`: a broker that takes none fails the job and raises
+Dispatching a job (`dispatch_job`, given the job's `TaskRun`): its queued files marked running
+(`indexer.jobs.records`) and given a queue lease (`indexer.jobs.leases`), then each file's task published through
+the broker (`Send`, with the run's `TaskMessage`: a broker that takes none fails the job and raises
 `QueueUnavailable`) or, without one, run here one after the other (`run_here`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
 import threading
 import time
 import uuid
@@ -33,10 +32,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.ingest.pipeline import model_id_of
-from indexer.jobs import records, sweep
-from indexer.jobs.broker import PUBLISH_ERRORS, Broker, Send
-from indexer.jobs.records import LeaseConfig, QueueUnavailable
-from indexer.jobs.task import MAX_RETRIES, Resources, TaskContext, disk_full, fail_file, index_file
+from indexer.jobs import leases, records, sweep
+from indexer.jobs.broker import PUBLISH_ERRORS, Broker, Send, TaskMessage
+from indexer.jobs.context import Resources, TaskContext, TaskRun
+from indexer.jobs.leases import LeaseConfig
+from indexer.jobs.records import QueueUnavailable
+from indexer.jobs.task import MAX_RETRIES, disk_full, fail_file, index_file
 from indexer.store.datadir import DataDir
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,19 @@ class Supervisor:
         leases_ = self.config.leases
         return leases_.lease_s if self._pool is not None else leases_.queue_lease_s
 
-    def context(self, job_id: str | None) -> TaskContext:
+    def run(self, job_id: str) -> TaskRun:
+        """The run of a job's tasks: its context (this process's data dir, leases and broker), the catalog's
+        sessions and the model's id."""
         c = self.config
-        return TaskContext(
+        ctx = TaskContext(
             str(c.model_path.resolve()),
-            str(c.data.root.resolve()),
-            c.data.catalog_url,
+            c.data,
             job_id,
             broker=self.broker,
             lease_s=c.leases.lease_s,
             queue_lease_s=self.queue_wait_s,
-            shards=c.data.shards,
         )
+        return TaskRun.open(ctx, self._resources)
 
     def blocked(self, job_id: str) -> str | None:
         """Why this unfinished job is not progressing now (the server's disk is full), None when nothing stops it."""
@@ -108,31 +110,31 @@ class Supervisor:
         publishing, which fails within the broker timeout: `records.QueueUnavailable`, the job marked failed,
         and `uploaded` files no task was sent for deleted). `names`: the name each upload was sent with."""
         job_id = records.create_job(self.sessions, [str(p) for p in paths], names)
-        records.hold_jobs(self.sessions, [job_id], self.queue_wait_s)  # lost with this process if it dies now
+        leases.hold_jobs(self.sessions, [job_id], self.queue_wait_s)  # lost with this process if it dies now
         if self._pool is not None:
             self._futures[job_id] = self._pool.submit(self._run, job_id)
             return job_id
         try:
-            dispatch_job(self.context(job_id), self._resources, publish=self._publish)
+            dispatch_job(self.run(job_id), publish=self._publish)
         except records.QueueUnavailable as exc:
             for path in exc.unsent if uploaded else ():
                 Path(path).unlink(missing_ok=True)
             raise
         return job_id
 
-    def _publish(self, job_id: str, path: str, ctx: TaskContext) -> None:
+    def _publish(self, job_id: str, path: str, message: TaskMessage) -> None:
         assert self.broker is not None  # only a broker supervisor publishes
-        self.broker.publish(job_id, path, ctx)
+        self.broker.publish(job_id, path, message)
 
     def _run(self, job_id: str) -> None:
         try:  # the tasks run here, one file after the other, until close() sets the stop flag
-            dispatch_job(self.context(job_id), self._resources, stop=self._stop, blocked=self._note_blocked)
+            dispatch_job(self.run(job_id), stop=self._stop, blocked=self._note_blocked)
         except Exception:  # a file's failure is recorded by its task; this is the catalog itself failing
             log.exception("index job %s stopped", job_id)
 
     def _rerun(self, job_id: str, paths: list[str]) -> None:
         try:
-            run_here(self.context(job_id), paths, self._resources, self._stop, self._note_blocked)
+            run_here(self.run(job_id), paths, self._stop, self._note_blocked)
         except Exception:
             log.exception("index job %s stopped", job_id)
 
@@ -180,15 +182,15 @@ class Supervisor:
         again what a broker that came back empty lost, send lost files again (or fail them past
         `max_dispatches`); returns the files sent again or failed."""
         held = self._held()
-        records.hold_jobs(self.sessions, held, self.queue_wait_s)
-        for job_id in records.stale_queued_jobs(self.sessions, held):
+        leases.hold_jobs(self.sessions, held, self.queue_wait_s)
+        for job_id in leases.stale_queued_jobs(self.sessions, held):
             log.warning("index job %s was never started (its process stopped): starting it", job_id)
             self._dispatch_again(job_id, None)
         resent = self._after_broker_loss(held)
-        lost = records.expired(self.sessions, held)
+        lost = leases.expired(self.sessions, held)
         if self.broker is not None and any(not f.claimed for f in lost) and self.broker.queue_depth():
             waiting = [f for f in lost if not f.claimed]  # the broker still has tasks to hand out: maybe theirs
-            records.still_queued(self.sessions, waiting, self.queue_wait_s)
+            leases.still_queued(self.sessions, waiting, self.queue_wait_s)
             lost = [f for f in lost if f.claimed]
         return resent + self._send_again(lost, expired_only=True)
 
@@ -197,17 +199,17 @@ class Supervisor:
         no task has claimed are sent again now rather than when their queue lease expires."""
         if self.broker is None or self.broker.kept_data() is not False:
             return 0
-        unclaimed = records.unclaimed(self.sessions, held)
+        unclaimed = leases.unclaimed(self.sessions, held)
         if unclaimed:
             log.warning("index jobs: %s", records.BROKER_LOST.format(n=len(unclaimed)))
         return self._send_again(unclaimed, expired_only=False)
 
-    def _send_again(self, lost: list[records.Lost], *, expired_only: bool) -> int:
+    def _send_again(self, lost: list[leases.Lost], *, expired_only: bool) -> int:
         limit = self.config.leases.max_dispatches
-        records.give_up(self.sessions, [f for f in lost if f.dispatches >= limit])
+        leases.give_up(self.sessions, [f for f in lost if f.dispatches >= limit])
         again: dict[str, list[str]] = {}
         for item in (f for f in lost if f.dispatches < limit):
-            if records.take_for_redispatch(self.sessions, item, self.queue_wait_s, expired_only=expired_only):
+            if leases.take_for_redispatch(self.sessions, item, self.queue_wait_s, expired_only=expired_only):
                 again.setdefault(item.job_id, []).append(item.path)
         for job_id, paths in again.items():
             log.warning("index job %s: %d file(s) lost: sent again", job_id, len(paths))
@@ -220,14 +222,14 @@ class Supervisor:
             work = (self._run, job_id) if paths is None else (self._rerun, job_id, paths)
             self._futures[job_id] = self._pool.submit(*work)
             return
-        ctx = self.context(job_id)
+        run = self.run(job_id)
         if paths is None:
             with contextlib.suppress(records.QueueUnavailable):  # the job is marked failed with the reason
-                dispatch_job(ctx, self._resources, publish=self._publish)
+                dispatch_job(run, publish=self._publish)
             return
         for path in paths:
             try:
-                self._publish(job_id, path, ctx)
+                self._publish(job_id, path, run.ctx.message)
             except Exception as exc:  # the lease expires again: the next round retries, then gives up
                 log.warning("index job %s: %s not sent again: %s", job_id, path, exc)
 
@@ -260,9 +262,8 @@ Blocked = Callable[[str, str | None], None]  # (job id, why it cannot progress, 
 
 
 def run_here(
-    ctx: TaskContext,
+    run: TaskRun,
     paths: Sequence[str],
-    res: Resources,
     stop: threading.Event | None = None,
     blocked: Blocked | None = None,
 ) -> None:
@@ -270,15 +271,15 @@ def run_here(
     runs again. A catalog on a full disk records nothing: the file is tried again every DISK_FULL_RETRY_S
     (attempts not counted) and `blocked(job_id, why)` told, then `blocked(job_id, None)` once a file settles.
     Once `stop` is set the files not begun fail with `records.STOPPED`."""
-    job_id = str(ctx.job_id)
+    job_id = str(run.job_id)
     for done, path in enumerate(paths):
         if stop is not None and stop.is_set():
-            records.fail_files(res.sessions(ctx.database_url), job_id, paths[done:], records.STOPPED)
+            records.fail_files(run.sessions, job_id, paths[done:], records.STOPPED)
             return
         owner, attempt = uuid.uuid4().hex, 0  # one owner: a lease it could not let go of is its own again
         try:
             while True:
-                retry = index_file(ctx, path, res, attempt, owner)
+                retry = index_file(run, path, attempt, owner)
                 if retry is None or (attempt >= MAX_RETRIES and not retry.disk_full):
                     break
                 if retry.disk_full:
@@ -289,9 +290,9 @@ def run_here(
                 if _waited_stopped(stop, retry.delay_s):
                     break
         except Exception as exc:  # the catalog itself failing: the next file may still go through
-            log.exception("index job %s: %s failed", ctx.job_id, path)
+            log.exception("index job %s: %s failed", job_id, path)
             with contextlib.suppress(Exception):
-                fail_file(ctx, path, exc, res)
+                fail_file(run, path, exc)
         if blocked is not None:
             blocked(job_id, None)
 
@@ -308,15 +309,15 @@ def _waited_stopped(stop: threading.Event | None, delay_s: float) -> bool:
     return stop.wait(delay_s)
 
 
-def _publish(ctx: TaskContext, paths: list[str], publish: Send, sessions: sessionmaker[Session]) -> None:
-    job_id = str(ctx.job_id)
+def _publish(run: TaskRun, paths: list[str], publish: Send) -> None:
+    job_id, sent_with = str(run.job_id), run.ctx.message
     for sent, path in enumerate(paths):
         try:
-            publish(job_id, path, ctx)
+            publish(job_id, path, sent_with)
         except Exception as exc:
             log.error("index job %s: the broker took %d of %d tasks: %s", job_id, sent, len(paths), exc)
             try:
-                records.fail_files(sessions, job_id, paths[sent:], f"not queued: {type(exc).__name__}: {exc}")
+                records.fail_files(run.sessions, job_id, paths[sent:], f"not queued: {type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("index job %s: cannot mark it failed", job_id)
             if isinstance(exc, PUBLISH_ERRORS):
@@ -326,31 +327,20 @@ def _publish(ctx: TaskContext, paths: list[str], publish: Send, sessions: sessio
 
 
 def dispatch_job(
-    ctx: TaskContext,
-    res: Resources,
+    run: TaskRun,
     *,
     publish: Send | None = None,
     stop: threading.Event | None = None,
     blocked: Blocked | None = None,
 ) -> None:
-    """Run a created job (`ctx.job_id`): one task per queued file, published, or run here one after the other
+    """Run a created job (`run.job_id`): one task per queued file, published, or run here one after the other
     without a publisher (until `stop` is set; `blocked`: see `run_here`). Raises `QueueUnavailable` (the job
     marked failed) when the broker takes no task."""
-    sessions = res.sessions(ctx.database_url)
-    paths = records.mark_running(sessions, str(ctx.job_id))
-    with sessions() as session:  # lost from here on (a dead API, a broker that forgot them): sent again
-        records.dispatched(session, str(ctx.job_id), paths, ctx.queue_lease_s)
+    paths = records.mark_running(run.sessions, str(run.job_id))
+    with run.sessions() as session:  # lost from here on (a dead API, a broker that forgot them): sent again
+        leases.dispatched(session, str(run.job_id), paths, run.ctx.queue_lease_s)
         session.commit()
     if publish is None:
-        run_here(ctx, paths, res, stop, blocked)
+        run_here(run, paths, stop, blocked)
     else:
-        _publish(ctx, paths, publish, sessions)
-
-
-def start_job(
-    paths: Sequence[str | os.PathLike[str]], ctx: TaskContext, res: Resources, *, publish: Send | None = None
-) -> str:
-    """`records.create_job` then `dispatch_job`; returns the job id."""
-    job_id = records.create_job(res.sessions(ctx.database_url), paths)
-    dispatch_job(dataclasses.replace(ctx, job_id=job_id), res, publish=publish)
-    return job_id
+        _publish(run, paths, publish)

@@ -1,7 +1,7 @@
-"""Sweeping what a dead or failed writer left in the data dir: partial token-store versions, temp shard files and
-catalog rows of a merge that died half-way (`indexer.ingest.commit.recover`), temp files of pending shards, the API's
-uploads once their job files are settled, managed copies of uploads (`indexer.ingest.files`) that no video and no
-pending shard names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of processes
+"""Sweeping what a dead or failed writer left in the data dir: partial token-store versions, temp segment files and
+catalog rows of a merge that died half-way (`indexer.ingest.commit.recover`), temp files of pending encodings, the
+API's uploads whose job files are settled, managed copies of uploads (`indexer.ingest.files`) that no video and no
+pending encoding names, and the poster cache of videos deleted or unknown; and decode folders in $TMPDIR of processes
 that are gone (`dead_decode_folders`). The supervisor runs it at start, under the merge lock (no other merger is writing
 then), and the decode folders every reconcile round; temp files younger than `grace_s` may belong to a live writer
 and stay.
@@ -21,17 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.catalog.tables import FileState, JobFile, Video, VideoStatus
 from indexer.cluster.corpus import open_corpus
-from indexer.ingest import commit, files
+from indexer.ingest import commit
 from indexer.store.datadir import DataDir
 from model.media import DECODE_PREFIX
 
 log = logging.getLogger(__name__)
-
-
-def drop_upload(uploads: Path, path: str) -> None:
-    """Delete a file of a settled job when it is one of the API's uploads (kept only to be indexed)."""
-    if files.is_upload(path, uploads):
-        Path(path).unlink(missing_ok=True)
 
 
 def old_files(folder: Path, pattern: str, grace_s: float) -> list[Path]:
@@ -59,7 +53,7 @@ def unsettled_uploads(sessions: sessionmaker[Session], uploads: Path) -> set[str
 
 def unnamed_copies(sessions: sessionmaker[Session], data: DataDir, grace_s: float) -> list[Path]:
     """Managed copies (and their temp files) older than `grace_s` that no video still in the catalog and no
-    pending shard names: a merge that failed, or a video deleted by a process that did not remove its copy."""
+    pending encoding names: a merge that failed, or a video deleted by a process that did not remove its copy."""
     old = old_files(data.media, "*", grace_s)
     if not old:
         return []

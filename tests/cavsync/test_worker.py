@@ -25,8 +25,10 @@ from cavsync.settings import Settings
 from cavsync.worker import make_app, publisher
 from indexer.catalog.tables import Clip, IndexJob, JobState, Video, VideoStatus, open_catalog
 from indexer.jobs import supervisor as tasks
-from indexer.jobs.task import Resources, TaskContext
+from indexer.jobs.context import Resources, TaskContext
+from indexer.store.datadir import DataDir
 from indexer.store.token_store import TokenStore
+from tests.indexing import start_job
 
 from ..conftest import redis_db
 
@@ -104,7 +106,7 @@ def test_worker_killed_mid_job_then_replaced(
     publish = publisher(make_app(Settings(broker_url=broker, queue=queue)))
     sessions = open_catalog(pg_url)
     files = sorted(str(p) for p in media.glob("*.mp4"))
-    job_id = tasks.start_job(files, TaskContext(str(checkpoint), str(data_dir), pg_url), Resources(), publish=publish)
+    job_id = start_job(files, TaskContext(str(checkpoint), DataDir(data_dir, pg_url)), Resources(), publish=publish)
     first = _worker(env)
     wait_for(lambda: _job(sessions, job_id).done >= 2, 240, "the first worker to index two files")
     os.killpg(first.pid, signal.SIGKILL)
@@ -143,7 +145,7 @@ def test_broker_down_fails_the_job(kind: str, silent_broker: str, checkpoint: Pa
     publish, res = publisher(make_app(settings)), Resources()
     start = time.monotonic()
     with pytest.raises(tasks.QueueUnavailable, match="did not take the tasks"):
-        tasks.start_job(paths, TaskContext(str(checkpoint), str(tmp_path / "data"), url), res, publish=publish)
+        start_job(paths, TaskContext(str(checkpoint), DataDir(tmp_path / "data", url)), res, publish=publish)
     elapsed = time.monotonic() - start
     assert elapsed < 4 * settings.broker_timeout_s, elapsed
     with res.sessions(url)() as session:

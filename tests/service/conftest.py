@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
+from indexer.store.datadir import DataDir
 from service.app import create_app
 from service.config import ServiceConfig
 
@@ -87,7 +88,8 @@ def make_config(corpus: Corpus, data: Path | None = None, **overrides: Any) -> S
     if isinstance(overrides.get("api_key"), str):
         overrides["api_key"] = SecretStr(overrides["api_key"])
     overrides["media_roots"] = tuple(overrides.get("media_roots", [corpus.media]))
-    return ServiceConfig(model_path=DEMO_CHECKPOINT, data_dir=data or corpus.data, **overrides)
+    data_dir = DataDir(data or corpus.data, shards=overrides.pop("shards", 1))
+    return ServiceConfig(model_path=DEMO_CHECKPOINT, data=data_dir, **overrides)
 
 
 @pytest.fixture(scope="session")

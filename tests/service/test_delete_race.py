@@ -1,6 +1,6 @@
 """Issue 28.3, raced: `DELETE /videos/{id}` sent while that video's index job commits it, many times, through
 the API (in-process jobs) over one store and over three shards. The job's commit is its merge (`merge_pending`
-of the job's pending shard: the content of a real clip, with random tokens so that no decode slows the race);
+of the job's pending encoding: the content of a real clip, with random tokens so that no decode slows the race);
 the DELETE goes out a random moment after the video's catalog row appears (within the last merge's time, a bit
 more: most land while the job commits, some after). After every race: a DELETE that
 answered `deleted: true` left the video deleted, with no token in the store, and the same content indexes again;
@@ -29,7 +29,9 @@ from indexer.catalog.tables import Video, VideoStatus, open_catalog
 from indexer.cluster.corpus import open_corpus
 from indexer.ingest.files import hash_with_identity
 from indexer.ingest.pipeline import model_id_of
-from indexer.jobs.task import Resources, TaskContext, merge_pending
+from indexer.jobs.context import Resources, TaskContext, TaskRun
+from indexer.jobs.merge import merge_pending
+from indexer.store.datadir import DataDir
 from service.app import create_app
 from service.config import ServiceConfig
 
@@ -54,8 +56,8 @@ class Bench:
     sha: str
     res: Resources = field(default_factory=Resources)
 
-    def shard(self, seed: int) -> np.ndarray:
-        """The job's pending shard of the clip (as `indexer.jobs.task` writes it), with random tokens; returns
+    def encoding(self, seed: int) -> np.ndarray:
+        """The job's pending encoding of the clip (as `indexer.jobs.task` writes it), with random tokens; returns
         the audio tokens (T, D)."""
         rng = np.random.default_rng(seed)
         audio, visual = (rng.standard_normal((1, T, D)).astype(np.float32) for _ in range(2))
@@ -93,9 +95,9 @@ class Bench:
         return set() if version is None else set(version.clip_ids[version.live].tolist())
 
     def merge(self) -> float:
-        """The job's merge of its pending shard; returns when it ended (time.monotonic)."""
-        merged = merge_pending(self.ctx, self.res)
-        assert merged.shards == 1, merged
+        """The job's merge of its pending encoding; returns when it ended (time.monotonic)."""
+        merged = merge_pending(TaskRun.open(self.ctx, self.res))
+        assert merged.encodings == 1, merged
         return time.monotonic()
 
 
@@ -104,8 +106,10 @@ def bench(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bench]:
     from training.synth import generate
 
     clip = sorted(generate(tmp_path / "media", 1, seed=2828).glob("*.mp4"))[0]
-    config = ServiceConfig(DEMO_CHECKPOINT, tmp_path / "data", api_key=SecretStr(API_KEY), shards=request.param)
-    ctx = TaskContext(str(DEMO_CHECKPOINT), str(config.data_dir), config.catalog_url, shards=request.param)
+    config = ServiceConfig(
+        DEMO_CHECKPOINT, DataDir(tmp_path / "data", shards=request.param), api_key=SecretStr(API_KEY)
+    )
+    ctx = TaskContext(str(DEMO_CHECKPOINT), config.data)
     with TestClient(create_app(config), headers={"X-API-Key": API_KEY}) as client:
         yield Bench(client, ctx, open_catalog(config.catalog_url), clip, hash_with_identity(clip)[0])
 
@@ -153,7 +157,7 @@ class Race(NamedTuple):
 def _race(bench: Bench, seed: int, delay_s: float) -> Race:
     """One job's commit of the content and a DELETE of its video `delay_s` after its row appeared."""
     assert bench.current() is None
-    audio, ended = bench.shard(seed), []
+    audio, ended = bench.encoding(seed), []
     merge = threading.Thread(target=lambda: ended.append(bench.merge()), name=f"merge {seed}")
     merge.start()
     _poll(lambda: bench.current() is not None, "the video's catalog row")
@@ -170,7 +174,7 @@ def _race(bench: Bench, seed: int, delay_s: float) -> Race:
 
 def _reindexed(bench: Bench, seed: int) -> int | None:
     """The content committed again (a re-upload's job): its new video when indexed and found, else None."""
-    audio, before = bench.shard(seed), bench.current()
+    audio, before = bench.encoding(seed), bench.current()
     bench.merge()
     video_id = bench.current()
     fresh = video_id is not None and video_id != before  # not the one the delete left (undone)

@@ -17,15 +17,17 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import jobs
 from indexer.catalog.tables import IndexJob, open_catalog
 from indexer.jobs import supervisor as tasks
-from indexer.jobs.broker import RedisBroker
+from indexer.jobs.broker import RedisBroker, TaskMessage
+from indexer.jobs.context import Resources, TaskContext
+from indexer.jobs.records import STOPPED
 from indexer.jobs.supervisor import Supervisor
-from indexer.jobs.task import Resources, TaskContext
+from indexer.store.datadir import DataDir
 from service.config import ServiceConfig
 from service.errors import Unavailable
 from service.jobs import job_info, submit
+from tests.indexing import start_job
 
 from .conftest import Corpus
 
@@ -43,7 +45,7 @@ def _only_job(sessions: sessionmaker[Session]) -> IndexJob:
         return job
 
 
-def refusing_send(job_id: str, path: str, ctx: TaskContext) -> None:
+def refusing_send(job_id: str, path: str, message: TaskMessage) -> None:
     """A publisher whose broker is down: what kombu raises when the connection is refused."""
     raise BrokerError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
@@ -57,7 +59,7 @@ def JobRunner(config: ServiceConfig, sessions: sessionmaker[Session], broker: Re
 
 @pytest.fixture()
 def config(checkpoint: Path, tmp_path: Path) -> ServiceConfig:
-    return ServiceConfig(model_path=checkpoint, data_dir=tmp_path / "data", retry_after_s=7)
+    return ServiceConfig(model_path=checkpoint, data=DataDir(tmp_path / "data"), retry_after_s=7)
 
 
 @pytest.fixture()
@@ -98,8 +100,8 @@ def test_uploads_no_task_was_sent_for_are_deleted(
 def test_the_api_in_process_runner(
     config: ServiceConfig, sessions: sessionmaker[Session], checkpoint: Path, clips: list[Path], tmp_path: Path
 ) -> None:
-    ctx = TaskContext(str(checkpoint), str(config.data_dir.resolve()), config.catalog_url)
-    tasks.start_job([str(clips[0])], ctx, Resources())
+    ctx = TaskContext(str(checkpoint), DataDir(config.data_dir.resolve(), config.catalog_url))
+    start_job([str(clips[0])], ctx, Resources())
     runner = JobRunner(config, sessions)
     try:
         job_id = runner.submit([clips[0], tmp_path / "missing.mp4"])
@@ -120,7 +122,7 @@ def test_closing_the_runner_stops_its_jobs_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Shutting the API down: the running job stops before its next file, a job still waiting never starts;
-    the files not indexed (all of them here) fail with jobs.STOPPED and both jobs end failed, none left running."""
+    the files not indexed (all of them here) fail with records.STOPPED and both jobs end failed, none left running."""
     started, release, real = threading.Event(), threading.Event(), tasks.dispatch_job
 
     def held(*args: object, **kwargs: object) -> None:  # the first job waits until the runner is closed
@@ -140,7 +142,7 @@ def test_closing_the_runner_stops_its_jobs_and_says_so(
     for job_id, total in ((running, 2), (waiting, 1)):
         info = job_info(sessions, job_id)
         assert (info.state, info.failed, info.done) == ("failed", total, 0), info
-        assert set(info.errors.values()) == {jobs.STOPPED}
+        assert set(info.errors.values()) == {STOPPED}
 
 
 def _final(client: TestClient, job_id: str) -> dict:

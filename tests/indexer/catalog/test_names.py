@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from indexer import jobs
 from indexer.catalog.queries import video_detail, video_file, video_page
 from indexer.catalog.tables import JobFile, Video, VideoStatus, display_name, new_video, open_catalog
 from indexer.ingest.commit import commit_failure
 from indexer.ingest.files import upload_file_name
 from indexer.ingest.pipeline import MEDIA_SUFFIXES
 from indexer.jobs import supervisor as tasks
-from indexer.jobs.task import Resources, TaskContext
+from indexer.jobs.context import Resources, TaskContext
+from indexer.jobs.records import create_job
 from indexer.store.datadir import DataDir
+from tests.indexing import job_run
 
 SENT = "a\x00b\x1b[31m\x7f\u202egnp.exe\u2066\u200e\u200f\u061c\u2028.mp4"  # displays as "...exe.png" otherwise
 SHOWN = r"a\u0000b\u001b[31m\u007f\u202egnp.exe\u2066\u200e\u200f\u061c\u2028.mp4"
@@ -68,7 +69,7 @@ def test_a_name_is_stored_as_shown_and_its_original_kept(catalog_url: str) -> No
     assert detail is not None and file is not None and file.name == "clip\\u202e4pm.mkv"
     assert display_name(None, found_on_disk) == "clip\\u202e4pm.mkv"  # rows from before names were recorded
 
-    job_id = jobs.create_job(sessions, ["/data/uploads/0123456789ab-x.mp4"], [SENT])
+    job_id = create_job(sessions, ["/data/uploads/0123456789ab-x.mp4"], [SENT])
     with sessions() as session:
         assert session.scalars(select(JobFile.name).where(JobFile.job_id == job_id)).one() == SHOWN
 
@@ -81,9 +82,9 @@ def test_a_failed_upload_is_recorded_by_its_sent_name_not_its_temporary_file(
     data.uploads.mkdir(parents=True)
     kept = data.uploads / upload_file_name(SENT, MEDIA_SUFFIXES)
     kept.write_bytes(b"not a video" * 100)
-    ctx, res = TaskContext(str(checkpoint), str(data.root), catalog_url), Resources()
-    job_id = jobs.create_job(res.sessions(catalog_url), [kept], [SENT])
-    tasks.dispatch_job(TaskContext(ctx.model_path, ctx.data_dir, catalog_url, job_id), res)
+    ctx, res = TaskContext(str(checkpoint), DataDir(data.root, catalog_url)), Resources()
+    job_id = create_job(res.sessions(catalog_url), [kept], [SENT])
+    tasks.dispatch_job(job_run(ctx, res, job_id))
     with res.sessions(catalog_url)() as session:
         [video] = session.scalars(select(Video)).all()
         [row] = session.scalars(select(JobFile).where(JobFile.job_id == job_id)).all()

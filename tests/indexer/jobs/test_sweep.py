@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import jobs
 from indexer.catalog.tables import Video, VideoStatus, new_video, open_catalog
+from indexer.jobs.records import create_job
 from indexer.jobs.sweep import sweep_data_dir
 from indexer.store.datadir import DataDir
 from indexer.store.token_store import TokenStore
@@ -43,7 +43,7 @@ def test_sweep_removes_what_dead_writers_left(catalog_url: str, tmp_path: Path) 
     wanted_upload = data / "uploads" / "b-clip.mp4"
     wanted_upload.write_bytes(b"still queued")
     _aged(wanted_upload, 3600)
-    jobs.create_job(sessions, [str(wanted_upload.resolve())])
+    create_job(sessions, [str(wanted_upload.resolve())])
     with sessions() as session:
         old = new_video("/m/old.mp4", "a" * 64, "m", [(0.0, 10.0, "audio,visual")])
         old.updated_at = datetime.now(UTC) - timedelta(hours=2)

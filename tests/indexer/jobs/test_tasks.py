@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from indexer.catalog.tables import Clip, IndexJob, JobState, open_catalog
-from indexer.jobs import supervisor as tasks
-from indexer.jobs.task import Resources, TaskContext
+from indexer.jobs.context import Resources, TaskContext
 from indexer.search.ranking import search
+from indexer.store.datadir import DataDir
 from indexer.store.token_store import TokenStore
+from tests.indexing import start_job
 
 from ...conftest import redis_db
 
@@ -51,7 +52,7 @@ def test_embedded_mode_and_identical_results_on_sqlite_and_postgresql(
     files = sorted(str(p) for p in media.glob("*.mp4") if p.name != "broken.mp4")
     results = []
     for url, folder in ((f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "lite"), (pg_url, tmp_path / "pg")):
-        job_id = tasks.start_job(files, TaskContext(str(checkpoint), str(folder), url), Resources())
+        job_id = start_job(files, TaskContext(str(checkpoint), DataDir(folder, url)), Resources())
         assert _job(url, job_id).state == JobState.DONE
         version = TokenStore(folder / "index").open()
         query = version.gather("audio", version.rows_of([4]))[0]
@@ -106,7 +107,7 @@ def test_a_dead_holders_lock_frees_within_its_ttl_and_a_live_one_keeps_it(
 def test_an_upload_becomes_a_managed_copy_and_a_lost_file_is_found_again(
     catalog_url: str, media: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    """What a Celery worker runs (`index_file` through `start_job`), on SQLite and PostgreSQL."""
+    """What a Celery worker runs (`index_file`, through `dispatch_job` in process), on SQLite and PostgreSQL."""
     import hashlib
     import shutil
 
@@ -115,7 +116,7 @@ def test_an_upload_becomes_a_managed_copy_and_a_lost_file_is_found_again(
     from indexer.ingest.pipeline import MEDIA_SUFFIXES, delete_videos
 
     data, res = tmp_path / "data", Resources()
-    ctx = TaskContext(str(checkpoint), str(data), catalog_url)
+    ctx = TaskContext(str(checkpoint), DataDir(data, catalog_url))
     clips = sorted(p for p in media.glob("*.mp4") if p.name != "broken.mp4")
     (data / "uploads").mkdir(parents=True)
     kept = data / "uploads" / upload_file_name("my clip: take 2.mp4", MEDIA_SUFFIXES)
@@ -123,7 +124,7 @@ def test_an_upload_becomes_a_managed_copy_and_a_lost_file_is_found_again(
     own = tmp_path / "own" / "a.mp4"
     own.parent.mkdir()
     shutil.copy(clips[1], own)
-    job = tasks.start_job([str(kept.resolve()), str(own)], ctx, res)
+    job = start_job([str(kept.resolve()), str(own)], ctx, res)
     assert (_job(catalog_url, job).state, _job(catalog_url, job).done) == (JobState.DONE, 2)
     with _session(catalog_url) as session:
         videos = {v.name: v for v in session.query(Video).all()}
@@ -133,7 +134,7 @@ def test_an_upload_becomes_a_managed_copy_and_a_lost_file_is_found_again(
     assert videos["a.mp4"].uri == str(own.resolve()) and videos["a.mp4"].file_size == own.stat().st_size
 
     moved = own.rename(own.with_name("b.mp4"))  # the user renamed the file: indexing it again repairs the video
-    again = tasks.start_job([str(moved)], ctx, res)
+    again = start_job([str(moved)], ctx, res)
     assert (_job(catalog_url, again).skipped, _job(catalog_url, again).done) == (1, 0)
     with _session(catalog_url) as session:
         repaired = session.get(Video, videos["a.mp4"].id)
