@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 from cavsync.settings import Settings
+from indexer.store.datadir import DataDir
 from service.app import create_app
 from service.config import ServiceConfig
 
@@ -70,7 +71,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, media: list[Path]) -> Path
 @pytest.fixture()
 def client(indexed: Path, media: list[Path], tmp_path: Path) -> Iterator[TestClient]:
     data = Path(shutil.copytree(indexed, tmp_path / "data"))
-    config = ServiceConfig(model_path=DEMO_CHECKPOINT, data_dir=data, media_roots=(tmp_path, media[0].parent))
+    config = ServiceConfig(model_path=DEMO_CHECKPOINT, data=DataDir(data), media_roots=(tmp_path, media[0].parent))
     with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
         yield test_client
 
