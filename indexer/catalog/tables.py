@@ -192,14 +192,6 @@ class JobFile(Base):
         return None if name is None else shown_name(name)
 
 
-class IndexVersion(Base):
-    __tablename__ = "index_versions"
-
-    name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    clips: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(default=_now)
-
-
 def make_engine(url: str) -> Engine:
     """An engine for any SQLAlchemy URL; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite:///"):
