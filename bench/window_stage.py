@@ -15,7 +15,7 @@ Searching: every window of the query (starts 0 .. Q - W) asks for its `per_windo
 windows; each answer votes, with its inner product, for the placement it implies (offset = the stored
 window's place - the query window's start). Every placement is reachable: the query windows whose start
 is congruent to -offset modulo s meet the stored windows at it. The `hypotheses` best-voted placements
-are then scored exactly (`indexer.search.ranking.rescore`) around them (offsets pooled in bins of s); tracks
+are then scored exactly (`indexer.search.windows.rescore`) around them (offsets pooled in bins of s); tracks
 shorter than W have no windows and are scored exhaustively. The cost is the probes (Q - W + 1 of them,
 each visiting `probe` inverted lists) and the exact stage (hypotheses x offsets x Q x D), not the corpus.
 """
@@ -30,10 +30,12 @@ import faiss
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from indexer.search.exhaustive import exhaustive
 from indexer.search.moments import MomentRule, TrackHit, ranked_hits
-from indexer.search.ranking import Neighbours, exhaustive, rescore, searchable_tracks, tally
-from indexer.search.scan import frames_at
+from indexer.search.ranking import searchable_tracks
 from indexer.search.sliding import FloatArray, IntArray
+from indexer.search.votes import Neighbours, tally
+from indexer.search.windows import rescore
 from indexer.store.build import CHUNK_CLIPS
 from indexer.store.tracks import TrackTable
 from indexer.store.version import StoreVersion
@@ -142,7 +144,7 @@ def window_index(version: StoreVersion, modality: str, folder: Path, config: Win
         ids = window_ids(table, live, config)
 
         def read(part: IntArray) -> FloatArray:
-            frames = frames_at(version, modality, window_frames(part, config))
+            frames = version.frames_at(modality, window_frames(part, config))
             return np.asarray(frames, dtype=np.float32).reshape(len(part), -1)  # (n, W * D)
 
         index = build_windows(read, ids, config.frames * version.manifest.dim, config)

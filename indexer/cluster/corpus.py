@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.store.corpus import Clips, StoreError
+from indexer.store.corpus import Corpus as Corpus  # the seam's names, where the corpus's users import them
+from indexer.store.corpus import CorpusVersion as CorpusVersion
 from indexer.store.datadir import DataDir
 from indexer.store.segments import writer_lock
-from indexer.store.token_store import OPEN_ATTEMPTS, StoreError, TokenStore
+from indexer.store.token_store import OPEN_ATTEMPTS, TokenStore
 from indexer.store.version import Manifest, StoreVersion
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,8 @@ class Generation:
 
 
 class ShardedVersion:
-    """What a reader of a sharded corpus holds: one generation and each shard's version (None: empty)."""
+    """What a reader of a sharded corpus holds (a `CorpusVersion`): one generation and each shard's version (None:
+    empty)."""
 
     def __init__(self, generation: Generation, parts: tuple[StoreVersion | None, ...]) -> None:
         self.generation, self.parts = generation, parts
@@ -88,6 +92,10 @@ class ShardedVersion:
     def frames(self) -> int:
         return self.manifest.frames
 
+    @property
+    def part_names(self) -> tuple[str | None, ...]:
+        return self.generation.versions
+
     def part_of(self, video_id: int) -> StoreVersion | None:
         """The version of the shard holding this video."""
         return self.parts[shard_of(video_id, len(self.parts))]
@@ -105,19 +113,17 @@ class ShardedVersion:
         return np.concatenate([p.live for p in self.parts if p is not None] or [np.zeros(0, bool)])
 
 
-def version_part(version: StoreVersion | ShardedVersion | None, video_id: int) -> StoreVersion | None:
-    """The store version holding a video's tokens: the version itself, or its shard's."""
-    return version.part_of(video_id) if isinstance(version, ShardedVersion) else version
+def version_part(version: CorpusVersion | None, video_id: int) -> StoreVersion | None:
+    """The store version holding a video's tokens (None: no version loaded)."""
+    return None if version is None else version.part_of(video_id)
 
 
-def version_number(version: StoreVersion | ShardedVersion | None) -> int:
+def version_number(version: CorpusVersion | None) -> int:
     """The loaded version's number (a sharded corpus: its generation's); 0 for none."""
-    if version is None:
-        return 0
-    return version.number if isinstance(version, ShardedVersion) else version.manifest.version
+    return 0 if version is None else version.number
 
 
-class ShardedStore:
+class ShardedStore(Corpus):
     """Writer and opener of a corpus of `shards` token stores under `root` (see the module)."""
 
     def __init__(
@@ -176,41 +182,15 @@ class ShardedStore:
             yield version
 
     # ------------------------------------------------------------------------------------ writing
-    def add(
-        self,
-        clip_ids: np.ndarray,
-        audio: np.ndarray,
-        visual: np.ndarray,
-        model_id: str,
-        present: np.ndarray | None = None,
-        *,
-        tracks: np.ndarray | None = None,
-        valid: np.ndarray | None = None,
-        frame_s: float | None = None,
-    ) -> str | None:
-        """`TokenStore.add` over the shards: each clip goes to its track's shard, then one generation names
-        them all. Returns the generation published (None when nothing was new)."""
-        clip_ids = np.asarray(clip_ids, dtype=np.int64)
-        owners = np.asarray(clip_ids if tracks is None else tracks, dtype=np.int64)
-        shard = np.array([shard_of(int(t), self.shards) for t in owners], dtype=np.int64)
+    def add_clips(self, clips: Clips, model_id: str, frame_s: float | None) -> str | None:
+        """`Corpus.add` over the shards: each clip goes to its track's shard, then one generation names them all.
+        Returns the generation published (None when nothing was new)."""
+        shard = np.array([shard_of(int(t), self.shards) for t in clips.tracks], dtype=np.int64)
         with writer_lock(self.root):
-            changed = False
-            for s in np.unique(shard).tolist():
-                rows = shard == s
-                changed |= (
-                    self.stores[s].add(
-                        clip_ids[rows],
-                        audio[rows],
-                        visual[rows],
-                        model_id,
-                        None if present is None else np.asarray(present)[rows],
-                        tracks=None if tracks is None else owners[rows],
-                        valid=None if valid is None else np.asarray(valid)[rows],
-                        frame_s=frame_s,
-                    )
-                    is not None
-                )
-            return self._publish() if changed else None
+            added = [
+                self.stores[s].add_clips(clips.where(shard == s), model_id, frame_s) for s in np.unique(shard).tolist()
+            ]
+            return self._publish() if any(name is not None for name in added) else None
 
     def delete(self, clip_ids: list[int]) -> str | None:
         """Hide clips from every later search (in the shards holding them); the generation published, or None."""
@@ -250,10 +230,6 @@ class ShardedStore:
                 old.unlink(missing_ok=True)
         log.info("published generation %s: %s", generation.name, generation.versions)
         return generation.name
-
-
-Corpus = TokenStore | ShardedStore
-CorpusVersion = StoreVersion | ShardedVersion
 
 
 def open_corpus(data: DataDir, factory: str | None = None) -> Corpus:

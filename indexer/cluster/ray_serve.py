@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.cluster.corpus import CorpusVersion, ShardedVersion, shard_name
+from indexer.cluster.corpus import shard_name
 from indexer.cluster.scatter import SearchRequest, ShardState, ShardUnavailable, VersionGone, merge_hits, parts
 from indexer.search.moments import TrackHit
-from indexer.store.token_store import StoreError
+from indexer.store.corpus import CorpusVersion, StoreError
 from indexer.store.version import StoreVersion
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,6 @@ class ShardServer:
         return {"shard": self.shard, "node": ray.get_runtime_context().get_node_id(), "versions": loaded, "rss": rss}
 
 
-def _names(version: CorpusVersion) -> tuple[str | None, ...]:
-    return version.generation.versions if isinstance(version, ShardedVersion) else (version.name,)
-
-
 class RaySearcher:
     """`indexer.cluster.scatter.Searcher` over the replicas of a Ray cluster (see the module)."""
 
@@ -140,7 +136,7 @@ class RaySearcher:
     def search(self, version: CorpusVersion, query: np.ndarray, request: SearchRequest) -> list[TrackHit]:
         import ray
 
-        names = _names(version)
+        names = version.part_names
         if len(names) != len(self.actors):
             raise StoreError(f"the corpus has {len(names)} shards; the cluster serves {len(self.actors)}")
         tokens = ray.put(np.ascontiguousarray(query, dtype=np.float32))

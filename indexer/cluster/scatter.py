@@ -22,10 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
-from indexer.cluster.corpus import CorpusVersion, ShardedVersion
 from indexer.search.moments import TrackHit
 from indexer.search.ranking import Scheme, search
-from indexer.store.token_store import StoreError
+from indexer.store.corpus import CorpusVersion, StoreError
 from indexer.store.version import StoreVersion
 from model.network import Modality
 from model.similarity import Strategy
@@ -122,10 +121,8 @@ class Searcher(Protocol):
 
 
 def parts(version: CorpusVersion | None) -> tuple[StoreVersion | None, ...]:
-    """A version's shards' versions (a single store: itself, one shard)."""
-    if version is None:
-        return ()
-    return version.parts if isinstance(version, ShardedVersion) else (version,)
+    """A version's shards' versions (a single store: itself, one shard); none without a version."""
+    return () if version is None else version.parts
 
 
 class LocalSearcher:
@@ -134,9 +131,9 @@ class LocalSearcher:
     needs_indexes = True
 
     def search(self, version: CorpusVersion, query: np.ndarray, request: SearchRequest) -> list[TrackHit]:
-        if isinstance(version, StoreVersion):
-            return request.run(version, query)
-        return merge_hits([request.run(p, query) for p in version.parts if p is not None], request.k)
+        """A single store's answer as it is; a sharded corpus's shards' answers merged."""
+        found = [request.run(p, query) for p in version.parts if p is not None]
+        return found[0] if len(version.parts) == 1 else merge_hits(found, request.k)
 
     def states(self, version: CorpusVersion | None) -> list[ShardState]:
         return [

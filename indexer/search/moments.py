@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.search.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_offsets
+from indexer.search.sliding import FloatArray, IntArray, frame_cosines, pick_moments, score_at, score_offsets
 from indexer.store.version import StoreVersion
 from model.similarity import TIE_TOLERANCE, Strategy
 
@@ -129,12 +129,3 @@ def moment_at(
         frame_scores=frame_cosines(query, track_tokens, min(offset, 0)),
         match=match,
     )
-
-
-def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
-    """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored (a query
-    longer than the track over all of its frames, as `indexer.search.sliding` does)."""
-    if len(query) <= len(track):
-        return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
-    found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous
-    return float(found.scores[0, offset - int(found.offsets[0])])

@@ -14,20 +14,37 @@ scores, are unchanged. Windows within
 `TIE_TOLERANCE` of a best one fit equally well (still scenes give equal tokens): a moment is the
 centre of such a run, and further moments are the best runs among offsets whose frames do not
 overlap any chosen moment's.
+
+The product kernels the search stages share are here too. The strategies scored along diagonals (`SCAN_STRATEGIES`:
+diagonal_mean, diagonal_max) are the ones the scan and the window stage compute from one product of the query with
+many stored frames: cosines (Q, P + Q - 1), query frame j by stored frame, the score with the query's first frame
+on stored frame p the mean or the max over j of cosines[j, p + j] (`diagonal_reduce`, `diagonal_prefix`). Products
+in the store's dtype (`approximate_products`: float16, output rounding <= 2^-11 per cosine) only nominate
+(`near_kth`); exact float32 scores rank.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from model.similarity import TIE_TOLERANCE, Strategy
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+SCAN_TOLERANCE = 2e-3  # bounds the float16 products' error on a mean of cosines
+SCAN_STRATEGIES: tuple[Strategy, ...] = ("diagonal_mean", "diagonal_max")
+# float16 GEMMs run natively on CPUs with AVX-512 (AVX512-FP16 / AMX on the Xeons measured); on AVX2-only CPUs
+# torch's float16 GEMM costs ~2 ms per query frame per 32k stored frames, converting the block to float32 ~60 ms
+# once and then ~0.4 ms per query frame: converting first pays for queries of more than CONVERT_ABOVE frames
+NATIVE_HALF = torch.backends.cpu.get_cpu_capability() == "AVX512"
+CONVERT_ABOVE = 32  # query frames
 
 
 class OffsetScores(NamedTuple):
@@ -81,6 +98,15 @@ def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> tuple[fl
     return tuple(float(x) for x in np.einsum("nd,nd->n", track[rows[0]], query[cols[0]]))
 
 
+def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
+    """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored (a query
+    longer than the track over all of its frames, as `score_offsets` does)."""
+    if len(query) <= len(track):
+        return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
+    found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous
+    return float(found.scores[0, offset - int(found.offsets[0])])
+
+
 def pick_moments(
     offsets: IntArray, scores: FloatArray, aligned: int, count: int, tolerance: float = TIE_TOLERANCE
 ) -> list[int]:
@@ -104,3 +130,60 @@ def pick_moments(
         chosen.append(centre)
         open_ &= np.abs(starts - starts[centre]) >= aligned
     return chosen
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor over a (read-only, memory-mapped) array; torch only reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def diagonal_reduce(cosines: FloatArray, positions: int, strategy: Strategy) -> FloatArray:
+    """cosines (Q, P + Q - 1): query frame j x stored frame -> (P,) over j of cosines[j, p + j] (mean or max)."""
+    out = cosines[0, :positions].astype(np.float32, copy=True)
+    for j in range(1, len(cosines)):
+        diagonal = cosines[j, j : j + positions]
+        if strategy == "diagonal_mean":
+            out += diagonal
+        else:
+            np.maximum(out, diagonal, out=out)
+    if strategy == "diagonal_mean":
+        out /= len(cosines)
+    return out
+
+
+def diagonal_prefix(cosines: FloatArray, width: int) -> FloatArray:
+    """cosines (Q, W + Q - 1) -> (Q + 1, W): row i, column d holds sum_{i' < i} cosines[i', d + i'] (the
+    first i pairs of diagonal d), so any run of a diagonal sums in one subtraction."""
+    length = len(cosines)
+    out = np.zeros((length + 1, width), dtype=np.float32)
+    for i in range(length):
+        np.add(out[i], cosines[i, i : i + width], out=out[i + 1])
+    return out
+
+
+def near_kth(best: FloatArray, k: int) -> IntArray:
+    """Indices of the approximate scores `best` (n,) that may be among the exact top k, best first: every
+    one within SCAN_TOLERANCE of the k-th best, at least 2k."""
+    order = np.argsort(-best, kind="stable")
+    if len(order) <= k:
+        return order.astype(np.int64)
+    floor = best[order[k - 1]] - SCAN_TOLERANCE
+    return order[: max(2 * k, int((best >= floor).sum()))].astype(np.int64)
+
+
+def approximate_products(query: FloatArray, frames: np.ndarray, into: torch.Tensor | None = None) -> FloatArray:
+    """query (Q, D) x frames (n, D) -> (Q, n) float32, written into `into` (a (Q, n) float32 view) when given:
+    in the frames' own dtype (a float16 GEMM, no conversion pass), except for a query of more than
+    CONVERT_ABOVE frames on a CPU without native float16 products: in float32 after converting the frames."""
+    half = frames.dtype == np.float16 and not NATIVE_HALF and len(query) > CONVERT_ABOVE
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32 if half else frames.dtype))
+    stored = as_tensor(frames).float() if half else as_tensor(frames)
+    products = q @ stored.T
+    if into is None:
+        into = products.float()
+    else:
+        into.copy_(products)  # the float32 conversion, in place
+    out: FloatArray = into.numpy()
+    return out

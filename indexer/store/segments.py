@@ -1,31 +1,74 @@
-"""The files of a token store's shards: arrays saved atomically, mapped without holding a file descriptor
-(`map_array`), per-row track parts (shards from before tracks read as one track per clip), and FAISS index writes
-whose failure (a full disk) is the OSError it is, and the writers' lock of a store folder."""
+"""The files of a token store's segments (the immutable sets of rows a version lists, in row order): arrays saved
+atomically, mapped without holding a file descriptor (`map_array`), per-row track parts (segments from before tracks
+read as one track per clip), FAISS index writes whose failure (a full disk) is the OSError it is, and the writers'
+lock of a store folder.
+
+On disk a segment is spelled as it was when the format was fixed, and stores written before read as they are:
+the folder of the segment files and the manifest's key listing the segments are both `ON_DISK` ("shards"), mapped
+here and nowhere else (`segment_path`, `to_disk`, `from_disk`). Layout of the segment files under a store's root:
+
+    shards/<name>.{audio,visual}.npy  (rows, T, D) tokens, L2-normalised, fp16 by default; immutable
+    shards/<name>.ids.npy             (rows,) int64 clip ids (the catalog's)
+    shards/<name>.tracks.npy          (rows,) int64 track of each row (the catalog's video id); consecutive
+                                      rows of one track are its clips in time order
+    shards/<name>.valid.npy           (rows,) int16 frames of the row inside the media (T but in a last clip)
+    shards/<name>.present.npy         (rows, 2) bool: which of (audio, visual) each row has
+"""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import json
 import mmap
 import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+
+ON_DISK = "shards"  # the on-disk spelling of "segments": the segment files' folder and the manifest's key
+SEGMENTS_KEY = "segments"  # the manifest's field in memory (`indexer.store.version.Manifest.segments`)
+
+
+def segment_folder(root: Path) -> Path:
+    """The folder of a store's segment files."""
+    return root / ON_DISK
+
+
+def segment_path(root: Path, segment: str, kind: str) -> Path:
+    """The file of one segment's `kind` (a modality, ids, tracks, valid, present)."""
+    return segment_folder(root) / f"{segment}.{kind}.npy"
+
+
+def to_disk(fields: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's fields as its JSON spells them (key order kept)."""
+    return {ON_DISK if key == SEGMENTS_KEY else key: value for key, value in fields.items()}
+
+
+def from_disk(fields: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's JSON fields as the in-memory manifest names them (key order kept)."""
+    return {SEGMENTS_KEY if key == ON_DISK else key: value for key, value in fields.items()}
+
+
+def listed(manifest: Path) -> set[str]:
+    """The names of the segments a manifest file lists."""
+    return {s["name"] for s in json.loads(manifest.read_text())[ON_DISK]}
 
 
 def concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def track_part(root: Path, shard: str, kind: str, clip_ids: np.ndarray) -> np.ndarray:
-    """A shard's per-row track ids or valid frames; a shard from before tracks: one track per row (its
+def track_part(root: Path, segment: str, kind: str, clip_ids: np.ndarray) -> np.ndarray:
+    """A segment's per-row track ids or valid frames; a segment from before tracks: one track per row (its
     clip id, marked negative so no catalog video id can equal it) and 0 valid (read: all T)."""
-    path = root / "shards" / f"{shard}.{kind}.npy"
+    path = segment_path(root, segment, kind)
     if path.exists():
         part: np.ndarray = np.load(path).astype(np.int64)
         return part
@@ -63,7 +106,7 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 
 def map_array(path: Path) -> np.ndarray:
     """A .npy file memory-mapped read-only, holding no file descriptor (numpy's memmap keeps one per file, as
-    Python's mmap dups it: a store of many shards would run out of descriptors). Unmapped when the array and
+    Python's mmap dups it: a store of many segments would run out of descriptors). Unmapped when the array and
     every view of it are gone."""
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)

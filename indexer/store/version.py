@@ -1,4 +1,4 @@
-"""A published version of the token store, read-only: its manifest (shards in row order, deleted rows,
+"""A published version of the token store, read-only: its manifest (segments in row order, deleted rows,
 FAISS factory, sizes, frame_s), memory-mapped tokens, clip ids, per-row tracks and the FAISS indexes.
 The layout and the writer are in `indexer.store.token_store`.
 """
@@ -6,7 +6,7 @@ The layout and the writer are in `indexer.store.token_store`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.store import segments as shards
+from indexer.store import segments
 from indexer.store.build import read_index
 from indexer.store.tracks import TrackTable
 from model.features import PreprocessConfig
@@ -37,26 +37,31 @@ class Manifest:
     dtype: str
     model_id: str
     factory: str
-    shards: list[dict[str, Any]] = field(default_factory=list)  # {"name": str, "rows": int}
-    deleted: list[int] = field(default_factory=list)  # rows (positions in shard order) no longer live
-    built_rows: int = 0  # live clips when the indexes were built (types chosen, trained); 0: the first shard's
+    segments: list[dict[str, Any]] = field(default_factory=list)  # {"name": str, "rows": int}, in row order
+    deleted: list[int] = field(default_factory=list)  # rows (positions in segment order) no longer live
+    built_rows: int = 0  # live clips when the indexes were built (types chosen, trained); 0: the first segment's
     frame_s: float = 0.0  # seconds between consecutive frames of a track; 0: a store from before tracks
 
     @property
     def build_size(self) -> int:
-        return self.built_rows or (self.shards[0]["rows"] if self.shards else 0)
+        return self.built_rows or (self.segments[0]["rows"] if self.segments else 0)
 
     @property
     def rows(self) -> int:
-        return sum(s["rows"] for s in self.shards)
+        return sum(s["rows"] for s in self.segments)
 
 
 def read_manifest(path: Path) -> Manifest:
     """The manifest at `path`, without the fields of retired features (`RETIRED_FIELDS`)."""
-    fields = json.loads(path.read_text())
+    fields = segments.from_disk(json.loads(path.read_text()))
     for name in RETIRED_FIELDS:
         fields.pop(name, None)
     return Manifest(**fields)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """The manifest as JSON at `path`, in the on-disk spelling (`indexer.store.segments.to_disk`)."""
+    path.write_text(json.dumps(segments.to_disk(asdict(manifest)), indent=1))
 
 
 class StoreVersion:
@@ -68,24 +73,24 @@ class StoreVersion:
         self.root, self.name = root, name
         folder = root / "versions" / name
         self.manifest = manifest or read_manifest(folder / "manifest.json")
-        entries = self.manifest.shards
-        self.tokens = {
-            m: [shards.map_array(root / "shards" / f"{s['name']}.{m}.npy") for s in entries] for m in MODALITIES
+        names = [s["name"] for s in self.manifest.segments]
+        self.tokens = {  # per modality, each segment's (rows, T, D) tokens, mapped
+            m: [segments.map_array(segments.segment_path(root, n, m)) for n in names] for m in MODALITIES
         }
-        ids = [np.load(root / "shards" / f"{s['name']}.ids.npy") for s in entries]
+        ids = [np.load(segments.segment_path(root, n, "ids")) for n in names]
         self.clip_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-        present = [np.load(root / "shards" / f"{s['name']}.present.npy") for s in entries]
+        present = [np.load(segments.segment_path(root, n, "present")) for n in names]
         both = np.concatenate(present) if present else np.zeros((0, 2), dtype=bool)
         self.present = {m: both[:, k] for k, m in enumerate(MODALITIES)}  # the clip has this modality
-        self.starts = np.cumsum([0] + [s["rows"] for s in entries])
+        self.segment_starts = np.cumsum([0] + [s["rows"] for s in self.manifest.segments])  # (S + 1,) first rows
         self.folder, self.gpu = folder, gpu
         self.live = np.ones(len(self.clip_ids), dtype=bool)
         self.live[np.asarray(self.manifest.deleted, dtype=np.int64)] = False
-        self.track_ids = shards.concat(
-            [shards.track_part(root, s["name"], "tracks", ids) for s, ids in zip(entries, ids, strict=True)]
+        self.track_ids = segments.concat(
+            [segments.track_part(root, n, "tracks", part) for n, part in zip(names, ids, strict=True)]
         )
-        self.valid = shards.concat(
-            [shards.track_part(root, s["name"], "valid", ids) for s, ids in zip(entries, ids, strict=True)]
+        self.valid = segments.concat(
+            [segments.track_part(root, n, "valid", part) for n, part in zip(names, ids, strict=True)]
         )
 
     @cached_property
@@ -107,9 +112,10 @@ class StoreVersion:
         frames = self.manifest.frames
         first = int(table.first_row[track]) * frames
         low, high = (first + start) // frames, (first + stop - 1) // frames + 1  # rows [low, high)
-        shard = int(np.searchsorted(self.starts, low, side="right")) - 1
-        if high <= self.starts[shard + 1]:  # one shard (always, but for a hand-made store): a slice, no gather
-            block = self.tokens[modality][shard][low - self.starts[shard] : high - self.starts[shard]]
+        starts = self.segment_starts
+        segment = int(np.searchsorted(starts, low, side="right")) - 1
+        if high <= starts[segment + 1]:  # one segment (always, but for a hand-made store): a slice, no gather
+            block = self.tokens[modality][segment][low - starts[segment] : high - starts[segment]]
         else:
             block = self.gather(modality, np.arange(low, high, dtype=np.int64))
         flat = np.asarray(block, dtype=np.float32).reshape(-1, self.manifest.dim)  # (rows * T, D)
@@ -135,8 +141,40 @@ class StoreVersion:
     def gather(self, modality: str, rows: np.ndarray) -> np.ndarray:
         """Tokens of the given rows, (len(rows), T, D) float32."""
         out = np.empty((len(rows), self.manifest.frames, self.manifest.dim), dtype=np.float32)
-        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
-        for shard in np.unique(shard_of):
-            picked = shard_of == shard
-            out[picked] = self.tokens[modality][shard][rows[picked] - self.starts[shard]]
+        return self._read(modality, rows, out, frames=False)
+
+    def frames_at(self, modality: str, frame_ids: np.ndarray) -> np.ndarray:
+        """Stored frames by global id (row * T + frame), (n, D) in the store's dtype."""
+        out = np.empty((len(frame_ids), self.manifest.dim), dtype=self.tokens[modality][0].dtype)
+        return self._read(modality, frame_ids, out, frames=True)
+
+    def _read(self, modality: str, at: np.ndarray, out: np.ndarray, *, frames: bool) -> np.ndarray:
+        """`out` filled with the rows (frames=False: `at` are rows, out (n, T, D)) or the frames (frames=True: `at`
+        are row * T + frame, out (n, D)) of `modality`, a segment at a time."""
+        per_row = self.manifest.frames if frames else 1
+        segment_of = np.searchsorted(self.segment_starts * per_row, at, side="right") - 1
+        for segment in np.unique(segment_of).tolist():
+            picked = segment_of == segment
+            block = self.tokens[modality][segment]
+            flat = block.reshape(-1, self.manifest.dim) if frames else block  # (rows * T, D) view, or (rows, T, D)
+            out[picked] = flat[at[picked] - int(self.segment_starts[segment]) * per_row]
         return out
+
+    # ------------------------------------------------------------------------------------ the corpus seam
+    @property
+    def number(self) -> int:
+        """`indexer.store.corpus.CorpusVersion.number`: the version's."""
+        return self.manifest.version
+
+    @property
+    def parts(self) -> tuple[StoreVersion | None, ...]:
+        """`indexer.store.corpus.CorpusVersion.parts`: one store's version is its own one part."""
+        return (self,)
+
+    @property
+    def part_names(self) -> tuple[str | None, ...]:
+        return (self.name,)
+
+    def part_of(self, video_id: int) -> StoreVersion | None:
+        """Every video of one store is in it."""
+        return self

@@ -11,7 +11,7 @@ import numpy as np
 
 from indexer.search.sliding import score_offsets
 from indexer.store.token_store import TokenStore
-from tests.indexer.test_tracks import D, _add, _unit
+from tests.indexer.search.test_tracks import D, _add, _unit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import window_stage  # noqa: E402  (a script folder, not a package)

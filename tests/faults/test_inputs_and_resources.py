@@ -274,6 +274,7 @@ def open_fds() -> int:
 
 
 def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
+    from indexer.store.corpus import Clips
     from indexer.store.token_store import TokenStore
     from indexer.store.version import Manifest
 
@@ -282,15 +283,13 @@ def test_a_store_of_1000_shards_holds_no_fd_per_shard(tmp_path: Path) -> None:
     for shard in range(1000):
         tokens = rng.standard_normal((1, 2, 8)).astype(np.float32)
         tokens /= np.linalg.norm(tokens, axis=-1, keepdims=True)
-        tracks = (np.array([shard]), np.full(1, 2))  # one clip a track, both frames inside the media
-        entry = store._write_shard(
-            np.array([shard]), {"audio": tokens, "visual": tokens}, np.ones((1, 2), bool), tracks
-        )
-        manifest.shards.append(entry)
+        # one clip a track, both frames inside the media
+        clips = Clips.of(np.array([shard]), tokens, tokens, np.ones((1, 2), bool), np.array([shard]), np.full(1, 2))
+        manifest.segments.append(store._write_segment(clips))
     store._rebuilt(manifest)  # published as the current version, indexes built from the 1,000 shards
     before = open_fds()
     version = store.open(gpu=False)
-    assert version is not None and len(version) == 1000 and len(version.manifest.shards) == 1000
+    assert version is not None and len(version) == 1000 and len(version.manifest.segments) == 1000
     held = open_fds() - before
     rows = np.arange(1000)
     assert np.isfinite(version.gather("audio", rows)).all()

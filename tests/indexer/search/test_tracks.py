@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.search import scan
-from indexer.search.ranking import Scheme, WindowFrames, band_means, search
-from indexer.search.scan import SCAN_STRATEGIES
-from indexer.search.sliding import pick_moments, score_offsets
+from indexer.search import sliding
+from indexer.search.ranking import Scheme, search
+from indexer.search.sliding import SCAN_STRATEGIES, pick_moments, score_offsets
+from indexer.search.windows import WindowFrames, band_means
 from indexer.store.token_store import TokenStore
 from model.similarity import STRATEGIES, TIE_TOLERANCE
 
@@ -245,19 +245,19 @@ def test_the_scans_products_agree_with_float32_on_either_kind_of_cpu(
     """float16 products (CPUs with AVX-512) and float32 ones after converting (AVX2 only, queries of more than
     CONVERT_ABOVE frames) are both within a float16 rounding of the exact products, written whole or into a view."""
     rng = np.random.default_rng(11)
-    query = rng.standard_normal((scan.CONVERT_ABOVE + 1, 64)).astype(np.float32)
+    query = rng.standard_normal((sliding.CONVERT_ABOVE + 1, 64)).astype(np.float32)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     frames = rng.standard_normal((500, 64)).astype(np.float32)
     frames = (frames / np.linalg.norm(frames, axis=1, keepdims=True)).astype(np.float16)
-    monkeypatch.setattr(scan, "NATIVE_HALF", native_half)
+    monkeypatch.setattr(sliding, "NATIVE_HALF", native_half)
     exact = query @ frames.astype(np.float32).T
-    whole = scan.approximate_products(query, frames)
+    whole = sliding.approximate_products(query, frames)
     assert whole.dtype == np.float32 and whole.shape == (len(query), 500)
     assert np.abs(whole - exact).max() <= 2**-10
     if not native_half:  # converted first: the float32 product itself
         np.testing.assert_allclose(whole, exact, atol=1e-5)
     into = torch.zeros((len(query), 600), dtype=torch.float32)
-    scan.approximate_products(query, frames, into=into[:, 50:550])
+    sliding.approximate_products(query, frames, into=into[:, 50:550])
     np.testing.assert_array_equal(into.numpy()[:, 50:550], whole)
     assert not into.numpy()[:, :50].any() and not into.numpy()[:, 550:].any()
 

@@ -116,7 +116,7 @@ def test_unused_shards_are_deleted(tmp_path: Path) -> None:
     store.compact()
     store.add(np.array([3]), audio[3:4], visual[3:4], "m")  # v6: only v5 and v6 are kept, both after compact
     shards = {p.name.split(".", 1)[0] for p in (tmp_path / "gc" / "shards").iterdir()}
-    assert shards == {s["name"] for s in store.open().manifest.shards} and len(shards) == 2
+    assert shards == {s["name"] for s in store.open().manifest.segments} and len(shards) == 2
     assert [h.clip_id for h in search(store.open(), audio[7], target="audio", k=1)] == [7]
 
 
@@ -126,7 +126,7 @@ def test_add_delete_compact(store: TokenStore) -> None:
     store.add(np.arange(10), audio[:10], visual[:10], "m")
     store.add(np.arange(10, 30), audio[10:], visual[10:], "m")  # no rebuild: a second shard
     version = store.open()
-    assert len(version) == 30 and len(version.manifest.shards) == 2 and version.index["audio"].ntotal == 30 * T
+    assert len(version) == 30 and len(version.manifest.segments) == 2 and version.index["audio"].ntotal == 30 * T
     assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12
     store.delete([12, 3])
     after = store.open()
@@ -137,7 +137,7 @@ def test_add_delete_compact(store: TokenStore) -> None:
     assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12  # the old version a reader holds is intact
     store.compact()
     compacted = store.open()
-    assert len(compacted.manifest.shards) == 1 and compacted.manifest.deleted == [] and len(compacted) == 28
+    assert len(compacted.manifest.segments) == 1 and compacted.manifest.deleted == [] and len(compacted) == 28
     assert [h.clip_id for h in search(compacted, audio[5], target="audio", k=5)] == [
         h.clip_id for h in search(after, audio[5], target="audio", k=5)
     ]

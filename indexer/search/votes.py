@@ -1,0 +1,56 @@
+"""The votes stage: each query frame's nearest stored frames in the FAISS index vote, with their cosine, for the
+(track, offset) hypothesis they imply; the best-voted hypotheses are what the window stage scores exactly
+(`indexer.search.windows.rescore`)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from indexer.search.sliding import FloatArray, IntArray
+from indexer.store.version import StoreVersion
+
+
+def vote(
+    version: StoreVersion, query: FloatArray, target: str, *, per_frame: int, hypotheses: int, bin_frames: int
+) -> dict[int, list[int]]:
+    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted."""
+    index = version.index[target]
+    sims, ids = index.search(query, min(per_frame, index.ntotal))  # (Q, k)
+    starts = np.arange(len(query), dtype=np.int64)
+    return tally(
+        version, target, len(query), Neighbours(sims, ids, starts), hypotheses=hypotheses, bin_frames=bin_frames
+    )
+
+
+class Neighbours(NamedTuple):
+    """Stored frames (or windows of frames) found for parts of a query, as a FAISS search returns them."""
+
+    sims: FloatArray  # (P, k) inner products
+    ids: IntArray  # (P, k) FAISS ids (row * T + frame of the stored part's first frame), -1: none
+    starts: IntArray  # (P,) query frame where each probing part starts
+
+
+def tally(
+    version: StoreVersion, target: str, length: int, found: Neighbours, *, hypotheses: int, bin_frames: int
+) -> dict[int, list[int]]:
+    """The votes of `found` for a query of `length` frames: each neighbour votes, with its inner product, for
+    the (track, offset bin) it implies (offset = its place in its track - its probe's start); track index ->
+    the offset bins (ascending) among the `hypotheses` best-voted."""
+    table, ids = version.tracks, found.ids
+    hit = ids >= 0
+    track, place = table.place(np.where(hit, ids, 0))
+    alive = table.live[track] & version.present[target][table.first_row[track]] & (place < table.length[track])
+    offsets = place - found.starts[:, None]
+    spare = table.length[track] - length  # offsets run from min(0, spare) to max(0, spare)
+    keep = hit & alive & (offsets >= np.minimum(0, spare)) & (offsets <= np.maximum(0, spare))
+    bins = np.floor_divide(offsets, bin_frames)[keep]
+    keys = track[keep] * (1 << 32) + (bins + (1 << 31))
+    unique, inverse = np.unique(keys, return_inverse=True)
+    votes = np.bincount(inverse, weights=found.sims[keep].astype(np.float64))
+    best = np.sort(unique[np.argsort(-votes, kind="stable")[:hypotheses]])  # by track, then bin
+    voted: dict[int, list[int]] = {}
+    for key in best.tolist():
+        voted.setdefault(key >> 32, []).append((key & 0xFFFFFFFF) - (1 << 31))
+    return voted
