@@ -21,7 +21,6 @@ from indexer.store.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
 from service.errors import ErrorResponse, NotFound, responses
 from service.media import OpenedFileResponse, cached_poster, forget_posters, open_catalog_file
-from service.queries import indexed_clips
 from service.schemas import (
     MAX_ID,
     ClipEmbeddings,
@@ -32,6 +31,7 @@ from service.schemas import (
     VideoPage,
 )
 from service.served_types import TYPES, content_disposition
+from service.stored import indexed_clips
 
 router = APIRouter(tags=["catalog"])
 VideoId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of the video.")]

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from indexer.cluster.corpus import CorpusVersion
 from model import Strategy
 from model.network import Modality
-from service import queries
+from service import localization, queries
 from service.deps import EngineDep, VersionDep
 from service.engine import Engine
 from service.errors import InvalidInput, responses
@@ -193,6 +193,6 @@ async def localize(
     says which method ran, the value range and the peak (in `map` and in source pixels)."""
     one_source(image, video_id, ("image", "video_id"))
     one_source(audio, audio_video_id, ("audio", "audio_video_id"))
-    inputs = queries.LocalizeInputs(image, video_id, time, audio, audio_video_id, audio_time, method)
-    found = await run_inference(engine, partial(queries.localize, engine, version, inputs, output_format == "png"))
+    inputs = localization.LocalizeInputs(image, video_id, time, audio, audio_video_id, audio_time, method)
+    found = await run_inference(engine, partial(localization.localize, engine, version, inputs, output_format == "png"))
     return Response(found, media_type="image/png") if isinstance(found, bytes) else found

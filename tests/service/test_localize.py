@@ -125,7 +125,7 @@ def test_method_head_without_a_head_is_refused() -> None:
     from types import SimpleNamespace
 
     from service.errors import InvalidInput
-    from service.queries import localization_head
+    from service.localization import localization_head
 
     assert localization_head(SimpleNamespace(head=None), None) is None  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="no localization head: ask for method=paper"):
