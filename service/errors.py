@@ -84,11 +84,15 @@ class NotFound(ServiceError):
     status_code = 404
 
 
-class TooManyAttempts(ServiceError):
-    status_code = 429
+class RetryLater(ServiceError):
+    """A refusal whose answer says when to try again (Retry-After, seconds)."""
 
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail, {"Retry-After": str(retry_after_s)})
+
+
+class TooManyAttempts(RetryLater):
+    status_code = 429
 
 
 class UnsupportedMedia(ServiceError):
@@ -103,11 +107,8 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
-class Busy(ServiceError):
+class Busy(RetryLater):
     status_code = 503
-
-    def __init__(self, detail: str, retry_after_s: int) -> None:
-        super().__init__(detail, {"Retry-After": str(retry_after_s)})
 
 
 # Most specific first. 415: the bytes are no media we can read; 422: readable but unusable for the request.
