@@ -3,7 +3,7 @@
 
     <root>/index/        the token store (`TokenStore`; with shards > 1 a `ShardedStore`: `index/shard-NN/`, each a
                          `TokenStore`, and the generations naming their versions, `indexer.cluster.corpus`)
-    <root>/pending/      finished index tasks' shards waiting for the merge (`<sha256>.<model>.npz`)
+    <root>/pending/      finished index tasks' encodings waiting for the merge (`<sha256>.<model>.npz`)
     <root>/uploads/      the API's uploads, kept until their job file settles
     <root>/media/        managed copies of indexed uploads (`indexer.ingest.files`)
     <root>/posters/      the API's poster cache, a folder per video id
