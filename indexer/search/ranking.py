@@ -18,7 +18,7 @@ scored at every frame offset of a track by the exact strategy of `indexer.search
   and 60 s).
 One stage a module, none calling another: this module picks the candidates (`exhaustive`, `votes`, `scan`), has
 them scored exactly (`exhaustive`, `windows`), then ranked with their moments (`moments`); the kernels they share
-are `kernels` and `sliding`.
+are in `sliding`.
 Each scored track gives up to `moments` non-overlapping moments and is ranked by its best moment's score
 (`indexer.search.moments`: where moments are placed, how they are ordered).
 Deleted videos never come back: their rows are dead in the version.
