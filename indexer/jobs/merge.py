@@ -18,8 +18,7 @@ from indexer.ingest import commit
 from indexer.jobs import records
 from indexer.jobs.broker import merge_lock
 from indexer.jobs.context import TaskRun
-
-Outcome = tuple[FileState, str | None]  # a file's state and error
+from indexer.jobs.records import Outcome
 
 
 class OwnEncoding(NamedTuple):

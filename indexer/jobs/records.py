@@ -1,10 +1,10 @@
 """Index jobs as the catalog records them: a job and its files, each file's state, the job's counters.
 
 A job is created queued (`create_job`), marked running when dispatched (`mark_running`), and each file is
-settled (indexed, skipped, or failed with its error) by the task that ran it, which recounts the job: once its
-last file is settled the job is `done`, or `failed` when every one of its files failed (`JobState`). A job that
-cannot run (the broker took no task, the process stopped) fails with its unsent files (`fail_files`,
-`fail_unstarted`). A file sent as an upload keeps the name it was sent with (`JobFile.name`).
+settled (indexed, skipped, or failed with its error) by the task that ran it (`settle_file`, `fail_file`), which
+recounts the job: once its last file is settled the job is `done`, or `failed` when every one of its files failed
+(`JobState`). A job that cannot run (the broker took no task, the process stopped) fails with its unsent files
+(`fail_files`, `fail_unstarted`). A file sent as an upload keeps the name it was sent with (`JobFile.name`).
 
 The leases that make every job end are `indexer.jobs.leases`; the API's read views of jobs `indexer.jobs.views`.
 """
@@ -22,6 +22,7 @@ from indexer.catalog.content import indexed_videos_of
 from indexer.catalog.tables import FINAL_JOB_STATES, SETTLED, FileState, IndexJob, JobFile, JobState, Video, VideoStatus
 
 Sessions = sessionmaker[Session]  # the catalog's session factory, as the API holds it
+Outcome = tuple[FileState, str | None]  # a file's state and error
 
 STOPPED = "not indexed: the server stopped first; index it again (indexed files are skipped)"
 DISK_FULL = "waiting: the server's disk is full ({error}); the job goes on once space is freed"
@@ -98,7 +99,7 @@ def indexed(session: Session, sha: str, model_id: str) -> bool:
     return session.scalars(indexed_videos_of(sha, model_id)).first() is not None
 
 
-def outcome(session: Session, sha: str, model_id: str) -> tuple[FileState, str | None] | None:
+def outcome(session: Session, sha: str, model_id: str) -> Outcome | None:
     """What the catalog holds for this content: (SKIPPED, None) when indexed, (FAILED, error), or None."""
     if indexed(session, sha, model_id):
         return FileState.SKIPPED, None
@@ -107,6 +108,30 @@ def outcome(session: Session, sha: str, model_id: str) -> tuple[FileState, str |
     )
     error = session.scalars(query).first()
     return None if error is None else (FileState.FAILED, error)
+
+
+def settle_file(
+    sessions: Sessions, job_id: str | None, path: str, sha: str, model_id: str, merged: Outcome | None = None
+) -> None:
+    """After the merge: the file takes its own encoding's outcome (`merged`), or when that encoding was not
+    merged here (its content was indexed, or failed, from another path or job) the catalog's outcome for its
+    content; then the job is recounted. Nothing without a job."""
+    if job_id is None:
+        return
+    with sessions() as session:
+        found = merged or outcome(session, sha, model_id)  # never overrides a settled file
+        state, error = found or (None, None)
+        settle(session, job_id, path, state, error)
+        session.commit()
+
+
+def fail_file(sessions: Sessions, job_id: str | None, path: str, exc: BaseException) -> None:
+    """Record a file's failure (the exception as text) in its job, and recount the job. Nothing without a job."""
+    if job_id is None:
+        return
+    with sessions() as session:
+        settle(session, job_id, path, FileState.FAILED, f"{type(exc).__name__}: {exc}")
+        session.commit()
 
 
 def mark_running(sessions: sessionmaker[Session], job_id: str) -> list[str]:

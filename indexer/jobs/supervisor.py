@@ -37,7 +37,7 @@ from indexer.jobs.broker import PUBLISH_ERRORS, Broker, Send, TaskMessage
 from indexer.jobs.context import Resources, TaskContext, TaskRun
 from indexer.jobs.leases import LeaseConfig
 from indexer.jobs.records import QueueUnavailable
-from indexer.jobs.task import MAX_RETRIES, disk_full, fail_file, index_file
+from indexer.jobs.task import MAX_RETRIES, disk_full, index_file
 from indexer.store.datadir import DataDir
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def run_here(
         except Exception as exc:  # the catalog itself failing: the next file may still go through
             log.exception("index job %s: %s failed", job_id, path)
             with contextlib.suppress(Exception):
-                fail_file(run, path, exc)
+                records.fail_file(run.sessions, run.job_id, path, exc)
         if blocked is not None:
             blocked(job_id, None)
 

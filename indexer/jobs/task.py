@@ -23,14 +23,14 @@ from typing import NamedTuple
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from indexer.catalog.tables import FileIdentity, FileState
+from indexer.catalog.tables import FileIdentity
 from indexer.ingest import files
 from indexer.ingest.pipeline import MEDIA_SUFFIXES, Decoded, decode_hashed, encode_clips, needs_repair, repair_location
 from indexer.jobs import records
 from indexer.jobs.broker import TRANSIENT_ERRORS
 from indexer.jobs.context import TaskRun
 from indexer.jobs.leases import FileLease
-from indexer.jobs.merge import Outcome, OwnEncoding, merge_pending
+from indexer.jobs.merge import OwnEncoding, merge_pending
 from model import CAVMAESync, PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -145,28 +145,6 @@ def _save_encoding(tmp: Path, job_id: str | None, path: str, source: Source, mod
     np.savez(tmp, allow_pickle=False, **arrays)
 
 
-def settle_file(run: TaskRun, path: str, sha: str, merged: Outcome | None = None) -> None:
-    """After the merge: the file takes its own encoding's outcome (`merged`), or when that encoding was not
-    merged here (its content was indexed, or failed, from another path or job) the catalog's outcome for its
-    content; then the job is recounted."""
-    if run.job_id is None:
-        return
-    with run.sessions() as session:
-        found = merged or records.outcome(session, sha, run.model_id)  # never overrides a settled file
-        state, error = found or (None, None)
-        records.settle(session, run.job_id, path, state, error)
-        session.commit()
-
-
-def fail_file(run: TaskRun, path: str, exc: BaseException) -> None:
-    """Record a file's failure (the exception as text) in its job, and recount the job."""
-    if run.job_id is None:
-        return
-    with run.sessions() as session:
-        records.settle(session, run.job_id, path, FileState.FAILED, f"{type(exc).__name__}: {exc}")
-        session.commit()
-
-
 def backoff_s(attempt: int) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, 2 ** attempt)] seconds."""
     return float(np.random.default_rng().uniform(0, min(RETRY_BACKOFF_MAX_S, 2**attempt)))
@@ -222,7 +200,7 @@ def _attempt(run: TaskRun, path: str, attempt: int) -> Retry | None:
     try:
         sha = encode_file(run, path)
         merged = merge_pending(run, OwnEncoding(path, sha))
-        settle_file(run, path, sha, merged.own)
+        records.settle_file(run.sessions, run.job_id, path, sha, run.model_id, merged.own)
     except TRANSIENT as exc:
         if attempt < MAX_RETRIES or disk_full(exc):
             retry = _retry(exc, attempt)
@@ -239,7 +217,7 @@ def _attempt(run: TaskRun, path: str, attempt: int) -> Retry | None:
 def _recorded_failure(run: TaskRun, path: str, exc: BaseException) -> Retry | None:
     """Record the file failed; a catalog on a full disk cannot: the file waits for space (a disk-full Retry)."""
     try:
-        fail_file(run, path, exc)
+        records.fail_file(run.sessions, run.job_id, path, exc)
     except Exception as failure:
         if not disk_full(failure):
             raise
