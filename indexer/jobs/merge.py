@@ -73,12 +73,13 @@ def _merge_all(run: TaskRun, store: Corpus, own: OwnEncoding | None) -> Merged:
     for encoding in found:
         data = dict(np.load(encoding))
         sha = encoding.name.split(".", 1)[0]
+        is_own = _is_own(run, data, own)  # settled by its task once the merge is over
         with run.sessions() as session:
             if records.indexed(session, sha, run.model_id):
                 state, error = FileState.SKIPPED, None
             else:
                 state, error = _merge_one(session, store, data, sha, run.model_id)
-            if _is_own(run, data, own):
+            if is_own:
                 outcome = (state, error)
             else:
                 records.settle(session, str(data["job"]) or None, str(data["path"]), state, error)
