@@ -195,6 +195,36 @@ def is_upload(path: str | os.PathLike[str], uploads: Path) -> bool:
     return Path(path).parent.resolve() == uploads.resolve()
 
 
+class Source(NamedTuple):
+    """Where an indexed file will be read from: its real path (an upload's managed copy), the name shown and
+    its identity as hashed."""
+
+    uri: str
+    name: str
+    identity: FileIdentity
+
+
+def source_of(
+    path: str,
+    sha256: str,
+    identity: FileIdentity,
+    data: DataDir,
+    media_suffixes: frozenset[str] | set[str],
+    decoded: bool = True,
+) -> Source:
+    """Where the file at `path` (content `sha256`, as hashed: `identity`) is indexed from. An upload that decodes
+    becomes a managed copy named by its content and shown by the name it was sent with; one that failed is not
+    kept: recorded by that name alone, no path (`uri` empty: its temporary file goes once its job file is
+    settled). Any other file is indexed, or recorded failed, where it is."""
+    if not is_upload(path, data.uploads):
+        return Source(str(Path(path).resolve()), Path(path).name, identity)
+    name = sent_name(path) or Path(path).name
+    if not decoded:
+        return Source("", name, identity)
+    managed = keep_managed(Path(path), sha256, data.media, managed_suffix(name, media_suffixes))
+    return Source(str(managed), name, identity_of(managed.stat()))
+
+
 def drop_upload(uploads: Path, path: str) -> None:
     """Delete a file of a settled job when it is one of the API's uploads (kept only to be indexed)."""
     if is_upload(path, uploads):

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from indexer.catalog.content import indexed_videos_of
 from indexer.catalog.tables import Clip, FileIdentity, Video, VideoStatus, new_video, recorded_identity
 from indexer.cluster.corpus import Corpus
 from indexer.ingest import commit, files
-from indexer.store.datadir import PENDING_DIR
+from indexer.store.datadir import PENDING_DIR, DataDir
 from model import CAVMAESync, MediaError, Modality, ModelConfig, PreprocessConfig, load_clips
 from model.features import Clip as MediaClip
 from model.inference import clip_tokens
@@ -83,19 +84,29 @@ def content_hash(path: Path) -> str:
     return files.hash_with_identity(path)[0]
 
 
-def needs_repair(session: Session, sha: str, model_id: str) -> bool:
-    """Whether an indexed video of this content has lost its file (gone, or something else at its path)."""
-    videos = session.scalars(indexed_videos_of(sha, model_id)).all()
-    return any(not files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in videos)
-
-
 def repair_location(
     session: Session, sha: str, model_id: str, uri: str, identity: FileIdentity, name: str | None = None
 ) -> int:
     """Indexed videos of this content whose file is gone or no longer the indexed one now point at `uri` (the
     same content, found again; `name` shown, default its file's name). The caller commits; returns how many."""
+    videos = session.scalars(indexed_videos_of(sha, model_id)).all()
+    return _repoint(videos, uri, identity, name)
+
+
+def relocate(session: Session, data: DataDir, path: str, sha: str, identity: FileIdentity, model_id: str) -> int:
+    """Content indexed with this model, found (again) at `path`: when one of its videos has lost its file (gone,
+    or something else at its path), the videos whose file is gone now point at where this file is indexed from
+    (`files.source_of`: an upload is kept as a managed copy only then). The caller commits; returns how many."""
+    videos = session.scalars(indexed_videos_of(sha, model_id)).all()
+    if all(files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in videos):
+        return 0
+    source = files.source_of(path, sha, identity, data, MEDIA_SUFFIXES)
+    return _repoint(videos, source.uri, source.identity, source.name)
+
+
+def _repoint(videos: Sequence[Video], uri: str, identity: FileIdentity, name: str | None) -> int:
     repaired = 0
-    for video in session.scalars(indexed_videos_of(sha, model_id)).all():
+    for video in videos:
         if video.uri == uri:  # the same file, just hashed: its identity now
             video.file_size, video.file_mtime_ns = identity
             continue

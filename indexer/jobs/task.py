@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -23,15 +22,15 @@ from typing import NamedTuple
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from indexer.catalog.tables import FileIdentity
 from indexer.ingest import files
-from indexer.ingest.pipeline import MEDIA_SUFFIXES, Decoded, decode_hashed, encode_clips, needs_repair, repair_location
+from indexer.ingest.pending import write_encoding
+from indexer.ingest.pipeline import MEDIA_SUFFIXES, decode_hashed, encode_clips, relocate
 from indexer.jobs import records
 from indexer.jobs.broker import TRANSIENT_ERRORS
 from indexer.jobs.context import TaskRun
 from indexer.jobs.leases import FileLease
 from indexer.jobs.merge import OwnEncoding, merge_pending
-from model import CAVMAESync, PreprocessConfig
+from model import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +64,6 @@ class Retry(NamedTuple):
         return disk_full(self.error)
 
 
-class Source(NamedTuple):
-    """Where an indexed file will be read from: its real path (an upload's managed copy), the name shown and
-    its identity as hashed."""
-
-    uri: str
-    name: str
-    identity: FileIdentity
-
-
-def _source(run: TaskRun, path: str, sha: str, identity: FileIdentity, decoded: bool = True) -> Source:
-    """An upload that decodes becomes a managed copy named by its content and shown by the name it was sent with;
-    one that failed is not kept: recorded by that name alone, no path (`uri` empty: its temporary file goes once
-    its job file is settled). Any other file is indexed, or recorded failed, where it is."""
-    if not files.is_upload(path, run.data.uploads):
-        return Source(str(Path(path).resolve()), Path(path).name, identity)
-    name = files.sent_name(path) or Path(path).name
-    if not decoded:
-        return Source("", name, identity)
-    managed = files.keep_managed(Path(path), sha, run.data.media, files.managed_suffix(name, MEDIA_SUFFIXES))
-    return Source(str(managed), name, files.identity_of(managed.stat()))
-
-
 def encode_file(run: TaskRun, path: str) -> str:
     """Decode and encode one file into its pending encoding `pending/<sha>.<model>.npz`, atomically; returns the
     content hash.
@@ -99,50 +76,19 @@ def encode_file(run: TaskRun, path: str) -> str:
     target = run.data.pending / f"{sha}.{run.model_id}.npz"
     with run.sessions() as session:
         if records.indexed(session, sha, run.model_id):
-            if needs_repair(session, sha, run.model_id):
-                source = _source(run, path, sha, identity)
-                repair_location(session, sha, run.model_id, source.uri, source.identity, source.name)
-                session.commit()
+            relocate(session, run.data, path, sha, identity, run.model_id)
+            session.commit()
             return sha
     if target.exists():
         return sha
     model = run.model()
     item = decode_hashed(Path(path), sha, identity, model.config, PreprocessConfig())
-    source = _source(run, path, sha, identity, decoded=item.error is None)
+    source = files.source_of(path, sha, identity, run.data, MEDIA_SUFFIXES, decoded=item.error is None)
     if item.error is not None and not source.uri:  # a failed upload: named as it was sent, never by its temp file
         item.error = files.named_as_sent(item.error, path, source.name)
-    run.data.pending.mkdir(parents=True, exist_ok=True)
-    tmp = run.data.pending / f".{sha}.{uuid.uuid4().hex}.tmp.npz"
-    try:
-        _save_encoding(tmp, run.job_id, path, source, model, item)
-    except BaseException:  # a full disk: no partial temp file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, target)
+    tokens = None if item.error is not None else encode_clips(model, item.clips)
+    write_encoding(target, run.job_id, path, source, item, tokens)
     return sha
-
-
-def _save_encoding(tmp: Path, job_id: str | None, path: str, source: Source, model: CAVMAESync, item: Decoded) -> None:
-    arrays: dict[str, np.ndarray] = {
-        "uri": np.array(source.uri),
-        "name": np.array(source.name),
-        "identity": np.array(source.identity, dtype=np.int64),  # (size, mtime_ns)
-        "path": np.array(path),
-        "job": np.array(job_id or ""),
-    }
-    if item.error is not None:
-        arrays["error"] = np.array(item.error)
-    else:
-        tokens = encode_clips(model, item.clips)
-        arrays |= {
-            "audio": tokens.audio,  # (n, T, D)
-            "visual": tokens.visual,
-            "present": tokens.present,  # (n, 2)
-            "starts": np.array([c.start for c in item.clips]),
-            "durations": np.array([c.duration for c in item.clips]),
-            "modalities": np.array([",".join(c.modalities) for c in item.clips]),
-        }
-    np.savez(tmp, allow_pickle=False, **arrays)
 
 
 def backoff_s(attempt: int) -> float:
