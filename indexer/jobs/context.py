@@ -4,13 +4,14 @@
 the data dir (a `DataDir`, built once by the root), the job, the leases and the broker. Its `message` is what
 crosses the broker: plain strings (`indexer.jobs.broker.TaskMessage`). `Resources` is what a process keeps
 between tasks (one model per checkpoint, one session factory per catalog). `TaskRun` is one run's context: the
-catalog's session factory and the model's id, looked up once when the run opens, the model loaded on first use;
+catalog's session factory opened once, the model's id looked up once when first asked, the model loaded on first use;
 every function of a task takes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,17 +68,22 @@ class Resources:
 
 @dataclass(frozen=True)
 class TaskRun:
-    """One run of a task (or of a job's tasks in this process): its context, the catalog's session factory and
-    the model's id, each looked up once; the model itself is loaded on first use (`model`)."""
+    """One run of a task (or of a job's tasks in this process): its context and the catalog's session factory;
+    the model's id is looked up once, when first asked (a job dispatched through the broker never reads the
+    checkpoint here), and the model loaded on first use (`model`)."""
 
     ctx: TaskContext
     sessions: sessionmaker[Session]
-    model_id: str
     resources: Resources = field(compare=False)
 
     @classmethod
     def open(cls, ctx: TaskContext, res: Resources) -> TaskRun:
-        return cls(ctx, res.sessions(ctx.data.catalog_url), model_id_of(ctx.model_path), res)
+        return cls(ctx, res.sessions(ctx.data.catalog_url), res)
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """The model's id (`indexer.ingest.pipeline.model_id_of`), once per run."""
+        return model_id_of(self.ctx.model_path)
 
     @property
     def job_id(self) -> str | None:
