@@ -74,18 +74,18 @@ def stored_query(
     first = indexed_clips(engine.sessions, video_id)[0][0]
     check_catalog_file(engine.sessions, video_id)  # its media gone or replaced: refused as the media is
     stored = stored_row(version, first, modality, video_id)  # 404 / 422 as for any stored token
-    shard, track = stored.version, int(stored.version.tracks.track_of_row[stored.row])  # its shard's
-    frames = int(shard.tracks.length[track])
+    store, track = stored.version, int(stored.version.tracks.track_of_row[stored.row])  # the version holding it
+    frames = int(store.tracks.length[track])
     low, high = 0, frames  # the track's frames [low, high) inside `part`
     if part != TimeRange():
-        end = part.end if part.end is not None else frames * shard.frame_s
+        end = part.end if part.end is not None else frames * store.frame_s
         if end - part.start < engine.prep.min_query_s:
             raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")
-        times = shard.frame_s * np.arange(frames)  # each frame's time in the video
+        times = store.frame_s * np.arange(frames)  # each frame's time in the video
         inside = np.flatnonzero((times >= part.start - 1e-6) & (times < end - 1e-6))
         if len(inside) == 0:
             raise InvalidInput(f"video {video_id} has no frame between {part.start:.3f} and {end:.3f} s")
         low, high = int(inside[0]), int(inside[-1]) + 1
-    longest = engine.prep.max_query_frames(shard.frames)  # the store matches the model: the same frame_s
-    tokens = shard.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
+    longest = engine.prep.max_query_frames(store.frames)  # the store matches the model: the same frame_s
+    tokens = store.track_frames(modality, track, low, min(high, low + longest))  # read only what is used
     return QueryTokens(tokens, high - low > longest, 0.0, 0.0)
