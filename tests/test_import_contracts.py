@@ -1,4 +1,4 @@
-"""Each import-linter contract of pyproject.toml breaks when a probe import crosses it.
+"""Each import-linter contract of pyproject.toml breaks when a probe import crosses it; no package imports in a circle.
 
 `make test` runs `lint-imports` on the code as it is (every contract kept); this checks that each contract can
 fail: a copy of the packages gets one forbidden import at a time, and `lint-imports --contract ID` must report
@@ -86,3 +86,18 @@ def test_the_contract_breaks_on_its_probe(probe: Probe, pristine: Path, tmp_path
     broken = _lint(copy, probe.contract)
     assert broken.returncode == 1 and "BROKEN" in broken.stdout, broken.stdout + broken.stderr
     assert probe.line.split()[-1] in broken.stdout  # the report names the probed import
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_imports_itself_back(package: str) -> None:
+    """No import circle inside a package: no module reaches back, through any chain, a module that imports it."""
+    import grimp
+
+    graph = grimp.build_graph(package)
+    circles = [
+        (importer, imported)
+        for importer in sorted(graph.modules)
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if imported.startswith(package) and graph.find_shortest_chain(importer=imported, imported=importer)
+    ]
+    assert circles == []
