@@ -1,9 +1,11 @@
 """Track search at scale: synthetic token tracks, off-grid queries of 2 to 180 s, against the exact
 brute-force sliding search over every track.
 
-    python bench/bench_tracks.py --frames 1600000 --queries 40 [--store DIR]
+    python bench/bench_tracks.py --frames 1600000 --queries 40 [--corpus structured|random] [--store DIR]
 
-A corpus is videos of 10 s to 2 h (lengths log-uniform, frame k at k x 0.64 s) totalling `--frames`
+Two corpora, one code path (`--corpus`): *structured* (the default, issue 30: videos of topics, a fifth of them
+holding near-copies of other videos' segments; `structured_corpus.py` says how) and *random* (below). The
+random corpus is videos of 10 s to 2 h (lengths log-uniform, frame k at k x 0.64 s) totalling `--frames`
 per-frame tokens (1.6M = 100k clip-equivalents of T=16), D=768, built like bench_index.py's: event
 centres from an anisotropic Gaussian (power-law spectrum), each video a sequence of events of 2 to 12
 frames with a video-level offset and per-frame noise, and a tenth of the videos replaying another
@@ -13,15 +15,20 @@ at a uniformly random off-grid offset: each query frame interpolates two consecu
 query at every frame offset of every track (a batched brute force, independent of the retrieval
 core; a track shorter than the query scored over the query's frames), each track shown at the centre of
 its run of offsets within TIE_TOLERANCE of its best (the score a search shows: its first moment's), the
-top-10 videos by that score, and the offset of its first video (moments picked as the core does).
+top-10 videos by that score, and the offset of its first video (moments picked as the core does). Beside it
+the task truth of `relevance.py`, from the corpus's construction: the relevant videos (the source and its
+near-copies), the chance ceiling, the significant videos of the exact top 10, topical precision@10.
 Reported per query length and candidate scheme (votes at per_frame:hypotheses, the scan, or the windows
 experiment of `window_stage.py`): recall@1 and @10 of videos against the truth, recall_clear (of the
 truth's top 10, only the videos scoring CLEAR_MARGIN above its 11th: the ones not decided by
-near-ties), the first moment's start error against the truth's offset,
-p50/p99 latency (one query at a time, encoding excluded); build time and bytes per frame. `--store`
-keeps the built store in DIR and reuses it on the next run of the same --frames (the corpus is
-seeded by it). The tokens are stored as the visual modality only (the audio index is not
-built: the same code path, half the build).
+near-ties), the first moment's start error against the truth's offset; first_hit_relevant (share of
+queries), relevant_recall_at_10, topical_precision_at_10 (the search's, and the exact top 10's),
+significant_recall (pooled), moment_within_1_frame (the first moment against the exact best offset in the
+source, for the queries whose first hit is their source), p50/p99 latency (one query at a time, encoding
+excluded); build time and bytes per frame. `--store` keeps the built store in DIR and reuses it on the next
+run of the same --frames and --corpus (the corpus is seeded by them; a store built for another is refused).
+The tokens are stored as the visual modality only (the audio index is not built: the same code path, half
+the build).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import window_stage
+from relevance import chance_ceiling, relevant_videos, significant, topical_precision
+from structured_corpus import Corpus, event_space, random_corpus, render, structured_corpus
 
 from indexer.search.moments import TrackHit
 from indexer.search.ranking import search
@@ -63,10 +72,7 @@ def video_lengths(total: int, rng: np.random.Generator) -> list[int]:
 def make_tracks(lengths: list[int], seed: int, events: int = 4096, decay: float = 1.0) -> list[np.ndarray]:
     """One (L, D) float16 track per video (see the module)."""
     rng = np.random.default_rng(seed)
-    scale = (1.0 + np.arange(D)) ** (-decay / 2)
-    basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
-    centres = ((rng.standard_normal((events, D)) * scale) @ basis.T).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres, scale, basis = event_space(rng, events, decay)
     tracks, previous = [], None
     for length in lengths:
         if previous is not None and rng.random() < 0.1:  # a reordered twin of the previous video's events
@@ -76,14 +82,9 @@ def make_tracks(lengths: list[int], seed: int, events: int = 4096, decay: float 
         else:
             runs = rng.integers(2, 13, size=length // 2 + 1)
             names = rng.integers(events, size=len(runs))
-        plan = np.repeat(names, runs)
-        plan = np.resize(plan, length)  # a twin of another length wraps its plan
+        plan = np.resize(np.repeat(names, runs), length)  # a twin of another length wraps its plan
         previous = (names, runs)
-        offset = (rng.standard_normal(D) * scale) @ basis.T
-        offset /= np.linalg.norm(offset)
-        noise = rng.standard_normal((length, D)).astype(np.float32) / np.sqrt(D)
-        tokens = centres[plan] + 0.5 * offset.astype(np.float32) + 0.6 * noise
-        tracks.append((tokens / np.linalg.norm(tokens, axis=-1, keepdims=True)).astype(np.float16))
+        tracks.append(render(plan, centres, scale, basis, rng))
     return tracks
 
 
@@ -180,7 +181,7 @@ def searcher(version, setting: str, root: Path) -> Callable[[np.ndarray], list[T
 
 
 def measure(run: Callable[[np.ndarray], list[TrackHit]], queries: list[dict], truth: dict) -> dict:
-    times, at1, at10, errors, clear = [], [], [], [], []
+    times, at1, at10, errors, clear, task = [], [], [], [], [], []
     run(queries[0]["tokens"])  # warm-up
     for i, query in enumerate(queries):
         started = time.perf_counter()
@@ -194,10 +195,12 @@ def measure(run: Callable[[np.ndarray], list[TrackHit]], queries: list[dict], tr
             clear += [v in found for v in truth["clear"][i]]
             if found and found[0] == expected[0]:
                 errors.append(abs(hits[0].moments[0].offset - truth["offset"][i]) * FRAME_S)
+            task.append(task_measures(hits, query, truth, i))
     ms = np.array(times) * 1000
     p50, p99 = np.percentile(ms, [50, 99]).round(2).tolist()
     errors_s = np.array(errors) if errors else np.zeros(1)
     return {
+        **task_summary(task),
         "recall_at_1": round(float(np.mean(at1)), 4),
         "recall_at_10": round(float(np.mean(at10)), 4),
         "recall_clear": round(float(np.mean(clear)), 4) if clear else None,
@@ -212,24 +215,93 @@ def measure(run: Callable[[np.ndarray], list[TrackHit]], queries: list[dict], tr
     }
 
 
-def truth_for(tracks: list[np.ndarray], queries: list[dict], count: int) -> dict:
-    """Exact top-10 videos and the first video's best offset for the first `count` queries."""
+def task_measures(hits: list[TrackHit], query: dict, truth: dict, i: int) -> dict:
+    """One query's task measures (relevance.py) for a search's `hits`."""
+    found = [h.track_id for h in hits]
+    relevant, topic = truth["relevant"][i], query["topic"]
+    source_first = bool(found) and found[0] == query["video"]
+    return {
+        "first_relevant": bool(found) and found[0] in relevant,
+        "relevant": len(relevant),
+        "relevant_recall": len(relevant & set(found[:10])) / min(10, len(relevant)),
+        "topical": topical_precision(found, relevant, truth["topics"], topic),
+        "exact_topical": truth["exact_topical"][i],
+        "significant": [v in found for v in truth["significant"][i]],
+        "moment": abs(hits[0].moments[0].offset - truth["source_offset"][i]) <= 1 if source_first else None,
+    }
+
+
+def task_summary(task: list[dict]) -> dict:
+    """The task measures averaged over the queries (significant recall pooled over their videos)."""
+    pooled = [s for t in task for s in t["significant"]]
+    moments = [t["moment"] for t in task if t["moment"] is not None]
+    return {
+        "first_hit_relevant": round(float(np.mean([t["first_relevant"] for t in task])), 4),
+        "relevant_recall_at_10": round(float(np.mean([t["relevant_recall"] for t in task])), 4),
+        "topical_precision_at_10": round(float(np.mean([t["topical"] for t in task])), 4),
+        "exact_topical_precision_at_10": round(float(np.mean([t["exact_topical"] for t in task])), 4),
+        "significant_recall": round(float(np.mean(pooled)), 4) if pooled else None,
+        "significant_per_query": round(len(pooled) / max(1, len(task)), 2),
+        "relevant_per_query": round(float(np.mean([t["relevant"] for t in task])), 2),
+        "moment_within_1_frame": round(float(np.mean(moments)), 4) if moments else None,
+        "queries_source_first": len(moments),
+    }
+
+
+def truth_for(corpus: Corpus, queries: list[dict], count: int) -> dict:
+    """For the first `count` queries: the exact top-10 videos and the first video's best offset, the source's
+    best offset, and the task truth (relevance.py)."""
+    tracks = corpus.tracks
     block = np.stack([q["tokens"] for q in queries[:count]])
     best = exact_scores(tracks, block)
     top10 = {i: np.argsort(-best[i], kind="stable")[:10].tolist() for i in range(count)}
     eleventh = {i: float(np.sort(best[i])[-11]) if best.shape[1] > 10 else -np.inf for i in range(count)}
     clear = {i: [v for v in top10[i] if best[i, v] >= eleventh[i] + CLEAR_MARGIN] for i in range(count)}
-    offsets = {}
-    for i in range(count):
-        track = tracks[top10[i][0]].astype(np.float32)
-        found = score_offsets(block[i], track[None])
-        offsets[i] = int(found.offsets[pick_moments(found.offsets, found.scores[0], found.aligned, 1)[0]])
-    return {"top10": top10, "clear": clear, "offset": offsets}
+    relevant = {
+        i: relevant_videos(corpus.copies, q["video"], q["start"], len(q["tokens"]))
+        for i, q in enumerate(queries[:count])
+    }
+    ceiling = {i: chance_ceiling(best[i], relevant[i], corpus.topics, queries[i]["topic"]) for i in range(count)}
+    offsets = {i: best_offset(block[i], tracks[top10[i][0]]) for i in range(count)}
+    return {
+        "top10": top10,
+        "clear": clear,
+        "offset": offsets,
+        "source_offset": {i: best_offset(block[i], tracks[queries[i]["video"]]) for i in range(count)},
+        "relevant": relevant,
+        "significant": {i: significant(top10[i], best[i], ceiling[i]) for i in range(count)},
+        "exact_topical": {
+            i: topical_precision(top10[i], relevant[i], corpus.topics, queries[i]["topic"]) for i in range(count)
+        },
+        "topics": corpus.topics,
+    }
+
+
+def best_offset(query: np.ndarray, track: np.ndarray) -> int:
+    """The offset of the first moment of `query` in `track` by the exact scores (moments picked as the core does)."""
+    found = score_offsets(query, track.astype(np.float32)[None])
+    return int(found.offsets[pick_moments(found.offsets, found.scores[0], found.aligned, 1)[0]])
+
+
+def make_corpus(kind: str, frames: int) -> Corpus:
+    """The `kind` corpus (structured or random) of `frames` frames, seeded by them (the lengths) and 1."""
+    lengths = video_lengths(frames, np.random.default_rng(frames))
+    return structured_corpus(lengths, seed=1) if kind == "structured" else random_corpus(make_tracks(lengths, seed=1))
+
+
+def claim_store(root: Path, kind: str, frames: int) -> None:
+    """Mark `root` as the store of this corpus; refuse one marked for another."""
+    marker, mine = root / "bench-corpus.json", {"corpus": kind, "frames": frames}
+    if marker.exists() and json.loads(marker.read_text()) != mine:
+        raise SystemExit(f"{root} holds the store of {marker.read_text()}, not {mine}")
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(mine))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=1_600_000)
+    parser.add_argument("--corpus", choices=("structured", "random"), default="structured")
     parser.add_argument("--queries", type=int, default=40, help="queries per length checked against the truth")
     parser.add_argument("--timed", type=int, default=100, help="queries per length timed (>= --queries)")
     parser.add_argument("--seconds", type=int, nargs="+", default=list(QUERY_SECONDS))
@@ -242,13 +314,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary store")
     parser.add_argument("--store", type=Path, default=None, help="build the store here once and reuse it")
     args = parser.parse_args()
-    rng = np.random.default_rng(args.frames)
     started = time.perf_counter()
-    tracks = make_tracks(video_lengths(args.frames, rng), seed=1)
+    corpus = make_corpus(args.corpus, args.frames)
+    tracks = corpus.tracks
     print(
         json.dumps(
             {
+                "corpus": args.corpus,
                 "videos": len(tracks),
+                "topics": len(set(corpus.topics.tolist())),
+                "copies": len(corpus.copies),
                 "frames": sum(map(len, tracks)),
                 "corpus_s": round(time.perf_counter() - started, 1),
             }
@@ -257,6 +332,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         root = args.store or Path(work) / "store"
+        claim_store(root, args.corpus, args.frames)
         reused = args.store is not None and TokenStore(root, dtype="float16").open(indexes=False) is not None
         build_s = None if reused else build_store(tracks, root)[1]
         version = TokenStore(root, dtype="float16").open()
@@ -278,8 +354,10 @@ def main() -> None:
         for seconds in args.seconds:
             length = round(seconds / FRAME_S)
             queries = make_queries(tracks, length, max(args.timed, args.queries), seed=seconds)
+            for query in queries:
+                query["topic"] = int(corpus.topics[query["video"]])
             t0 = time.perf_counter()
-            truth = truth_for(tracks, queries, args.queries)
+            truth = truth_for(corpus, queries, args.queries)
             truth_s = round(time.perf_counter() - t0, 1)
             for setting in args.settings.split(","):
                 if setting == "windows" and length < window_stage.WINDOWS.frames:
