@@ -11,7 +11,8 @@ centres from an anisotropic Gaussian (power-law spectrum), each video a sequence
 frames with a video-level offset and per-frame noise, and a tenth of the videos replaying another
 video's events in another order (reordered twins). A query of n seconds is round(n / 0.64) frames cut
 at a uniformly random off-grid offset: each query frame interpolates two consecutive track frames
-(the query's grid falls between the track's), plus noise. Truth: the exact diagonal_mean of every
+(the query's grid falls between the track's), plus noise; on the structured corpus every 4th query is cut
+inside a near-copy (from its source or its holder). Truth: the exact diagonal_mean of every
 query at every frame offset of every track (a batched brute force, independent of the retrieval
 core; a track shorter than the query scored over the query's frames), each track shown at the centre of
 its run of offsets within TIE_TOLERANCE of its best (the score a search shows: its first moment's), the
@@ -38,14 +39,14 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import window_stage
 from relevance import chance_ceiling, relevant_videos, significant, topical_precision
-from structured_corpus import Corpus, event_space, random_corpus, render, structured_corpus
+from structured_corpus import Copy, Corpus, event_space, random_corpus, render, structured_corpus
 
 from indexer.search.moments import TrackHit
 from indexer.search.ranking import search
@@ -88,15 +89,27 @@ def make_tracks(lengths: list[int], seed: int, events: int = 4096, decay: float 
     return tracks
 
 
-def make_queries(tracks: list[np.ndarray], frames: int, count: int, seed: int, noise: float = 0.5) -> list[dict]:
-    """Off-grid excerpts of `frames` frames: frame k = (1 - a) x track[o + k] + a x track[o + k + 1] + noise."""
+def make_queries(
+    tracks: list[np.ndarray], frames: int, count: int, seed: int, noise: float = 0.5, copies: Sequence[Copy] = ()
+) -> list[dict]:
+    """Off-grid excerpts of `frames` frames: frame k = (1 - a) x track[o + k] + a x track[o + k + 1] + noise; every
+    4th cut inside a near-copy of `copies` long enough (its source or its holder, by a coin), the others anywhere."""
     rng = np.random.default_rng(seed)
     long_enough = [v for v, t in enumerate(tracks) if len(t) > frames + 1]
+    copied = [c for c in copies if c.frames >= frames + 2]
     out = []
-    for _ in range(count):
-        video = int(rng.choice(long_enough))
-        track = tracks[video].astype(np.float32)
-        start, shift = int(rng.integers(0, len(track) - frames - 1)), float(rng.uniform(0, 1))
+    for i in range(count):
+        if copied and i % 4 == 3:
+            copy = copied[int(rng.integers(len(copied)))]
+            holder = bool(rng.random() < 0.5)
+            video, first = (
+                (copy.target, copy.target_start) if holder else (copy.source, int(np.ceil(copy.source_start)))
+            )
+            start = first + int(rng.integers(0, copy.frames - frames - 1))
+        else:
+            video = int(rng.choice(long_enough))
+            start = int(rng.integers(0, len(tracks[video]) - frames - 1))
+        track, shift = tracks[video].astype(np.float32), float(rng.uniform(0, 1))
         q = (1 - shift) * track[start : start + frames] + shift * track[start + 1 : start + frames + 1]
         q += noise * rng.standard_normal(q.shape).astype(np.float32) / np.sqrt(D)
         out.append({"video": video, "start": start + shift, "tokens": q / np.linalg.norm(q, axis=1, keepdims=True)})
@@ -353,7 +366,7 @@ def main() -> None:
         runners: dict[str, Callable[[np.ndarray], list[TrackHit]]] = {}  # per setting, made once
         for seconds in args.seconds:
             length = round(seconds / FRAME_S)
-            queries = make_queries(tracks, length, max(args.timed, args.queries), seed=seconds)
+            queries = make_queries(tracks, length, max(args.timed, args.queries), seconds, copies=corpus.copies)
             for query in queries:
                 query["topic"] = int(corpus.topics[query["video"]])
             t0 = time.perf_counter()

@@ -121,3 +121,12 @@ def test_the_random_corpus_is_todays() -> None:
     today = bench_tracks.make_tracks(lengths, seed=1)
     assert all(np.array_equal(x, y) for x, y in zip(corpus.tracks, today, strict=True))
     assert corpus.copies == [] and np.array_equal(corpus.topics, np.arange(len(today)))
+
+
+def test_every_fourth_query_is_cut_inside_a_copy() -> None:
+    corpus = structured_corpus(LENGTHS * 2, seed=7, config=StructuredConfig(copy_share=0.5))
+    queries = bench_tracks.make_queries(corpus.tracks, 8, 12, seed=3, copies=corpus.copies)
+    for query in queries[3::4]:
+        assert len(relevant_videos(corpus.copies, query["video"], query["start"], 8)) >= 2
+    plain = bench_tracks.make_queries(corpus.tracks, 8, 12, seed=3)
+    assert all(len(q["tokens"]) == 8 for q in plain) and plain[0]["video"] == queries[0]["video"]
