@@ -55,20 +55,18 @@ def make_app(settings: Settings) -> Celery:
         str(settings.model_path), settings.data(), lease_s=settings.lease_s, queue_lease_s=settings.queue_lease_s
     )
     dead_decode_folders()  # decode folders of killed workers on this machine
-    jobs_broker: list[RedisBroker] = []  # built once the task is registered (it publishes through it)
 
     @celery.task(bind=True, name=TASK_NAME, max_retries=tasks.MAX_RETRIES, shared=False)  # this app only
     def index_file(self: Task, job_id: str, path: str, model_path: str, data_dir: str, database_url: str) -> str:
         """Encode one file, merge whatever is pending, settle the file in its job."""
         ctx = own.received(TaskMessage(model_path, data_dir, database_url), job_id or None)
-        ctx = dataclasses.replace(ctx, broker=jobs_broker[0] if jobs_broker else None)
         retry = tasks.index_file(TaskRun.open(ctx, resources), path, self.request.retries)
         if retry is not None:
             raise self.retry(exc=retry.error, countdown=retry.delay_s)
         return path
 
     if (settings.broker_url or "").startswith(REDIS_SCHEMES):  # another broker: merges take the store's lock only
-        jobs_broker.append(broker(settings, celery))
+        own = dataclasses.replace(own, broker=broker(settings, celery))  # built once the task is registered
     return celery
 
 

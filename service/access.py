@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Forbidden, ServiceError, TooManyAttempts, Unauthorized, error_answer
+from service.headers import app_path
 
 KEY_HEADER = "X-API-Key"
 SESSION_COOKIE = "cavsync_session"
@@ -138,9 +139,7 @@ def client_of(scope: Scope) -> str:
 
 def is_open(scope: Scope) -> bool:
     """Whether the request's path (under the app's root path) answers without the key under `all`."""
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(f"{root}/"):
-        path = path[len(root) :]
+    path = app_path(scope)
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 

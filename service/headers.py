@@ -51,6 +51,12 @@ DOCS_PATHS = ("/docs", "/redoc")  # and below /docs/ (the OAuth2 redirect); not 
 _SCRIPT_TAG = re.compile(rb"<script(?=[\s>])", re.IGNORECASE)
 
 
+def app_path(scope: Scope) -> str:
+    """The request's path under the app's root path (`root_path`: the prefix a proxy mounts the app at)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(f"{root}/") else path
+
+
 def is_docs(path: str) -> bool:
     """Whether `path` is a page of the docs (Swagger UI, its OAuth2 redirect, ReDoc)."""
     return path in DOCS_PATHS or path.startswith("/docs/")
@@ -95,8 +101,7 @@ class SecurityHeaders:
             return
         nonce = secrets.token_urlsafe(18)
         scope.setdefault("state", {})[NONCE_KEY] = nonce
-        root, path = scope.get("root_path", ""), scope["path"]
-        path = path[len(root) :] if root and path.startswith(root) else path
+        path = app_path(scope)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -67,7 +67,7 @@ WHOLE_TRACK = TimeRange()
 
 
 def stored_query(
-    engine: Engine, version: CorpusVersion | None, video_id: int, modality: Modality, part: TimeRange = TimeRange()
+    engine: Engine, version: CorpusVersion | None, video_id: int, modality: Modality, part: TimeRange = WHOLE_TRACK
 ) -> QueryTokens:
     """An indexed video's track of `modality` (the frames of `part` of it: one per 0.64 s, from the first at or
     after `start` to the last before `end`) as query tokens, cut to the longest query."""
@@ -77,7 +77,7 @@ def stored_query(
     store, track = stored.version, int(stored.version.tracks.track_of_row[stored.row])  # the version holding it
     frames = int(store.tracks.length[track])
     low, high = 0, frames  # the track's frames [low, high) inside `part`
-    if part != TimeRange():
+    if part != WHOLE_TRACK:
         end = part.end if part.end is not None else frames * store.frame_s
         if end - part.start < engine.prep.min_query_s:
             raise InvalidInput(f"the time range {part.start:.3f}-{end:.3f} s is under {engine.prep.min_query_s:.1f} s")

@@ -231,11 +231,6 @@ def drop_upload(uploads: Path, path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def managed_dir(data_dir: Path) -> Path:
-    """The managed copies' folder of a data dir (`DataDir.media`)."""
-    return DataDir(data_dir).media
-
-
 def is_managed(uri: str, media_dir: Path) -> bool:
     """Whether `uri` is a managed copy (a file of `media_dir` named by its content)."""
     path = Path(uri)

@@ -90,7 +90,7 @@ def repair_location(
     """Indexed videos of this content whose file is gone or no longer the indexed one now point at `uri` (the
     same content, found again; `name` shown, default its file's name). The caller commits; returns how many."""
     videos = session.scalars(indexed_videos_of(sha, model_id)).all()
-    return _repoint(videos, uri, identity, name)
+    return _repoint(videos, _intact(videos, other_than=uri), uri, identity, name)
 
 
 def relocate(session: Session, data: DataDir, path: str, sha: str, identity: FileIdentity, model_id: str) -> int:
@@ -98,19 +98,25 @@ def relocate(session: Session, data: DataDir, path: str, sha: str, identity: Fil
     or something else at its path), the videos whose file is gone now point at where this file is indexed from
     (`files.source_of`: an upload is kept as a managed copy only then). The caller commits; returns how many."""
     videos = session.scalars(indexed_videos_of(sha, model_id)).all()
-    if all(files.is_intact(v.uri, v.sha256, recorded_identity(v)) for v in videos):
+    intact = _intact(videos)  # each file checked once (a check may hash it)
+    if len(intact) == len(videos):
         return 0
     source = files.source_of(path, sha, identity, data, MEDIA_SUFFIXES)
-    return _repoint(videos, source.uri, source.identity, source.name)
+    return _repoint(videos, intact, source.uri, source.identity, source.name)
 
 
-def _repoint(videos: Sequence[Video], uri: str, identity: FileIdentity, name: str | None) -> int:
+def _intact(videos: Sequence[Video], other_than: str | None = None) -> set[int]:
+    """The ids of the videos whose file is still the indexed one (those at `other_than` not checked)."""
+    return {v.id for v in videos if v.uri != other_than and files.is_intact(v.uri, v.sha256, recorded_identity(v))}
+
+
+def _repoint(videos: Sequence[Video], intact: set[int], uri: str, identity: FileIdentity, name: str | None) -> int:
     repaired = 0
     for video in videos:
         if video.uri == uri:  # the same file, just hashed: its identity now
             video.file_size, video.file_mtime_ns = identity
             continue
-        if files.is_intact(video.uri, video.sha256, recorded_identity(video)):
+        if video.id in intact:
             continue
         log.info("video %d: its file is no longer at %s; it is at %s now", video.id, video.uri, uri)
         video.uri, video.name = uri, name or Path(uri).name  # stored as shown (`Video._shown`)

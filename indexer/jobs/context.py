@@ -96,7 +96,3 @@ class TaskRun:
     def model(self) -> CAVMAESync:
         """The model, loaded once per process (`Resources`)."""
         return self.resources.model(self.ctx.model_path)
-
-    def of_job(self, job_id: str) -> TaskRun:
-        """This run for another job (the same catalog and model)."""
-        return dataclasses.replace(self, ctx=dataclasses.replace(self.ctx, job_id=job_id))

@@ -20,6 +20,7 @@ the broker (`Send`, with the run's `TaskMessage`: a broker that takes none fails
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -85,7 +86,7 @@ class Supervisor:
         c = self.config
         ctx = TaskContext(
             str(c.model_path.resolve()),
-            c.data,
+            dataclasses.replace(c.data, root=c.data.root.resolve()),  # as sent: the folder wherever a task runs
             job_id,
             broker=self.broker,
             lease_s=c.leases.lease_s,
@@ -227,9 +228,10 @@ class Supervisor:
             with contextlib.suppress(records.QueueUnavailable):  # the job is marked failed with the reason
                 dispatch_job(run, publish=self._publish)
             return
+        message = run.ctx.message
         for path in paths:
             try:
-                self._publish(job_id, path, run.ctx.message)
+                self._publish(job_id, path, message)
             except Exception as exc:  # the lease expires again: the next round retries, then gives up
                 log.warning("index job %s: %s not sent again: %s", job_id, path, exc)
 

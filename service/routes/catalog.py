@@ -15,7 +15,6 @@ from fastapi.responses import FileResponse, Response
 from indexer.catalog.queries import video_detail, video_page, video_status
 from indexer.catalog.tables import VideoStatus
 from indexer.cluster.corpus import version_part
-from indexer.ingest.files import managed_dir
 from indexer.ingest.pipeline import delete_videos
 from indexer.store.version import StoreVersion
 from service.deps import EngineDep, VersionDep, require_api_key
@@ -176,7 +175,7 @@ def delete_video(engine: EngineDep, video_id: VideoId) -> DeleteResponse:
     A delete of a video whose job is committing it waits for that commit, then deletes: never undone by it."""
     if video_status(engine.sessions, video_id) is None:
         raise NotFound(f"no video {video_id}")
-    removed = delete_videos([video_id], engine.store, engine.sessions, managed_dir(engine.config.data_dir))
+    removed = delete_videos([video_id], engine.store, engine.sessions, engine.config.data.media)
     forget_posters(engine.config.data_dir, video_id)
     version = engine.reload()
     return DeleteResponse(video_id=video_id, deleted=removed > 0, index_version=version.name if version else None)
