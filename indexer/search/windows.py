@@ -102,7 +102,7 @@ class WindowFrames(NamedTuple):
         return self.frames[self.at[i] : self.at[i + 1]]
 
     def subset(self, picked: list[int]) -> WindowFrames:
-        parts = [self.frames[self.at[i] : self.at[i + 1]] for i in picked]
+        parts = [self.part(i) for i in picked]
         sizes = [len(part) for part in parts]
         frames = np.concatenate(parts) if parts else self.frames[:0]
         return WindowFrames(frames, np.r_[0, np.cumsum(sizes, dtype=np.int64)].astype(np.int64))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import json
 import mmap
 import os
 import weakref
@@ -54,11 +53,6 @@ def to_disk(fields: dict[str, Any]) -> dict[str, Any]:
 def from_disk(fields: dict[str, Any]) -> dict[str, Any]:
     """A manifest's JSON fields as the in-memory manifest names them (key order kept)."""
     return {SEGMENTS_KEY if key == ON_DISK else key: value for key, value in fields.items()}
-
-
-def listed(manifest: Path) -> set[str]:
-    """The names of the segments a manifest file lists."""
-    return {s["name"] for s in json.loads(manifest.read_text())[ON_DISK]}
 
 
 def concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -44,7 +44,7 @@ from indexer.store import build, segments
 from indexer.store.build import default_factory
 from indexer.store.corpus import Clips, Corpus
 from indexer.store.corpus import StoreError as StoreError  # raised here; importers name it from here too
-from indexer.store.version import MODALITIES, Manifest, StoreVersion, write_manifest
+from indexer.store.version import MODALITIES, Manifest, StoreVersion, read_manifest, write_manifest
 from model.features import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class TokenStore(Corpus):
         lock, so no writer is running). A reader that mapped a deleted segment keeps its mapping."""
         used = set()
         for manifest in (self.root / "versions").glob("v*/manifest.json"):
-            used |= segments.listed(manifest)
+            used |= {s["name"] for s in read_manifest(manifest).segments}
         for path in segments.segment_folder(self.root).iterdir():
             if path.name.startswith(".") or path.name.split(".", 1)[0] not in used:
                 path.unlink(missing_ok=True)
