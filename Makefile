@@ -82,7 +82,7 @@ bench: install
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_indexing.py
 	$(BIN)/python bench/bench_index.py --clips 10000 100000
-	$(BIN)/python bench/bench_tracks.py --frames 1600000 --queries 40 --timed 100
+	$(BIN)/python bench/bench_tracks.py --frames 200000 --queries 20 --timed 20 --settings auto,scan
 	@echo "load test (needs the demo index: make demo once): $(BIN)/python bench/bench_load.py --seconds 60 --concurrency 8"
 
 # The product on this machine: a demo corpus (40 synthetic clips + ../shared/media when present)

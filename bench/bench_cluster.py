@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexer.cluster.corpus import ShardedStore  # noqa: E402
 from indexer.cluster.scatter import SearchRequest, merge_hits  # noqa: E402
+from indexer.search.stage import FirstStage  # noqa: E402
 from indexer.store.token_store import TokenStore  # noqa: E402
 
 T, D = 16, 768
@@ -87,7 +88,7 @@ def main() -> None:
     view = sharded.open(indexes=False)
     assert view is not None
     rng = np.random.default_rng(1)
-    request = SearchRequest("visual", k=10, scheme="exhaustive", moment_from="audio")
+    request = SearchRequest("visual", k=10, stage=FirstStage("exhaustive"), moment_from="audio")
     starts = rng.integers(0, len(ids), args.queries + 5)
     qs = [visual[s] + 0.05 * rng.standard_normal((T, D)).astype(np.float32) for s in starts]
     qs = [(q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32) for q in qs]

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
     from indexer.cluster.ray_serve import ClusterConfig
     from indexer.jobs.leases import LeaseConfig
+    from indexer.search.stage import FirstStage
     from indexer.store.datadir import DataDir
     from service.config import ServiceConfig
 
@@ -93,6 +94,15 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long stopping waits for the file being indexed.")
     max_pixels: int = Field(36_000_000, gt=0, description="Largest frame (width x height) decoded; more: 413.")
     max_frames: int = Field(1_000_000, gt=0, description="Most frames of a video decoded; more: 413.")
+    # How a search finds its candidates (indexer.search.ranking.FirstStage; BENCHMARKS.md, issue 30).
+    search_scheme: str = Field(
+        "auto",
+        description="Candidate scheme: auto (exhaustive for small stores, else votes), exhaustive, votes, or scan "
+        "(reads every token: the exact reference, seconds per long query on a large store).",
+    )
+    search_probes: int = Field(16, ge=1, description="Query frames that probe the FAISS index (spread over it).")
+    search_per_frame: int = Field(2048, ge=1, description="Nearest stored frames each probing frame finds.")
+    search_hypotheses: int = Field(1024, ge=1, description="Best-voted (video, offset) hypotheses scored roughly.")
     # Shards (indexer.cluster.corpus) and the Ray cluster that serves them (indexer.cluster.ray_serve). shards=1
     # and no cluster address: one token store searched in the API process, as before shards. The API, the workers
     # and the command line must use one shard count (a store written with another is refused).
@@ -117,6 +127,15 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("search_scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from indexer.search.stage import SCHEMES  # no library: the schemes' declaration alone
+
+        if value not in SCHEMES:
+            raise ValueError(f"is not a search scheme: choose one of {', '.join(SCHEMES)}")
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -167,10 +186,21 @@ class Settings(BaseSettings):
         """The frozen config of the API; its `data` is the data dir's layout every command uses (`data()`)."""
         from service.config import ServiceConfig
 
-        names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name not in ("leases", "data")]
+        names = [f.name for f in dataclasses.fields(ServiceConfig) if f.name not in ("leases", "data", "search")]
         values = {name: getattr(self, name) for name in names}  # the same names
         values |= {"media_roots": tuple(self.media_roots), "cors_origins": tuple(self.cors_origins)}
-        return ServiceConfig(**values, data=self.data(), leases=self.leases())
+        return ServiceConfig(**values, data=self.data(), leases=self.leases(), search=self.search())
+
+    def search(self) -> FirstStage:
+        """How searches find their candidates (`CAVSYNC_SEARCH_*`)."""
+        from indexer.search.stage import FirstStage
+
+        return FirstStage(
+            scheme=self.search_scheme,  # type: ignore[arg-type]  # one of SCHEMES (_known_scheme)
+            probes=self.search_probes,
+            per_frame=self.search_per_frame,
+            hypotheses=self.search_hypotheses,
+        )
 
     def data(self) -> DataDir:
         """The data dir's layout (the catalog's URL, the token store's shard count) every command, the API and the

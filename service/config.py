@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from indexer.jobs.leases import LeaseConfig
 from indexer.jobs.supervisor import SupervisorConfig
+from indexer.search.stage import FirstStage
 from indexer.store.datadir import DataDir
 
 # Which routes need the API key: `writes` (POST /index, DELETE) or `all` (every route but /health, the page's
@@ -47,6 +48,7 @@ class ServiceConfig:
     cors_origins: tuple[str, ...] = ()
     device: str | None = None  # torch device of the model (default: cuda when available)
     leases: LeaseConfig = LeaseConfig()  # index job files: lease, queue wait, dispatches before failing
+    search: FirstStage = FirstStage()  # how searches find their candidates (CAVSYNC_SEARCH_*)
     reconcile_interval_s: float = 15.0  # how often lost files of index jobs are looked for (and at start)
     shutdown_grace_s: float = 10.0  # how long stopping waits for the file being indexed in process
     max_pixels: int | None = 36_000_000  # largest frame (width x height) decoded: a bomb gets 413 at probe

@@ -72,6 +72,7 @@ def _results(
         strategy=options.strategy,
         moments=options.moments,
         moment_from=modality,
+        stage=engine.config.search,
     )
     version, hits = engine.search(version, tokens, request)  # in process, or scattered over the shards
     videos = indexed_videos_of_clips(engine.sessions, [h.clip_id for h in hits])

@@ -8,7 +8,7 @@ by score, best first; equal scores (the same tokens stored twice) by track id, t
 store indexed by the catalog (ids ascending) holds and visits them. Moments are the shard's: a track's
 moments depend on that track's tokens alone.
 
-Candidate schemes: `scheme="auto"` is decided by each shard for its own size (a shard under
+Candidate schemes (`SearchRequest.stage`): `scheme="auto"` is decided by each shard for its own size (a shard under
 `indexer.search.ranking.EXHAUSTIVE_BELOW` live frames is searched exhaustively even when the whole corpus would vote),
 so a sharded corpus is at least as exact as one store; an explicit scheme is passed to every shard as given.
 """
@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from indexer.search.moments import TrackHit
-from indexer.search.ranking import Scheme, search
+from indexer.search.ranking import search
+from indexer.search.stage import FirstStage
 from indexer.store.corpus import CorpusVersion, StoreError
 from indexer.store.version import StoreVersion
 from model.network import Modality
@@ -67,9 +68,9 @@ class SearchRequest:
     target: Modality
     k: int = 10
     strategy: Strategy = "diagonal_mean"
-    scheme: Scheme = "auto"
     moments: int = 3
     moment_from: Modality | None = None
+    stage: FirstStage = FirstStage()
 
     def run(self, version: StoreVersion, query: np.ndarray) -> list[TrackHit]:
         """This request answered by one store version (a shard's, or the whole single store's)."""
@@ -79,9 +80,12 @@ class SearchRequest:
             target=self.target,
             k=self.k,
             strategy=self.strategy,
-            scheme=self.scheme,
             moments=self.moments,
             moment_from=self.moment_from,
+            scheme=self.stage.scheme,
+            probes=self.stage.probes,
+            per_frame=self.stage.per_frame,
+            hypotheses=self.stage.hypotheses,
         )
 
 

@@ -5,17 +5,18 @@ A video is one track of per-frame tokens per modality (`indexer.store.tracks`). 
 scored at every frame offset of a track by the exact strategy of `indexer.search.sliding` (diagonal_mean:
 (1/Q) sum of the cosines of the aligned frame pairs). Which tracks and offsets get scored:
 - "exhaustive" (automatic up to EXHAUSTIVE_BELOW live frames): every offset of every live track;
-- "votes" (automatic for queries of up to SCAN_ABOVE frames): each query frame's `per_frame` nearest
-  frames in the FAISS index vote, with their cosine, for the (track, offset) hypothesis they imply
-  (offset = frame's place in its track - query frame), offsets pooled in bins of `bin_frames`; the
-  `hypotheses` best-voted bins are scored exactly over their offsets +- `radius` frames (the Shazam /
-  audfprint offset histogram, on our exact score). The defaults (2048 : 1024) are the cheapest that
-  reach recall@10 0.99 against the exact search at 100k clip-equivalents (BENCHMARKS.md);
-- "scan" (automatic for longer queries; diagonal strategies): `indexer.search.scan` scores every offset of
-  every track in float16 products and nominates the tracks near the k-th best, which are then scored
-  exactly around their best offsets (the tracks it cannot scan: exhaustively). A long query's 2nd..10th
-  videos are partial overlaps that no frame's neighbours point at; the scan finds them (recall@10 1.0 at 30
-  and 60 s).
+- "votes" (automatic above, every query length): the query's probing frames (all of a query of up to `probes`
+  frames, else `probes` spread evenly over it) each find their `per_frame` nearest frames in the FAISS index of
+  the store version, which vote, with their cosine, for the (track, offset) hypothesis they imply (offset =
+  frame's place in its track - probing frame), offsets pooled in bins of `bin_frames` (the Shazam / audfprint
+  offset histogram). The `hypotheses` best-voted bins, +- `radius` frames, are scored roughly from the coarse
+  centroids of the index (no token read; `indexer.search.windows.rough_means`), and the KEPT_PER_HIT x k best
+  windows exactly, around their roughly best offset. The cost grows with the probes, not with the query's
+  length, and with the corpus only through the index (IVF lists of ~sqrt(n) frames; BENCHMARKS.md, issue 30);
+- "scan" (asked for; diagonal strategies): `indexer.search.scan` scores every offset of every track in float16
+  products and nominates the tracks near the k-th best, which are then scored exactly around their best
+  offsets (the tracks it cannot scan: exhaustively). It reads every stored token: seconds per long query at
+  1.6M frames, the reference the votes are measured against.
 One stage a module, none calling another: this module picks the candidates (`exhaustive`, `votes`, `scan`), has
 them scored exactly (`exhaustive`, `windows`), then ranked with their moments (`moments`); the kernels they share
 are in `sliding`.
@@ -26,24 +27,22 @@ Deleted videos never come back: their rows are dead in the version.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from indexer.search.exhaustive import exhaustive
 from indexer.search.moments import MomentRule, TrackHit, ranked_hits
 from indexer.search.scan import scan_candidates
-from indexer.search.sliding import SCAN_STRATEGIES, FloatArray, IntArray
+from indexer.search.sliding import FloatArray, IntArray
+from indexer.search.stage import SCHEMES, FirstStage, Scheme
 from indexer.search.votes import vote
 from indexer.search.windows import rescore
 from indexer.store.version import StoreVersion
 from model.network import Modality
 from model.similarity import STRATEGIES, Strategy
 
-Scheme = Literal["auto", "exhaustive", "votes", "scan"]
-SCHEMES: tuple[Scheme, ...] = ("auto", "exhaustive", "votes", "scan")
 EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
-SCAN_ABOVE = 16  # query frames (one clip) above which "auto" scans rather than votes
 
 
 def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
@@ -62,10 +61,11 @@ def search(
     scheme: Scheme = "auto",
     moments: int = 3,
     moment_from: Modality | None = None,
-    per_frame: int = 2048,
-    hypotheses: int = 1024,
+    per_frame: int = FirstStage.per_frame,
+    hypotheses: int = FirstStage.hypotheses,
     bin_frames: int = 4,
     radius: int = 4,
+    probes: int = FirstStage.probes,
 ) -> list[TrackHit]:
     """Top-k tracks of the `target` modality for L2-normalised query tokens (Q, D), best first.
 
@@ -84,7 +84,7 @@ def search(
     q = np.ascontiguousarray(query, dtype=np.float32)
     tracks = searchable_tracks(version, target)
     if scheme == "auto":
-        scheme = _automatic(int(version.tracks.length[tracks].sum()), len(q), strategy)
+        scheme = "exhaustive" if int(version.tracks.length[tracks].sum()) <= EXHAUSTIVE_BELOW else "votes"
     found = _candidates(
         version,
         q,
@@ -94,22 +94,24 @@ def search(
         scheme,
         k=k,
         moments=moments,
-        votes=(per_frame, hypotheses),
+        votes=(per_frame, hypotheses, probes),
         bin_frames=bin_frames,
     )
-    scored = rescore(version, q, target, strategy, found.voted, bin_frames=bin_frames, radius=radius, k=found.prefilter)
+    scored = rescore(
+        version,
+        q,
+        target,
+        strategy,
+        found.voted,
+        bin_frames=bin_frames,
+        radius=radius,
+        k=found.prefilter,
+    )
     scored += exhaustive(version, q, target, strategy, found.left)
     if not scored:
         return []
     rule = MomentRule(target, strategy, moments, moment_from)
     return ranked_hits(version, q, scored, k, rule)
-
-
-def _automatic(live_frames: int, query_frames: int, strategy: Strategy) -> Scheme:
-    """Small stores: exhaustive; queries longer than a clip: the scan; else the votes."""
-    if live_frames <= EXHAUSTIVE_BELOW:
-        return "exhaustive"
-    return "scan" if query_frames > SCAN_ABOVE and strategy in SCAN_STRATEGIES else "votes"
 
 
 class Candidates(NamedTuple):
@@ -130,7 +132,7 @@ def _candidates(
     *,
     k: int,
     moments: int,
-    votes: tuple[int, int],
+    votes: tuple[int, int, int],
     bin_frames: int,
 ) -> Candidates:
     """The candidates of `scheme` (not "auto") among the searchable `tracks` (see the module); `votes`: (per_frame,
@@ -140,6 +142,14 @@ def _candidates(
     if scheme == "scan":
         found = scan_candidates(version, query, target, strategy, tracks, k=k, moments=moments, bin_frames=bin_frames)
         return Candidates(found.voted, found.left, None)
-    per_frame, hypotheses = votes
-    voted = vote(version, query, target, per_frame=per_frame, hypotheses=hypotheses, bin_frames=bin_frames)
+    per_frame, hypotheses, probes = votes
+    voted = vote(
+        version,
+        query,
+        target,
+        per_frame=per_frame,
+        hypotheses=hypotheses,
+        bin_frames=bin_frames,
+        probes=probes,
+    )
     return Candidates(voted, np.zeros(0, dtype=np.int64), k)

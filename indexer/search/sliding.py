@@ -59,6 +59,14 @@ def offset_range(query_frames: int, track_frames: int) -> IntArray:
     return np.arange(low, high + 1, dtype=np.int64)
 
 
+def spread_frames(length: int, count: int) -> IntArray:
+    """`count` frames of a query of `length` spread evenly from its first to its last, ascending (all of them when
+    it has no more): the frames that probe the index, or score windows roughly."""
+    if length <= count:
+        return np.arange(length, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, length - 1, count)).astype(np.int64))
+
+
 def aligned_pairs(offsets: IntArray, aligned: int) -> tuple[IntArray, IntArray]:
     """(track frame, query frame) indices (W, n) of the pairs aligned at each offset."""
     steps = np.arange(aligned, dtype=np.int64)[None, :]

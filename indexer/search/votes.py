@@ -1,6 +1,9 @@
-"""The votes stage: each query frame's nearest stored frames in the FAISS index vote, with their cosine, for the
-(track, offset) hypothesis they imply; the best-voted hypotheses are what the window stage scores exactly
-(`indexer.search.windows.rescore`)."""
+"""The votes stage: the probing frames of a query (every frame of a query of up to `probes` frames, else
+`probes` frames spread evenly over it: `indexer.search.sliding.spread_frames`) each find their nearest stored
+frames in the FAISS index, which vote, with their cosine, for the (track, offset) hypothesis they imply; the
+best-voted hypotheses are what the window stage scores (`indexer.search.windows.rescore`). A long query's true
+placement gets a vote from most of its probes, a chance one from few: a spread subset finds it at a cost that
+does not grow with the query."""
 
 from __future__ import annotations
 
@@ -8,19 +11,32 @@ from typing import NamedTuple
 
 import numpy as np
 
-from indexer.search.sliding import FloatArray, IntArray
+from indexer.search.sliding import FloatArray, IntArray, spread_frames
 from indexer.store.version import StoreVersion
 
 
 def vote(
-    version: StoreVersion, query: FloatArray, target: str, *, per_frame: int, hypotheses: int, bin_frames: int
+    version: StoreVersion,
+    query: FloatArray,
+    target: str,
+    *,
+    per_frame: int,
+    hypotheses: int,
+    bin_frames: int,
+    probes: int,
 ) -> dict[int, list[int]]:
-    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted."""
+    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted, from the
+    `per_frame` nearest stored frames of each probing frame (`spread_frames`)."""
     index = version.index[target]
-    sims, ids = index.search(query, min(per_frame, index.ntotal))  # (Q, k)
-    starts = np.arange(len(query), dtype=np.int64)
+    starts = spread_frames(len(query), probes)
+    sims, ids = index.search(np.ascontiguousarray(query[starts]), min(per_frame, index.ntotal))  # (P, k)
     return tally(
-        version, target, len(query), Neighbours(sims, ids, starts), hypotheses=hypotheses, bin_frames=bin_frames
+        version,
+        target,
+        len(query),
+        Neighbours(sims, ids, starts),
+        hypotheses=hypotheses,
+        bin_frames=bin_frames,
     )
 
 
@@ -33,7 +49,13 @@ class Neighbours(NamedTuple):
 
 
 def tally(
-    version: StoreVersion, target: str, length: int, found: Neighbours, *, hypotheses: int, bin_frames: int
+    version: StoreVersion,
+    target: str,
+    length: int,
+    found: Neighbours,
+    *,
+    hypotheses: int,
+    bin_frames: int,
 ) -> dict[int, list[int]]:
     """The votes of `found` for a query of `length` frames: each neighbour votes, with its inner product, for
     the (track, offset bin) it implies (offset = its place in its track - its probe's start); track index ->

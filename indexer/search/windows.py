@@ -14,16 +14,19 @@ from indexer.search.sliding import (
     SCAN_STRATEGIES,
     FloatArray,
     IntArray,
-    approximate_products,
     as_tensor,
     diagonal_reduce,
-    near_kth,
     score_offsets,
+    spread_frames,
 )
+from indexer.store.build import CoarseTable
 from indexer.store.version import StoreVersion
 from model.similarity import Strategy
 
-BAND_VALUES = 1 << 20  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
+ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
+ROUGH_ABOVE = 16  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
+KEPT_PER_HIT = 3  # windows scored exactly per hit asked for, of the roughly scored ones
+BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
 
 
 def rescore(
@@ -38,8 +41,10 @@ def rescore(
     k: int | None = None,
 ) -> list[Scored]:
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
-    of nearby bins; the windows' offsets joined, ascending). With `k`, the windows are first scored in
-    the store's dtype and only the tracks that may be in the top k (`near_kth`) are scored exactly."""
+    of nearby bins; the windows' offsets joined, ascending). With `k` (diagonal_mean), a query of more than
+    ROUGH_ABOVE frames and a target index with a coarse table (IVF), the windows are first scored roughly
+    (`rough_means`) and only the KEPT_PER_HIT x k best are scored exactly, each over its roughly best offset +-
+    radius (a flat index, a small store's: every window exactly)."""
     if not voted:
         return []
     table, length = version.tracks, len(query)
@@ -50,17 +55,62 @@ def rescore(
         if length < int(table.length[t])
         for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=int(table.length[t]) - length)
     ]
+    if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE:
+        coarse = version.coarse[target]
+        if coarse is not None:  # an IVF index
+            windows, whole = _likely(version, query, coarse, (windows, whole), kept=KEPT_PER_HIT * k, radius=radius)
     spans = [(t, low, high - low + length) for t, low, high in windows] + [(t, 0, int(table.length[t])) for t in whole]
     read = gather_windows(version, target, spans)  # every frame scored below, read once
     gathered = WindowFrames(read.frames[: read.at[len(windows)]], read.at[: len(windows) + 1])  # a view
     out = [_every_offset(track, query, read.part(len(windows) + i), strategy) for i, track in enumerate(whole)]
-    if k is None or strategy not in SCAN_STRATEGIES or not windows:
-        return out + _by_track(windows, window_scores(query, gathered, strategy), length)
-    rough = _by_track(windows, diagonal_scores(query, gathered, strategy, exact=False), length)
-    kept = {rough[i].track for i in near_kth(np.array([s.scores.max() for s in rough]), k).tolist()}
-    picked = [i for i, w in enumerate(windows) if w[0] in kept]
-    exact = diagonal_scores(query, gathered.subset(picked), strategy, exact=True)
-    return out + _by_track([windows[i] for i in picked], exact, length)
+    return out + _by_track(windows, window_scores(query, gathered, strategy), length)
+
+
+def _likely(
+    version: StoreVersion,
+    query: FloatArray,
+    coarse: CoarseTable,
+    candidates: tuple[list[tuple[int, int, int]], list[int]],
+    *,
+    kept: int,
+    radius: int,
+) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """The `kept` best of the (track, low, high) windows and the whole tracks (no longer than the query: every
+    offset) by their rough scores (`rough_means`), a window narrowed to its roughly best offset +- radius."""
+    windows, whole = candidates
+    length, lengths = len(query), version.tracks.length
+    every = windows + [(t, int(lengths[t]) - length, 0) for t in whole]
+    rough = rough_means(version, query, coarse, every)
+    best = np.array([r.max() for r in rough])
+    order = np.argsort(-best, kind="stable")[:kept].tolist()
+    narrowed = []
+    for i in (i for i in order if i < len(windows)):
+        track, low, high = windows[i]
+        at = low + int(np.argmax(rough[i]))
+        narrowed.append((track, max(low, at - radius), min(high, at + radius)))
+    return sorted(narrowed), [whole[i - len(windows)] for i in order if i >= len(windows)]
+
+
+def rough_means(
+    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]]
+) -> list[FloatArray]:
+    """Rough diagonal_mean at every offset of each (track, low, high) window (low < 0: the track starts inside
+    the query) from the coarse table of the target's index, no token read: (1/R) sum_r <q_r, centroid of the
+    track's frame o + r> over ROUGH_FRAMES query frames r spread over it, 0 for frames outside the track."""
+    if not windows:
+        return []
+    picked = spread_frames(len(query), ROUGH_FRAMES)
+    table = version.tracks
+    counts = np.array([high - low + 1 for _, low, high in windows], dtype=np.int64)
+    track = np.repeat(np.array([t for t, _, _ in windows], dtype=np.int64), counts)  # (N,) one per offset
+    firsts = np.array([low for _, low, _ in windows], dtype=np.int64) - np.r_[0, np.cumsum(counts)[:-1]]
+    place = (np.repeat(firsts, counts) + np.arange(len(track)))[:, None] + picked[None, :]  # (N, R) track frames
+    inside = (place >= 0) & (place < table.length[track][:, None])
+    ids = table.first_row[track][:, None] * version.frames + np.where(inside, place, 0)
+    by_centroid = query[picked] @ coarse.centroids.T  # (R, C)
+    values = by_centroid[np.arange(len(picked))[None, :], coarse.lists[ids]]  # (N, R)
+    means = np.where(inside, values, 0.0).sum(1, dtype=np.float32) / len(picked)  # (N,)
+    return np.split(means, np.cumsum(counts)[:-1])
 
 
 def _every_offset(track: int, query: FloatArray, frames: np.ndarray, strategy: Strategy) -> Scored:
@@ -85,7 +135,7 @@ def window_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy) 
     """Exact scores at every offset of each window, the query inside its frames (the diagonal strategies: one
     product for all windows)."""
     if strategy in SCAN_STRATEGIES:
-        return diagonal_scores(query, windows, strategy, exact=True)
+        return diagonal_scores(query, windows, strategy)
     parts = [np.asarray(windows.part(i), dtype=np.float32) for i in range(len(windows.at) - 1)]
     return [score_offsets(query, frames[None], strategy).scores[0] for frames in parts]
 
@@ -118,15 +168,15 @@ def gather_windows(version: StoreVersion, target: str, spans: list[tuple[int, in
     return WindowFrames(version.frames_at(target, ids), at)
 
 
-def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy, *, exact: bool) -> list[FloatArray]:
-    """Scores at every offset of each window, in float32 (exact) or in the store's dtype (not exact: a
-    float16 store's rounding); one product for all windows."""
+def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy) -> list[FloatArray]:
+    """Exact scores (float32) at every offset of each window; one product for all windows (diagonal_max), the
+    aligned pairs alone (diagonal_mean: `band_means`)."""
     length, frames, at = len(query), windows.frames, windows.at
     if len(frames) == 0:
         return [np.zeros(0, dtype=np.float32) for _ in range(len(at) - 1)]
-    if exact and strategy == "diagonal_mean":
+    if strategy == "diagonal_mean":
         return band_means(query, windows)
-    products = query @ np.asarray(frames, dtype=np.float32).T if exact else approximate_products(query, frames)
+    products = query @ np.asarray(frames, dtype=np.float32).T
     cosines = np.pad(products, ((0, 0), (0, length - 1)))  # (Q, n + Q - 1)
     placed = diagonal_reduce(cosines, int(at[-1]), strategy)  # (n,): the query's first frame on frame i
     return [placed[at[i] : at[i + 1] - length + 1] for i in range(len(at) - 1)]
@@ -134,22 +184,26 @@ def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy
 
 def band_means(query: FloatArray, windows: WindowFrames) -> list[FloatArray]:
     """diagonal_mean at every offset of each window, in float32, from the aligned pairs alone (Q x D products
-    per offset, not the Q x (n + Q - 1) of all pairs): windows of one width in one matrix-vector product per
-    offset, a few at a time (converted to float32 while they fit the cache)."""
+    per offset, not the Q x (n + Q - 1) of all pairs): windows of one width, a few at a time (converted to
+    float32 while they fit the cache), one matrix-vector product per offset o with the Q frames aligned there
+    (a view: windows are narrow)."""
     length, dim = len(query), query.shape[1]
     flat_query = torch.from_numpy(np.ascontiguousarray(query).reshape(-1))  # (Q * D,)
     sizes = np.diff(windows.at)
     out: list[FloatArray] = [np.zeros(0, dtype=np.float32)] * len(sizes)
-    stored = as_tensor(windows.frames)
     for size in np.unique(sizes).tolist():
         picked, per_batch = np.flatnonzero(sizes == size), max(1, BAND_VALUES // (size * dim))
         for low in range(0, len(picked), per_batch):
             batch = picked[low : low + per_batch]
-            rows = torch.from_numpy(windows.at[batch][:, None] + np.arange(size)[None, :])
-            block = stored[rows.reshape(-1)].float().reshape(len(batch), size, dim)  # (b, n, D)
-            scores = torch.stack(
-                [block[:, s : s + length].reshape(len(batch), -1) @ flat_query for s in range(size - length + 1)], 1
-            )  # (b, n - Q + 1)
+            first, last = int(windows.at[batch[0]]), int(windows.at[batch[-1]]) + size
+            if last - first == len(batch) * size:  # windows back to back: a slice
+                frames = windows.frames[first:last]
+            else:
+                frames = windows.frames[(windows.at[batch][:, None] + np.arange(size)[None, :]).reshape(-1)]
+            block = as_tensor(frames).float().reshape(len(batch), size * dim)  # (b, n * D)
+            scores = torch.stack(  # (b, W): the aligned pairs' sum at each offset o, the frames o .. o + Q - 1
+                [block[:, o * dim : (o + length) * dim] @ flat_query for o in range(size - length + 1)], 1
+            )
             for i, row in zip(batch.tolist(), (scores / length).numpy(), strict=True):
                 out[i] = row
     return out

@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -20,16 +21,18 @@ log = logging.getLogger(__name__)
 # Flat indexes compare a batch of query vectors with BLAS from this many queries on; below, faiss scans
 # the whole index once per query vector. A query is many frames: one scan (one GEMM) is ~Q times faster.
 faiss.cvar.distance_compute_blas_threshold = 1
-NPROBE = 32  # inverted lists visited per query vector in IVF indexes
+FLAT_UP_TO = 32_000  # frame vectors: stores this small are searched exhaustively (indexer.search.ranking)
+NPROBE = 8  # inverted lists visited per query vector in IVF indexes (BENCHMARKS.md, issue 30)
 SAMPLE_CLIPS = 4096  # clips sampled to train indexes (more when IVF lists need more)
 VECTORS_PER_LIST = 100  # training vectors per IVF list (faiss warns below 39 and uses at most 256)
 CHUNK_CLIPS = 4096  # clips read and added at a time
 
 
 def default_factory(num_vectors: int, dim: int) -> str:
-    """Per-frame index: flat (exact) up to 200k frame vectors, then IVF with ~sqrt(n) lists and PQ codes
-    of dim / 16 bytes (candidates only: the re-rank is exact); HNSW-free to keep deletes."""
-    if num_vectors <= 200_000:
+    """Per-frame index: flat (exact) up to FLAT_UP_TO frame vectors, then IVF with ~sqrt(n) lists and PQ codes
+    of dim / 16 bytes (candidates only: the re-rank is exact; the lists' centroids score hypotheses roughly,
+    `CoarseTable`); HNSW-free to keep deletes."""
+    if num_vectors <= FLAT_UP_TO:
         return "IDMap2,Flat"
     return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
 
@@ -50,6 +53,32 @@ def read_index(path: Path, gpu: bool = False) -> faiss.Index:
         except RuntimeError as exc:  # an index type without a GPU implementation stays on the CPU
             log.warning("%s stays on the CPU: %s", path.name, exc)
     return index
+
+
+class CoarseTable(NamedTuple):
+    """The coarse quantizer of an IVF per-frame index, by stored frame: centroid c of list l is the mean of the
+    frames the list holds, so <q, c> is the mean of their inner products with q (what the window stage scores
+    hypotheses roughly with, before reading any token)."""
+
+    centroids: np.ndarray  # (C, D) float32
+    lists: np.ndarray  # (rows * T,) the list (centroid) of each stored frame by FAISS id; 0 where none holds it
+
+
+def coarse_table(index: faiss.Index, frames: int) -> CoarseTable | None:
+    """The coarse table of an IVF `index` over `frames` frame ids (rows * T); None for an index without lists."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None and gpu_count() > 0:  # on the GPU: its lists as a CPU copy holds them
+        ivf = faiss.try_extract_index_ivf(faiss.index_gpu_to_cpu(index))
+    if ivf is None:
+        return None
+    lists = np.zeros(frames, dtype=np.uint16 if ivf.nlist <= 1 << 16 else np.int32)
+    invlists = ivf.invlists
+    assert invlists is not None  # an IVF index holds its lists
+    for number in range(ivf.nlist):
+        size = invlists.list_size(number)
+        if size:
+            lists[faiss.rev_swig_ptr(invlists.get_ids(number), size)] = number
+    return CoarseTable(ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float32), lists)
 
 
 def frame_ids(rows: np.ndarray, frames: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from indexer.store import segments
-from indexer.store.build import read_index
+from indexer.store.build import CoarseTable, coarse_table, read_index
 from indexer.store.tracks import TrackTable
 from model.features import PreprocessConfig
 
@@ -126,6 +126,12 @@ class StoreVersion:
     def index(self) -> dict[str, faiss.Index]:
         """The per-frame FAISS index of each modality, read on first use (id and token readers never pay)."""
         return {m: read_index(self.folder / f"{m}.faiss", self.gpu) for m in MODALITIES}
+
+    @cached_property
+    def coarse(self) -> dict[str, CoarseTable | None]:
+        """Each modality's coarse table (`indexer.store.build.CoarseTable`; None for a flat index), read from its
+        index on first use: every store with IVF indexes has one, whenever it was written."""
+        return {m: coarse_table(self.index[m], len(self.clip_ids) * self.manifest.frames) for m in MODALITIES}
 
     @property
     def frames(self) -> int:

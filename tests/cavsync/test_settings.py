@@ -64,3 +64,24 @@ def test_api_access_is_writes_by_default_and_all_needs_a_key(monkeypatch: pytest
     monkeypatch.setenv("CAVSYNC_API_ACCESS", "everything")
     with pytest.raises(ValidationError, match="'writes' or 'all'"):
         Settings()
+
+
+def test_the_search_first_stage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAVSYNC_SEARCH_* reach the API's config (every search request carries them); an unknown scheme is refused."""
+    from indexer.search.stage import FirstStage
+
+    for name in [n for n in os.environ if n.startswith("CAVSYNC_")]:
+        monkeypatch.delenv(name)
+    assert Settings().service_config().search == FirstStage()
+    monkeypatch.setenv("CAVSYNC_SEARCH_SCHEME", "scan")
+    monkeypatch.setenv("CAVSYNC_SEARCH_PROBES", "8")
+    monkeypatch.setenv("CAVSYNC_SEARCH_PER_FRAME", "256")
+    monkeypatch.setenv("CAVSYNC_SEARCH_HYPOTHESES", "64")
+    assert Settings().service_config().search == FirstStage("scan", probes=8, per_frame=256, hypotheses=64)
+    monkeypatch.setenv("CAVSYNC_SEARCH_SCHEME", "fastest")
+    with pytest.raises(ValidationError, match="is not a search scheme: choose one of auto, exhaustive, votes, scan"):
+        Settings()
+    monkeypatch.setenv("CAVSYNC_SEARCH_SCHEME", "votes")
+    monkeypatch.setenv("CAVSYNC_SEARCH_PROBES", "0")
+    with pytest.raises(ValidationError, match="search_probes"):
+        Settings()

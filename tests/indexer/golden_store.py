@@ -27,6 +27,7 @@ from indexer.cluster.corpus import Corpus, ShardedStore
 from indexer.cluster.scatter import LocalSearcher, SearchRequest
 from indexer.ingest import commit
 from indexer.ingest.pipeline import delete_videos
+from indexer.search.stage import FirstStage
 from indexer.store.token_store import TokenStore
 
 T, D, MODEL, FRAME_S = 16, 32, "golden-model", 0.64
@@ -80,7 +81,7 @@ def answers(data: Path, shards: int) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for index, first, frames, target in QUERIES:
         for scheme in SCHEMES:
-            request = SearchRequest(target=target, k=5, scheme=scheme, moments=2)  # type: ignore[arg-type]
+            request = SearchRequest(target=target, k=5, stage=FirstStage(scheme), moments=2)  # type: ignore[arg-type]
             hits = LocalSearcher().search(version, _query(index, first, frames), request)
             found[f"{index}:{first}:{frames}:{target}:{scheme}"] = [
                 [h.track_id, h.clip_id, round(h.score, 6), [[m.offset, round(m.score, 6)] for m in h.moments]]

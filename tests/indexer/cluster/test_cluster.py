@@ -20,6 +20,7 @@ from indexer.cluster.corpus import ShardedStore, ShardedVersion, shard_of
 from indexer.cluster.ray_serve import ClusterConfig, RaySearcher
 from indexer.cluster.scatter import LocalSearcher, SearchRequest, ShardUnavailable, VersionGone
 from indexer.search.moments import TrackHit
+from indexer.search.stage import FirstStage
 from indexer.store.token_store import TokenStore
 
 from ...ray_cluster import RESOURCE, LocalCluster
@@ -82,7 +83,7 @@ def test_s3_r2_answers_equal_the_single_store(deployment: Deployment) -> None:
     assert all(nodes.values()) and all(nodes[(s, 0)] != nodes[(s, 1)] for s in range(S))  # replicas apart
     for query in queries(1):
         for strategy, target, own in cases():
-            request = SearchRequest(target, k=12, strategy=strategy, scheme="exhaustive", moment_from=own)  # type: ignore[arg-type]  # the cases are valid literals
+            request = SearchRequest(target, k=12, strategy=strategy, stage=FirstStage("exhaustive"), moment_from=own)  # type: ignore[arg-type]  # the cases are valid literals
             assert_same_hits(deployment.searcher.search(many, query, request), request.run(one, query))
     request, query = SearchRequest("visual", k=10, moment_from="audio"), queries(1)[2]
     expected = request.run(one, query)
@@ -107,7 +108,7 @@ def _loop(deployment: Deployment, stop: threading.Event, out: list[Record], limi
     """The API's side: the live generation (reopened when it moves), one search after the other."""
     store, searcher, qs = deployment.sharded, deployment.searcher, deployment_queries(deployment)
     view = store.open(indexes=False)
-    request = SearchRequest("visual", k=8, scheme="exhaustive", moment_from="audio")
+    request = SearchRequest("visual", k=8, stage=FirstStage("exhaustive"), moment_from="audio")
     for i in range(limit):
         if stop.is_set():
             return
@@ -184,7 +185,7 @@ def test_a_node_lost_under_load(deployment: Deployment) -> None:
 def _check_answers(deployment: Deployment, records: list[Record]) -> None:
     """Every answer equals the in-process search of its generation (the single store's, `test_s3_r2_...`)."""
     qs = deployment_queries(deployment)
-    request = SearchRequest("visual", k=8, scheme="exhaustive", moment_from="audio")
+    request = SearchRequest("visual", k=8, stage=FirstStage("exhaustive"), moment_from="audio")
     expected: dict[tuple[str, int], list[TrackHit]] = {}
     for record in records:
         if record.hits is None:
@@ -223,7 +224,7 @@ def test_a_version_pruned_before_the_replicas_opened_it_is_version_gone(deployme
     assert view is not None
     for video in mine[1:]:  # 3 more versions of shard 2: the view's one is pruned
         store.delete([video * 100 + r for r in range(200)])
-    query, request = queries(1)[1], SearchRequest("visual", k=8, scheme="exhaustive")
+    query, request = queries(1)[1], SearchRequest("visual", k=8, stage=FirstStage("exhaustive"))
     with pytest.raises(VersionGone) as gone:
         searcher.search(view, query, request)
     assert (gone.value.shard, gone.value.version) == (2, view.generation.versions[2])

@@ -13,6 +13,7 @@ import pytest
 
 from indexer.cluster.corpus import ShardedStore, ShardedVersion, open_corpus, shard_name, shard_of
 from indexer.cluster.scatter import LocalSearcher, SearchRequest, VersionGone, merge_hits
+from indexer.search.stage import FirstStage
 from indexer.store.datadir import DataDir
 from indexer.store.token_store import StoreError, TokenStore
 
@@ -49,7 +50,9 @@ def test_every_strategy_and_modality_answers_as_the_single_store(stores: tuple[T
     searcher = LocalSearcher()
     for query in queries(1):
         for strategy, target, own in cases():
-            request = SearchRequest(target, k=12, strategy=strategy, scheme="exhaustive", moments=3, moment_from=own)  # type: ignore[arg-type]  # the cases are valid literals
+            request = SearchRequest(
+                target, k=12, strategy=strategy, stage=FirstStage("exhaustive"), moments=3, moment_from=own
+            )  # type: ignore[arg-type]  # the cases are valid literals
             assert_same_hits(searcher.search(many, query, request), request.run(one, query))
 
 
@@ -59,7 +62,7 @@ def test_equal_scores_keep_the_single_stores_order(stores: tuple[TokenStore, Sha
     one, many = single.open(), sharded.open()
     assert one is not None and many is not None
     query = one.track_frames("visual", int(np.flatnonzero(one.tracks.ids == FIRST_ID + 23)[0]))[:T_Q]
-    request = SearchRequest("visual", k=5, scheme="exhaustive")
+    request = SearchRequest("visual", k=5, stage=FirstStage("exhaustive"))
     expected = request.run(one, query)
     assert [h.track_id for h in expected[:2]] == [FIRST_ID + 23, FIRST_ID + 24] and expected[0].score == expected[
         1
@@ -92,7 +95,7 @@ def test_a_reader_sees_whole_generations_and_never_a_deleted_video(tmp_path: Pat
     after = store.open()
     assert after is not None and after.number == before.number + 2
     query = corpus[0][2][:5]
-    request = SearchRequest("visual", k=30, scheme="exhaustive")
+    request = SearchRequest("visual", k=30, stage=FirstStage("exhaustive"))
     old = {h.track_id for h in LocalSearcher().search(before, query, request)}
     new = {h.track_id for h in LocalSearcher().search(after, query, request)}
     assert gone in old and gone not in new

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from indexer.search import sliding
-from indexer.search.ranking import Scheme, search
+from indexer.search.ranking import search
 from indexer.search.sliding import SCAN_STRATEGIES, pick_moments, score_offsets
+from indexer.search.stage import Scheme
 from indexer.search.windows import WindowFrames, band_means
 from indexer.store.token_store import TokenStore
 from model.similarity import STRATEGIES, TIE_TOLERANCE
