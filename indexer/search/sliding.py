@@ -108,7 +108,13 @@ def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> tuple[fl
 
 def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
     """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored (a query
-    longer than the track over all of its frames, as `score_offsets` does)."""
+    longer than the track over all of its frames, as `score_offsets` does); the diagonal strategies from the
+    aligned pairs alone (Q x D products, not Q x Q x D)."""
+    if strategy in SCAN_STRATEGIES:
+        cosines = np.array(frame_cosines(query, track, offset), dtype=np.float32)  # (n,)
+        if strategy == "diagonal_mean":
+            return float(cosines.sum(dtype=np.float32) / len(query))
+        return float(cosines.max() if len(cosines) == len(query) else max(float(cosines.max()), 0.0))
     if len(query) <= len(track):
         return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
     found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous

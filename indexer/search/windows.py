@@ -76,7 +76,8 @@ def _likely(
     radius: int,
 ) -> tuple[list[tuple[int, int, int]], list[int]]:
     """The `kept` best of the (track, low, high) windows and the whole tracks (no longer than the query: every
-    offset) by their rough scores (`rough_means`), a window narrowed to its roughly best offset +- radius."""
+    offset) by their rough scores (`rough_means`), a window narrowed to its roughly best offset +- radius (moved
+    inside the track's offsets: windows of one width are scored in one product, `band_means`)."""
     windows, whole = candidates
     length, lengths = len(query), version.tracks.length
     every = windows + [(t, int(lengths[t]) - length, 0) for t in whole]
@@ -85,9 +86,10 @@ def _likely(
     order = np.argsort(-best, kind="stable")[:kept].tolist()
     narrowed = []
     for i in (i for i in order if i < len(windows)):
-        track, low, high = windows[i]
-        at = low + int(np.argmax(rough[i]))
-        narrowed.append((track, max(low, at - radius), min(high, at + radius)))
+        track, low, _ = windows[i]
+        at, spare = low + int(np.argmax(rough[i])), int(lengths[track]) - length
+        first = min(max(0, at - radius), max(0, spare - 2 * radius))  # 2 radius + 1 wide where the track allows
+        narrowed.append((track, first, min(spare, first + 2 * radius)))
     return sorted(narrowed), [whole[i - len(windows)] for i in order if i >= len(windows)]
 
 
@@ -107,7 +109,7 @@ def rough_means(
     place = (np.repeat(firsts, counts) + np.arange(len(track)))[:, None] + picked[None, :]  # (N, R) track frames
     inside = (place >= 0) & (place < table.length[track][:, None])
     ids = table.first_row[track][:, None] * version.frames + np.where(inside, place, 0)
-    by_centroid = query[picked] @ coarse.centroids.T  # (R, C)
+    by_centroid = (torch.from_numpy(query[picked]) @ torch.from_numpy(coarse.centroids).T).numpy()  # (R, C)
     values = by_centroid[np.arange(len(picked))[None, :], coarse.lists[ids]]  # (N, R)
     means = np.where(inside, values, 0.0).sum(1, dtype=np.float32) / len(picked)  # (N,)
     return np.split(means, np.cumsum(counts)[:-1])
