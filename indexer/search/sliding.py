@@ -106,15 +106,21 @@ def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> tuple[fl
     return tuple(float(x) for x in np.einsum("nd,nd->n", track[rows[0]], query[cols[0]]))
 
 
+def diagonal_score(cosines: tuple[float, ...], length: int, strategy: Strategy) -> float:
+    """A diagonal strategy's score from the cosines of the n aligned pairs (`frame_cosines`) of a query of `length`
+    frames: their sum over `length` (diagonal_mean), their maximum, 0 included when n < length (diagonal_max)."""
+    values = np.array(cosines, dtype=np.float32)  # (n,)
+    if strategy == "diagonal_mean":
+        return float(values.sum(dtype=np.float32) / length)
+    return float(values.max() if len(values) == length else max(float(values.max()), 0.0))
+
+
 def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
     """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored (a query
     longer than the track over all of its frames, as `score_offsets` does); the diagonal strategies from the
     aligned pairs alone (Q x D products, not Q x Q x D)."""
     if strategy in SCAN_STRATEGIES:
-        cosines = np.array(frame_cosines(query, track, offset), dtype=np.float32)  # (n,)
-        if strategy == "diagonal_mean":
-            return float(cosines.sum(dtype=np.float32) / len(query))
-        return float(cosines.max() if len(cosines) == len(query) else max(float(cosines.max()), 0.0))
+        return diagonal_score(frame_cosines(query, track, offset), len(query), strategy)
     if len(query) <= len(track):
         return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
     found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous

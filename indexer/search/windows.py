@@ -24,8 +24,9 @@ from indexer.store.version import StoreVersion
 from model.similarity import Strategy
 
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
-ROUGH_ABOVE = 16  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
-KEPT_PER_HIT = 3  # windows scored exactly per hit asked for, of the roughly scored ones
+ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
+KEPT_PER_HIT = 3  # windows scored exactly per hit asked for, of the roughly scored ones, at least
+EXACT_FRAMES = 4096  # stored frames the exact stage may read after the rough one (more windows for short queries)
 BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
 
 
@@ -43,8 +44,9 @@ def rescore(
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
     of nearby bins; the windows' offsets joined, ascending). With `k` (diagonal_mean), a query of more than
     ROUGH_ABOVE frames and a target index with a coarse table (IVF), the windows are first scored roughly
-    (`rough_means`) and only the KEPT_PER_HIT x k best are scored exactly, each over its roughly best offset +-
-    radius (a flat index, a small store's: every window exactly)."""
+    (`rough_means`) and only the best are scored exactly (KEPT_PER_HIT x k, or as many as EXACT_FRAMES stored
+    frames hold), each over its roughly best offset +- radius (a flat index, a small store's: every window
+    exactly)."""
     if not voted:
         return []
     table, length = version.tracks, len(query)
@@ -58,7 +60,8 @@ def rescore(
     if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE:
         coarse = version.coarse[target]
         if coarse is not None:  # an IVF index
-            windows, whole = _likely(version, query, coarse, (windows, whole), kept=KEPT_PER_HIT * k, radius=radius)
+            kept = max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
+            windows, whole = _likely(version, query, coarse, (windows, whole), kept=kept, radius=radius)
     spans = [(t, low, high - low + length) for t, low, high in windows] + [(t, 0, int(table.length[t])) for t in whole]
     read = gather_windows(version, target, spans)  # every frame scored below, read once
     gathered = WindowFrames(read.frames[: read.at[len(windows)]], read.at[: len(windows) + 1])  # a view

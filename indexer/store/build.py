@@ -29,12 +29,13 @@ CHUNK_CLIPS = 4096  # clips read and added at a time
 
 
 def default_factory(num_vectors: int, dim: int) -> str:
-    """Per-frame index: flat (exact) up to FLAT_UP_TO frame vectors, then IVF with ~sqrt(n) lists and PQ codes
-    of dim / 16 bytes (candidates only: the re-rank is exact; the lists' centroids score hypotheses roughly,
-    `CoarseTable`); HNSW-free to keep deletes."""
+    """Per-frame index: flat (exact) up to FLAT_UP_TO frame vectors, then IVF with ~sqrt(n) lists and 4-bit PQ
+    codes of dim / 16 bytes scanned with SIMD lookups (fast-scan; candidates only: the re-rank is exact; the lists'
+    centroids score hypotheses roughly, `CoarseTable`); HNSW-free to keep deletes. Fast-scan has no GPU
+    implementation: an index to serve from GPUs is given its factory (`IVF...,PQ48`)."""
     if num_vectors <= FLAT_UP_TO:
         return "IDMap2,Flat"
-    return f"IVF{int(np.sqrt(num_vectors))},PQ{max(1, dim // 16)}"
+    return f"IVF{int(np.sqrt(num_vectors))},PQ{max(2, dim // 8)}x4fs"
 
 
 def gpu_count() -> int:

@@ -286,7 +286,7 @@ def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
 
     if gpu_count() == 0:
         pytest.skip("faiss-cpu build: no GPU index support")
-    store = TokenStore(tmp_path / "gpu", dtype="float32")
+    store = TokenStore(tmp_path / "gpu", dtype="float32", factory="IDMap2,Flat")  # fast-scan IVF has no GPU index
     audio, visual = _corpus(3000, seed=5, clusters=200)
     store.add(np.arange(3000), audio, visual, "m")
     on_gpu, on_cpu = store.open(), store.open(gpu=False)
