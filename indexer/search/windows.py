@@ -26,6 +26,7 @@ from model.similarity import Strategy
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
 ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
 KEPT_PER_HIT = 3  # windows scored exactly per hit asked for, of the roughly scored ones, at least
+WIDTH_STEP = 8  # voted windows are a multiple of this many offsets wide
 EXACT_FRAMES = 4096  # stored frames the exact stage may read after the rough one (more windows for short queries)
 BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
 
@@ -125,14 +126,15 @@ def _every_offset(track: int, query: FloatArray, frames: np.ndarray, strategy: S
 
 
 def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:
-    """Each track's windows and their scores joined into one Scored (offsets ascending)."""
+    """Each track's windows and their scores joined into one Scored (offsets ascending, each once)."""
     by_track: dict[int, list[tuple[IntArray, FloatArray]]] = {}
     for (track, low, high), window in zip(windows, scores, strict=True):
         by_track.setdefault(track, []).append((np.arange(low, high + 1, dtype=np.int64), window))
     out = []
     for track, parts in by_track.items():
         offsets, joined = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        out.append(Scored(track, offsets, joined, length))
+        offsets, first = np.unique(offsets, return_index=True)  # ascending, each once
+        out.append(Scored(track, offsets, joined[first], length))
     return out
 
 
@@ -223,4 +225,12 @@ def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> li
             merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:
             merged.append((low, high))
-    return merged
+    return [_widened(low, high, spare) for low, high in merged]
+
+
+def _widened(low: int, high: int, spare: int) -> tuple[int, int]:
+    """[low, high] grown to a multiple of WIDTH_STEP offsets inside 0 .. spare (windows of few widths are scored
+    in few products, `band_means`; an offset two windows then share is scored twice, kept once, `_by_track`)."""
+    width = -(-(high - low + 1) // WIDTH_STEP) * WIDTH_STEP
+    high = min(spare, low + width - 1)
+    return max(0, high - width + 1), high

@@ -134,3 +134,14 @@ def test_the_first_stage_refuses_what_it_cannot_run() -> None:
         FirstStage("fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=">= 1"):
         FirstStage(probes=0)
+
+
+def test_voted_windows_cover_their_bins_in_few_widths() -> None:
+    """Each bin +- radius is covered; windows are a multiple of WIDTH_STEP offsets wide unless the track is too
+    short, and stay inside its offsets."""
+    for bins, spare in (([0, 1, 9], 200), ([3], 200), ([40, 41], 170), ([0], 5)):
+        found = windows._windows(bins, bin_frames=4, radius=2, spare=spare)
+        covered = {o for low, high in found for o in range(low, high + 1)}
+        assert all(min(max(o, 0), spare) in covered for b in bins for o in range(4 * b - 2, 4 * b + 6))
+        assert all(0 <= low <= high <= spare for low, high in found)
+        assert all((high - low + 1) % windows.WIDTH_STEP == 0 or high - low == spare for low, high in found)
