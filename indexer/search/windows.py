@@ -14,6 +14,7 @@ from indexer.search.sliding import (
     SCAN_STRATEGIES,
     FloatArray,
     IntArray,
+    aligned_pairs,
     as_tensor,
     diagonal_reduce,
     score_offsets,
@@ -25,7 +26,7 @@ from model.similarity import Strategy
 
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
 ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
-KEPT_PER_HIT = 3  # windows scored exactly per hit asked for, of the roughly scored ones, at least
+KEPT_PER_HIT = 10  # windows scored exactly per hit asked for, of the roughly scored ones, at least
 WIDTH_STEP = 8  # voted windows are a multiple of this many offsets wide
 EXACT_FRAMES = 4096  # stored frames the exact stage may read after the rough one (more windows for short queries)
 BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
@@ -58,15 +59,16 @@ def rescore(
         if length < int(table.length[t])
         for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=int(table.length[t]) - length)
     ]
+    shorter = [(t, int(table.length[t]) - length, 0) for t in whole]  # every offset of the tracks within the query
     if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE:
         coarse = version.coarse[target]
         if coarse is not None:  # an IVF index
             kept = max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
-            windows, whole = _likely(version, query, coarse, (windows, whole), kept=kept, radius=radius)
-    spans = [(t, low, high - low + length) for t, low, high in windows] + [(t, 0, int(table.length[t])) for t in whole]
-    read = gather_windows(version, target, spans)  # every frame scored below, read once
+            windows, shorter = _likely(version, query, coarse, (windows, shorter), kept=kept, radius=radius)
+    spans = [(t, low, high - low + length) for t, low, high in windows]
+    read = gather_windows(version, target, spans + [(t, 0, int(table.length[t])) for t, _, _ in shorter])
     gathered = WindowFrames(read.frames[: read.at[len(windows)]], read.at[: len(windows) + 1])  # a view
-    out = [_every_offset(track, query, read.part(len(windows) + i), strategy) for i, track in enumerate(whole)]
+    out = [_shorter_track(w, query, read.part(len(windows) + i), strategy) for i, w in enumerate(shorter)]
     return out + _by_track(windows, window_scores(query, gathered, strategy), length)
 
 
@@ -74,27 +76,27 @@ def _likely(
     version: StoreVersion,
     query: FloatArray,
     coarse: CoarseTable,
-    candidates: tuple[list[tuple[int, int, int]], list[int]],
+    candidates: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]],
     *,
     kept: int,
     radius: int,
-) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """The `kept` best of the (track, low, high) windows and the whole tracks (no longer than the query: every
-    offset) by their rough scores (`rough_means`), a window narrowed to its roughly best offset +- radius (moved
-    inside the track's offsets: windows of one width are scored in one product, `band_means`)."""
-    windows, whole = candidates
-    length, lengths = len(query), version.tracks.length
-    every = windows + [(t, int(lengths[t]) - length, 0) for t in whole]
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """The `kept` best of the (track, low, high) windows and of the tracks no longer than the query (their
+    offsets L - Q .. 0) by their rough scores (`rough_means`), each narrowed to its roughly best offset +- radius
+    (moved inside the track's offsets: windows of one width are scored in one product, `band_means`)."""
+    windows, shorter = candidates
+    every = windows + shorter
     rough = rough_means(version, query, coarse, every)
-    best = np.array([r.max() for r in rough])
-    order = np.argsort(-best, kind="stable")[:kept].tolist()
+    order = np.argsort(-np.array([r.max() for r in rough]), kind="stable")[:kept].tolist()
     narrowed = []
-    for i in (i for i in order if i < len(windows)):
-        track, low, _ = windows[i]
-        at, spare = low + int(np.argmax(rough[i])), int(lengths[track]) - length
-        first = min(max(0, at - radius), max(0, spare - 2 * radius))  # 2 radius + 1 wide where the track allows
-        narrowed.append((track, first, min(spare, first + 2 * radius)))
-    return sorted(narrowed), [whole[i - len(windows)] for i in order if i >= len(windows)]
+    for i in order:
+        track, low, high = every[i]
+        at = low + int(np.argmax(rough[i]))
+        first = min(max(low, at - radius), max(low, high - 2 * radius))  # 2 radius + 1 wide where it fits
+        narrowed.append((track, first, min(high, first + 2 * radius)))
+    return sorted(w for i, w in zip(order, narrowed, strict=True) if i < len(windows)), [
+        w for i, w in zip(order, narrowed, strict=True) if i >= len(windows)
+    ]
 
 
 def rough_means(
@@ -119,10 +121,19 @@ def rough_means(
     return np.split(means, np.cumsum(counts)[:-1])
 
 
-def _every_offset(track: int, query: FloatArray, frames: np.ndarray, strategy: Strategy) -> Scored:
-    """Exact scores of a track no longer than the query, frames (L, D), at each of its offsets (Q - L + 1)."""
-    found = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy)
-    return Scored(track, found.offsets, found.scores[0], found.aligned)
+def _shorter_track(window: tuple[int, int, int], query: FloatArray, frames: np.ndarray, strategy: Strategy) -> Scored:
+    """Exact scores of a track no longer than the query, frames (L, D), at its offsets low .. high of
+    L - Q .. 0 (`window`: track, low, high): diagonal_mean from the aligned pairs of those offsets alone."""
+    track, low, high = window
+    tokens = np.asarray(frames, dtype=np.float32)
+    if strategy == "diagonal_mean":
+        offsets = np.arange(low, high + 1, dtype=np.int64)
+        rows, cols = aligned_pairs(offsets, len(tokens))  # (W, L): every frame of the track, its query frame
+        cosines = np.einsum("wld,wld->wl", tokens[rows], query[cols])  # (W, L)
+        return Scored(track, offsets, (cosines.sum(axis=1) / len(query)).astype(np.float32), len(tokens))
+    found = score_offsets(query, tokens[None], strategy)
+    inside = (found.offsets >= low) & (found.offsets <= high)
+    return Scored(track, found.offsets[inside], found.scores[0][inside], found.aligned)
 
 
 def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:
