@@ -136,7 +136,7 @@ def _candidates(
     bin_frames: int,
 ) -> Candidates:
     """The candidates of `scheme` (not "auto") among the searchable `tracks` (see the module); `votes`: (per_frame,
-    hypotheses)."""
+    hypotheses, probes)."""
     if scheme == "exhaustive":
         return Candidates({}, tracks, None)
     if scheme == "scan":

@@ -29,7 +29,7 @@ ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a 
 KEPT_PER_HIT = 10  # windows scored exactly per hit asked for, of the roughly scored ones, at least
 WIDTH_STEP = 8  # voted windows are a multiple of this many offsets wide
 EXACT_FRAMES = 4096  # stored frames the exact stage may read after the rough one (more windows for short queries)
-BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (4 MB)
+BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (32 MB)
 
 
 def rescore(
@@ -94,9 +94,8 @@ def _likely(
         at = low + int(np.argmax(rough[i]))
         first = min(max(low, at - radius), max(low, high - 2 * radius))  # 2 radius + 1 wide where it fits
         narrowed.append((track, first, min(high, first + 2 * radius)))
-    return sorted(w for i, w in zip(order, narrowed, strict=True) if i < len(windows)), [
-        w for i, w in zip(order, narrowed, strict=True) if i >= len(windows)
-    ]
+    ranked = list(zip(order, narrowed, strict=True))
+    return sorted(w for i, w in ranked if i < len(windows)), [w for i, w in ranked if i >= len(windows)]
 
 
 def rough_means(
@@ -168,12 +167,6 @@ class WindowFrames(NamedTuple):
     def part(self, i: int) -> np.ndarray:
         """Window i's frames, (high - low + Q, D)."""
         return self.frames[self.at[i] : self.at[i + 1]]
-
-    def subset(self, picked: list[int]) -> WindowFrames:
-        parts = [self.part(i) for i in picked]
-        sizes = [len(part) for part in parts]
-        frames = np.concatenate(parts) if parts else self.frames[:0]
-        return WindowFrames(frames, np.r_[0, np.cumsum(sizes, dtype=np.int64)].astype(np.int64))
 
 
 def gather_windows(version: StoreVersion, target: str, spans: list[tuple[int, int, int]]) -> WindowFrames:

@@ -69,7 +69,10 @@ def coarse_table(index: faiss.Index, frames: int) -> CoarseTable | None:
     """The coarse table of an IVF `index` over `frames` frame ids (rows * T); None for an index without lists."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None and gpu_count() > 0:  # on the GPU: its lists as a CPU copy holds them
-        ivf = faiss.try_extract_index_ivf(faiss.index_gpu_to_cpu(index))
+        try:
+            ivf = faiss.try_extract_index_ivf(faiss.index_gpu_to_cpu(index))
+        except RuntimeError:  # not a GPU index either: a flat one
+            ivf = None
     if ivf is None:
         return None
     lists = np.zeros(frames, dtype=np.uint16 if ivf.nlist <= 1 << 16 else np.int32)
