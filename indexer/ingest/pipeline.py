@@ -15,6 +15,8 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -40,6 +42,7 @@ from model.media import NotRegularFileError, configured_ffmpeg, use_ffmpeg
 
 log = logging.getLogger(__name__)
 
+PARENT_POLL_S = 1.0  # how often a decode worker checks that the process it works for is alive
 MEDIA_SUFFIXES = {
     ".mp4",
     ".m4v",
@@ -172,6 +175,21 @@ class Decoded:
     identity: FileIdentity | None = None  # the file as hashed
 
 
+def start_decoder(ffmpeg: str | None, parent: int) -> None:
+    """A decode worker's start: the ffmpeg its parent was configured with, and a watch that ends it once the
+    parent is gone (a parent killed outright, SIGKILL or the OOM killer, never shuts its pool down: its
+    workers would wait for work forever, each holding its memory)."""
+    use_ffmpeg(ffmpeg)
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _exit_without(parent: int) -> None:
+    """Poll the parent process id; exit this worker at once when it changes (the parent died: re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
 def decode_file(
     path: Path, config: ModelConfig, prep: PreprocessConfig, known: frozenset[str] = frozenset()
 ) -> Decoded:
@@ -280,9 +298,9 @@ class Indexer:
         pending: deque[Future[Decoded]] = deque()
         bar = tqdm(total=len(paths), disable=not show_progress, desc="index", unit="file")
         # spawn, not fork: a forked child of a process that has run torch ops can crash in its own
-        # the spawned workers start with the ffmpeg this process was configured with
-        spawn, ffmpeg = multiprocessing.get_context("spawn"), (configured_ffmpeg(),)
-        with ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=use_ffmpeg, initargs=ffmpeg) as pool:
+        # the spawned workers start with the ffmpeg this process was configured with, and end with this process
+        spawn, start = multiprocessing.get_context("spawn"), (configured_ffmpeg(), os.getpid())
+        with ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=start_decoder, initargs=start) as pool:
             queue = deque(paths)
             while queue or pending:
                 while queue and len(pending) < 2 * self.workers:  # bounded: decoded clips are big

@@ -79,8 +79,14 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
         if (data / "catalog.db").exists() and _counts(url)[0] >= 3:
             break
         time.sleep(0.1)
+    workers = _children(proc.pid)  # its decode workers
+    assert workers, "the run had no decode worker to orphan"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    gone = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "decode workers outlived their killed run"
     interrupted = _counts(url)[0]
     assert 3 <= interrupted < 10, f"the run was not interrupted mid-way ({interrupted} indexed)"
     finished = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
@@ -91,6 +97,19 @@ def test_killed_run_finishes_with_no_duplicate_and_no_loss(media: Path, checkpoi
     with sessions() as session:
         catalog_clips = sorted(session.scalars(select(Clip.id)).all())
     assert sorted(version.clip_ids[version.live].tolist()) == catalog_clips  # every clip once, none lost
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _video_hits(version, sessions, query, target, **options):  # noqa: ANN001, ANN003, ANN202
