@@ -20,11 +20,13 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from indexer.search.ranking import search
+from indexer.search.stage import FirstStage
 from indexer.store.token_store import TokenStore, default_factory
 
 T, D = 16, 768
@@ -78,17 +80,17 @@ def exact_top(corpus: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def measure(version, queries: np.ndarray, truth: np.ndarray, **options) -> dict:  # noqa: ANN001
+def measure(version, queries: np.ndarray, truth: np.ndarray, stage: FirstStage) -> dict:  # noqa: ANN001
     times, recalls = [], []
-    search(version, queries[0], target="visual", k=10, **options)  # warm-up
+    search(version, queries[0], target="visual", k=10, stage=stage)  # warm-up
     for query, expected in zip(queries, truth, strict=True):
         start = time.perf_counter()
-        hits = search(version, query, target="visual", k=10, **options)
+        hits = search(version, query, target="visual", k=10, stage=stage)
         times.append(time.perf_counter() - start)
         recalls.append(len({h.clip_id for h in hits} & set(expected.tolist())) / 10)
     ms = np.array(times) * 1000
     p50, p99 = np.percentile(ms, [50, 99]).round(2).tolist()
-    return {**options, "p50_ms": p50, "p99_ms": p99, "recall_at_10": round(float(np.mean(recalls)), 4)}
+    return {**asdict(stage), "p50_ms": p50, "p99_ms": p99, "recall_at_10": round(float(np.mean(recalls)), 4)}
 
 
 def folder_bytes(path: Path, pattern: str) -> int:
@@ -118,9 +120,9 @@ def bench_size(
     }
     runs = []
     if "votes" in schemes:  # clips as one-clip tracks: per-frame votes for (clip, offset 0), exact re-rank
-        runs += [measure(version, q, truth, scheme="votes", per_frame=c, hypotheses=c) for c in (64, 256, 1024)]
+        runs += [measure(version, q, truth, FirstStage("votes", per_frame=c, hypotheses=c)) for c in (64, 256, 1024)]
     if n <= 20_000:
-        runs.append(measure(version, q, truth, scheme="exhaustive"))
+        runs.append(measure(version, q, truth, FirstStage("exhaustive")))
     return {
         "clips": n,
         "frames": T,

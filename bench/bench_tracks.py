@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ from structured_corpus import Copy, Corpus, event_space, random_corpus, render, 
 from indexer.search.moments import TrackHit
 from indexer.search.ranking import search
 from indexer.search.sliding import pick_moments, score_offsets
+from indexer.search.stage import FirstStage
 from indexer.store.token_store import TokenStore
 from model.similarity import TIE_TOLERANCE
 
@@ -190,7 +192,7 @@ def searcher(version, setting: str, root: Path) -> Callable[[np.ndarray], list[T
     if setting == "windows":
         index = window_stage.window_index(version, "visual", root / "bench-windows")
         return partial(window_stage.search_windows, version, index, target="visual", k=10, moments=1)
-    return partial(search, version, target="visual", k=10, moments=1, **options_of(setting))
+    return partial(search, version, target="visual", k=10, moments=1, stage=stage_of(setting))
 
 
 def measure(run: Callable[[np.ndarray], list[TrackHit]], queries: list[dict], truth: dict) -> dict:
@@ -293,6 +295,19 @@ def truth_for(corpus: Corpus, queries: list[dict], count: int) -> dict:
     }
 
 
+def cached_truth(root: Path | None, corpus: Corpus, queries: list[dict], count: int) -> dict:
+    """`truth_for`, kept beside a reused store (`--store`): the queries are seeded by their length and number, so
+    a rerun of the same corpus, length and counts reads it back instead of the brute force (minutes at 1.6M)."""
+    if root is None:
+        return truth_for(corpus, queries, count)
+    path = root / f"truth-{len(queries[0]['tokens'])}f-{count}of{len(queries)}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())  # noqa: S301 - the bench's own file, written below
+    truth = truth_for(corpus, queries, count)
+    path.write_bytes(pickle.dumps(truth))
+    return truth
+
+
 def best_offset(query: np.ndarray, track: np.ndarray) -> int:
     """The offset of the first moment of `query` in `track` by the exact scores (moments picked as the core does)."""
     found = score_offsets(query, track.astype(np.float32)[None])
@@ -373,7 +388,7 @@ def main() -> None:
             for query in queries:
                 query["topic"] = int(corpus.topics[query["video"]])
             t0 = time.perf_counter()
-            truth = truth_for(corpus, queries, args.queries)
+            truth = cached_truth(root if args.store else None, corpus, queries, args.queries)
             truth_s = round(time.perf_counter() - t0, 1)
             for setting in args.settings.split(","):
                 if setting == "windows" and length < window_stage.WINDOWS.frames:
@@ -398,12 +413,12 @@ def main() -> None:
                 )
 
 
-def options_of(setting: str) -> dict[str, int | str]:
-    """auto -> {} (the search's defaults); scan -> the scan; per_frame:hypotheses -> the votes with them."""
+def stage_of(setting: str) -> FirstStage:
+    """auto -> the search's defaults; scan -> the scan; per_frame:hypotheses -> the votes with them."""
     if setting in ("auto", "scan"):
-        return {"scheme": setting}
+        return FirstStage(setting)
     per_frame, hypotheses = (int(x) for x in setting.split(":"))
-    return {"scheme": "votes", "per_frame": per_frame, "hypotheses": hypotheses}
+    return FirstStage("votes", per_frame=per_frame, hypotheses=hypotheses)
 
 
 if __name__ == "__main__":

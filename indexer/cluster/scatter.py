@@ -82,10 +82,7 @@ class SearchRequest:
             strategy=self.strategy,
             moments=self.moments,
             moment_from=self.moment_from,
-            scheme=self.stage.scheme,
-            probes=self.stage.probes,
-            per_frame=self.stage.per_frame,
-            hypotheses=self.stage.hypotheses,
+            stage=self.stage,
         )
 
 

@@ -25,10 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.search.sliding import (
-    SCAN_STRATEGIES,
     FloatArray,
     IntArray,
-    diagonal_score,
     frame_cosines,
     pick_moments,
     score_at,
@@ -130,16 +128,11 @@ def moment_at(
     """The moment of the query at `offset` of a track: the aligned frames' seconds and the exact score there."""
     start, aligned = max(offset, 0), scored.aligned
     track_tokens = version.track_frames(rule.target, scored.track, start, start + aligned)  # the aligned frames
-    cosines = frame_cosines(query, track_tokens, min(offset, 0))
-    if rule.strategy in SCAN_STRATEGIES:  # from the aligned pairs alone
-        score = diagonal_score(cosines, len(query), rule.strategy)
-    else:
-        score = score_at(query, track_tokens, min(offset, 0), rule.strategy)
     return Moment(
         offset=offset,
         start=round(start * version.frame_s, 3),
         end=round((start + aligned) * version.frame_s, 3),
-        score=score,
-        frame_scores=cosines,
+        score=score_at(query, track_tokens, min(offset, 0), rule.strategy),
+        frame_scores=tuple(frame_cosines(query, track_tokens, min(offset, 0)).tolist()),
         match=match,
     )

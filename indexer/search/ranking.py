@@ -27,6 +27,7 @@ Deleted videos never come back: their rows are dead in the version.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +36,7 @@ from indexer.search.exhaustive import exhaustive
 from indexer.search.moments import MomentRule, TrackHit, ranked_hits
 from indexer.search.scan import scan_candidates
 from indexer.search.sliding import FloatArray, IntArray
-from indexer.search.stage import SCHEMES, FirstStage, Scheme
+from indexer.search.stage import FirstStage
 from indexer.search.votes import vote
 from indexer.search.windows import rescore
 from indexer.store.version import StoreVersion
@@ -43,6 +44,7 @@ from model.network import Modality
 from model.similarity import STRATEGIES, Strategy
 
 EXHAUSTIVE_BELOW = 32_000  # live frames (2,000 clip-equivalents) up to which every offset is scored
+DEFAULT_STAGE = FirstStage()  # auto: exhaustive up to EXHAUSTIVE_BELOW, else the votes
 
 
 def searchable_tracks(version: StoreVersion, modality: str) -> IntArray:
@@ -58,18 +60,16 @@ def search(
     target: Modality,
     k: int = 10,
     strategy: Strategy = "diagonal_mean",
-    scheme: Scheme = "auto",
+    stage: FirstStage = DEFAULT_STAGE,
     moments: int = 3,
     moment_from: Modality | None = None,
-    per_frame: int = FirstStage.per_frame,
-    hypotheses: int = FirstStage.hypotheses,
     bin_frames: int = 4,
     radius: int = 4,
-    probes: int = FirstStage.probes,
 ) -> list[TrackHit]:
     """Top-k tracks of the `target` modality for L2-normalised query tokens (Q, D), best first.
 
-    `moment_from`: the query's own modality; when given, each hit's moments are the query's best
+    `stage`: how the candidates are found (the scheme, the votes' settings; `FirstStage`). `moment_from`: the
+    query's own modality; when given, each hit's moments are the query's best
     placements on the track of that modality (an audio excerpt on the video's soundtrack: where it
     sounds like the excerpt), those that match as well as the best kept; else the target's best
     offsets. Moments are sorted by their score against the target; a hit's score is its first moment's
@@ -77,25 +77,15 @@ def search(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown candidate scheme {scheme!r}; choose one of {SCHEMES}")
     if query.ndim != 2 or query.shape[1] != version.manifest.dim or len(query) == 0:
         raise ValueError(f"query tokens must be (Q >= 1, {version.manifest.dim}), got {tuple(query.shape)}")
     q = np.ascontiguousarray(query, dtype=np.float32)
     tracks = searchable_tracks(version, target)
+    scheme = stage.scheme
     if scheme == "auto":
         scheme = "exhaustive" if int(version.tracks.length[tracks].sum()) <= EXHAUSTIVE_BELOW else "votes"
     found = _candidates(
-        version,
-        q,
-        target,
-        strategy,
-        tracks,
-        scheme,
-        k=k,
-        moments=moments,
-        votes=(per_frame, hypotheses, probes),
-        bin_frames=bin_frames,
+        version, q, target, strategy, tracks, replace(stage, scheme=scheme), k=k, moments=moments, bin_frames=bin_frames
     )
     scored = rescore(
         version,
@@ -128,28 +118,25 @@ def _candidates(
     target: str,
     strategy: Strategy,
     tracks: IntArray,
-    scheme: Scheme,
+    stage: FirstStage,
     *,
     k: int,
     moments: int,
-    votes: tuple[int, int, int],
     bin_frames: int,
 ) -> Candidates:
-    """The candidates of `scheme` (not "auto") among the searchable `tracks` (see the module); `votes`: (per_frame,
-    hypotheses, probes)."""
-    if scheme == "exhaustive":
+    """The candidates of `stage.scheme` (not "auto") among the searchable `tracks` (see the module)."""
+    if stage.scheme == "exhaustive":
         return Candidates({}, tracks, None)
-    if scheme == "scan":
+    if stage.scheme == "scan":
         found = scan_candidates(version, query, target, strategy, tracks, k=k, moments=moments, bin_frames=bin_frames)
         return Candidates(found.voted, found.left, None)
-    per_frame, hypotheses, probes = votes
     voted = vote(
         version,
         query,
         target,
-        per_frame=per_frame,
-        hypotheses=hypotheses,
+        per_frame=stage.per_frame,
+        hypotheses=stage.hypotheses,
         bin_frames=bin_frames,
-        probes=probes,
+        probes=stage.probes,
     )
     return Candidates(voted, np.zeros(0, dtype=np.int64), k)

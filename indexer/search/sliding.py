@@ -73,20 +73,33 @@ def aligned_pairs(offsets: IntArray, aligned: int) -> tuple[IntArray, IntArray]:
     return np.maximum(offsets, 0)[:, None] + steps, np.maximum(-offsets, 0)[:, None] + steps
 
 
-def score_offsets(query: FloatArray, tracks: FloatArray, strategy: Strategy = "diagonal_mean") -> OffsetScores:
-    """query (Q, D), tracks (N, L, D) of equal length, both L2-normalised -> the scores at every offset."""
+def score_offsets(
+    query: FloatArray, tracks: FloatArray, strategy: Strategy = "diagonal_mean", offsets: IntArray | None = None
+) -> OffsetScores:
+    """query (Q, D), tracks (N, L, D) of equal length, both L2-normalised -> the scores at every offset, or at the
+    given `offsets` alone (ascending, each in `offset_range`: the diagonal strategies from their aligned pairs
+    alone, Q x D products per offset)."""
+    length, frames = query.shape[0], tracks.shape[1]
+    aligned = min(length, frames)
+    if offsets is not None and strategy in SCAN_STRATEGIES:
+        pairs = aligned_cosines(query, tracks, offsets)  # (N, W, n)
+        return OffsetScores(offsets, reduce_pairs(pairs, length, strategy), aligned)
+    every = score_every_offset(query, tracks, strategy)
+    if offsets is None:
+        return every
+    picked = offsets - every.offsets[0]  # offset_range is contiguous
+    return OffsetScores(offsets, np.ascontiguousarray(every.scores[:, picked]), aligned)
+
+
+def score_every_offset(query: FloatArray, tracks: FloatArray, strategy: Strategy) -> OffsetScores:
+    """`score_offsets` at every offset: one product of each track with the query (N, L, Q)."""
     length, frames = query.shape[0], tracks.shape[1]
     offsets = offset_range(length, frames)
     aligned = min(length, frames)
     cosines = tracks @ query.T  # (N, L, Q)
-    if strategy in ("diagonal_mean", "diagonal_max"):
+    if strategy in SCAN_STRATEGIES:
         rows, cols = aligned_pairs(offsets, aligned)
-        pairs = cosines[:, rows, cols]  # (N, W, n)
-        if strategy == "diagonal_mean":
-            scores = pairs.sum(axis=-1) / length  # over the query's frames: those outside the track count 0
-        else:
-            scores = pairs.max(axis=-1) if length <= frames else np.maximum(pairs.max(axis=-1), 0.0)
-        return OffsetScores(offsets, scores.astype(np.float32), aligned)
+        return OffsetScores(offsets, reduce_pairs(cosines[:, rows, cols], length, strategy), aligned)  # (N, W, n)
     if length > frames:  # every query frame meets every track frame at any offset (the padding adds zeros)
         flat = cosines.reshape(len(cosines), -1)  # (N, L * Q)
         total = flat.sum(axis=1) / (length * length) if strategy == "mean" else np.maximum(flat.max(axis=1), 0.0)
@@ -99,32 +112,36 @@ def score_offsets(query: FloatArray, tracks: FloatArray, strategy: Strategy = "d
     return OffsetScores(offsets, np.ascontiguousarray(scores, dtype=np.float32), aligned)
 
 
-def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> tuple[float, ...]:
-    """Cosine of each aligned (query frame, track frame) pair at `offset`; query (Q, D), track (L, D)."""
-    aligned = min(len(query), len(track))
-    rows, cols = aligned_pairs(np.array([offset], dtype=np.int64), aligned)
-    return tuple(float(x) for x in np.einsum("nd,nd->n", track[rows[0]], query[cols[0]]))
+def aligned_cosines(query: FloatArray, tracks: FloatArray, offsets: IntArray) -> FloatArray:
+    """query (Q, D), tracks (N, L, D) -> (N, W, n): the cosine of each pair aligned at each offset (`aligned_pairs`)."""
+    rows, cols = aligned_pairs(offsets, min(len(query), tracks.shape[1]))  # (W, n)
+    cosines: FloatArray = np.einsum("nwkd,wkd->nwk", tracks[:, rows], query[cols])
+    return cosines
 
 
-def diagonal_score(cosines: tuple[float, ...], length: int, strategy: Strategy) -> float:
-    """A diagonal strategy's score from the cosines of the n aligned pairs (`frame_cosines`) of a query of `length`
-    frames: their sum over `length` (diagonal_mean), their maximum, 0 included when n < length (diagonal_max)."""
-    values = np.array(cosines, dtype=np.float32)  # (n,)
+def reduce_pairs(pairs: FloatArray, length: int, strategy: Strategy) -> FloatArray:
+    """A diagonal strategy's scores (N, W) from the cosines of the n aligned pairs (N, W, n) of a query of `length`
+    frames: their sum over `length` (diagonal_mean: the frames outside the track count 0), their maximum, 0
+    included when n < length (diagonal_max)."""
     if strategy == "diagonal_mean":
-        return float(values.sum(dtype=np.float32) / length)
-    return float(values.max() if len(values) == length else max(float(values.max()), 0.0))
+        scores = pairs.sum(axis=-1) / length
+    else:
+        scores = pairs.max(axis=-1) if pairs.shape[-1] == length else np.maximum(pairs.max(axis=-1), 0.0)
+    out: FloatArray = scores.astype(np.float32)
+    return out
+
+
+def frame_cosines(query: FloatArray, track: FloatArray, offset: int) -> FloatArray:
+    """Cosine of each aligned (query frame, track frame) pair at `offset`, (n,); query (Q, D), track (L, D)."""
+    cosines: FloatArray = aligned_cosines(query, track[None], np.array([offset], dtype=np.int64))[0, 0]
+    return cosines
 
 
 def score_at(query: FloatArray, track: FloatArray, offset: int, strategy: Strategy) -> float:
-    """The exact score of query (Q, D) at `offset` of track (L, D): the aligned block alone, scored (a query
-    longer than the track over all of its frames, as `score_offsets` does); the diagonal strategies from the
-    aligned pairs alone (Q x D products, not Q x Q x D)."""
-    if strategy in SCAN_STRATEGIES:
-        return diagonal_score(frame_cosines(query, track, offset), len(query), strategy)
-    if len(query) <= len(track):
+    """The exact score of query (Q, D) at `offset` of track (L, D) (`score_offsets` there alone)."""
+    if strategy not in SCAN_STRATEGIES and len(query) <= len(track):  # the aligned block alone
         return float(score_offsets(query, track[None, offset : offset + len(query)], strategy).scores[0, 0])
-    found = score_offsets(query, track[None], strategy)  # offsets L - Q .. 0, contiguous
-    return float(found.scores[0, offset - int(found.offsets[0])])
+    return float(score_offsets(query, track[None], strategy, np.array([offset], dtype=np.int64)).scores[0, 0])
 
 
 def pick_moments(

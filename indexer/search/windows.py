@@ -14,7 +14,6 @@ from indexer.search.sliding import (
     SCAN_STRATEGIES,
     FloatArray,
     IntArray,
-    aligned_pairs,
     as_tensor,
     diagonal_reduce,
     score_offsets,
@@ -122,17 +121,11 @@ def rough_means(
 
 def _shorter_track(window: tuple[int, int, int], query: FloatArray, frames: np.ndarray, strategy: Strategy) -> Scored:
     """Exact scores of a track no longer than the query, frames (L, D), at its offsets low .. high of
-    L - Q .. 0 (`window`: track, low, high): diagonal_mean from the aligned pairs of those offsets alone."""
+    L - Q .. 0 (`window`: track, low, high)."""
     track, low, high = window
-    tokens = np.asarray(frames, dtype=np.float32)
-    if strategy == "diagonal_mean":
-        offsets = np.arange(low, high + 1, dtype=np.int64)
-        rows, cols = aligned_pairs(offsets, len(tokens))  # (W, L): every frame of the track, its query frame
-        cosines = np.einsum("wld,wld->wl", tokens[rows], query[cols])  # (W, L)
-        return Scored(track, offsets, (cosines.sum(axis=1) / len(query)).astype(np.float32), len(tokens))
-    found = score_offsets(query, tokens[None], strategy)
-    inside = (found.offsets >= low) & (found.offsets <= high)
-    return Scored(track, found.offsets[inside], found.scores[0][inside], found.aligned)
+    offsets = np.arange(low, high + 1, dtype=np.int64)
+    found = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy, offsets)
+    return Scored(track, found.offsets, found.scores[0], found.aligned)
 
 
 def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:

@@ -78,8 +78,9 @@ class TokenStore(Corpus):
 
     def open(self, gpu: bool = True, indexes: bool = True) -> StoreVersion | None:
         """The live version, or None for an empty store. Its per-frame FAISS indexes are read now (on the
-        GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader; a
-        caller that reads only ids and tokens passes indexes=False."""
+        GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader, and
+        their coarse tables with them (not on a first search); a caller that reads only ids and tokens passes
+        indexes=False."""
         for _ in range(OPEN_ATTEMPTS):
             name = self.current_name()
             if not name:
@@ -88,6 +89,7 @@ class TokenStore(Corpus):
                 version = StoreVersion(self.root, name, gpu)
                 if indexes:
                     version.index  # noqa: B018  (cached on first access)
+                    version.coarse  # noqa: B018
                 return version
             except (OSError, RuntimeError):  # faiss reports a missing file as RuntimeError
                 if self.current_name() == name:

@@ -130,7 +130,8 @@ class StoreVersion:
     @cached_property
     def coarse(self) -> dict[str, CoarseTable | None]:
         """Each modality's coarse table (`indexer.store.build.CoarseTable`; None for a flat index), read from its
-        index on first use: every store with IVF indexes has one, whenever it was written."""
+        index when the version is opened (`TokenStore.open`): every store with IVF indexes has one, whenever it was
+        written."""
         return {m: coarse_table(self.index[m], len(self.clip_ids) * self.manifest.frames) for m in MODALITIES}
 
     @property

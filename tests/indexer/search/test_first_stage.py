@@ -101,8 +101,8 @@ def test_votes_find_the_source_at_every_length_and_score_exactly(tmp_path: Path,
             start = int(rng.integers(0, length - len(visual)))
             query = _unit(rng.standard_normal((length, 16)))
             query[start : start + len(visual)] = _unit(visual + 0.05 * rng.standard_normal(visual.shape))
-        voted = search(version, query, target="visual", k=5, scheme="votes", per_frame=64, hypotheses=64)
-        exact = search(version, query, target="visual", k=5, scheme="exhaustive")
+        voted = search(version, query, target="visual", k=5, stage=FirstStage("votes", per_frame=64, hypotheses=64))
+        exact = search(version, query, target="visual", k=5, stage=FirstStage("exhaustive"))
         assert voted[0].track_id == exact[0].track_id == video
         assert voted[0].score == pytest.approx(exact[0].score, abs=1e-5)
         assert voted[0].moments[0].offset == exact[0].moments[0].offset

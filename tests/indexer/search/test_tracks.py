@@ -13,7 +13,7 @@ import torch
 from indexer.search import sliding
 from indexer.search.ranking import search
 from indexer.search.sliding import SCAN_STRATEGIES, pick_moments, score_offsets
-from indexer.search.stage import Scheme
+from indexer.search.stage import FirstStage, Scheme
 from indexer.search.windows import WindowFrames, band_means
 from indexer.store.token_store import TokenStore
 from model.similarity import STRATEGIES, TIE_TOLERANCE
@@ -108,7 +108,7 @@ def test_track_search_equals_brute_force(tmp_path: Path, strategy: str, scheme: 
     deleted = [videos[1][0], videos[9][0]]
     store.delete([c for v in deleted for c in range(v * 1000, v * 1000 + 6)])
     query = _unit(np.random.default_rng(7).standard_normal((length, D)))
-    hits = search(store.open(), query, target="visual", k=20, strategy=strategy, scheme=scheme, moments=3)
+    hits = search(store.open(), query, target="visual", k=20, strategy=strategy, stage=FirstStage(scheme), moments=3)
     expected = {v: _brute(query, visual, strategy, 3) for v, _, visual in videos if v not in deleted}
     order = sorted(expected, key=lambda v: -expected[v][0])
     assert [h.track_id for h in hits] == order[:20]
@@ -137,7 +137,8 @@ def test_the_scan_on_float16_tokens_ranks_as_the_exhaustive_search(tmp_path: Pat
         if length == 6 * T:  # longer than every track: each slides inside the query
             query = _unit(rng.standard_normal((length, D)))
         found, truth = (
-            search(version, query, target="visual", k=k, scheme=scheme, moments=2) for scheme in ("scan", "exhaustive")
+            search(version, query, target="visual", k=k, stage=FirstStage(scheme), moments=2)
+            for scheme in ("scan", "exhaustive")
         )
         assert [h.track_id for h in found] == [h.track_id for h in truth]
         assert np.allclose([h.score for h in found], [h.score for h in truth], atol=1e-6)

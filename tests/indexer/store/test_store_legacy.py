@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from indexer.search.ranking import search
+from indexer.search.stage import FirstStage
 from indexer.store.token_store import TokenStore
 from indexer.store.version import MODALITIES
 
@@ -72,7 +73,9 @@ def _as_written_by_0_1_0(folder: Path, tokens: dict[str, np.ndarray], sketch_dim
 
 
 def _ranked(version: Any, query: np.ndarray, scheme: str) -> list[tuple[int, float]]:
-    return [(h.clip_id, round(h.score, 5)) for h in search(version, query, target="audio", k=10, scheme=scheme)]
+    return [
+        (h.clip_id, round(h.score, 5)) for h in search(version, query, target="audio", k=10, stage=FirstStage(scheme))
+    ]
 
 
 @pytest.mark.parametrize("sketch_dim", [3, 0])  # built with sketches; 0.1.0's default (fields only)
@@ -123,5 +126,5 @@ def test_a_store_written_with_clip_sketches_opens_searches_and_takes_writes(tmp_
     assert final is not None and len(final) == 7 and final.manifest.built_rows == 7
     for clip in (2, 3, 4, 5, 6, 7, 8):
         for scheme in SCHEMES:
-            assert search(final, audio[clip], target="audio", k=1, scheme=scheme)[0].clip_id == clip
+            assert search(final, audio[clip], target="audio", k=1, stage=FirstStage(scheme))[0].clip_id == clip
     assert {h.clip_id for h in search(final, audio[0], target="audio", k=10)}.isdisjoint({0, 1})

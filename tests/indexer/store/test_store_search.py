@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from indexer.search.ranking import search
+from indexer.search.stage import FirstStage
 from indexer.store import build
 from indexer.store.token_store import StoreError, TokenStore
 from model.similarity import STRATEGIES
@@ -100,8 +101,8 @@ def test_faiss_candidates_reach_exact_ranking(tmp_path: Path) -> None:
     agree = 0
     for q in rng.integers(3000, size=20):
         query = _unit(audio[q] + 0.2 * rng.standard_normal((T, D)))
-        exact = [h.clip_id for h in search(version, query, target="visual", k=10, scheme="exhaustive")]
-        fast = search(version, query, target="visual", k=10, scheme="votes", per_frame=4096, hypotheses=1000)
+        exact = [h.clip_id for h in search(version, query, target="visual", k=10, stage=FirstStage("exhaustive"))]
+        fast = search(version, query, target="visual", k=10, stage=FirstStage("votes", per_frame=4096, hypotheses=1000))
         agree += len(set(exact) & {h.clip_id for h in fast})
     assert agree / 200 >= 0.99
 
@@ -132,7 +133,7 @@ def test_add_delete_compact(store: TokenStore) -> None:
     after = store.open()
     assert len(after) == 28 and after.index["audio"].ntotal == 28 * T
     for scheme in SCHEMES:
-        ids = [h.clip_id for h in search(after, audio[12], target="audio", k=30, scheme=scheme)]
+        ids = [h.clip_id for h in search(after, audio[12], target="audio", k=30, stage=FirstStage(scheme))]
         assert 12 not in ids and 3 not in ids
     assert search(version, audio[12], target="audio", k=1)[0].clip_id == 12  # the old version a reader holds is intact
     store.compact()
@@ -176,8 +177,8 @@ def test_a_store_grown_from_a_small_batch_rebuilds_its_indexes(tmp_path: Path) -
         assert rebuilt.index[modality].ntotal == 38 * T
     for clip in (0, 25, 39):
         for scheme in SCHEMES:
-            assert search(rebuilt, visual[clip], target="visual", k=1, scheme=scheme)[0].clip_id == clip
-    assert 20 not in [h.clip_id for h in search(rebuilt, audio[20], target="audio", k=38, scheme="votes")]
+            assert search(rebuilt, visual[clip], target="visual", k=1, stage=FirstStage(scheme))[0].clip_id == clip
+    assert 20 not in [h.clip_id for h in search(rebuilt, audio[20], target="audio", k=38, stage=FirstStage("votes"))]
     store.add(np.arange(40, 60), audio[40:60], visual[40:60], "m")  # 58 < 4 x 38: grown again
     assert store.open().manifest.built_rows == 38
 
@@ -209,8 +210,12 @@ def test_rebuilds_read_the_store_a_chunk_at_a_time(tmp_path: Path, monkeypatch: 
     assert np.array_equal(version.clip_ids, np.delete(np.arange(50), [10, 11]))
     assert np.array_equal(version.gather("visual", np.arange(48)), np.delete(visual, [10, 11], axis=0))
     for clip in (0, 12, 49):
-        exhaustive = [h.clip_id for h in search(version, visual[clip], target="visual", k=5, scheme="exhaustive")]
-        voted = search(version, visual[clip], target="visual", k=5, scheme="votes", per_frame=48 * T, hypotheses=999)
+        exhaustive = [
+            h.clip_id for h in search(version, visual[clip], target="visual", k=5, stage=FirstStage("exhaustive"))
+        ]
+        voted = search(
+            version, visual[clip], target="visual", k=5, stage=FirstStage("votes", per_frame=48 * T, hypotheses=999)
+        )
         assert [h.clip_id for h in voted] == exhaustive
 
 
@@ -275,8 +280,8 @@ def test_clips_without_a_modality_are_not_searched_in_it(store: TokenStore) -> N
     version = store.open()
     assert version.index["visual"].ntotal == 9 * T and version.index["audio"].ntotal == 10 * T
     for scheme in SCHEMES:
-        assert 4 not in [h.clip_id for h in search(version, visual[4], target="visual", k=10, scheme=scheme)]
-        assert search(version, audio[4], target="audio", k=1, scheme=scheme)[0].clip_id == 4
+        assert 4 not in [h.clip_id for h in search(version, visual[4], target="visual", k=10, stage=FirstStage(scheme))]
+        assert search(version, audio[4], target="audio", k=1, stage=FirstStage(scheme))[0].clip_id == 4
 
 
 @pytest.mark.gpu
@@ -292,8 +297,8 @@ def test_faiss_gpu_serves_the_same_results(tmp_path: Path) -> None:
     on_gpu, on_cpu = store.open(), store.open(gpu=False)
     for scheme in ("exhaustive", "votes"):
         for q in range(0, 3000, 300):
-            fast = [h.clip_id for h in search(on_gpu, audio[q], target="visual", k=10, scheme=scheme)]
-            slow = [h.clip_id for h in search(on_cpu, audio[q], target="visual", k=10, scheme=scheme)]
+            fast = [h.clip_id for h in search(on_gpu, audio[q], target="visual", k=10, stage=FirstStage(scheme))]
+            slow = [h.clip_id for h in search(on_cpu, audio[q], target="visual", k=10, stage=FirstStage(scheme))]
             assert fast == slow
     store.add(np.array([5000]), audio[:1], visual[:1], "m")  # the writer works beside GPU readers
     assert len(store.open()) == 3001
