@@ -4,6 +4,8 @@ by the exact scorer of `indexer.search.sliding`."""
 
 from __future__ import annotations
 
+import threading
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -24,11 +26,13 @@ from indexer.store.version import StoreVersion
 from model.similarity import Strategy
 
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
+ROUGH_STRIDE = 2  # offsets scored roughly: every 2nd (the exact stage scores +- radius around the best)
 ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
 KEPT_PER_HIT = 10  # windows scored exactly per hit asked for, of the roughly scored ones, at least
-WIDTH_STEP = 8  # voted windows are a multiple of this many offsets wide
+WIDTH_STEP = 4  # voted windows are a multiple of this many offsets wide
 EXACT_FRAMES = 4096  # stored frames the exact stage may read after the rough one (more windows for short queries)
-BAND_VALUES = 1 << 23  # float32 values of stored frames converted at a time by the exact band scorer (32 MB)
+BAND_VALUES = 1 << 22  # float32 values of stored frames converted at a time by the exact band scorer (16 MB)
+BAND_BLOCK = 16  # query frames the band scorer multiplies at a time
 
 
 def rescore(
@@ -42,103 +46,141 @@ def rescore(
     radius: int,
     k: int | None = None,
 ) -> list[Scored]:
-    """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run
-    of nearby bins; the windows' offsets joined, ascending). With `k` (diagonal_mean), a query of more than
-    ROUGH_ABOVE frames and a target index with a coarse table (IVF), the windows are first scored roughly
-    (`rough_means`) and only the best are scored exactly (KEPT_PER_HIT x k, or as many as EXACT_FRAMES stored
-    frames hold), each over its roughly best offset +- radius (a flat index, a small store's: every window
-    exactly)."""
+    """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run of nearby
+    bins, a track no longer than the query at every offset; the windows' offsets joined, ascending). With `k`
+    (diagonal_mean), a query of more than ROUGH_ABOVE frames and a target index with a coarse table (IVF), each
+    bin's window is first scored roughly (`rough_means`, tracks no longer than the query too) and only the best are
+    scored exactly (KEPT_PER_HIT x k, or as many as EXACT_FRAMES stored frames hold; a flat index, a small store's:
+    every window exactly)."""
     if not voted:
         return []
     table, length = version.tracks, len(query)
-    whole = [t for t in voted if length >= int(table.length[t])]  # the whole track fits in the query
-    windows = [  # (track, first offset, last offset)
-        (t, *w)
-        for t, bins in voted.items()
-        if length < int(table.length[t])
-        for w in _windows(bins, bin_frames=bin_frames, radius=radius, spare=int(table.length[t]) - length)
-    ]
-    shorter = [(t, int(table.length[t]) - length, 0) for t in whole]  # every offset of the tracks within the query
-    if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE:
-        coarse = version.coarse[target]
-        if coarse is not None:  # an IVF index
-            kept = max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
-            windows, shorter = _likely(version, query, coarse, (windows, shorter), kept=kept, radius=radius)
+    spare = {t: int(table.length[t]) - length for t in voted}  # offsets run from min(0, spare) to max(0, spare)
+    coarse = version.coarse[target]
+    if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE and coarse is not None:
+        every = voted_windows(voted, spare, bin_frames=bin_frames, radius=radius, merge=False)
+        likely = _likely(
+            version, query, coarse, every, kept=max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
+        )
+        windows = [(t, *_widened(low, high, spare[t])) for t, low, high in likely if spare[t] > 0]
+        shorter = [w for w in likely if spare[w[0]] <= 0]
+    else:
+        inside = {t: bins for t, bins in voted.items() if spare[t] > 0}
+        windows = voted_windows(inside, spare, bin_frames=bin_frames, radius=radius, merge=True)
+        shorter = [(t, spare[t], 0) for t in voted if spare[t] <= 0]  # every offset of the tracks within the query
+    windows.sort(key=lambda w: w[2] - w[1])  # windows of one width back to back: scored from slices (`band_means`)
     spans = [(t, low, high - low + length) for t, low, high in windows]
     read = gather_windows(version, target, spans + [(t, 0, int(table.length[t])) for t, _, _ in shorter])
     gathered = WindowFrames(read.frames[: read.at[len(windows)]], read.at[: len(windows) + 1])  # a view
-    out = [_shorter_track(w, query, read.part(len(windows) + i), strategy) for i, w in enumerate(shorter)]
-    return out + _by_track(windows, window_scores(query, gathered, strategy), length)
+    scores = window_scores(query, gathered, strategy)
+    scores += [_shorter_scores(w, query, read.part(len(windows) + i), strategy) for i, w in enumerate(shorter)]
+    aligned = [length] * len(windows) + [int(table.length[t]) for t, _, _ in shorter]
+    return _by_track(windows + shorter, scores, aligned)
 
 
 def _likely(
-    version: StoreVersion,
-    query: FloatArray,
-    coarse: CoarseTable,
-    candidates: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]],
-    *,
-    kept: int,
-    radius: int,
-) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """The `kept` best of the (track, low, high) windows and of the tracks no longer than the query (their
-    offsets L - Q .. 0) by their rough scores (`rough_means`), each narrowed to its roughly best offset +- radius
-    (moved inside the track's offsets: windows of one width are scored in one product, `band_means`)."""
-    windows, shorter = candidates
-    every = windows + shorter
-    rough = rough_means(version, query, coarse, every)
-    order = np.argsort(-np.array([r.max() for r in rough]), kind="stable")[:kept].tolist()
-    narrowed = []
-    for i in order:
-        track, low, high = every[i]
-        at = low + int(np.argmax(rough[i]))
-        first = min(max(low, at - radius), max(low, high - 2 * radius))  # 2 radius + 1 wide where it fits
-        narrowed.append((track, first, min(high, first + 2 * radius)))
-    ranked = list(zip(order, narrowed, strict=True))
-    return sorted(w for i, w in ranked if i < len(windows)), [w for i, w in ranked if i >= len(windows)]
+    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]], *, kept: int
+) -> list[tuple[int, int, int]]:
+    """The `kept` best (track, low, high) windows by their rough scores (`rough_means`), sorted, those of a track
+    that overlap merged (each offset scored once)."""
+    rough = _rough_offsets(version, query, coarse, windows, ROUGH_STRIDE)
+    order = np.argsort(-np.maximum.reduceat(rough.means, rough.starts), kind="stable")[:kept]
+    merged: list[tuple[int, int, int]] = []
+    for track, low, high in sorted(windows[i] for i in order.tolist()):
+        if merged and merged[-1][0] == track and low <= merged[-1][2] + 1:
+            merged[-1] = (track, merged[-1][1], max(merged[-1][2], high))
+        else:
+            merged.append((track, low, high))
+    return merged
 
 
 def rough_means(
-    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]]
+    version: StoreVersion,
+    query: FloatArray,
+    coarse: CoarseTable,
+    windows: list[tuple[int, int, int]],
+    stride: int = 1,
 ) -> list[FloatArray]:
-    """Rough diagonal_mean at every offset of each (track, low, high) window (low < 0: the track starts inside
-    the query) from the coarse table of the target's index, no token read: (1/R) sum_r <q_r, centroid of the
-    track's frame o + r> over ROUGH_FRAMES query frames r spread over it, 0 for frames outside the track."""
+    """Rough diagonal_mean at the offsets low, low + stride, .. <= high of each (track, low, high) window (low < 0:
+    the track starts inside the query) from the coarse table of the target's index, no token read: (1/R) sum_r
+    <q_r, centroid of the track's frame o + r> over ROUGH_FRAMES query frames r spread over it, 0 for frames
+    outside the track."""
     if not windows:
         return []
+    found = _rough_offsets(version, query, coarse, windows, stride)
+    return np.split(found.means, found.starts[1:])
+
+
+class RoughScores(NamedTuple):
+    """`rough_means` back to back: window i's are means[starts[i] : starts[i + 1]]."""
+
+    means: FloatArray  # (N,) one per scored offset
+    starts: IntArray  # (W,) where each window's offsets start
+
+
+def _rough_offsets(
+    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]], stride: int
+) -> RoughScores:
+    """`rough_means` of every window in one pass: one lookup per (offset, query frame) in a table of the picked
+    query frames' products with the centroids, a column of zeros for the frames outside the track."""
     picked = spread_frames(len(query), ROUGH_FRAMES)
-    table = version.tracks
-    counts = np.array([high - low + 1 for _, low, high in windows], dtype=np.int64)
-    track = np.repeat(np.array([t for t, _, _ in windows], dtype=np.int64), counts)  # (N,) one per offset
-    firsts = np.array([low for _, low, _ in windows], dtype=np.int64) - np.r_[0, np.cumsum(counts)[:-1]]
-    place = (np.repeat(firsts, counts) + np.arange(len(track)))[:, None] + picked[None, :]  # (N, R) track frames
-    inside = (place >= 0) & (place < table.length[track][:, None])
-    ids = table.first_row[track][:, None] * version.frames + np.where(inside, place, 0)
-    by_centroid = (torch.from_numpy(query[picked]) @ torch.from_numpy(coarse.centroids).T).numpy()  # (R, C)
-    values = by_centroid[np.arange(len(picked))[None, :], coarse.lists[ids]]  # (N, R)
-    means = np.where(inside, values, 0.0).sum(1, dtype=np.float32) / len(picked)  # (N,)
-    return np.split(means, np.cumsum(counts)[:-1])
+    table, lists = version.tracks, len(coarse.centroids)
+    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    counts = (high - low) // stride + 1
+    starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+    owner = np.repeat(np.arange(len(windows)), counts)  # (N,) the window of each scored offset
+    offset = low[owner] + stride * (np.arange(len(owner)) - starts[owner])  # (N,)
+    place = offset[:, None] + picked[None, :]  # (N, R) track frames
+    inside = (place >= 0) & (place < table.length[track][owner][:, None])
+    ids = (table.first_row[track] * version.frames)[owner][:, None] + np.where(inside, place, 0)
+    by_centroid = np.zeros((len(picked), lists + 1), dtype=np.float32)  # (R, C + 1): column C is outside
+    by_centroid[:, :lists] = (torch.from_numpy(query[picked]) @ torch.from_numpy(coarse.centroids).T).numpy()
+    cells = np.where(inside, coarse.lists[ids], lists).astype(np.int64)  # (N, R)
+    cells += (np.arange(len(picked), dtype=np.int64) * (lists + 1))[None, :]
+    means = by_centroid.ravel()[cells].sum(1, dtype=np.float32) / np.float32(len(picked))
+    return RoughScores(means, starts)
 
 
-def _shorter_track(window: tuple[int, int, int], query: FloatArray, frames: np.ndarray, strategy: Strategy) -> Scored:
-    """Exact scores of a track no longer than the query, frames (L, D), at its offsets low .. high of
-    L - Q .. 0 (`window`: track, low, high)."""
-    track, low, high = window
-    offsets = np.arange(low, high + 1, dtype=np.int64)
-    found = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy, offsets)
-    return Scored(track, found.offsets, found.scores[0], found.aligned)
-
-
-def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], length: int) -> list[Scored]:
-    """Each track's windows and their scores joined into one Scored (offsets ascending, each once)."""
-    by_track: dict[int, list[tuple[IntArray, FloatArray]]] = {}
-    for (track, low, high), window in zip(windows, scores, strict=True):
-        by_track.setdefault(track, []).append((np.arange(low, high + 1, dtype=np.int64), window))
-    out = []
-    for track, parts in by_track.items():
-        offsets, joined = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        offsets, first = np.unique(offsets, return_index=True)  # ascending, each once
-        out.append(Scored(track, offsets, joined[first], length))
+def _shorter_scores(
+    window: tuple[int, int, int], query: FloatArray, frames: np.ndarray, strategy: Strategy
+) -> FloatArray:
+    """Exact scores of a track no longer than the query, frames (L, D), at its offsets low .. high of L - Q .. 0
+    (`window`: track, low, high); diagonal_mean from the band of the track zero-padded to the query's frames
+    (`band_products`: the frames that query frame j meets at offset o are track frame o + j, zero outside)."""
+    _, low, high = window
+    if strategy != "diagonal_mean":
+        offsets = np.arange(low, high + 1, dtype=np.int64)
+        scores: FloatArray = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy, offsets).scores[
+            0
+        ]
+        return scores
+    met = np.arange(low, high + len(query))  # (W + Q - 1,) track frame met at each step, outside it: zero
+    inside = (met >= 0) & (met < len(frames))
+    band = torch.zeros((len(met), query.shape[1]), dtype=torch.float32)
+    band[torch.from_numpy(inside)] = as_tensor(np.asarray(frames[met[inside]])).float()
+    out: FloatArray = (band_products(band[None], torch.from_numpy(query))[0] / len(query)).numpy()
     return out
+
+
+def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], aligned: list[int]) -> list[Scored]:
+    """Each track's windows and their scores joined into one Scored (offsets ascending, each once); `aligned`: the
+    frame pairs aligned at every offset of each window's track."""
+    if not windows:
+        return []
+    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    sizes = high - low + 1
+    owner = np.repeat(np.arange(len(windows)), sizes)  # (N,) the window of each scored offset
+    offsets = low[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    order = np.lexsort((offsets, track[owner]))  # by track, then offset (stable: a window's first score kept)
+    tracks, offsets = track[owner][order], offsets[order]
+    first = np.r_[True, (tracks[1:] != tracks[:-1]) | (offsets[1:] != offsets[:-1])]  # each offset once
+    joined, tracks, offsets = np.concatenate(scores)[order][first], tracks[first], offsets[first]
+    bounds = np.flatnonzero(np.r_[True, tracks[1:] != tracks[:-1], True])
+    pairs = dict(zip(track.tolist(), aligned, strict=True))
+    return [
+        Scored(int(tracks[a]), offsets[a:b], joined[a:b], pairs[int(tracks[a])])
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
+    ]
 
 
 def window_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy) -> list[FloatArray]:
@@ -187,12 +229,11 @@ def diagonal_scores(query: FloatArray, windows: WindowFrames, strategy: Strategy
 
 
 def band_means(query: FloatArray, windows: WindowFrames) -> list[FloatArray]:
-    """diagonal_mean at every offset of each window, in float32, from the aligned pairs alone (Q x D products
-    per offset, not the Q x (n + Q - 1) of all pairs): windows of one width, a few at a time (converted to
-    float32 while they fit the cache), one matrix-vector product per offset o with the Q frames aligned there
-    (a view: windows are narrow)."""
+    """diagonal_mean at every offset of each window, in float32, from the aligned pairs alone: windows of one width
+    a batch at a time, converted to float32 into this thread's buffer (`_SCRATCH`: reused, no fresh pages per
+    search) and scored by `band_products`."""
     length, dim = len(query), query.shape[1]
-    flat_query = torch.from_numpy(np.ascontiguousarray(query).reshape(-1))  # (Q * D,)
+    query_t = torch.from_numpy(np.ascontiguousarray(query))
     sizes = np.diff(windows.at)
     out: list[FloatArray] = [np.zeros(0, dtype=np.float32)] * len(sizes)
     for size in np.unique(sizes).tolist():
@@ -204,25 +245,70 @@ def band_means(query: FloatArray, windows: WindowFrames) -> list[FloatArray]:
                 frames = windows.frames[first:last]
             else:
                 frames = windows.frames[(windows.at[batch][:, None] + np.arange(size)[None, :]).reshape(-1)]
-            block = as_tensor(frames).float().reshape(len(batch), size * dim)  # (b, n * D)
-            scores = torch.stack(  # (b, W): the aligned pairs' sum at each offset o, the frames o .. o + Q - 1
-                [block[:, o * dim : (o + length) * dim] @ flat_query for o in range(size - length + 1)], 1
-            )
-            for i, row in zip(batch.tolist(), (scores / length).numpy(), strict=True):
+            block = _SCRATCH.single(len(batch) * size * dim).view(len(batch), size, dim)  # (b, n, D)
+            block.copy_(as_tensor(frames).view(len(batch), size, dim))
+            scores = band_products(block, query_t) / length  # (b, W)
+            for i, row in zip(batch.tolist(), scores.numpy(), strict=True):
                 out[i] = row
     return out
 
 
-def _windows(bins: list[int], *, bin_frames: int, radius: int, spare: int) -> list[tuple[int, int]]:
-    """Offset ranges [low, high] covering each bin +- radius inside 0 .. spare, overlapping ones merged."""
-    merged: list[tuple[int, int]] = []
-    for b in bins:
-        low, high = max(0, b * bin_frames - radius), min(spare, (b + 1) * bin_frames - 1 + radius)
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return [_widened(low, high, spare) for low, high in merged]
+def band_products(frames: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """frames (b, W + Q - 1, D), query (Q, D) -> (b, W): sum_j <frames[:, o + j], query[j]> at each offset o, from
+    the products of BAND_BLOCK query frames at a time with the W + BAND_BLOCK - 1 frames they meet (matrix products,
+    ~(W + BAND_BLOCK - 1) / W of the aligned pairs' work), their diagonals summed."""
+    count, size, _ = frames.shape
+    width = size - len(query) + 1
+    out = torch.zeros(count, width)
+    for first in range(0, len(query), BAND_BLOCK):
+        part = query[first : first + BAND_BLOCK]  # (B, D)
+        met = len(part) + width - 1
+        products = torch.matmul(frames[:, first : first + met], part.T).contiguous()  # (b, W + B - 1, B)
+        blocks = len(part)  # the diagonal o of the block: products[:, o + j, j], j < B
+        out += products.as_strided((count, width, blocks), (met * blocks, blocks, blocks + 1)).sum(2)
+    return out
+
+
+class _Scratch(threading.local):
+    """This thread's float32 buffer for the exact stage, grown as needed and kept: a search converting tens of MB
+    of frames into fresh memory pays more for the pages than for the products (BENCHMARKS.md, issue 30)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.float32)
+
+    def single(self, count: int) -> torch.Tensor:
+        """A float32 tensor of `count` values (its contents undefined), a view of the kept buffer."""
+        if self.buffer.numel() < count:
+            self.buffer = torch.empty(count, dtype=torch.float32)
+        return self.buffer[:count]
+
+
+_SCRATCH = _Scratch()
+
+
+def voted_windows(
+    voted: dict[int, list[int]], spare: dict[int, int], *, bin_frames: int, radius: int, merge: bool
+) -> list[tuple[int, int, int]]:
+    """(track, low, high) offset ranges covering each voted bin (ascending per track) +- radius inside 0 .. spare
+    (spare .. 0 for a track shorter than the query): with `merge`, a track's overlapping ones merged and widened
+    (`_widened`: windows scored exactly as they are); else one per bin (windows scored roughly first: each bin
+    ranked on its own, none hidden by a neighbour)."""
+    if not voted:
+        return []
+    counts = [len(bins) for bins in voted.values()]
+    track = np.repeat(np.fromiter(voted, dtype=np.int64, count=len(voted)), counts)
+    bins = np.fromiter(chain.from_iterable(voted.values()), dtype=np.int64, count=sum(counts))
+    spares = np.repeat(np.array([spare[t] for t in voted], dtype=np.int64), counts)
+    first, last = np.minimum(0, spares), np.maximum(0, spares)
+    low = np.maximum(first, bins * bin_frames - radius)
+    high = np.minimum(last, (bins + 1) * bin_frames - 1 + radius)  # both ascending per track
+    if merge:
+        starts = np.flatnonzero(np.r_[True, (track[1:] != track[:-1]) | (low[1:] > high[:-1] + 1)])
+        track, low, high = track[starts], low[starts], np.maximum.reduceat(high, starts)
+        width = -(-(high - low + 1) // WIDTH_STEP) * WIDTH_STEP  # widened: see `_widened`
+        high = np.minimum(last[starts], low + width - 1)
+        low = np.maximum(first[starts], high - width + 1)
+    return list(zip(track.tolist(), low.tolist(), high.tolist(), strict=True))
 
 
 def _widened(low: int, high: int, spare: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@ The layout and the writer are in `indexer.store.token_store`.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from indexer.store import segments
 from indexer.store.build import CoarseTable, coarse_table, read_index
@@ -164,7 +166,11 @@ class StoreVersion:
             picked = segment_of == segment
             block = self.tokens[modality][segment]
             flat = block.reshape(-1, self.manifest.dim) if frames else block  # (rows * T, D) view, or (rows, T, D)
-            out[picked] = flat[at[picked] - int(self.segment_starts[segment]) * per_row]
+            taken = at[picked] - int(self.segment_starts[segment]) * per_row
+            if flat.dtype == out.dtype and picked.all():  # straight into `out`: torch copies rows on every core
+                torch.index_select(_read_only(flat), 0, torch.from_numpy(taken), out=torch.from_numpy(out))
+            else:
+                out[picked] = flat[taken]
         return out
 
     # ------------------------------------------------------------------------------------ the corpus seam
@@ -185,3 +191,10 @@ class StoreVersion:
     def part_of(self, video_id: int) -> StoreVersion | None:
         """Every video of one store is in it."""
         return self
+
+
+def _read_only(array: np.ndarray) -> torch.Tensor:
+    """A zero-copy tensor over a read-only (memory-mapped) array; torch only reads it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)

@@ -69,7 +69,8 @@ def _naive_rough(version: StoreVersion, query: np.ndarray, window: tuple[int, in
 
 
 def test_rough_scores_equal_naive_loops(tmp_path: Path) -> None:
-    """Windows inside a track, and a track shorter than the query (negative offsets: the track starts inside it)."""
+    """Windows inside a track, and a track shorter than the query (negative offsets: the track starts inside it);
+    every offset, every 2nd and every 3rd."""
     version, _ = _store(tmp_path, "IVF4,Flat")
     coarse = version.coarse["visual"]
     assert coarse is not None
@@ -77,11 +78,18 @@ def test_rough_scores_equal_naive_loops(tmp_path: Path) -> None:
     query = _unit(np.random.default_rng(1).standard_normal((90, 16)))
     long_track = int(np.argmax(table.length))
     short_track = int(np.argmin(table.length))
-    cases = [(long_track, 0, 3), (long_track, 2, 2), (short_track, int(table.length[short_track]) - 90, 0)]
-    rough = windows.rough_means(version, query, coarse, cases)
+    cases = [
+        (long_track, 0, 3),
+        (long_track, 2, 2),
+        (long_track, 5, 12),
+        (short_track, int(table.length[short_track]) - 90, 0),
+    ]
     picked = spread_frames(90, windows.ROUGH_FRAMES)
-    for window, found in zip(cases, rough, strict=True):
-        assert np.allclose(found, _naive_rough(version, query, window, picked), atol=1e-5)
+    for stride in (1, 2, 3):
+        rough = windows.rough_means(version, query, coarse, cases, stride=stride)
+        for (track, low, high), found in zip(cases, rough, strict=True):
+            naive = _naive_rough(version, query, (track, low, high), picked)[::stride]
+            assert len(found) == len(naive) and np.allclose(found, naive, atol=1e-5)
 
 
 @pytest.mark.parametrize("length", [3, T, 2 * T + 3, 6 * T])
@@ -137,11 +145,22 @@ def test_the_first_stage_refuses_what_it_cannot_run() -> None:
 
 
 def test_voted_windows_cover_their_bins_in_few_widths() -> None:
-    """Each bin +- radius is covered; windows are a multiple of WIDTH_STEP offsets wide unless the track is too
-    short, and stay inside its offsets."""
-    for bins, spare in (([0, 1, 9], 200), ([3], 200), ([40, 41], 170), ([0], 5)):
-        found = windows._windows(bins, bin_frames=4, radius=2, spare=spare)
-        covered = {o for low, high in found for o in range(low, high + 1)}
-        assert all(min(max(o, 0), spare) in covered for b in bins for o in range(4 * b - 2, 4 * b + 6))
-        assert all(0 <= low <= high <= spare for low, high in found)
-        assert all((high - low + 1) % windows.WIDTH_STEP == 0 or high - low == spare for low, high in found)
+    """Each bin +- radius is covered; merged windows are a multiple of WIDTH_STEP offsets wide unless the track is
+    too short, and stay inside its offsets; unmerged ones are one per bin, a shorter track's inside spare .. 0."""
+    cases = {0: ([0, 1, 9], 200), 1: ([3], 200), 2: ([40, 41], 170), 3: ([0], 5), 4: ([-5, -4, -1], -17)}
+    voted, spare = {t: bins for t, (bins, _) in cases.items()}, {t: room for t, (_, room) in cases.items()}
+    for merge in (True, False):
+        found = windows.voted_windows(voted, spare, bin_frames=4, radius=2, merge=merge)
+        assert sorted({t for t, _, _ in found}) == sorted(cases)
+        for track, (bins, room) in cases.items():
+            mine = [(low, high) for t, low, high in found if t == track]
+            first, last = min(0, room), max(0, room)
+            covered = {o for low, high in mine for o in range(low, high + 1)}
+            assert all(min(max(o, first), last) in covered for b in bins for o in range(4 * b - 2, 4 * b + 6))
+            assert all(first <= low <= high <= last for low, high in mine)
+            if merge:
+                assert all(
+                    (high - low + 1) % windows.WIDTH_STEP == 0 or high - low == last - first for low, high in mine
+                )
+            else:
+                assert len(mine) == len(bins)
