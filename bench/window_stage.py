@@ -169,7 +169,7 @@ def search_windows(
     probes = query_windows(q, config)
     sims, ids = windows.search(probes, min(config.per_window, windows.ntotal))  # (Q - W + 1, k)
     found = Neighbours(sims, ids, np.arange(len(probes), dtype=np.int64))
-    voted = tally(version, target, len(q), found, hypotheses=config.hypotheses, bin_frames=config.stride)
+    voted = tally(version, target, len(q), found, hypotheses=config.hypotheses, bin_frames=config.stride).bins
     scored = rescore(version, q, target, "diagonal_mean", voted, bin_frames=config.stride, radius=radius)
     tracks = searchable_tracks(version, target)
     short = tracks[version.tracks.length[tracks] < config.frames]  # no windows: every offset scored

@@ -96,6 +96,7 @@ def search(
         bin_frames=bin_frames,
         radius=radius,
         k=found.prefilter,
+        lead=found.lead,
     )
     scored += exhaustive(version, q, target, strategy, found.left)
     if not scored:
@@ -110,6 +111,7 @@ class Candidates(NamedTuple):
     voted: dict[int, list[int]]  # track index -> offset bins (ascending), scored exactly +- radius (`windows`)
     left: IntArray  # (n,) tracks scored at every offset (`exhaustive`)
     prefilter: int | None  # k: the windows scored roughly first, only the tracks that may be in the top k exactly
+    lead: dict[int, int]  # track index -> its best-voted bin (the votes'), the window kept of its run
 
 
 def _candidates(
@@ -126,10 +128,10 @@ def _candidates(
 ) -> Candidates:
     """The candidates of `stage.scheme` (not "auto") among the searchable `tracks` (see the module)."""
     if stage.scheme == "exhaustive":
-        return Candidates({}, tracks, None)
+        return Candidates({}, tracks, None, {})
     if stage.scheme == "scan":
         found = scan_candidates(version, query, target, strategy, tracks, k=k, moments=moments, bin_frames=bin_frames)
-        return Candidates(found.voted, found.left, None)
+        return Candidates(found.voted, found.left, None, {})
     voted = vote(
         version,
         query,
@@ -139,4 +141,4 @@ def _candidates(
         bin_frames=bin_frames,
         probes=stage.probes,
     )
-    return Candidates(voted, np.zeros(0, dtype=np.int64), k)
+    return Candidates(voted.bins, np.zeros(0, dtype=np.int64), k, voted.lead)

@@ -24,9 +24,9 @@ def vote(
     hypotheses: int,
     bin_frames: int,
     probes: int,
-) -> dict[int, list[int]]:
-    """track index -> the offset bins (ascending) of its hypotheses among the `hypotheses` best-voted, from the
-    `per_frame` nearest stored frames of each probing frame (`spread_frames`)."""
+) -> Hypotheses:
+    """The `hypotheses` best-voted (track, offset bin) hypotheses (`tally`), from the `per_frame` nearest stored
+    frames of each probing frame (`spread_frames`)."""
     index = version.index[target]
     starts = spread_frames(len(query), probes)
     sims, ids = index.search(np.ascontiguousarray(query[starts]), min(per_frame, index.ntotal))  # (P, k)
@@ -56,10 +56,10 @@ def tally(
     *,
     hypotheses: int,
     bin_frames: int,
-) -> dict[int, list[int]]:
+) -> Hypotheses:
     """The votes of `found` for a query of `length` frames: each neighbour votes, with its inner product, for
-    the (track, offset bin) it implies (offset = its place in its track - its probe's start); track index ->
-    the offset bins (ascending) among the `hypotheses` best-voted."""
+    the (track, offset bin) it implies (offset = its place in its track - its probe's start); the `hypotheses`
+    best-voted."""
     table, ids = version.tracks, found.ids
     hit = ids >= 0
     track, place = table.place(np.where(hit, ids, 0))
@@ -71,8 +71,15 @@ def tally(
     keys = track[keep] * (1 << 32) + (bins + (1 << 31))
     unique, inverse = np.unique(keys, return_inverse=True)
     votes = np.bincount(inverse, weights=found.sims[keep].astype(np.float64))
-    best = np.sort(unique[np.argsort(-votes, kind="stable")[:hypotheses]])  # by track, then bin
+    best = unique[np.argsort(-votes, kind="stable")[:hypotheses]]  # best-voted first
     voted: dict[int, list[int]] = {}
     for key in best.tolist():
         voted.setdefault(key >> 32, []).append((key & 0xFFFFFFFF) - (1 << 31))
-    return voted
+    return Hypotheses({track: sorted(bins) for track, bins in voted.items()}, {t: bins[0] for t, bins in voted.items()})
+
+
+class Hypotheses(NamedTuple):
+    """The best-voted (track, offset bin) hypotheses of a query."""
+
+    bins: dict[int, list[int]]  # track index -> its offset bins (ascending); the tracks best-voted first
+    lead: dict[int, int]  # track index -> its best-voted bin

@@ -45,6 +45,7 @@ def rescore(
     bin_frames: int,
     radius: int,
     k: int | None = None,
+    lead: dict[int, int] | None = None,
 ) -> list[Scored]:
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run of nearby
     bins, a track no longer than the query at every offset; the windows' offsets joined, ascending). With `k`
@@ -59,9 +60,10 @@ def rescore(
     coarse = version.coarse[target]
     if k is not None and strategy == "diagonal_mean" and length > ROUGH_ABOVE and coarse is not None:
         every = voted_windows(voted, spare, bin_frames=bin_frames, radius=radius, merge=False)
-        likely = _likely(
-            version, query, coarse, every, kept=max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
-        )
+        leads = lead or {}
+        preferred = np.fromiter((b == leads.get(t) for t, bins in voted.items() for b in bins), bool, len(every))
+        kept = max(KEPT_PER_HIT * k, EXACT_FRAMES // (length + 2 * radius))
+        likely = _likely(version, query, coarse, every, kept=kept, preferred=preferred)
         windows = [(t, *_widened(low, high, spare[t])) for t, low, high in likely if spare[t] > 0]
         shorter = [w for w in likely if spare[w[0]] <= 0]
     else:
@@ -79,19 +81,27 @@ def rescore(
 
 
 def _likely(
-    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]], *, kept: int
+    version: StoreVersion,
+    query: FloatArray,
+    coarse: CoarseTable,
+    windows: list[tuple[int, int, int]],
+    *,
+    kept: int,
+    preferred: np.ndarray,
 ) -> list[tuple[int, int, int]]:
-    """The `kept` best (track, low, high) windows by their rough scores (`rough_means`), sorted, those of a track
-    that overlap merged (each offset scored once)."""
+    """Of the (track, low, high) windows (one per voted bin, ascending per track), one per run of a track's
+    overlapping ones, the `kept` runs scoring best roughly (`rough_means`; sorted): the run's `preferred` window
+    (its track's best-voted bin: the votes place a match better than the coarse table) or its roughly best. The
+    exact stage scores as many placements as it keeps, not one placement's neighbouring bins."""
     rough = _rough_offsets(version, query, coarse, windows, ROUGH_STRIDE)
-    order = np.argsort(-np.maximum.reduceat(rough.means, rough.starts), kind="stable")[:kept]
-    merged: list[tuple[int, int, int]] = []
-    for track, low, high in sorted(windows[i] for i in order.tolist()):
-        if merged and merged[-1][0] == track and low <= merged[-1][2] + 1:
-            merged[-1] = (track, merged[-1][1], max(merged[-1][2], high))
-        else:
-            merged.append((track, low, high))
-    return merged
+    best = np.maximum.reduceat(rough.means, rough.starts)  # (W,) each window's roughly best offset's
+    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    run = np.cumsum(np.r_[True, (track[1:] != track[:-1]) | (low[1:] > high[:-1] + 1)]) - 1  # (W,)
+    firsts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])  # (runs,) each run's first window
+    by_run = np.lexsort((-best, ~preferred, run))  # each run's windows: preferred, then roughly best, first
+    leads = by_run[np.r_[True, run[by_run][1:] != run[by_run][:-1]]]  # (runs,) the window kept of each run
+    chosen = leads[np.argsort(-np.maximum.reduceat(best, firsts), kind="stable")[:kept]]
+    return sorted(windows[i] for i in chosen.tolist())
 
 
 def rough_means(
