@@ -13,16 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from indexer.search.stage import FirstStage, Scheme  # the module imports nothing
-
 if TYPE_CHECKING:  # imported where used: reading the settings (`cavsync -h`) loads no library
     from indexer.cluster.ray_serve import ClusterConfig
     from indexer.jobs.leases import LeaseConfig
+    from indexer.search.stage import FirstStage
     from indexer.store.datadir import DataDir
     from service.config import ServiceConfig
 
@@ -96,7 +95,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(36_000_000, gt=0, description="Largest frame (width x height) decoded; more: 413.")
     max_frames: int = Field(1_000_000, gt=0, description="Most frames of a video decoded; more: 413.")
     # How a search finds its candidates (indexer.search.ranking.FirstStage; BENCHMARKS.md, issue 30).
-    search_scheme: Scheme = Field(
+    search_scheme: str = Field(
         "auto",
         description="Candidate scheme: auto (exhaustive for small stores, else votes), exhaustive, votes, or scan "
         "(reads every token: the exact reference, seconds per long query on a large store).",
@@ -128,6 +127,15 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("search_scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from indexer.search.stage import SCHEMES  # the schemes' one declaration; `cavsync -h` loads no library
+
+        if value not in SCHEMES:
+            raise ValueError(f"is not a search scheme: choose one of {', '.join(SCHEMES)}")
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -185,8 +193,10 @@ class Settings(BaseSettings):
 
     def search(self) -> FirstStage:
         """How searches find their candidates (`CAVSYNC_SEARCH_*`)."""
+        from indexer.search.stage import FirstStage, Scheme
+
         return FirstStage(
-            scheme=self.search_scheme,
+            scheme=cast(Scheme, self.search_scheme),  # one of SCHEMES (`_known_scheme`)
             probes=self.search_probes,
             per_frame=self.search_per_frame,
             hypotheses=self.search_hypotheses,

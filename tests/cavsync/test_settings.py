@@ -79,9 +79,7 @@ def test_the_search_first_stage_from_the_environment(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CAVSYNC_SEARCH_HYPOTHESES", "64")
     assert Settings().service_config().search == FirstStage("scan", probes=8, per_frame=256, hypotheses=64)
     monkeypatch.setenv("CAVSYNC_SEARCH_SCHEME", "fastest")
-    with pytest.raises(
-        ValidationError, match="search_scheme\n  Input should be 'auto', 'exhaustive', 'votes' or 'scan'"
-    ):
+    with pytest.raises(ValidationError, match="is not a search scheme: choose one of auto, exhaustive, votes, scan"):
         Settings()
     monkeypatch.setenv("CAVSYNC_SEARCH_SCHEME", "votes")
     monkeypatch.setenv("CAVSYNC_SEARCH_PROBES", "0")
