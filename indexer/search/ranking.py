@@ -9,9 +9,11 @@ scored at every frame offset of a track by the exact strategy of `indexer.search
   frames, else `probes` spread evenly over it) each find their `per_frame` nearest frames in the FAISS index of
   the store version, which vote, with their cosine, for the (track, offset) hypothesis they imply (offset =
   frame's place in its track - probing frame), offsets pooled in bins of `bin_frames` (the Shazam / audfprint
-  offset histogram). The `hypotheses` best-voted bins, +- `radius` frames, are scored roughly from the coarse
-  centroids of the index (no token read; `indexer.search.windows.rough_means`), and the KEPT_PER_HIT x k best
-  windows exactly, around their roughly best offset. The cost grows with the probes, not with the query's
+  offset histogram). The `hypotheses` best-voted bins, +- `radius` frames, are scored exactly for a query of up
+  to 8 frames; for a longer one roughly first, from the coarse centroids of the index (no token read;
+  `indexer.search.windows.rough_means`), and one window per run of a track's nearby bins exactly, of the
+  KEPT_PER_HIT x k runs scoring best roughly (the best-voted bin's window, else the roughly best). The cost
+  grows with the probes, not with the query's
   length, and with the corpus only through the index (IVF lists of ~sqrt(n) frames; BENCHMARKS.md, issue 30);
 - "scan" (asked for; diagonal strategies): `indexer.search.scan` scores every offset of every track in float16
   products and nominates the tracks near the k-th best, which are then scored exactly around their best

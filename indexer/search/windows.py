@@ -1,6 +1,7 @@
 """The window stage: exact scores of tracks at windows of offsets around hypotheses (the votes', the scan's),
-the windows' stored frames read once (`gather_windows`) and scored in one product (the diagonal strategies) or
-by the exact scorer of `indexer.search.sliding`."""
+the windows' stored frames read once (`gather_windows`) and scored as bands of block matrix products
+(`band_means`: diagonal_mean), in one product (diagonal_max) or by the exact scorer of `indexer.search.sliding`;
+a long query's windows ranked roughly first, from the coarse table of the index (`rough_means`, `_likely`)."""
 
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ def rescore(
 ) -> list[Scored]:
     """Exact scores of each voted track over its hypotheses' offsets +- radius frames (one window per run of nearby
     bins, a track no longer than the query at every offset; the windows' offsets joined, ascending). With `k`
-    (diagonal_mean), a query of more than ROUGH_ABOVE frames and a target index with a coarse table (IVF), each
-    bin's window is first scored roughly (`rough_means`, tracks no longer than the query too) and only the best are
-    scored exactly (KEPT_PER_HIT x k, or as many as EXACT_FRAMES stored frames hold; a flat index, a small store's:
-    every window exactly)."""
+    (diagonal_mean), a query of more than ROUGH_ABOVE frames and a target index with a coarse table (IVF), every
+    bin's window (tracks no longer than the query too) is first scored roughly (`rough_means`) and one window per
+    run of a track's bins is scored exactly, of the runs scoring best roughly (`_likely`: KEPT_PER_HIT x k, or as
+    many as EXACT_FRAMES stored frames hold), the window of the track's best-voted bin (`lead`) where the run holds
+    it. A flat index (a small store's): every window exactly."""
     if not voted:
         return []
     table, length = version.tracks, len(query)
