@@ -27,7 +27,7 @@ from indexer.store.version import StoreVersion
 from model.similarity import Strategy
 
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
-ROUGH_STRIDE = 2  # offsets scored roughly: every 2nd (the exact stage scores +- radius around the best)
+ROUGH_STRIDE = 2  # offsets scored roughly: every 2nd (a window's rough score, its best of them, only ranks it)
 ROUGH_ABOVE = 8  # query frames above which windows are scored roughly first (a shorter query's: all exactly)
 KEPT_PER_HIT = 10  # windows scored exactly per hit asked for, of the roughly scored ones, at least
 WIDTH_STEP = 4  # voted windows are a multiple of this many offsets wide
@@ -162,9 +162,8 @@ def _shorter_scores(
     _, low, high = window
     if strategy != "diagonal_mean":
         offsets = np.arange(low, high + 1, dtype=np.int64)
-        scores: FloatArray = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy, offsets).scores[
-            0
-        ]
+        found = score_offsets(query, np.asarray(frames, dtype=np.float32)[None], strategy, offsets)
+        scores: FloatArray = found.scores[0]
         return scores
     met = np.arange(low, high + len(query))  # (W + Q - 1,) track frame met at each step, outside it: zero
     inside = (met >= 0) & (met < len(frames))
