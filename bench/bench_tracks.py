@@ -58,6 +58,7 @@ from model.similarity import TIE_TOLERANCE
 
 T, D, FRAME_S = 16, 768, 0.64
 QUERY_SECONDS = (2, 5, 10, 30, 60, 180)
+ADD_FRAMES = 1_600_000  # frames written per add (`build_store`)
 CLEAR_MARGIN = 0.01  # "recall_clear": of the truth's top 10, the videos scoring this much above its 11th
 
 
@@ -169,21 +170,36 @@ def _shown(curve: np.ndarray) -> np.ndarray:
 
 
 def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:
-    rows = [-(-len(t) // T) for t in tracks]
+    """The store of `tracks` (the visual modality), written ADD_FRAMES frames at a time: a larger corpus grows the
+    store as a user's would (indexes built on the first add, grown, rebuilt at REBUILD_GROWTH x), and its tokens are
+    never held twice."""
+    store = TokenStore(root, dtype="float16")
+    started, first_row, part = time.perf_counter(), 0, []
+    for video in range(len(tracks) + 1):
+        if video == len(tracks) or (part and sum(len(tracks[v]) for v in part) + len(tracks[video]) > ADD_FRAMES):
+            first_row = add_videos(store, tracks, part, first_row)
+            part = []
+        if video < len(tracks):
+            part.append(video)
+    return store, time.perf_counter() - started
+
+
+def add_videos(store: TokenStore, tracks: list[np.ndarray], videos: list[int], first_row: int) -> int:
+    """Add `videos` (their tracks, T frames a row) as rows first_row..; the next free row."""
+    rows = [-(-len(tracks[v]) // T) for v in videos]
     tokens = np.zeros((sum(rows), T, D), dtype=np.float16)
-    ids, owners, valid = np.arange(sum(rows)), np.repeat(np.arange(len(tracks)), rows), np.empty(sum(rows), np.int16)
+    ids = np.arange(first_row, first_row + sum(rows))
+    owners, valid = np.repeat(np.array(videos), rows), np.empty(sum(rows), np.int16)
     at = 0
-    for track, count in zip(tracks, rows, strict=True):
-        tokens[at : at + count].reshape(-1, D)[: len(track)] = track
+    for video, count in zip(videos, rows, strict=True):
+        tokens[at : at + count].reshape(-1, D)[: len(tracks[video])] = tracks[video]
         valid[at : at + count] = T
-        valid[at + count - 1] = len(track) - (count - 1) * T
+        valid[at + count - 1] = len(tracks[video]) - (count - 1) * T
         at += count
     present = np.zeros((len(ids), 2), dtype=bool)
     present[:, 1] = True  # the visual modality only
-    store = TokenStore(root, dtype="float16")
-    started = time.perf_counter()
     store.add(ids, tokens, tokens, "bench", present, tracks=owners, valid=valid, frame_s=FRAME_S)
-    return store, time.perf_counter() - started
+    return first_row + sum(rows)
 
 
 def searcher(version, setting: str, root: Path) -> Callable[[np.ndarray], list[TrackHit]]:  # noqa: ANN001
@@ -295,17 +311,22 @@ def truth_for(corpus: Corpus, queries: list[dict], count: int) -> dict:
     }
 
 
-def cached_truth(root: Path | None, corpus: Corpus, queries: list[dict], count: int) -> dict:
-    """`truth_for`, kept beside a reused store (`--store`): the queries are seeded by their length and number, so
-    a rerun of the same corpus, length and counts reads it back instead of the brute force (minutes at 1.6M)."""
-    if root is None:
-        return truth_for(corpus, queries, count)
-    path = root / f"truth-{len(queries[0]['tokens'])}f-{count}of{len(queries)}.pkl"
-    if path.exists():
+def queries_and_truth(root: Path | None, corpus: Callable[[], Corpus], seconds: int, args: argparse.Namespace) -> tuple:
+    """The queries of `seconds` and their truth (`truth_for`), kept beside a reused store (`--store`): both are
+    seeded by the corpus, the length and the counts, so a rerun reads them back instead of making the corpus and the
+    brute force (minutes at 1.6M, most of an hour at 6.4M) and times the searches alone."""
+    count, timed, length = args.queries, max(args.timed, args.queries), round(seconds / FRAME_S)
+    path = root / f"case-{length}f-{count}of{timed}.pkl" if root is not None else None
+    if path is not None and path.exists():
         return pickle.loads(path.read_bytes())  # noqa: S301 - the bench's own file, written below
-    truth = truth_for(corpus, queries, count)
-    path.write_bytes(pickle.dumps(truth))
-    return truth
+    made = corpus()
+    queries = make_queries(made.tracks, length, timed, seconds, copies=made.copies)
+    for query in queries:
+        query["topic"] = int(made.topics[query["video"]])
+    case = (queries, truth_for(made, queries, count))
+    if path is not None:
+        path.write_bytes(pickle.dumps(case))
+    return case
 
 
 def best_offset(query: np.ndarray, track: np.ndarray) -> int:
@@ -345,50 +366,33 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the temporary store")
     parser.add_argument("--store", type=Path, default=None, help="build the store here once and reuse it")
     args = parser.parse_args()
-    started = time.perf_counter()
-    corpus = make_corpus(args.corpus, args.frames)
-    tracks = corpus.tracks
-    print(
-        json.dumps(
-            {
+    made: list[Corpus] = []  # the corpus, made when first needed (a rerun on a kept store may not need it)
+
+    def corpus() -> Corpus:
+        if not made:
+            started = time.perf_counter()
+            made.append(make_corpus(args.corpus, args.frames))
+            summary = {
                 "corpus": args.corpus,
-                "videos": len(tracks),
-                "topics": len(set(corpus.topics.tolist())),
-                "copies": len(corpus.copies),
-                "frames": sum(map(len, tracks)),
-                "corpus_s": round(time.perf_counter() - started, 1),
+                "videos": len(made[0].tracks),
+                "topics": len(set(made[0].topics.tolist())),
             }
-        ),
-        flush=True,
-    )
+            summary |= {"copies": len(made[0].copies), "frames": sum(map(len, made[0].tracks))}
+            print(json.dumps(summary | {"corpus_s": round(time.perf_counter() - started, 1)}), flush=True)
+        return made[0]
+
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         root = args.store or Path(work) / "store"
         claim_store(root, args.corpus, args.frames)
         reused = args.store is not None and TokenStore(root, dtype="float16").open(indexes=False) is not None
-        build_s = None if reused else build_store(tracks, root)[1]
+        build_s = None if reused else build_store(corpus().tracks, root)[1]
         version = TokenStore(root, dtype="float16").open()
-        shards = sum(p.stat().st_size for p in (root / "shards").glob("*.visual.npy"))
-        index = sum(p.stat().st_size for p in (root / "versions" / version.name).rglob("visual.faiss"))
-        frames = sum(map(len, tracks))
-        print(
-            json.dumps(
-                {
-                    "build_s_visual": round(build_s, 1) if build_s is not None else f"reused {root}",
-                    "factory": version.manifest.factory,
-                    "bytes_per_frame": {"tokens_fp16": round(shards / frames), "frame_index": round(index / frames)},
-                    "load": os.getloadavg()[0],
-                }
-            ),
-            flush=True,
-        )
+        describe_store(root, version, build_s, args.frames)
         runners: dict[str, Callable[[np.ndarray], list[TrackHit]]] = {}  # per setting, made once
         for seconds in args.seconds:
             length = round(seconds / FRAME_S)
-            queries = make_queries(tracks, length, max(args.timed, args.queries), seconds, copies=corpus.copies)
-            for query in queries:
-                query["topic"] = int(corpus.topics[query["video"]])
             t0 = time.perf_counter()
-            truth = cached_truth(root if args.store else None, corpus, queries, args.queries)
+            queries, truth = queries_and_truth(root if args.store else None, corpus, seconds, args)
             truth_s = round(time.perf_counter() - t0, 1)
             for setting in args.settings.split(","):
                 if setting == "windows" and length < window_stage.WINDOWS.frames:
@@ -398,19 +402,21 @@ def main() -> None:
                     runners[setting] = searcher(version, setting, root)  # the windows: read or built once
                 ready_s = round(time.perf_counter() - started, 1)
                 found = measure(runners[setting], queries, truth)
-                print(
-                    json.dumps(
-                        {
-                            "seconds": seconds,
-                            "frames": length,
-                            "truth_s": truth_s,
-                            "setting": setting,
-                            "ready_s": ready_s,
-                            **found,
-                        }
-                    ),
-                    flush=True,
-                )
+                case = {"seconds": seconds, "frames": length, "truth_s": truth_s, "setting": setting}
+                print(json.dumps(case | {"ready_s": ready_s, **found}), flush=True)
+
+
+def describe_store(root: Path, version, build_s: float | None, frames: int) -> None:  # noqa: ANN001
+    """Print the store's build time, index type and bytes per frame."""
+    shards = sum(p.stat().st_size for p in (root / "shards").glob("*.visual.npy"))
+    index = sum(p.stat().st_size for p in (root / "versions" / version.name).rglob("visual.faiss"))
+    line = {
+        "build_s_visual": round(build_s, 1) if build_s is not None else f"reused {root}",
+        "factory": version.manifest.factory,
+        "bytes_per_frame": {"tokens_fp16": round(shards / frames), "frame_index": round(index / frames)},
+        "load": os.getloadavg()[0],
+    }
+    print(json.dumps(line), flush=True)
 
 
 def stage_of(setting: str) -> FirstStage:
