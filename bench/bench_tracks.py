@@ -58,7 +58,8 @@ from model.similarity import TIE_TOLERANCE
 
 T, D, FRAME_S = 16, 768, 0.64
 QUERY_SECONDS = (2, 5, 10, 30, 60, 180)
-ADD_FRAMES = 1_600_000  # frames written per add (`build_store`)
+ONE_ADD_UP_TO = 1_600_000  # frames of a corpus written in one add; a larger one in adds of ADD_FRAMES (`build_store`)
+ADD_FRAMES = 400_000  # each add converts its frames to float32 for the index (1.6M at once: 10 GB more, OOM at 6.4M)
 CLEAR_MARGIN = 0.01  # "recall_clear": of the truth's top 10, the videos scoring this much above its 11th
 
 
@@ -170,13 +171,14 @@ def _shown(curve: np.ndarray) -> np.ndarray:
 
 
 def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:
-    """The store of `tracks` (the visual modality), written ADD_FRAMES frames at a time: a larger corpus grows the
-    store as a user's would (indexes built on the first add, grown, rebuilt at REBUILD_GROWTH x), and its tokens are
-    never held twice."""
+    """The store of `tracks` (the visual modality), in one add up to ONE_ADD_UP_TO frames, else ADD_FRAMES at a
+    time: a larger corpus grows the store as a user's would (indexes built on the first add, grown, rebuilt at
+    REBUILD_GROWTH x: at 6.4M frames the last add rebuilds them for the whole), its tokens never held twice."""
     store = TokenStore(root, dtype="float16")
     started, first_row, part = time.perf_counter(), 0, []
+    most = ADD_FRAMES if sum(map(len, tracks)) > ONE_ADD_UP_TO else ONE_ADD_UP_TO
     for video in range(len(tracks) + 1):
-        if video == len(tracks) or (part and sum(len(tracks[v]) for v in part) + len(tracks[video]) > ADD_FRAMES):
+        if video == len(tracks) or (part and sum(len(tracks[v]) for v in part) + len(tracks[video]) > most):
             first_row = add_videos(store, tracks, part, first_row)
             part = []
         if video < len(tracks):
