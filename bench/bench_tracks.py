@@ -173,7 +173,8 @@ def _shown(curve: np.ndarray) -> np.ndarray:
 def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float]:
     """The store of `tracks` (the visual modality), in one add up to ONE_ADD_UP_TO frames, else ADD_FRAMES at a
     time: a larger corpus grows the store as a user's would (indexes built on the first add, grown, rebuilt at
-    REBUILD_GROWTH x: at 6.4M frames the last add rebuilds them for the whole), its tokens never held twice."""
+    REBUILD_GROWTH x), its tokens never held twice, then is compacted as a user would (`cavsync compact`: one
+    segment, the indexes built for the whole size)."""
     store = TokenStore(root, dtype="float16")
     started, first_row, part = time.perf_counter(), 0, []
     most = ADD_FRAMES if sum(map(len, tracks)) > ONE_ADD_UP_TO else ONE_ADD_UP_TO
@@ -183,6 +184,8 @@ def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float
             part = []
         if video < len(tracks):
             part.append(video)
+    if most < ONE_ADD_UP_TO:
+        store.compact()  # one segment, the indexes built for the whole size (`cavsync compact`)
     return store, time.perf_counter() - started
 
 
