@@ -176,14 +176,15 @@ def build_store(tracks: list[np.ndarray], root: Path) -> tuple[TokenStore, float
     REBUILD_GROWTH x), its tokens never held twice, then is compacted as a user would (`cavsync compact`: one
     segment, the indexes built for the whole size)."""
     store = TokenStore(root, dtype="float16")
-    started, first_row, part = time.perf_counter(), 0, []
+    started, first_row, part, held = time.perf_counter(), 0, [], 0  # held: frames of `part`
     most = ADD_FRAMES if sum(map(len, tracks)) > ONE_ADD_UP_TO else ONE_ADD_UP_TO
     for video in range(len(tracks) + 1):
-        if video == len(tracks) or (part and sum(len(tracks[v]) for v in part) + len(tracks[video]) > most):
+        if video == len(tracks) or (part and held + len(tracks[video]) > most):
             first_row = add_videos(store, tracks, part, first_row)
-            part = []
+            part, held = [], 0
         if video < len(tracks):
             part.append(video)
+            held += len(tracks[video])
     if most < ONE_ADD_UP_TO:
         store.compact()  # one segment, the indexes built for the whole size (`cavsync compact`)
     return store, time.perf_counter() - started

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.search.sliding import (
+    SCAN_STRATEGIES,
     FloatArray,
     IntArray,
     frame_cosines,
     pick_moments,
+    reduce_pairs,
     score_at,
     score_offsets,
 )
@@ -128,11 +130,16 @@ def moment_at(
     """The moment of the query at `offset` of a track: the aligned frames' seconds and the exact score there."""
     start, aligned = max(offset, 0), scored.aligned
     track_tokens = version.track_frames(rule.target, scored.track, start, start + aligned)  # the aligned frames
+    cosines = frame_cosines(query, track_tokens, min(offset, 0))  # (n,)
+    if rule.strategy in SCAN_STRATEGIES:  # the score from the same cosines
+        score = float(reduce_pairs(cosines[None, None], len(query), rule.strategy)[0, 0])
+    else:
+        score = score_at(query, track_tokens, min(offset, 0), rule.strategy)
     return Moment(
         offset=offset,
         start=round(start * version.frame_s, 3),
         end=round((start + aligned) * version.frame_s, 3),
-        score=score_at(query, track_tokens, min(offset, 0), rule.strategy),
-        frame_scores=tuple(frame_cosines(query, track_tokens, min(offset, 0)).tolist()),
+        score=score,
+        frame_scores=tuple(cosines.tolist()),
         match=match,
     )

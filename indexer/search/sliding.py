@@ -25,7 +25,6 @@ in the store's dtype (`approximate_products`: float16, output rounding <= 2^-11 
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy.typing as npt
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from indexer.store.version import as_tensor
 from model.similarity import TIE_TOLERANCE, Strategy
 
 FloatArray = npt.NDArray[np.float32]
@@ -167,13 +167,6 @@ def pick_moments(
         chosen.append(centre)
         open_ &= np.abs(starts - starts[centre]) >= aligned
     return chosen
-
-
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A zero-copy tensor over a (read-only, memory-mapped) array; torch only reads it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
 
 
 def diagonal_reduce(cosines: FloatArray, positions: int, strategy: Strategy) -> FloatArray:

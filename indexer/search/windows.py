@@ -17,13 +17,12 @@ from indexer.search.sliding import (
     SCAN_STRATEGIES,
     FloatArray,
     IntArray,
-    as_tensor,
     diagonal_reduce,
     score_offsets,
     spread_frames,
 )
 from indexer.store.build import CoarseTable
-from indexer.store.version import StoreVersion
+from indexer.store.version import StoreVersion, as_tensor
 from model.similarity import Strategy
 
 ROUGH_FRAMES = 64  # query frames (spread over it) a window is scored roughly with, from the coarse table
@@ -95,9 +94,9 @@ def _likely(
     overlapping ones, the `kept` runs scoring best roughly (`rough_means`; sorted): the run's `preferred` window
     (its track's best-voted bin: the votes place a match better than the coarse table) or its roughly best. The
     exact stage scores as many placements as it keeps, not one placement's neighbouring bins."""
-    rough = _rough_offsets(version, query, coarse, windows, ROUGH_STRIDE)
+    track, low, high = columns(windows)
+    rough = _rough_offsets(version, query, coarse, (track, low, high), ROUGH_STRIDE)
     best = np.maximum.reduceat(rough.means, rough.starts)  # (W,) each window's roughly best offset's
-    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
     run = np.cumsum(np.r_[True, (track[1:] != track[:-1]) | (low[1:] > high[:-1] + 1)]) - 1  # (W,)
     firsts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]])  # (runs,) each run's first window
     by_run = np.lexsort((-best, ~preferred, run))  # each run's windows: preferred, then roughly best, first
@@ -119,8 +118,14 @@ def rough_means(
     outside the track."""
     if not windows:
         return []
-    found = _rough_offsets(version, query, coarse, windows, stride)
+    found = _rough_offsets(version, query, coarse, columns(windows), stride)
     return np.split(found.means, found.starts[1:])
+
+
+def columns(windows: list[tuple[int, int, int]]) -> tuple[IntArray, IntArray, IntArray]:
+    """(track, low, high) windows as three (W,) arrays."""
+    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    return track, low, high
 
 
 class RoughScores(NamedTuple):
@@ -131,16 +136,20 @@ class RoughScores(NamedTuple):
 
 
 def _rough_offsets(
-    version: StoreVersion, query: FloatArray, coarse: CoarseTable, windows: list[tuple[int, int, int]], stride: int
+    version: StoreVersion,
+    query: FloatArray,
+    coarse: CoarseTable,
+    windows: tuple[IntArray, IntArray, IntArray],
+    stride: int,
 ) -> RoughScores:
-    """`rough_means` of every window in one pass: one lookup per (offset, query frame) in a table of the picked
-    query frames' products with the centroids, a column of zeros for the frames outside the track."""
+    """`rough_means` of every window (`columns`) in one pass: one lookup per (offset, query frame) in a table of the
+    picked query frames' products with the centroids, a column of zeros for the frames outside the track."""
     picked = spread_frames(len(query), ROUGH_FRAMES)
     table, lists = version.tracks, len(coarse.centroids)
-    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    track, low, high = windows
     counts = (high - low) // stride + 1
     starts = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
-    owner = np.repeat(np.arange(len(windows)), counts)  # (N,) the window of each scored offset
+    owner = np.repeat(np.arange(len(track)), counts)  # (N,) the window of each scored offset
     offset = low[owner] + stride * (np.arange(len(owner)) - starts[owner])  # (N,)
     place = offset[:, None] + picked[None, :]  # (N, R) track frames
     inside = (place >= 0) & (place < table.length[track][owner][:, None])
@@ -178,7 +187,7 @@ def _by_track(windows: list[tuple[int, int, int]], scores: list[FloatArray], ali
     frame pairs aligned at every offset of each window's track."""
     if not windows:
         return []
-    track, low, high = (np.array(column, dtype=np.int64) for column in zip(*windows, strict=True))
+    track, low, high = columns(windows)
     sizes = high - low + 1
     owner = np.repeat(np.arange(len(windows)), sizes)  # (N,) the window of each scored offset
     offsets = low[owner] + np.arange(len(owner)) - np.repeat(np.cumsum(sizes) - sizes, sizes)

@@ -76,11 +76,11 @@ class TokenStore(Corpus):
         path = self.root / "CURRENT"
         return path.read_text().strip() if path.exists() else None
 
-    def open(self, gpu: bool = True, indexes: bool = True) -> StoreVersion | None:
+    def open(self, gpu: bool = True, indexes: bool = True, coarse: bool = True) -> StoreVersion | None:
         """The live version, or None for an empty store. Its per-frame FAISS indexes are read now (on the
         GPUs when faiss-gpu sees any), so that pruning the version later cannot take them from a reader, and
-        their coarse tables with them (not on a first search); a caller that reads only ids and tokens passes
-        indexes=False."""
+        their coarse tables with them (not on a first search; a writer, which never searches, passes coarse=False);
+        a caller that reads only ids and tokens passes indexes=False."""
         for _ in range(OPEN_ATTEMPTS):
             name = self.current_name()
             if not name:
@@ -89,7 +89,8 @@ class TokenStore(Corpus):
                 version = StoreVersion(self.root, name, gpu)
                 if indexes:
                     version.index  # noqa: B018  (cached on first access)
-                    version.coarse  # noqa: B018
+                    if coarse:
+                        version.coarse  # noqa: B018
                 return version
             except (OSError, RuntimeError):  # faiss reports a missing file as RuntimeError
                 if self.current_name() == name:
@@ -101,7 +102,7 @@ class TokenStore(Corpus):
     def add_clips(self, clips: Clips, model_id: str, frame_s: float | None) -> str | None:
         """`Corpus.add` of checked clips (see there): the version published, None when nothing was new."""
         with segments.writer_lock(self.root):
-            current = self.open(gpu=False)  # the writer clones CPU indexes
+            current = self.open(gpu=False, coarse=False)  # the writer clones CPU indexes
             manifest = self._next_manifest(current, clips.audio, model_id, frame_s)
             if current is not None:
                 fresh = ~np.isin(clips.ids, current.clip_ids[current.live])

@@ -168,7 +168,7 @@ class StoreVersion:
             flat = block.reshape(-1, self.manifest.dim) if frames else block  # (rows * T, D) view, or (rows, T, D)
             taken = at[picked] - int(self.segment_starts[segment]) * per_row
             if flat.dtype == out.dtype and picked.all():  # straight into `out`: torch copies rows on every core
-                torch.index_select(_read_only(flat), 0, torch.from_numpy(taken), out=torch.from_numpy(out))
+                torch.index_select(as_tensor(flat), 0, torch.from_numpy(taken), out=torch.from_numpy(out))
             else:
                 out[picked] = flat[taken]
         return out
@@ -193,7 +193,7 @@ class StoreVersion:
         return self
 
 
-def _read_only(array: np.ndarray) -> torch.Tensor:
+def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A zero-copy tensor over a read-only (memory-mapped) array; torch only reads it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
